@@ -1,0 +1,36 @@
+# `make demo` and `make test` set everything up themselves (a virtual environment in .venv), then run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# msrun (data-parallel tests) starts plain `python`: the environment's bin must come first on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# Keep runs within the machine: 2 cores, no accelerator.
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.py pyproject.toml $(wildcard kernels/cpu/*.cc kernels/cpu/*.h)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip "setuptools>=68" wheel
+	$(PY) -m pip install -q "mindspore>=2.10.0"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m mindformer_gf demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) bench/encoder.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info mindformer_gf/ops/_cpu_kernels*.so

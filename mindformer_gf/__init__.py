@@ -1,0 +1,20 @@
+"""mindformer_gf: Geneformer on MindSpore, with a pure-numpy reference, for Ascend and CPU.
+
+Importing the package is cheap: MindSpore is only imported when a model is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mindformer_gf.config import ConfigError, GeneformerConfig
+
+__version__ = "0.1.0"
+__all__ = ["ConfigError", "GeneformerConfig", "from_pretrained", "__version__"]
+
+
+def from_pretrained(directory: str, **kwargs: Any) -> Any:
+    """Build the model named by `directory/config.json`'s `architectures` and load its weights."""
+    from mindformer_gf.pretrained import from_pretrained as _from_pretrained
+
+    return _from_pretrained(directory, **kwargs)

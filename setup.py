@@ -1,0 +1,50 @@
+"""Package metadata, dependencies, and the build of the native CPU kernels (kernels/cpu)."""
+
+from glob import glob
+
+from setuptools import Extension, find_packages, setup
+
+# The CPU kernels are a plain shared library loaded by MindSpore's ops.Custom(func_type="aot"); building it as an
+# Extension lets setuptools find the compiler and put the library inside the package (also for `pip install -e .`).
+CPU_KERNEL_SOURCES = sorted(glob("kernels/cpu/*.cc"))
+ext_modules = []
+if CPU_KERNEL_SOURCES:
+    ext_modules.append(
+        Extension(
+            "mindformer_gf.ops._cpu_kernels",
+            sources=CPU_KERNEL_SOURCES,
+            include_dirs=["kernels/cpu"],
+            extra_compile_args=["-O3", "-std=c++17", "-fno-math-errno"],
+            language="c++",
+        )
+    )
+
+setup(
+    name="mindformer_gf",
+    version="0.1.0",
+    description="Geneformer on MindSpore (CPU and Ascend): model, numpy reference, converter, tokenizer, training",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mindformer_gf", "mindformer_gf.*"]),
+    package_data={"mindformer_gf": ["resources/*", "resources/**/*"]},
+    include_package_data=True,
+    ext_modules=ext_modules,
+    install_requires=[
+        "mindspore>=2.10.0",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "safetensors>=0.4",
+        "tqdm>=4.65",
+        "pyyaml>=6.0",
+        "anndata>=0.10",
+        "loompy>=3.0.7",
+        "h5py>=3.8",
+        "datasets>=2.16",
+        "scikit-learn>=1.3",
+        "matplotlib>=3.7",
+        "umap-learn>=0.5.5",
+    ],
+    extras_require={
+        "test": ["pytest>=7.4", "ruff>=0.5", "torch==2.13.0", "transformers>=4.40"],
+    },
+    entry_points={"console_scripts": ["gf=mindformer_gf.cli:main"]},
+)
