@@ -122,7 +122,8 @@ class GeneformerConfig:
             raise ConfigError("attention_impl", f"{self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
         if not self.architectures or self.architectures[0] not in ARCHITECTURES:
             raise ConfigError(
-                "architectures", f"{self.architectures!r} names no model this package builds; use one of {ARCHITECTURES}"
+                "architectures",
+                f"{self.architectures!r} names no model this package builds; use one of {ARCHITECTURES}",
             )
 
     # ---- Hugging Face config.json -------------------------------------------------------------------------

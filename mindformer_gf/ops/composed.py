@@ -36,7 +36,5 @@ def layer_norm(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> 
     return normalize(x, weight, bias)[0]
 
 
-def add_layer_norm(
-    x: ms.Tensor, residual: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float
-) -> ms.Tensor:
+def add_layer_norm(x: ms.Tensor, residual: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> ms.Tensor:
     return layer_norm(x + residual, weight, bias, eps)

@@ -16,9 +16,7 @@ def resolve_impl(impl: str) -> str:
     if impl == "auto":
         return "composed"
     if impl != "composed":
-        raise NotImplementedError(
-            f"attention_impl {impl!r} is not available in this build; use 'composed' (or 'auto')"
-        )
+        raise NotImplementedError(f"attention_impl {impl!r} is not available in this build; use 'composed' (or 'auto')")
     return impl
 
 

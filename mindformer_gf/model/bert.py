@@ -1,0 +1,381 @@
+"""Geneformer's BERT as MindSpore cells: embeddings, post-LN encoder, and every head, driven by one config.
+
+Parameter names equal the Hugging Face state-dict keys (`bert.encoder.layer.0.attention.self.query.weight`, ...),
+because each attribute below is named as in `transformers`' modeling_bert.py. That is what makes the checkpoint
+converter a plain table. Attention and residual-add + LayerNorm go through `mindformer_gf.ops`, which picks the
+backend; nothing here knows which one runs.
+
+Every model is called as `model(input_ids, attention_mask, output_hidden_states=False)` with int32 [batch, length]
+tensors (mask 1 = gene, 0 = padding; padding on the right) and returns a tuple: the main output first (logits, or the
+last hidden state for BertModel), then, on request, the tuple of hidden states (embeddings output first, then each
+layer's output: `n_layers + 1` tensors, the tuple that `emb_layer` indexes).
+"""
+
+from __future__ import annotations
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn
+from mindspore import ops as msops
+
+from mindformer_gf import ops
+from mindformer_gf.config import GeneformerConfig
+
+
+def _activation(name: str, x: Tensor) -> Tensor:
+    if name == "relu":
+        return msops.relu(x)
+    if name == "gelu":
+        return msops.gelu(x, approximate="none")
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return msops.gelu(x, approximate="tanh")
+    return msops.silu(x)
+
+
+class Embedding(nn.Cell):
+    """A lookup table whose parameter is called `weight`, as in PyTorch (nn.Embedding calls it embedding_table)."""
+
+    def __init__(self, num_embeddings: int, dim: int) -> None:
+        super().__init__()
+        self.weight = Parameter(Tensor(np.zeros((num_embeddings, dim), np.float32)))
+
+    def construct(self, ids: Tensor) -> Tensor:
+        return msops.gather(self.weight, ids, 0)
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm with `weight`/`bias` names and the config's epsilon (BERT: 1e-12; MindSpore's default is 1e-7)."""
+
+    def __init__(self, dim: int, eps: float, impl: str) -> None:
+        super().__init__()
+        self.weight = Parameter(Tensor(np.ones(dim, np.float32)))
+        self.bias = Parameter(Tensor(np.zeros(dim, np.float32)))
+        self.eps = eps
+        self.impl = impl
+
+    def construct(self, x: Tensor) -> Tensor:
+        return ops.layer_norm(x, self.weight, self.bias, self.eps, self.impl)
+
+    def add_and_norm(self, x: Tensor, residual: Tensor) -> Tensor:
+        return ops.add_layer_norm(x, residual, self.weight, self.bias, self.eps, self.impl)
+
+
+class BertEmbeddings(nn.Cell):
+    def __init__(self, config: GeneformerConfig, impl: str) -> None:
+        super().__init__()
+        self.word_embeddings = Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps, impl)
+        self.dropout = nn.Dropout(p=config.hidden_dropout_prob)
+
+    def construct(self, input_ids: Tensor) -> Tensor:
+        length = input_ids.shape[1]
+        positions = msops.arange(0, length, dtype=ms.int32)
+        # Geneformer never uses segments: token type is always 0, so its embedding is one row added everywhere.
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
+        x = x + self.token_type_embeddings.weight[0]
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Cell):
+    def __init__(self, config: GeneformerConfig, impl: str) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.query = nn.Dense(hidden, hidden)
+        self.key = nn.Dense(hidden, hidden)
+        self.value = nn.Dense(hidden, hidden)
+        self.dropout_prob = config.attention_probs_dropout_prob
+        self.impl = impl
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        batch, length = x.shape[0], x.shape[1]
+        return x.reshape(batch, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def construct(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        q = self.split_heads(self.query(hidden))
+        k = self.split_heads(self.key(hidden))
+        v = self.split_heads(self.value(hidden))
+        context = ops.attention(q, k, v, attention_mask, self.dropout_prob, self.training, self.impl)
+        batch, length = hidden.shape[0], hidden.shape[1]
+        return context.transpose(0, 2, 1, 3).reshape(batch, length, self.num_heads * self.head_dim)
+
+
+class BertSelfOutput(nn.Cell):
+    def __init__(self, config: GeneformerConfig, impl: str) -> None:
+        super().__init__()
+        self.dense = nn.Dense(config.hidden_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps, impl)
+        self.dropout = nn.Dropout(p=config.hidden_dropout_prob)
+
+    def construct(self, context: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm.add_and_norm(self.dropout(self.dense(context)), residual)
+
+
+class BertAttention(nn.Cell):
+    def __init__(self, config: GeneformerConfig, impl: str) -> None:
+        super().__init__()
+        # Named `self` because the Hugging Face key is `attention.self.query.weight`.
+        self.self = BertSelfAttention(config, impl)
+        self.output = BertSelfOutput(config, impl)
+
+    def construct(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.output(self.self(hidden, attention_mask), hidden)
+
+
+class BertIntermediate(nn.Cell):
+    def __init__(self, config: GeneformerConfig) -> None:
+        super().__init__()
+        self.dense = nn.Dense(config.hidden_size, config.intermediate_size)
+        self.act = config.hidden_act
+
+    def construct(self, hidden: Tensor) -> Tensor:
+        return _activation(self.act, self.dense(hidden))
+
+
+class BertOutput(nn.Cell):
+    def __init__(self, config: GeneformerConfig, impl: str) -> None:
+        super().__init__()
+        self.dense = nn.Dense(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps, impl)
+        self.dropout = nn.Dropout(p=config.hidden_dropout_prob)
+
+    def construct(self, inner: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm.add_and_norm(self.dropout(self.dense(inner)), residual)
+
+
+class BertLayer(nn.Cell):
+    def __init__(self, config: GeneformerConfig, impl: str) -> None:
+        super().__init__()
+        self.attention = BertAttention(config, impl)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config, impl)
+
+    def construct(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        attended = self.attention(hidden, attention_mask)
+        return self.output(self.intermediate(attended), attended)
+
+
+class BertEncoder(nn.Cell):
+    def __init__(self, config: GeneformerConfig, impl: str) -> None:
+        super().__init__()
+        self.layer = nn.CellList([BertLayer(config, impl) for _ in range(config.num_hidden_layers)])
+
+    def construct(self, hidden: Tensor, attention_mask: Tensor) -> tuple[Tensor, ...]:
+        hidden_states = (hidden,)
+        for layer in self.layer:
+            hidden = layer(hidden, attention_mask)
+            hidden_states = hidden_states + (hidden,)
+        return hidden_states
+
+
+class BertPooler(nn.Cell):
+    def __init__(self, config: GeneformerConfig) -> None:
+        super().__init__()
+        self.dense = nn.Dense(config.hidden_size, config.hidden_size)
+
+    def construct(self, sequence_output: Tensor) -> Tensor:
+        return msops.tanh(self.dense(sequence_output[:, 0]))
+
+
+class GeneformerPreTrainedModel(nn.Cell):
+    """Shared behaviour: the config, the resolved backend, HF-style initialisation, weight access by HF name."""
+
+    architecture = "BertModel"
+
+    def __init__(self, config: GeneformerConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.impl = ops.resolve_impl(config.attention_impl)
+        self.max_positions = config.max_position_embeddings
+
+    def init_weights(self, seed: int = 0) -> None:
+        """Initialise as Hugging Face does (N(0, initializer_range), zero biases, unit LN scale), reproducibly."""
+        from mindformer_gf.reference import init_weights
+
+        self.load_weights(init_weights(self.config, self.architecture, seed))
+
+    def named_parameters(self) -> dict[str, Parameter]:
+        """Parameters under their Hugging Face names.
+
+        Names come from the attribute path below this model, not from `Parameter.name`: MindSpore prefixes the
+        latter when the model is wrapped in another cell (a loss or training cell), and that must not change them.
+        """
+        return dict(self.parameters_and_names())
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters as numpy arrays under their Hugging Face names."""
+        return {name: p.asnumpy() for name, p in self.named_parameters().items()}
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Copy arrays named by Hugging Face keys into the parameters; every parameter must be given, shapes equal."""
+        params = self.named_parameters()
+        missing = sorted(set(params) - set(weights))
+        unexpected = sorted(set(weights) - set(params))
+        if missing or unexpected:
+            raise KeyError(f"weights do not match {type(self).__name__}: missing {missing}, unexpected {unexpected}")
+        for name, param in params.items():
+            value = np.asarray(weights[name])
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(f"{name}: checkpoint shape {tuple(value.shape)} != model shape {tuple(param.shape)}")
+            param.set_data(Tensor(value.astype(np.float32, copy=False)))
+
+    def check_length(self, input_ids: Tensor) -> None:
+        if input_ids.shape[1] > self.max_positions:
+            raise ValueError(
+                f"cells of {input_ids.shape[1]} tokens exceed max_position_embeddings={self.max_positions}; "
+                "truncate them when tokenizing (model_input_size)"
+            )
+
+
+class BertModel(GeneformerPreTrainedModel):
+    """The encoder alone (what embeddings are taken from). Keys have no `bert.` prefix, as in HF's BertModel."""
+
+    architecture = "BertModel"
+
+    def __init__(self, config: GeneformerConfig, add_pooling_layer: bool = True) -> None:
+        super().__init__(config)
+        self.embeddings = BertEmbeddings(config, self.impl)
+        self.encoder = BertEncoder(config, self.impl)
+        if add_pooling_layer:
+            self.pooler = BertPooler(config)
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, ...]:
+        """All hidden states: embeddings output, then every layer's output."""
+        self.check_length(input_ids)
+        if attention_mask is None:
+            attention_mask = msops.ones_like(input_ids)
+        return self.encoder(self.embeddings(input_ids), attention_mask)
+
+    def construct(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, output_hidden_states: bool = False
+    ) -> tuple:
+        hidden_states = self.encode(input_ids, attention_mask)
+        if output_hidden_states:
+            return hidden_states[-1], hidden_states
+        return (hidden_states[-1],)
+
+
+class BertPredictionHeadTransform(nn.Cell):
+    def __init__(self, config: GeneformerConfig, impl: str) -> None:
+        super().__init__()
+        self.dense = nn.Dense(config.hidden_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps, impl)
+        self.act = config.hidden_act
+
+    def construct(self, hidden: Tensor) -> Tensor:
+        return self.LayerNorm(_activation(self.act, self.dense(hidden)))
+
+
+class BertLMPredictionHead(nn.Cell):
+    """transform, then logits = h E^T + bias with E the (tied) word-embedding table: no decoder weight of its own."""
+
+    def __init__(self, config: GeneformerConfig, impl: str) -> None:
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config, impl)
+        self.bias = Parameter(Tensor(np.zeros(config.vocab_size, np.float32)))
+
+    def construct(self, hidden: Tensor, word_embeddings: Tensor) -> Tensor:
+        return msops.matmul(self.transform(hidden), word_embeddings.T) + self.bias
+
+
+class BertOnlyMLMHead(nn.Cell):
+    def __init__(self, config: GeneformerConfig, impl: str) -> None:
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config, impl)
+
+    def construct(self, hidden: Tensor, word_embeddings: Tensor) -> Tensor:
+        return self.predictions(hidden, word_embeddings)
+
+
+class BertForMaskedLM(GeneformerPreTrainedModel):
+    """Masked-gene modelling. With `masked_positions` ([batch, n] int32 indices) logits are computed only there:
+    [batch, n, vocab] instead of [batch, length, vocab], which is most of a training step's saving."""
+
+    architecture = "BertForMaskedLM"
+
+    def __init__(self, config: GeneformerConfig) -> None:
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.cls = BertOnlyMLMHead(config, self.impl)
+
+    def construct(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        output_hidden_states: bool = False,
+        masked_positions: Tensor | None = None,
+    ) -> tuple:
+        hidden_states = self.bert.encode(input_ids, attention_mask)
+        sequence_output = hidden_states[-1]
+        if masked_positions is not None:
+            sequence_output = msops.gather(sequence_output, masked_positions, 1, batch_dims=1)
+        logits = self.cls(sequence_output, self.bert.embeddings.word_embeddings.weight)
+        if output_hidden_states:
+            return logits, hidden_states
+        return (logits,)
+
+
+class BertForSequenceClassification(GeneformerPreTrainedModel):
+    """Cell classification: pooler (dense + tanh on position 0), dropout, linear, as HF's class of the same name."""
+
+    architecture = "BertForSequenceClassification"
+
+    def __init__(self, config: GeneformerConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=True)
+        self.dropout = nn.Dropout(p=config.classifier_dropout_prob)
+        self.classifier = nn.Dense(config.hidden_size, config.num_labels)
+
+    def construct(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, output_hidden_states: bool = False
+    ) -> tuple:
+        hidden_states = self.bert.encode(input_ids, attention_mask)
+        logits = self.classifier(self.dropout(self.bert.pooler(hidden_states[-1])))
+        if output_hidden_states:
+            return logits, hidden_states
+        return (logits,)
+
+
+class BertForTokenClassification(GeneformerPreTrainedModel):
+    """Gene classification: dropout and a linear layer on every position."""
+
+    architecture = "BertForTokenClassification"
+
+    def __init__(self, config: GeneformerConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(p=config.classifier_dropout_prob)
+        self.classifier = nn.Dense(config.hidden_size, config.num_labels)
+
+    def construct(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, output_hidden_states: bool = False
+    ) -> tuple:
+        hidden_states = self.bert.encode(input_ids, attention_mask)
+        logits = self.classifier(self.dropout(hidden_states[-1]))
+        if output_hidden_states:
+            return logits, hidden_states
+        return (logits,)
+
+
+MODEL_CLASSES: dict[str, type[GeneformerPreTrainedModel]] = {
+    cls.architecture: cls
+    for cls in (BertModel, BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification)
+}
+
+
+def build_model(config: GeneformerConfig, architecture: str | None = None, seed: int | None = 0):
+    """The model class named by `architecture` (default: the config's first `architectures` entry), initialised
+    as Hugging Face does with `seed` (None leaves zeros/ones, for loading weights right after)."""
+    architecture = architecture or config.architecture
+    if architecture not in MODEL_CLASSES:
+        raise ValueError(f"no model for architecture {architecture!r}; known: {sorted(MODEL_CLASSES)}")
+    model = MODEL_CLASSES[architecture](config)
+    if seed is not None:
+        model.init_weights(seed)
+    return model
