@@ -64,10 +64,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._persistent = persistent_load
 
     def find_class(self, module: str, name: str) -> Any:
-        # Protocol 0-2 pickles written by Python 2 (or for it) name `__builtin__.set` etc.: map as pickle does.
-        if self.proto < 3:
-            module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        # Protocol 0-2 pickles name Python 2 modules (`__builtin__.set`): map them as pickle itself does. The
+        # tables only hold Python 2 names, so Python 3 names pass through unchanged.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         try:
             return self._allowed[(module, name)]
         except KeyError:
