@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "assets"
 
 
 @pytest.fixture(scope="session", autouse=True)
