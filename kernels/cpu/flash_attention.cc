@@ -1,0 +1,397 @@
+// Fused attention over [batch, heads, length, head_dim] with a key-padding mask: FlashAttention-2 (Dao, 2023) on
+// CPU cores. See kernels/cpu/README.md and ../shared/design/kernel-maths.md for the maths followed here.
+//
+// Forward, per (cell, head) and block of Br query rows Qi, walking key blocks Kj, Vj of Bc keys:
+//   Sij = s Qi Kj^T;  m' = max(m, rowmax Sij);  Pij = exp(Sij - m');  l = exp(m - m') l + rowsum Pij;
+//   Oi = diag(exp(m - m')) Oi + (Pij o Zij) Vj;  m = m'        and at the end Oi /= l, LSE = m + log l,
+// where Zij is the dropout mask scaled by 1/(1-p) (all ones in inference). The L x L matrix never exists: only one
+// Br x Bc tile of S/P per thread.
+//
+// Backward, per (cell, head) and key block j, walking query blocks i:
+//   Pij = exp(s Qi Kj^T - LSE_i);  dVj += (Pij o Zij)^T dOi;  dPij = (dOi Vj^T) o Zij;
+//   dSij = Pij o (dPij - D_i) with D_i = rowsum(dOi o Oi) - dLSE_i;  dQi += s dSij Kj;  dKj += s dSij^T Qi.
+// (D = rowsum(dO o O) holds with dropout too: rowsum(P o Z o (dO V^T)) = dO . ((P o Z) V) = dO . O.)
+//
+// Keys: the mask row of each cell is split into key blocks once per launch. A right-padded cell (the Geneformer
+// case) has blocks covering exactly its n valid keys, so padding costs nothing and never enters a sum; any other
+// mask works too, with blocks that hold no valid key skipped and invalid columns of the others set to -inf.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "aot_abi.h"
+#include "parallel.h"
+#include "tile_kernels.h"
+
+namespace mfgf {
+namespace {
+
+// Br x Bc: one S tile (64 x 128 floats = 32 KB) plus a K panel fit in the 1 MB L2 with room for V and O.
+constexpr int kQueryBlock = 64;
+constexpr int kKeyBlock = 128;
+static_assert(kKeyBlock % kPanelWidth == 0, "key blocks must start on a packed panel boundary");
+
+struct KeyBlock {
+  int64_t start;
+  int width;
+  bool has_invalid_columns;
+};
+
+struct CellKeys {
+  std::vector<KeyBlock> blocks;
+  int64_t extent = 0;  // keys [0, extent) cover every block
+  const int32_t* mask = nullptr;
+};
+
+CellKeys split_keys(const int32_t* mask, int64_t length) {
+  CellKeys cell;
+  cell.mask = mask;
+  int64_t valid = 0;
+  for (int64_t j = 0; j < length; ++j) valid += mask[j] != 0;
+  bool prefix = true;
+  for (int64_t j = 0; j < valid; ++j) prefix = prefix && mask[j] != 0;
+  cell.extent = prefix ? valid : length;
+  for (int64_t start = 0; start < cell.extent; start += kKeyBlock) {
+    const int width = static_cast<int>(std::min<int64_t>(kKeyBlock, cell.extent - start));
+    int in_block = width;
+    if (!prefix) {
+      in_block = 0;
+      for (int c = 0; c < width; ++c) in_block += mask[start + c] != 0;
+    }
+    if (in_block > 0) cell.blocks.push_back({start, width, in_block < width});
+  }
+  return cell;
+}
+
+// Per-thread scratch memory that survives between launches (a thread runs one task at a time).
+float* scratch(size_t floats) {
+  thread_local std::vector<float> buffer;
+  if (buffer.size() < floats) buffer.resize(floats);
+  return buffer.data();
+}
+
+// M (rows x head_dim, row-major) -> column panels of kPanelWidth rows of M, each head_dim x kPanelWidth: the
+// layout `gemm` streams as B for S = Q K^T and dP = dO V^T. Rows past `rows` are zero.
+void pack_transposed_panels(const float* m, int64_t rows, int head_dim, float* panels) {
+  const int64_t panel_count = (rows + kPanelWidth - 1) / kPanelWidth;
+  for (int64_t panel = 0; panel < panel_count; ++panel) {
+    float* out = panels + panel * head_dim * kPanelWidth;
+    for (int c = 0; c < kPanelWidth; ++c) {
+      const int64_t row = panel * kPanelWidth + c;
+      const float* in = m + row * head_dim;
+      for (int k = 0; k < head_dim; ++k) out[k * kPanelWidth + c] = row < rows ? in[k] : 0.0f;
+    }
+  }
+}
+
+void mask_invalid_columns(const CellKeys& cell, const KeyBlock& block, float* s, int rows, int ld) {
+  if (!block.has_invalid_columns) return;
+  for (int c = 0; c < block.width; ++c) {
+    if (cell.mask[block.start + c] != 0) continue;
+    for (int r = 0; r < rows; ++r) s[r * ld + c] = -std::numeric_limits<float>::infinity();
+  }
+}
+
+struct AttentionProblem {
+  int64_t batch, heads, length;
+  int head_dim;
+  const float *q, *k, *v;
+  const int32_t* mask;
+  float scale;
+  DropoutSpec dropout;
+
+  int64_t head_size() const { return length * head_dim; }
+};
+
+// Tasks: (cell, head) pairs, each split further into `groups` contiguous ranges of blocks when there are too few
+// pairs to keep every thread busy (one long cell at inference).
+int64_t split_count(int64_t pairs, int64_t blocks) {
+  const int64_t wanted = 4 * static_cast<int64_t>(num_threads());
+  return std::max<int64_t>(1, std::min<int64_t>(blocks, (wanted + pairs - 1) / pairs));
+}
+
+void attention_forward(const AttentionProblem& p, float* out, float* lse) {
+  const TileKernels& kernels = tile_kernels();
+  const int d = p.head_dim;
+  std::vector<CellKeys> cells(p.batch);
+  for (int64_t b = 0; b < p.batch; ++b) cells[b] = split_keys(p.mask + b * p.length, p.length);
+
+  const int64_t pairs = p.batch * p.heads;
+  const int64_t query_blocks = (p.length + kQueryBlock - 1) / kQueryBlock;
+  const int64_t groups = split_count(pairs, query_blocks);
+
+  parallel_for(pairs * groups, [&](int64_t task) {
+    const int64_t pair = task / groups, group = task % groups;
+    const CellKeys& cell = cells[pair / p.heads];
+    const int64_t first_block = query_blocks * group / groups, end_block = query_blocks * (group + 1) / groups;
+    const int64_t row_begin = first_block * kQueryBlock, row_end = std::min(p.length, end_block * kQueryBlock);
+    float* o_head = out + pair * p.head_size();
+    float* lse_head = lse + pair * p.length;
+    if (cell.blocks.empty()) {
+      // No valid key: the output is 0 (as in the composed path) and the LSE a finite 0 that nothing reads.
+      std::fill(o_head + row_begin * d, o_head + row_end * d, 0.0f);
+      std::fill(lse_head + row_begin, lse_head + row_end, 0.0f);
+      return;
+    }
+    const float* q = p.q + pair * p.head_size();
+    const float* k = p.k + pair * p.head_size();
+    const float* v = p.v + pair * p.head_size();
+    const int64_t panel_floats = (cell.extent + kPanelWidth - 1) / kPanelWidth * d * kPanelWidth;
+    float* memory = scratch(panel_floats + kQueryBlock * kKeyBlock + kKeyBlock + 3 * kQueryBlock);
+    float* k_panels = memory;
+    float* s = k_panels + panel_floats;        // Br x Bc tile: S, then P in place
+    float* keep = s + kQueryBlock * kKeyBlock;  // one row of dropout factors
+    float* row_max = keep + kKeyBlock;          // m
+    float* row_sum = row_max + kQueryBlock;     // l
+    float* rescale = row_sum + kQueryBlock;     // exp(m_old - m_new)
+    pack_transposed_panels(k, cell.extent, d, k_panels);
+
+    for (int64_t i0 = row_begin; i0 < row_end; i0 += kQueryBlock) {
+      const int rows = static_cast<int>(std::min<int64_t>(kQueryBlock, row_end - i0));
+      float* o = o_head + i0 * d;
+      std::fill(row_max, row_max + rows, -std::numeric_limits<float>::infinity());
+      std::fill(row_sum, row_sum + rows, 0.0f);
+      bool first = true;
+      for (const KeyBlock& block : cell.blocks) {
+        const int width = block.width;
+        kernels.gemm({rows, width, d, p.scale, q + i0 * d, d, 1, k_panels + block.start * d, kPanelWidth,
+                      int64_t{d} * kPanelWidth, s, kKeyBlock, Accumulate::kOverwrite, nullptr});
+        mask_invalid_columns(cell, block, s, rows, kKeyBlock);
+        for (int r = 0; r < rows; ++r) {
+          float* p_row = s + r * kKeyBlock;
+          // Every processed block holds a valid key, so new_max is finite and the rescale well defined.
+          const float new_max = std::max(row_max[r], kernels.row_max(p_row, width));
+          rescale[r] = first ? 0.0f : std::exp(row_max[r] - new_max);
+          row_sum[r] = rescale[r] * row_sum[r] + kernels.exp_shift_sum(p_row, width, new_max);
+          row_max[r] = new_max;
+          if (p.dropout.enabled) {
+            // The normaliser l sums the probabilities before dropout; only the P V product sees the mask.
+            kernels.dropout_factors(keep, width, p.dropout, static_cast<uint32_t>(i0 + r),
+                                    static_cast<uint32_t>(pair), static_cast<uint32_t>(block.start));
+            kernels.multiply(p_row, keep, width);
+          }
+        }
+        kernels.gemm({rows, d, width, 1.0f, s, kKeyBlock, 1, v + block.start * d, d, kPanelWidth, o, d,
+                      first ? Accumulate::kOverwrite : Accumulate::kRowScaled, rescale});
+        first = false;
+      }
+      for (int r = 0; r < rows; ++r) {
+        kernels.scale(o + r * d, d, 1.0f / row_sum[r]);
+        lse_head[i0 + r] = row_max[r] + std::log(row_sum[r]);
+      }
+    }
+  });
+}
+
+struct AttentionGradients {
+  const float *out, *lse, *d_out, *d_lse;
+};
+
+void attention_backward(const AttentionProblem& p, const AttentionGradients& in, float* dq, float* dk, float* dv) {
+  const TileKernels& kernels = tile_kernels();
+  const int d = p.head_dim;
+  std::vector<CellKeys> cells(p.batch);
+  size_t most_blocks = 1;
+  for (int64_t b = 0; b < p.batch; ++b) {
+    cells[b] = split_keys(p.mask + b * p.length, p.length);
+    most_blocks = std::max(most_blocks, cells[b].blocks.size());
+  }
+  const int64_t pairs = p.batch * p.heads;
+  const int64_t groups = split_count(pairs, static_cast<int64_t>(most_blocks));
+  // Key-block groups of one (cell, head) all add into dQ: each group gets its own copy, summed in group order
+  // afterwards so the result does not depend on thread timing.
+  std::vector<float> dq_partials(static_cast<size_t>((groups - 1) * pairs * p.head_size()));
+
+  parallel_for(pairs * groups, [&](int64_t task) {
+    const int64_t pair = task / groups, group = task % groups;
+    const CellKeys& cell = cells[pair / p.heads];
+    float* dq_head = group == 0 ? dq + pair * p.head_size()
+                                : dq_partials.data() + ((group - 1) * pairs + pair) * p.head_size();
+    std::fill(dq_head, dq_head + p.head_size(), 0.0f);
+    const int64_t block_count = static_cast<int64_t>(cell.blocks.size());
+    const int64_t first_block = block_count * group / groups, end_block = block_count * (group + 1) / groups;
+    if (group == 0) {
+      // Keys outside every block (padding) get no gradient; the blocks below overwrite the rest.
+      std::fill(dk + pair * p.head_size(), dk + (pair + 1) * p.head_size(), 0.0f);
+      std::fill(dv + pair * p.head_size(), dv + (pair + 1) * p.head_size(), 0.0f);
+    }
+    if (first_block == end_block) return;
+
+    const float* q = p.q + pair * p.head_size();
+    const float* k = p.k + pair * p.head_size();
+    const float* v = p.v + pair * p.head_size();
+    const float* o = in.out + pair * p.head_size();
+    const float* d_o = in.d_out + pair * p.head_size();
+    const float* lse = in.lse + pair * p.length;
+    const float* d_lse = in.d_lse + pair * p.length;
+    const int64_t key_begin = cell.blocks[first_block].start;
+    const int64_t key_end = cell.blocks[end_block - 1].start + cell.blocks[end_block - 1].width;
+    const int64_t panel_floats = (key_end - key_begin + kPanelWidth - 1) / kPanelWidth * d * kPanelWidth;
+    const int64_t tile = int64_t{kQueryBlock} * kKeyBlock;
+    float* memory = scratch(2 * panel_floats + 3 * tile + 2 * int64_t{kKeyBlock} * d + p.length);
+    float* k_panels = memory;
+    float* v_panels = k_panels + panel_floats;
+    float* probs = v_panels + panel_floats;  // P
+    float* dropped = probs + tile;           // P o Z, then the dropout factors Z row by row
+    float* ds = dropped + tile;              // dP, then dS in place
+    float* dk_block = ds + tile;
+    float* dv_block = dk_block + int64_t{kKeyBlock} * d;
+    float* row_delta = dv_block + int64_t{kKeyBlock} * d;  // D_i
+    pack_transposed_panels(k + key_begin * d, key_end - key_begin, d, k_panels);
+    pack_transposed_panels(v + key_begin * d, key_end - key_begin, d, v_panels);
+    for (int64_t i = 0; i < p.length; ++i) row_delta[i] = kernels.dot(d_o + i * d, o + i * d, d) - d_lse[i];
+
+    for (int64_t index = first_block; index < end_block; ++index) {
+      const KeyBlock& block = cell.blocks[index];
+      const int width = block.width;
+      const int64_t panel_offset = (block.start - key_begin) * d;
+      std::fill(dk_block, dk_block + int64_t{width} * d, 0.0f);
+      std::fill(dv_block, dv_block + int64_t{width} * d, 0.0f);
+      for (int64_t i0 = 0; i0 < p.length; i0 += kQueryBlock) {
+        const int rows = static_cast<int>(std::min<int64_t>(kQueryBlock, p.length - i0));
+        kernels.gemm({rows, width, d, p.scale, q + i0 * d, d, 1, k_panels + panel_offset, kPanelWidth,
+                      int64_t{d} * kPanelWidth, probs, kKeyBlock, Accumulate::kOverwrite, nullptr});
+        mask_invalid_columns(cell, block, probs, rows, kKeyBlock);
+        for (int r = 0; r < rows; ++r) {
+          float* p_row = probs + r * kKeyBlock;
+          kernels.exp_shift_sum(p_row, width, lse[i0 + r]);
+          float* zp_row = dropped + r * kKeyBlock;
+          if (p.dropout.enabled) {
+            kernels.dropout_factors(zp_row, width, p.dropout, static_cast<uint32_t>(i0 + r),
+                                    static_cast<uint32_t>(pair), static_cast<uint32_t>(block.start));
+          }
+        }
+        // dP = dO V^T (before the mask), then dS = P o (dP o Z - D); the factors Z are still in `dropped`.
+        kernels.gemm({rows, width, d, 1.0f, d_o + i0 * d, d, 1, v_panels + panel_offset, kPanelWidth,
+                      int64_t{d} * kPanelWidth, ds, kKeyBlock, Accumulate::kOverwrite, nullptr});
+        for (int r = 0; r < rows; ++r) {
+          const float* factors = p.dropout.enabled ? dropped + r * kKeyBlock : nullptr;
+          kernels.softmax_grad(ds + r * kKeyBlock, probs + r * kKeyBlock, factors, row_delta[i0 + r], width);
+          if (p.dropout.enabled) kernels.multiply(dropped + r * kKeyBlock, probs + r * kKeyBlock, width);
+        }
+        const float* p_used = p.dropout.enabled ? dropped : probs;
+        kernels.gemm({width, d, rows, 1.0f, p_used, 1, kKeyBlock, d_o + i0 * d, d, kPanelWidth, dv_block, d,
+                      Accumulate::kAdd, nullptr});
+        kernels.gemm({rows, d, width, p.scale, ds, kKeyBlock, 1, k + block.start * d, d, kPanelWidth,
+                      dq_head + i0 * d, d, Accumulate::kAdd, nullptr});
+        kernels.gemm({width, d, rows, p.scale, ds, 1, kKeyBlock, q + i0 * d, d, kPanelWidth, dk_block, d,
+                      Accumulate::kAdd, nullptr});
+      }
+      std::memcpy(dk + pair * p.head_size() + block.start * d, dk_block, sizeof(float) * width * d);
+      std::memcpy(dv + pair * p.head_size() + block.start * d, dv_block, sizeof(float) * width * d);
+    }
+  });
+
+  if (groups > 1) {
+    parallel_for(pairs, [&](int64_t pair) {
+      float* total = dq + pair * p.head_size();
+      for (int64_t group = 1; group < groups; ++group) {
+        const float* part = dq_partials.data() + ((group - 1) * pairs + pair) * p.head_size();
+        for (int64_t index = 0; index < p.head_size(); ++index) total[index] += part[index];
+      }
+    });
+  }
+}
+
+// Inputs shared by forward and backward: q, k, v [B, H, L, D] float32, key mask [B, L] int32 (nonzero = valid),
+// dropout seed int64 (one element), drop probability float32 (one element; 0 = no dropout).
+int read_problem(const char* kernel, const AotArgs& args, AttentionProblem* p) {
+  for (int index = 0; index < 3; ++index) {
+    if (!args.has_dtype(index, "float32")) {
+      return fail(kernel, std::string("query, key and value must be float32, got ") + args.dtypes[index]);
+    }
+    if (args.ndims[index] != 4) {
+      return fail(kernel, "query, key and value must be [batch, heads, length, head_dim], got " +
+                              shape_string(args.shape(index)));
+    }
+  }
+  if (args.shape(1) != args.shape(0) || args.shape(2) != args.shape(0)) {
+    return fail(kernel, "key " + shape_string(args.shape(1)) + " and value " + shape_string(args.shape(2)) +
+                            " must have the query's shape " + shape_string(args.shape(0)));
+  }
+  p->batch = args.dim(0, 0);
+  p->heads = args.dim(0, 1);
+  p->length = args.dim(0, 2);
+  p->head_dim = static_cast<int>(args.dim(0, 3));
+  if (!args.has_dtype(3, "int32") || args.ndims[3] != 2 || args.dim(3, 0) != p->batch ||
+      args.dim(3, 1) != p->length) {
+    return fail(kernel, "the key mask must be int32 [batch, length] = [" + std::to_string(p->batch) + ", " +
+                            std::to_string(p->length) + "], got " + args.dtypes[3] + " " +
+                            shape_string(args.shape(3)));
+  }
+  if (!args.has_dtype(4, "int64") || !args.has_dtype(5, "float32")) {
+    return fail(kernel, std::string("the dropout seed must be int64 and the drop probability float32, got ") +
+                            args.dtypes[4] + " and " + args.dtypes[5]);
+  }
+  if (p->head_dim > 1024) return fail(kernel, "head_dim above 1024 is not supported");
+  p->q = args.ptr<const float>(0);
+  p->k = args.ptr<const float>(1);
+  p->v = args.ptr<const float>(2);
+  p->mask = args.ptr<const int32_t>(3);
+  p->scale = 1.0f / std::sqrt(static_cast<float>(p->head_dim));
+  const uint64_t seed = static_cast<uint64_t>(*args.ptr<const int64_t>(4));
+  const float drop = *args.ptr<const float>(5);
+  if (!(drop >= 0.0f && drop < 1.0f)) return fail(kernel, "the drop probability must be in [0, 1)");
+  p->dropout = {drop > 0.0f, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32), dropout_threshold(drop),
+                1.0f / (1.0f - drop)};
+  return 0;
+}
+
+}  // namespace
+}  // namespace mfgf
+
+using mfgf::AotArgs;
+
+extern "C" {
+
+// Inputs: q, k, v [B, H, L, D], mask [B, L] int32, seed int64, p float32. Outputs: O [B, H, L, D], LSE [B, H, L].
+int FlashAttentionForward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+  constexpr const char* kName = "FlashAttentionForward";
+  if (nparam != 8) return mfgf::fail(kName, "expected 6 inputs and 2 outputs, got " + std::to_string(nparam));
+  const AotArgs args{nparam, params, ndims, shapes, dtypes};
+  mfgf::AttentionProblem problem;
+  if (int status = mfgf::read_problem(kName, args, &problem)) return status;
+  mfgf::attention_forward(problem, args.ptr<float>(6), args.ptr<float>(7));
+  return 0;
+}
+
+std::vector<std::vector<int64_t>> FlashAttentionForwardInferShape(int* ndims, int64_t** shapes, mindspore::AotExtra*) {
+  const mfgf::Shape query = mfgf::shape_of(ndims, shapes, 0);
+  if (mfgf::is_unknown_rank(query)) return {query, query};
+  return {query, mfgf::Shape(query.begin(), query.end() - 1)};
+}
+
+// Inputs: q, k, v, mask, seed, p (as forward), O, LSE, dO, dLSE. Outputs: dQ, dK, dV.
+int FlashAttentionBackward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*,
+                           void*) {
+  constexpr const char* kName = "FlashAttentionBackward";
+  if (nparam != 13) return mfgf::fail(kName, "expected 10 inputs and 3 outputs, got " + std::to_string(nparam));
+  const AotArgs args{nparam, params, ndims, shapes, dtypes};
+  mfgf::AttentionProblem problem;
+  if (int status = mfgf::read_problem(kName, args, &problem)) return status;
+  for (int index : {6, 8}) {
+    if (args.shape(index) != args.shape(0) || !args.has_dtype(index, "float32")) {
+      return mfgf::fail(kName, "O and dO must be float32 with the query's shape");
+    }
+  }
+  for (int index : {7, 9}) {
+    if (args.shape(index) != mfgf::Shape{problem.batch, problem.heads, problem.length} ||
+        !args.has_dtype(index, "float32")) {
+      return mfgf::fail(kName, "LSE and dLSE must be float32 [batch, heads, length]");
+    }
+  }
+  const mfgf::AttentionGradients gradients{args.ptr<const float>(6), args.ptr<const float>(7),
+                                           args.ptr<const float>(8), args.ptr<const float>(9)};
+  mfgf::attention_backward(problem, gradients, args.ptr<float>(10), args.ptr<float>(11), args.ptr<float>(12));
+  return 0;
+}
+
+std::vector<std::vector<int64_t>> FlashAttentionBackwardInferShape(int* ndims, int64_t** shapes,
+                                                                   mindspore::AotExtra*) {
+  return {mfgf::shape_of(ndims, shapes, 0), mfgf::shape_of(ndims, shapes, 1), mfgf::shape_of(ndims, shapes, 2)};
+}
+
+}  // extern "C"

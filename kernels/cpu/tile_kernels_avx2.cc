@@ -1,0 +1,368 @@
+// AVX2 + FMA versions of the tile kernels.
+//
+// Every function carries a target attribute instead of the file being compiled with -mavx2: the library must load,
+// and fall back to the portable table, on an x86-64 without AVX2. Nothing here is inline in a header, so no AVX2
+// code can leak into the portable path through a shared template instantiation.
+#include "tile_kernels.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+
+#define MFGF_AVX2 __attribute__((target("avx2,fma")))
+
+namespace mfgf {
+namespace {
+
+// Rows of C held in registers by the GEMM micro-kernel: 6 rows x 2 vectors = 12 accumulators, plus 2 vectors of B
+// and one broadcast of A, is 15 of the 16 YMM registers.
+constexpr int kMicroRows = 6;
+
+MFGF_AVX2 inline __m256i lane_mask(int valid) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+MFGF_AVX2 inline float horizontal_sum(__m256 v) {
+  __m128 sum = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
+  sum = _mm_add_ss(sum, _mm_movehdup_ps(sum));
+  return _mm_cvtss_f32(sum);
+}
+
+MFGF_AVX2 inline float horizontal_max(__m256 v) {
+  __m128 best = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  best = _mm_max_ps(best, _mm_movehl_ps(best, best));
+  best = _mm_max_ss(best, _mm_movehdup_ps(best));
+  return _mm_cvtss_f32(best);
+}
+
+// exp(x) = 2^n exp(r) with n = round(x / ln 2) and |r| <= ln(2) / 2, exp(r) by its Taylor series to r^7 (the first
+// omitted term, r^8 / 8!, is 5e-9 relative: below float rounding). Inputs below -87.33 (where exp leaves the normal
+// range) give exactly 0, which is how masked scores (-inf) become zero probabilities.
+MFGF_AVX2 inline __m256 exp_ps(__m256 x) {
+  const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33f), _CMP_LT_OQ);
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.33f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // ln 2 split in a part exact in float (n * ln2_hi has no rounding error for |n| < 2^9) and the remainder.
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 poly = _mm256_set1_ps(1.0f / 5040.0f);
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 720.0f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 120.0f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 24.0f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 6.0f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(0.5f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
+  const __m256i two_to_n =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(underflow, _mm256_mul_ps(poly, _mm256_castsi256_ps(two_to_n)));
+}
+
+// C[rows x 16 at (i0, j0)] from one column panel of B. `cols` < 16 only in the last panel: loads and stores are
+// masked there, so B and C are never touched past their edge.
+template <int Rows>
+MFGF_AVX2 inline void micro_tile(const GemmArgs& g, int i0, int j0, const float* panel, int cols) {
+  __m256 acc[Rows][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < Rows; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+
+  const float* a_rows[Rows];
+#pragma GCC unroll 6
+  for (int r = 0; r < Rows; ++r) a_rows[r] = g.a + (i0 + r) * g.a_row_stride;
+  const int64_t a_step = g.a_col_stride, b_step = g.b_row_stride;
+  const bool full = cols == kPanelWidth;
+  const __m256i mask0 = lane_mask(cols), mask1 = lane_mask(cols - 8);
+
+  const float* b_row = panel;
+  if (full) {
+    for (int p = 0; p < g.k; ++p, b_row += b_step) {
+      const __m256 b0 = _mm256_loadu_ps(b_row), b1 = _mm256_loadu_ps(b_row + 8);
+#pragma GCC unroll 6
+      for (int r = 0; r < Rows; ++r) {
+        const __m256 a = _mm256_broadcast_ss(a_rows[r] + p * a_step);
+        acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
+      }
+    }
+  } else {
+    for (int p = 0; p < g.k; ++p, b_row += b_step) {
+      const __m256 b0 = _mm256_maskload_ps(b_row, mask0), b1 = _mm256_maskload_ps(b_row + 8, mask1);
+#pragma GCC unroll 6
+      for (int r = 0; r < Rows; ++r) {
+        const __m256 a = _mm256_broadcast_ss(a_rows[r] + p * a_step);
+        acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
+      }
+    }
+  }
+
+  const __m256 alpha = _mm256_set1_ps(g.alpha);
+#pragma GCC unroll 6
+  for (int r = 0; r < Rows; ++r) {
+    float* c = g.c + (i0 + r) * g.ldc + j0;
+    __m256 out0 = _mm256_mul_ps(alpha, acc[r][0]), out1 = _mm256_mul_ps(alpha, acc[r][1]);
+    if (g.mode != Accumulate::kOverwrite) {
+      const __m256 old0 = full ? _mm256_loadu_ps(c) : _mm256_maskload_ps(c, mask0);
+      const __m256 old1 = full ? _mm256_loadu_ps(c + 8) : _mm256_maskload_ps(c + 8, mask1);
+      const __m256 keep = g.mode == Accumulate::kAdd ? _mm256_set1_ps(1.0f) : _mm256_set1_ps(g.row_scale[i0 + r]);
+      out0 = _mm256_fmadd_ps(keep, old0, out0);
+      out1 = _mm256_fmadd_ps(keep, old1, out1);
+    }
+    if (full) {
+      _mm256_storeu_ps(c, out0);
+      _mm256_storeu_ps(c + 8, out1);
+    } else {
+      _mm256_maskstore_ps(c, mask0, out0);
+      _mm256_maskstore_ps(c + 8, mask1, out1);
+    }
+  }
+}
+
+// Panels outer, row strips inner: one panel of B (k x 16, at most 16 KB for k = 256) stays in L1 while every
+// strip of A streams past it.
+MFGF_AVX2 void gemm(const GemmArgs& g) {
+  for (int j0 = 0; j0 < g.n; j0 += kPanelWidth) {
+    const int cols = std::min(kPanelWidth, g.n - j0);
+    const float* panel = g.b + (j0 / kPanelWidth) * g.b_panel_stride;
+    int i0 = 0;
+    for (; i0 + kMicroRows <= g.m; i0 += kMicroRows) micro_tile<kMicroRows>(g, i0, j0, panel, cols);
+    switch (g.m - i0) {
+      case 5:
+        micro_tile<5>(g, i0, j0, panel, cols);
+        break;
+      case 4:
+        micro_tile<4>(g, i0, j0, panel, cols);
+        break;
+      case 3:
+        micro_tile<3>(g, i0, j0, panel, cols);
+        break;
+      case 2:
+        micro_tile<2>(g, i0, j0, panel, cols);
+        break;
+      case 1:
+        micro_tile<1>(g, i0, j0, panel, cols);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+MFGF_AVX2 float row_max(const float* x, int n) {
+  __m256 best = _mm256_set1_ps(-INFINITY);
+  int c = 0;
+  for (; c + 8 <= n; c += 8) best = _mm256_max_ps(best, _mm256_loadu_ps(x + c));
+  float result = horizontal_max(best);
+  for (; c < n; ++c) result = std::max(result, x[c]);
+  return result;
+}
+
+MFGF_AVX2 float exp_shift_sum(float* x, int n, float shift) {
+  const __m256 shift_v = _mm256_set1_ps(shift);
+  __m256 sum = _mm256_setzero_ps();
+  int c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c), shift_v));
+    _mm256_storeu_ps(x + c, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  if (c < n) {
+    // The tail goes through the same vector exp (masked) so every element of a row is rounded the same way.
+    const __m256i mask = lane_mask(n - c);
+    const __m256 e = _mm256_and_ps(exp_ps(_mm256_sub_ps(_mm256_maskload_ps(x + c, mask), shift_v)),
+                                   _mm256_castsi256_ps(mask));
+    _mm256_maskstore_ps(x + c, mask, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  return horizontal_sum(sum);
+}
+
+// Eight independent Philox4x32-10 streams, one per lane: the 32 x 32 -> 64-bit products come from two
+// _mm256_mul_epu32 (even lanes, then odd lanes shifted down), recombined into low and high words.
+MFGF_AVX2 inline void multiply_high_low(__m256i a, __m256i multiplier, __m256i* high, __m256i* low) {
+  const __m256i even = _mm256_mul_epu32(a, multiplier);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), multiplier);
+  *low = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  *high = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+MFGF_AVX2 inline __m256i philox_word0(__m256i c0, __m256i c1, __m256i c2, __m256i c3, uint32_t key_lo,
+                                      uint32_t key_hi) {
+  const __m256i multiplier0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m256i multiplier1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  for (int round = 0; round < 10; ++round) {
+    __m256i high0, low0, high1, low1;
+    multiply_high_low(c0, multiplier0, &high0, &low0);
+    multiply_high_low(c2, multiplier1, &high1, &low1);
+    c0 = _mm256_xor_si256(_mm256_xor_si256(high1, c1), _mm256_set1_epi32(static_cast<int>(key_lo)));
+    c1 = low1;
+    c2 = _mm256_xor_si256(_mm256_xor_si256(high0, c3), _mm256_set1_epi32(static_cast<int>(key_hi)));
+    c3 = low0;
+    key_lo += 0x9E3779B9u;
+    key_hi += 0xBB67AE85u;
+  }
+  return c0;
+}
+
+MFGF_AVX2 void dropout_factors(float* factor, int n, const DropoutSpec& spec, uint32_t row, uint32_t batch_head,
+                               uint32_t col0) {
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i counter1 = _mm256_set1_epi32(static_cast<int>(row));
+  const __m256i counter2 = _mm256_set1_epi32(static_cast<int>(batch_head));
+  const __m256i threshold = _mm256_set1_epi32(static_cast<int>(spec.threshold));
+  const __m256 keep_scale = _mm256_set1_ps(spec.keep_scale);
+  for (int c = 0; c < n; c += 8) {
+    const __m256i counter0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(col0 + c)), lanes);
+    const __m256i word = philox_word0(counter0, counter1, counter2, _mm256_setzero_si256(), spec.key_lo, spec.key_hi);
+    // Unsigned word >= threshold, as max(word, threshold) == word (AVX2 has no unsigned compare).
+    const __m256i keep = _mm256_cmpeq_epi32(_mm256_max_epu32(word, threshold), word);
+    const __m256 value = _mm256_and_ps(_mm256_castsi256_ps(keep), keep_scale);
+    if (c + 8 <= n) {
+      _mm256_storeu_ps(factor + c, value);
+    } else {
+      _mm256_maskstore_ps(factor + c, lane_mask(n - c), value);
+    }
+  }
+}
+
+MFGF_AVX2 void multiply(float* x, const float* factor, int n) {
+  int c = 0;
+  for (; c + 8 <= n; c += 8) _mm256_storeu_ps(x + c, _mm256_mul_ps(_mm256_loadu_ps(x + c), _mm256_loadu_ps(factor + c)));
+  for (; c < n; ++c) x[c] *= factor[c];
+}
+
+MFGF_AVX2 void softmax_grad(float* dpd, const float* p, const float* factor, float d, int n) {
+  const __m256 d_v = _mm256_set1_ps(d);
+  int c = 0;
+  for (; c + 8 <= n; c += 8) {
+    __m256 dp = _mm256_loadu_ps(dpd + c);
+    if (factor) dp = _mm256_mul_ps(dp, _mm256_loadu_ps(factor + c));
+    _mm256_storeu_ps(dpd + c, _mm256_mul_ps(_mm256_loadu_ps(p + c), _mm256_sub_ps(dp, d_v)));
+  }
+  for (; c < n; ++c) dpd[c] = p[c] * ((factor ? dpd[c] * factor[c] : dpd[c]) - d);
+}
+
+MFGF_AVX2 float dot(const float* a, const float* b, int n) {
+  __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
+  int c = 0;
+  for (; c + 16 <= n; c += 16) {
+    sum0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c), sum0);
+    sum1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + c + 8), _mm256_loadu_ps(b + c + 8), sum1);
+  }
+  for (; c + 8 <= n; c += 8) sum0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c), sum0);
+  float result = horizontal_sum(_mm256_add_ps(sum0, sum1));
+  for (; c < n; ++c) result += a[c] * b[c];
+  return result;
+}
+
+MFGF_AVX2 void scale(float* x, int n, float s) {
+  const __m256 s_v = _mm256_set1_ps(s);
+  int c = 0;
+  for (; c + 8 <= n; c += 8) _mm256_storeu_ps(x + c, _mm256_mul_ps(_mm256_loadu_ps(x + c), s_v));
+  for (; c < n; ++c) x[c] *= s;
+}
+
+MFGF_AVX2 void layer_norm_row(const float* x, const float* residual, const float* gamma, const float* beta, float eps,
+                              int width, float* y, float* mean_out, float* rstd_out) {
+  // z = x + residual is staged in y, then normalised in place: two passes for the statistics (mean, then the
+  // centred sum of squares, which is exact where E[z^2] - E[z]^2 would cancel), one for the output.
+  __m256 sum_v = _mm256_setzero_ps();
+  int c = 0;
+  for (; c + 8 <= width; c += 8) {
+    __m256 z = _mm256_loadu_ps(x + c);
+    if (residual) z = _mm256_add_ps(z, _mm256_loadu_ps(residual + c));
+    _mm256_storeu_ps(y + c, z);
+    sum_v = _mm256_add_ps(sum_v, z);
+  }
+  float sum = horizontal_sum(sum_v);
+  for (; c < width; ++c) {
+    y[c] = residual ? x[c] + residual[c] : x[c];
+    sum += y[c];
+  }
+  const float mean = sum / width;
+  const __m256 mean_v = _mm256_set1_ps(mean);
+  __m256 squares_v = _mm256_setzero_ps();
+  for (c = 0; c + 8 <= width; c += 8) {
+    const __m256 centred = _mm256_sub_ps(_mm256_loadu_ps(y + c), mean_v);
+    squares_v = _mm256_fmadd_ps(centred, centred, squares_v);
+  }
+  float squares = horizontal_sum(squares_v);
+  for (; c < width; ++c) squares += (y[c] - mean) * (y[c] - mean);
+  const float rstd = 1.0f / std::sqrt(squares / width + eps);
+  const __m256 rstd_v = _mm256_set1_ps(rstd);
+  for (c = 0; c + 8 <= width; c += 8) {
+    const __m256 zhat = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(y + c), mean_v), rstd_v);
+    _mm256_storeu_ps(y + c, _mm256_fmadd_ps(zhat, _mm256_loadu_ps(gamma + c), _mm256_loadu_ps(beta + c)));
+  }
+  for (; c < width; ++c) y[c] = (y[c] - mean) * rstd * gamma[c] + beta[c];
+  *mean_out = mean;
+  *rstd_out = rstd;
+}
+
+MFGF_AVX2 void layer_norm_row_backward(const float* dy, const float* x, const float* residual, const float* gamma,
+                                       float mean, float rstd, float dmean, float drstd, int width, float* dx,
+                                       float* dgamma, float* dbeta) {
+  const __m256 mean_v = _mm256_set1_ps(mean), rstd_v = _mm256_set1_ps(rstd);
+  __m256 sum_g_v = _mm256_setzero_ps(), sum_g_zhat_v = _mm256_setzero_ps();
+  int c = 0;
+  for (; c + 8 <= width; c += 8) {
+    __m256 z = _mm256_loadu_ps(x + c);
+    if (residual) z = _mm256_add_ps(z, _mm256_loadu_ps(residual + c));
+    const __m256 zhat = _mm256_mul_ps(_mm256_sub_ps(z, mean_v), rstd_v);
+    const __m256 d = _mm256_loadu_ps(dy + c);
+    const __m256 g = _mm256_mul_ps(d, _mm256_loadu_ps(gamma + c));
+    sum_g_v = _mm256_add_ps(sum_g_v, g);
+    sum_g_zhat_v = _mm256_fmadd_ps(g, zhat, sum_g_zhat_v);
+    _mm256_storeu_ps(dgamma + c, _mm256_fmadd_ps(d, zhat, _mm256_loadu_ps(dgamma + c)));
+    _mm256_storeu_ps(dbeta + c, _mm256_add_ps(d, _mm256_loadu_ps(dbeta + c)));
+  }
+  float sum_g = horizontal_sum(sum_g_v), sum_g_zhat = horizontal_sum(sum_g_zhat_v);
+  for (; c < width; ++c) {
+    const float zhat = ((residual ? x[c] + residual[c] : x[c]) - mean) * rstd;
+    const float g = dy[c] * gamma[c];
+    sum_g += g;
+    sum_g_zhat += g * zhat;
+    dgamma[c] += dy[c] * zhat;
+    dbeta[c] += dy[c];
+  }
+  const float mean_g = sum_g / width, mean_g_zhat = sum_g_zhat / width;
+  const float through_mean = dmean / width, through_rstd = -drstd * rstd * rstd / width;
+  // dx = rstd (g - mean(g)) + dmean / H  -  zhat (rstd mean(g zhat) - through_rstd)
+  const __m256 offset_v = _mm256_set1_ps(through_mean - rstd * mean_g);
+  const __m256 zhat_coef_v = _mm256_set1_ps(through_rstd - rstd * mean_g_zhat);
+  for (c = 0; c + 8 <= width; c += 8) {
+    __m256 z = _mm256_loadu_ps(x + c);
+    if (residual) z = _mm256_add_ps(z, _mm256_loadu_ps(residual + c));
+    const __m256 zhat = _mm256_mul_ps(_mm256_sub_ps(z, mean_v), rstd_v);
+    const __m256 g = _mm256_mul_ps(_mm256_loadu_ps(dy + c), _mm256_loadu_ps(gamma + c));
+    _mm256_storeu_ps(dx + c, _mm256_fmadd_ps(zhat, zhat_coef_v, _mm256_fmadd_ps(rstd_v, g, offset_v)));
+  }
+  for (; c < width; ++c) {
+    const float zhat = ((residual ? x[c] + residual[c] : x[c]) - mean) * rstd;
+    dx[c] = rstd * (dy[c] * gamma[c] - mean_g - zhat * mean_g_zhat) + through_mean + through_rstd * zhat;
+  }
+}
+
+}  // namespace
+
+const TileKernels* avx2_tile_kernels() {
+  static const TileKernels table = {
+      "avx2", gemm, row_max, exp_shift_sum, dropout_factors, multiply, softmax_grad,
+      dot,    scale, layer_norm_row, layer_norm_row_backward,
+  };
+  return &table;
+}
+
+}  // namespace mfgf
+
+#else
+
+namespace mfgf {
+const TileKernels* avx2_tile_kernels() { return nullptr; }
+}  // namespace mfgf
+
+#endif

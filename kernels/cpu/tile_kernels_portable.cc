@@ -1,0 +1,129 @@
+// Portable C++ versions of the tile kernels: the reference behaviour of every table, and the path taken on CPUs
+// without AVX2/FMA. Kept simple; the compiler vectorises what it can with the baseline instruction set.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "tile_kernels.h"
+
+namespace mfgf {
+namespace {
+
+void gemm(const GemmArgs& g) {
+  float row[kPanelWidth];
+  for (int i = 0; i < g.m; ++i) {
+    float* c_row = g.c + i * g.ldc;
+    for (int j0 = 0; j0 < g.n; j0 += kPanelWidth) {
+      const int width = std::min(kPanelWidth, g.n - j0);
+      const float* panel = g.b + (j0 / kPanelWidth) * g.b_panel_stride;
+      std::fill(row, row + kPanelWidth, 0.0f);
+      for (int p = 0; p < g.k; ++p) {
+        const float a = g.a[i * g.a_row_stride + p * g.a_col_stride];
+        const float* b_row = panel + p * g.b_row_stride;
+        for (int j = 0; j < width; ++j) row[j] += a * b_row[j];
+      }
+      for (int j = 0; j < width; ++j) {
+        const float product = g.alpha * row[j];
+        switch (g.mode) {
+          case Accumulate::kOverwrite:
+            c_row[j0 + j] = product;
+            break;
+          case Accumulate::kAdd:
+            c_row[j0 + j] += product;
+            break;
+          case Accumulate::kRowScaled:
+            c_row[j0 + j] = g.row_scale[i] * c_row[j0 + j] + product;
+            break;
+        }
+      }
+    }
+  }
+}
+
+float row_max(const float* x, int n) {
+  float best = x[0];
+  for (int c = 1; c < n; ++c) best = std::max(best, x[c]);
+  return best;
+}
+
+float exp_shift_sum(float* x, int n, float shift) {
+  float sum = 0.0f;
+  for (int c = 0; c < n; ++c) {
+    x[c] = std::exp(x[c] - shift);
+    sum += x[c];
+  }
+  return sum;
+}
+
+void dropout_factors(float* factor, int n, const DropoutSpec& spec, uint32_t row, uint32_t batch_head, uint32_t col0) {
+  for (int c = 0; c < n; ++c) {
+    uint32_t counter[4] = {col0 + static_cast<uint32_t>(c), row, batch_head, 0u};
+    philox4x32_10(counter, spec.key_lo, spec.key_hi);
+    factor[c] = counter[0] >= spec.threshold ? spec.keep_scale : 0.0f;
+  }
+}
+
+void multiply(float* x, const float* factor, int n) {
+  for (int c = 0; c < n; ++c) x[c] *= factor[c];
+}
+
+void softmax_grad(float* dpd, const float* p, const float* factor, float d, int n) {
+  for (int c = 0; c < n; ++c) dpd[c] = p[c] * ((factor ? dpd[c] * factor[c] : dpd[c]) - d);
+}
+
+float dot(const float* a, const float* b, int n) {
+  float sum = 0.0f;
+  for (int c = 0; c < n; ++c) sum += a[c] * b[c];
+  return sum;
+}
+
+void scale(float* x, int n, float s) {
+  for (int c = 0; c < n; ++c) x[c] *= s;
+}
+
+void layer_norm_row(const float* x, const float* residual, const float* gamma, const float* beta, float eps, int width,
+                    float* y, float* mean_out, float* rstd_out) {
+  float sum = 0.0f;
+  for (int c = 0; c < width; ++c) {
+    y[c] = residual ? x[c] + residual[c] : x[c];
+    sum += y[c];
+  }
+  const float mean = sum / width;
+  float squares = 0.0f;
+  for (int c = 0; c < width; ++c) squares += (y[c] - mean) * (y[c] - mean);
+  const float rstd = 1.0f / std::sqrt(squares / width + eps);
+  for (int c = 0; c < width; ++c) y[c] = (y[c] - mean) * rstd * gamma[c] + beta[c];
+  *mean_out = mean;
+  *rstd_out = rstd;
+}
+
+void layer_norm_row_backward(const float* dy, const float* x, const float* residual, const float* gamma, float mean,
+                             float rstd, float dmean, float drstd, int width, float* dx, float* dgamma, float* dbeta) {
+  float sum_g = 0.0f, sum_g_zhat = 0.0f;
+  for (int c = 0; c < width; ++c) {
+    const float zhat = ((residual ? x[c] + residual[c] : x[c]) - mean) * rstd;
+    const float g = dy[c] * gamma[c];
+    sum_g += g;
+    sum_g_zhat += g * zhat;
+    dgamma[c] += dy[c] * zhat;
+    dbeta[c] += dy[c];
+  }
+  const float mean_g = sum_g / width, mean_g_zhat = sum_g_zhat / width;
+  const float through_mean = dmean / width, through_rstd = -drstd * rstd * rstd / width;
+  for (int c = 0; c < width; ++c) {
+    const float zhat = ((residual ? x[c] + residual[c] : x[c]) - mean) * rstd;
+    dx[c] = rstd * (dy[c] * gamma[c] - mean_g - zhat * mean_g_zhat) + through_mean + through_rstd * zhat;
+  }
+}
+
+}  // namespace
+
+const TileKernels& portable_tile_kernels() {
+  static const TileKernels table = {
+      "portable",    gemm,  row_max, exp_shift_sum,  dropout_factors,         multiply, softmax_grad,
+      dot,           scale, layer_norm_row, layer_norm_row_backward,
+  };
+  return table;
+}
+
+}  // namespace mfgf

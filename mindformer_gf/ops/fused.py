@@ -1,0 +1,273 @@
+"""The fused backend on CPU: this project's kernels (kernels/cpu) as MindSpore custom operators.
+
+The kernels live in one shared library, `mindformer_gf/ops/_cpu_kernels.<python-suffix>.so`, built with the package
+(`pip install -e .` or `python setup.py build_ext --inplace`). MindSpore loads it itself through
+`ops.Custom(func="<path>:<Function>", func_type="aot")`; shapes are inferred by the library's C++ `<Function>InferShape`
+functions, so graph mode with dynamic shapes (`Cell.set_inputs` with `None` dimensions) compiles once.
+
+Each operator has a `bprop` calling the matching backward kernel, so `ms.grad` and training work in graph and
+PyNative mode.
+
+Attention dropout runs inside the kernel on the probabilities, from a counter-based generator (Philox4x32-10, see
+`mindformer_gf.reference.attention_dropout`): the mask is a pure function of (seed, cell, head, query row, key
+column), so the backward kernel regenerates it instead of storing it. The seed must differ between training steps
+and between layers. `attention(..., dropout_seed=None)` draws a fresh seed inside the graph on every call (one random
+op per layer), which needs nothing from the caller; a caller that wants reproducible masks passes an int64 tensor of
+shape [1] instead, e.g. `step * 2**32 + layer_index` fed as a network input each step (the low 32 bits become Philox
+key word 0, the high 32 bits key word 1).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from functools import cache
+from pathlib import Path
+
+import mindspore as ms
+from mindspore import ops
+from mindspore.ops import CustomRegOp, DataType
+
+_LIBRARY_DIR = Path(__file__).resolve().parent
+_LIBRARY_GLOB = "_cpu_kernels*.so"
+
+BUILD_HINT = (
+    "build them with `pip install -e .` (or `python setup.py build_ext --inplace` in the repository), which needs a "
+    "C++17 compiler (g++), or choose attention_impl='composed'"
+)
+
+
+class KernelLibraryMissing(RuntimeError):
+    """The fused backend was requested but its native library is not built."""
+
+
+def library_path() -> Path | None:
+    """Path of the built kernel library inside the package, or None when it has not been built."""
+    candidates = sorted(_LIBRARY_DIR.glob(_LIBRARY_GLOB))
+    return candidates[0] if candidates else None
+
+
+def is_available() -> bool:
+    """Whether the fused CPU kernel library is built (the device check is `dispatch.resolve_impl`'s)."""
+    return library_path() is not None
+
+
+def _require_library() -> Path:
+    path = library_path()
+    if path is None:
+        raise KernelLibraryMissing(
+            f"the fused CPU kernels are not built (no {_LIBRARY_DIR / _LIBRARY_GLOB}): {BUILD_HINT}"
+        )
+    return path
+
+
+@cache
+def native() -> ctypes.CDLL:
+    """The library opened with ctypes (the same loaded copy MindSpore uses): ISA and thread controls for tests."""
+    library = ctypes.CDLL(str(_require_library()))
+    library.MindformerGfCpuIsa.restype = ctypes.c_char_p
+    library.MindformerGfSetCpuIsa.argtypes = [ctypes.c_char_p]
+    library.MindformerGfPhilox4x32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint32, ctypes.c_uint32]
+    library.MindformerGfDropoutFactors.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_uint64,
+        ctypes.c_float,
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+    ]
+    return library
+
+
+def cpu_isa() -> str:
+    """The instruction set the kernels use now: "avx2" or "portable"."""
+    return native().MindformerGfCpuIsa().decode()
+
+
+def set_cpu_isa(name: str) -> None:
+    """Switch the kernels to "avx2", "portable" or "auto" (the best this CPU runs), for the whole process."""
+    if native().MindformerGfSetCpuIsa(name.encode()) != 0:
+        raise ValueError(f"instruction set {name!r} is not available on this CPU/build; use 'portable' or 'auto'")
+
+
+def _float_formats(count: int) -> tuple:
+    return (DataType.F32_Default,) * count
+
+
+def _attention_forward_info() -> str:
+    reg = CustomRegOp("FlashAttentionForward")
+    for index, name in enumerate(("query", "key", "value", "key_mask", "seed", "drop_probability")):
+        reg = reg.input(index, name)
+    reg = reg.output(0, "out").output(1, "lse")
+    formats = _float_formats(3) + (DataType.I32_Default, DataType.I64_Default) + _float_formats(3)
+    return reg.dtype_format(*formats).target("CPU").get_op_info()
+
+
+def _attention_backward_info() -> str:
+    reg = CustomRegOp("FlashAttentionBackward")
+    names = ("query", "key", "value", "key_mask", "seed", "drop_probability", "out", "lse", "d_out", "d_lse")
+    for index, name in enumerate(names):
+        reg = reg.input(index, name)
+    reg = reg.output(0, "d_query").output(1, "d_key").output(2, "d_value")
+    formats = _float_formats(3) + (DataType.I32_Default, DataType.I64_Default) + _float_formats(5 + 3)
+    return reg.dtype_format(*formats).target("CPU").get_op_info()
+
+
+def _layer_norm_info(name: str, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> str:
+    reg = CustomRegOp(name)
+    for index, input_name in enumerate(inputs):
+        reg = reg.input(index, input_name)
+    for index, output_name in enumerate(outputs):
+        reg = reg.output(index, output_name)
+    return reg.dtype_format(*_float_formats(len(inputs) + len(outputs))).target("CPU").get_op_info()
+
+
+def _custom(function: str, outputs: int, reg_info: str, bprop=None) -> ops.Custom:
+    return ops.Custom(
+        f"{_require_library()}:{function}",
+        out_shape=None,
+        out_dtype=(ms.float32,) * outputs,
+        func_type="aot",
+        bprop=bprop,
+        reg_info=reg_info,
+    )
+
+
+def _attention_bprop(query, key, value, key_mask, seed, drop_probability, out, dout):
+    d_query, d_key, d_value = _kernels().attention_backward(
+        query, key, value, key_mask, seed, drop_probability, out[0], out[1], dout[0], dout[1]
+    )
+    return d_query, d_key, d_value, ops.zeros_like(key_mask), ops.zeros_like(seed), ops.zeros_like(drop_probability)
+
+
+def _add_layer_norm_bprop(x, residual, weight, bias, eps, out, dout):
+    dx, d_weight, d_bias = _kernels().add_layer_norm_backward(
+        dout[0], x, residual, weight, out[1], out[2], dout[1], dout[2]
+    )
+    return dx, dx, d_weight, d_bias, ops.zeros_like(eps)
+
+
+def _layer_norm_bprop(x, weight, bias, eps, out, dout):
+    dx, d_weight, d_bias = _kernels().layer_norm_backward(dout[0], x, weight, out[1], out[2], dout[1], dout[2])
+    return dx, d_weight, d_bias, ops.zeros_like(eps)
+
+
+class _Kernels:
+    """The custom operators, created once per process (MindSpore registers each by name)."""
+
+    def __init__(self) -> None:
+        self.attention_forward = _custom("FlashAttentionForward", 2, _attention_forward_info(), _attention_bprop)
+        self.attention_backward = _custom("FlashAttentionBackward", 3, _attention_backward_info())
+        self.add_layer_norm_forward = _custom(
+            "AddLayerNormForward",
+            3,
+            _layer_norm_info("AddLayerNormForward", ("x", "residual", "weight", "bias", "eps"), ("y", "mean", "rstd")),
+            _add_layer_norm_bprop,
+        )
+        self.add_layer_norm_backward = _custom(
+            "AddLayerNormBackward",
+            3,
+            _layer_norm_info(
+                "AddLayerNormBackward",
+                ("dy", "x", "residual", "weight", "mean", "rstd", "d_mean", "d_rstd"),
+                ("dx", "d_weight", "d_bias"),
+            ),
+        )
+        self.layer_norm_forward = _custom(
+            "LayerNormForward",
+            3,
+            _layer_norm_info("LayerNormForward", ("x", "weight", "bias", "eps"), ("y", "mean", "rstd")),
+            _layer_norm_bprop,
+        )
+        self.layer_norm_backward = _custom(
+            "LayerNormBackward",
+            3,
+            _layer_norm_info(
+                "LayerNormBackward",
+                ("dy", "x", "weight", "mean", "rstd", "d_mean", "d_rstd"),
+                ("dx", "d_weight", "d_bias"),
+            ),
+        )
+
+
+@cache
+def _kernels() -> _Kernels:
+    return _Kernels()
+
+
+# Graph mode compiles the functions below into the caller's graph; there a call to the cached factory is resolved
+# at compile time like any other Python constant, so the operators are built once, on first use.
+def random_seed() -> ms.Tensor:
+    """A fresh int64 dropout seed [1] on every execution, also inside a compiled graph (31 random bits per word)."""
+    words = ops.randint(0, 2**31 - 1, (2,), dtype=ms.int64)
+    return words[0:1] * 4294967296 + words[1:2]
+
+
+def attention_with_lse(
+    query: ms.Tensor,
+    key: ms.Tensor,
+    value: ms.Tensor,
+    attention_mask: ms.Tensor,
+    dropout_prob: float = 0.0,
+    training: bool = False,
+    dropout_seed: ms.Tensor | None = None,
+) -> tuple[ms.Tensor, ms.Tensor]:
+    """Fused attention returning (output, row log-sum-exp [batch, heads, length]); see `attention`."""
+    if not 0.0 <= dropout_prob < 1.0:
+        raise ValueError(f"dropout_prob must be in [0, 1), got {dropout_prob}")
+    drop = dropout_prob if training else 0.0
+    if drop > 0.0 and dropout_seed is None:
+        dropout_seed = random_seed()
+    if dropout_seed is None:
+        dropout_seed = ms.Tensor([0], ms.int64)
+    dtype = query.dtype
+    key_mask = ops.cast(ops.cast(attention_mask, ms.bool_), ms.int32)
+    out, lse = _kernels().attention_forward(
+        ops.cast(query, ms.float32),
+        ops.cast(key, ms.float32),
+        ops.cast(value, ms.float32),
+        key_mask,
+        ops.reshape(ops.cast(dropout_seed, ms.int64), (1,)),
+        ms.Tensor([drop], ms.float32),
+    )
+    return ops.cast(out, dtype), lse
+
+
+def attention(
+    query: ms.Tensor,
+    key: ms.Tensor,
+    value: ms.Tensor,
+    attention_mask: ms.Tensor,
+    dropout_prob: float = 0.0,
+    training: bool = False,
+    dropout_seed: ms.Tensor | None = None,
+) -> ms.Tensor:
+    """softmax(q k^T / sqrt(d) + key mask) v over [batch, heads, length, head_dim], fused (FlashAttention-2).
+
+    attention_mask [batch, length]: nonzero = valid key. A row with no valid key returns 0. Computed in float32 (other
+    dtypes are cast in and out). In training with dropout_prob > 0 the probabilities are dropped inside the kernel;
+    dropout_seed (int64, one element) picks the mask, or a fresh random seed is drawn per call when it is None.
+    """
+    return attention_with_lse(query, key, value, attention_mask, dropout_prob, training, dropout_seed)[0]
+
+
+def add_layer_norm(x: ms.Tensor, residual: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> ms.Tensor:
+    """LayerNorm(x + residual) over the last axis in one pass, float32 statistics."""
+    dtype = x.dtype
+    y, _, _ = _kernels().add_layer_norm_forward(
+        ops.cast(x, ms.float32),
+        ops.cast(residual, ms.float32),
+        ops.cast(weight, ms.float32),
+        ops.cast(bias, ms.float32),
+        ms.Tensor([eps], ms.float32),
+    )
+    return ops.cast(y, dtype)
+
+
+def layer_norm(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> ms.Tensor:
+    """LayerNorm over the last axis, float32 statistics."""
+    dtype = x.dtype
+    y, _, _ = _kernels().layer_norm_forward(
+        ops.cast(x, ms.float32), ops.cast(weight, ms.float32), ops.cast(bias, ms.float32), ms.Tensor([eps], ms.float32)
+    )
+    return ops.cast(y, dtype)
