@@ -1,0 +1,94 @@
+"""A tokenized corpus (Hugging Face `datasets`, as `gf tokenize` writes it): lengths, rows, special tokens."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Geneformer's dictionaries put <pad> at 0 and <mask> at 1 (V1 and V2); used only when a dataset does not say.
+DEFAULT_SPECIAL_TOKENS = {"<pad>": 0, "<mask>": 1}
+
+
+def load_corpus(dataset_or_dir: Any, vocab_size: int | None = None) -> Any:
+    """The `datasets.Dataset` at `dataset_or_dir` (or the dataset itself), checked against the model's vocabulary."""
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    if isinstance(dataset_or_dir, (str, os.PathLike)):
+        path = Path(dataset_or_dir)
+        if not path.exists():
+            raise FileNotFoundError(f"no tokenized dataset at {path}; make one with `gf tokenize`")
+        dataset = load_from_disk(str(path))
+    else:
+        dataset = dataset_or_dir
+    if isinstance(dataset, DatasetDict):
+        raise ValueError(f"{dataset_or_dir} holds several splits {list(dataset)}: pass the directory of one split")
+    if not isinstance(dataset, Dataset) or "input_ids" not in dataset.column_names:
+        raise ValueError(f"{dataset_or_dir} is not a tokenized dataset: it needs an `input_ids` column")
+    if vocab_size is not None:
+        _check_vocab(dataset, vocab_size)
+    return dataset
+
+
+def _check_vocab(dataset: Any, vocab_size: int) -> None:
+    try:
+        from mindformer_gf.tokenizer.writer import check_dataset_matches_vocab
+    except ImportError:
+        check_dataset_matches_vocab = None
+    if check_dataset_matches_vocab is not None:
+        check_dataset_matches_vocab(dataset, vocab_size)
+        return
+    import pyarrow.compute as pc
+
+    maximum = pc.max(pc.list_flatten(dataset.data.column("input_ids"))).as_py()
+    if maximum is not None and maximum >= vocab_size:
+        raise ValueError(
+            f"the dataset holds token id {maximum}, beyond the model's vocabulary of {vocab_size} tokens: tokenize the "
+            "cells with the dictionary of this model (V1 and V2 dictionaries do not mix)"
+        )
+
+
+def corpus_lengths(dataset: Any) -> np.ndarray:
+    """Tokens per cell: the `length` column when present, else counted from `input_ids`."""
+    if "length" in dataset.column_names:
+        return np.asarray(dataset.with_format("numpy")["length"], dtype=np.int64)
+    import pyarrow.compute as pc
+
+    table = dataset.with_format("arrow")[:]
+    return np.asarray(pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False), np.int64)
+
+
+def read_cells(dataset: Any, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
+    """The token arrays of rows `indices`, in that order (one Arrow take, no per-row Python objects)."""
+    indices = [int(i) for i in indices]
+    if not indices:
+        return []
+    column = dataset.with_format("arrow")[indices].column("input_ids").combine_chunks()
+    offsets = column.offsets.to_numpy()
+    values = column.values.to_numpy(zero_copy_only=False)
+    return [values[offsets[i] : offsets[i + 1]] for i in range(len(indices))]
+
+
+def corpus_special_tokens(dataset: Any) -> dict[str, int]:
+    """The special tokens of the dictionary that tokenized `dataset` ({"<pad>": 0, "<mask>": 1, ...}).
+
+    Read from the tokenizer's record; a dataset without one (e.g. made by the reference package) gets Geneformer's
+    `<pad>`=0 and `<mask>`=1 with a warning, since <cls>/<eos> cannot then be known.
+    """
+    try:
+        from mindformer_gf.tokenizer.writer import read_dictionary_metadata
+    except ImportError:
+        read_dictionary_metadata = None
+    record = read_dictionary_metadata(dataset) if read_dictionary_metadata is not None else None
+    if record and record.get("dictionary", {}).get("special_tokens"):
+        return {str(k): int(v) for k, v in record["dictionary"]["special_tokens"].items()}
+    warnings.warn(
+        "the dataset does not record its dictionary's special tokens; assuming Geneformer's <pad>=0 and <mask>=1 "
+        "(pass special_tokens explicitly if it also has <cls>/<eos>)",
+        stacklevel=2,
+    )
+    return dict(DEFAULT_SPECIAL_TOKENS)

@@ -1,0 +1,71 @@
+"""Data parallelism through MindSpore's launcher: `msrun` starts one process per device and sets MS_ROLE/
+MS_WORKER_NUM; `init_distributed` then joins the collective group (HCCL on Ascend, MCCL on CPU).
+
+Launch (one machine, 8 devices):
+    msrun --worker_num=8 --local_worker_num=8 --master_addr=127.0.0.1 --master_port=8118 --log_dir=logs \
+        --join=True $(which gf) pretrain --config pretrain.yaml
+Several machines: the same on each, with --worker_num = total devices, --local_worker_num = devices on that
+machine, --node_rank = the machine's index, --master_addr = machine 0's reachable address.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ParallelContext:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_msrun() -> bool:
+    return os.environ.get("MS_ROLE") == "MS_WORKER" and int(os.environ.get("MS_WORKER_NUM", "1")) > 1
+
+
+_CONTEXT: ParallelContext | None = None
+DEVICES = ("auto", "CPU", "Ascend")
+
+
+def prepare_mindspore(device: str = "auto") -> str:
+    """Graph mode on `device` ("auto": MindSpore's default target, Ascend when present); returns the target.
+
+    Call before building models and before `init_distributed`.
+    """
+    import mindspore as ms
+
+    if device not in DEVICES:
+        raise ValueError(f"device {device!r} is not one of {DEVICES}")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    if device != "auto" and ms.get_context("device_target") != device:
+        ms.set_device(device)
+    return ms.get_context("device_target")
+
+
+def init_distributed() -> ParallelContext:
+    """Join the process group when started by msrun with more than one worker; a single process otherwise.
+
+    Sets data-parallel mode. Idempotent: later calls return the same context.
+    """
+    global _CONTEXT
+    if _CONTEXT is not None:
+        return _CONTEXT
+    if not launched_by_msrun():
+        _CONTEXT = ParallelContext()
+        return _CONTEXT
+    import mindspore as ms
+    from mindspore.communication import get_group_size, get_rank, init
+
+    init()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=False)
+    _CONTEXT = ParallelContext(rank=get_rank(), world_size=get_group_size())
+    return _CONTEXT

@@ -1,0 +1,135 @@
+"""The two compiled graphs of a training step: accumulate one micro-batch, then apply the update.
+
+`MicroStep(objective, ...)(scale, *batch)` runs forward and backward of one micro-batch and adds its gradients
+and statistics into buffers. It is compiled once per batch shape (one per length bucket).
+
+`ApplyStep(...)(lr)` is compiled once: it sums buffers over data-parallel ranks (AllReduce), normalises by the
+global item count, checks that every gradient is finite, clips the global norm, runs AdamW (or skips it entirely
+when something is not finite), and clears the buffers.
+
+Normalisation: the objective returns sums over items (masked genes, labelled cells), not means. Gradients of the sum
+are accumulated over micro-batches and ranks and divided once by the total item count, so a step is the gradient of
+the mean loss over the whole global batch, however its items are spread over ranks and accumulation steps: a
+1-device run with N accumulation steps equals N devices with 1 (up to float summation order).
+
+Loss scaling: the micro-step multiplies the loss by `scale` (fp16: the dynamic loss scale, times a fixed factor
+that keeps the sums of gradients in range); the apply step divides by it before anything else.
+"""
+
+from __future__ import annotations
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+
+from mindformer_gf.train.optim import AdamW
+
+
+class Objective(nn.Cell):
+    """Base of training objectives: `construct(*batch) -> (loss_sum, item_count, *metric_sums)`, all fp32 scalars.
+
+    `input_names` lists the batch arrays construct takes, in order; `metric_names` names the outputs after the
+    first two (e.g. "correct" for accuracy = correct / item_count).
+    """
+
+    input_names: tuple[str, ...] = ()
+    metric_names: tuple[str, ...] = ()
+
+
+class _ScaledObjective(nn.Cell):
+    def __init__(self, objective: Objective) -> None:
+        super().__init__(auto_prefix=False)
+        self.objective = objective
+
+    def construct(self, scale: Tensor, *batch: Tensor) -> tuple:
+        stats = self.objective(*batch)
+        return stats[0] * scale, ops.stack(stats)
+
+
+class MicroStep(nn.Cell):
+    """Forward + backward of one micro-batch; gradients and statistics are added to the buffers."""
+
+    def __init__(self, objective: Objective, params: list[Parameter], grad_buffers, stats_buffer: Parameter) -> None:
+        super().__init__(auto_prefix=False)
+        self.scaled = _ScaledObjective(objective)
+        self.weights = ms.ParameterTuple(params)
+        self.grad_buffers = grad_buffers
+        self.stats_buffer = stats_buffer
+        self.value_and_grad = ops.value_and_grad(self.scaled, None, self.weights, has_aux=True)
+
+    def construct(self, scale: Tensor, *batch: Tensor) -> Tensor:
+        (_, stats), grads = self.value_and_grad(scale, *batch)
+        for i in range(len(self.grad_buffers)):
+            ops.assign_add(self.grad_buffers[i], grads[i])
+        ops.assign_add(self.stats_buffer, stats)
+        return stats
+
+
+class ApplyStep(nn.Cell):
+    """Reduce over ranks, normalise, check finiteness, clip, update (or skip), clear the buffers.
+
+    Returns (statistics summed over ranks and micro-batches, gradient norm before clipping, applied flag).
+    """
+
+    def __init__(
+        self,
+        optimizer: AdamW,
+        grad_buffers,
+        stats_buffer: Parameter,
+        max_grad_norm: float,
+        distributed: bool,
+    ) -> None:
+        super().__init__(auto_prefix=False)
+        self.optimizer = optimizer
+        self.grad_buffers = grad_buffers
+        self.stats_buffer = stats_buffer
+        self.max_grad_norm = float(max_grad_norm)
+        self.distributed = distributed
+        if distributed:
+            self.all_reduce = ops.AllReduce()
+
+    def construct(self, lr: Tensor, inverse_scale: Tensor) -> tuple:
+        stats = self.stats_buffer * 1.0
+        grads = ()
+        for i in range(len(self.grad_buffers)):
+            grads = grads + (self.grad_buffers[i] * 1.0,)
+        if self.distributed:
+            stats = self.all_reduce(stats)
+            reduced = ()
+            for i in range(len(grads)):
+                reduced = reduced + (self.all_reduce(grads[i]),)
+            grads = reduced
+        factor = inverse_scale / ops.maximum(stats[1], 1.0)
+        normalised = ()
+        squares = ()
+        finite = ()
+        for i in range(len(grads)):
+            grad = grads[i] * factor
+            normalised = normalised + (grad,)
+            squares = squares + ((grad * grad).sum(),)
+            finite = finite + (ops.isfinite(grad).all(),)
+        norm = ops.sqrt(ops.stack(squares).sum())
+        all_finite = ops.stack(finite).all() & ops.isfinite(norm)
+        clipped = normalised
+        if self.max_grad_norm > 0:
+            coefficient = ops.minimum(1.0, self.max_grad_norm / (norm + 1e-6))
+            clipped = ()
+            for i in range(len(normalised)):
+                clipped = clipped + (normalised[i] * coefficient,)
+        applied = self.optimizer(clipped, lr, all_finite)
+        for i in range(len(self.grad_buffers)):
+            ops.assign(self.grad_buffers[i], ops.zeros_like(self.grad_buffers[i]))
+        ops.assign(self.stats_buffer, ops.zeros_like(self.stats_buffer))
+        return stats, norm, applied
+
+
+def make_buffers(params: list[Parameter], num_stats: int) -> tuple[ms.ParameterTuple, Parameter]:
+    """Zeroed gradient buffers shaped like `params` and a statistics buffer of `num_stats` sums."""
+    grads = ms.ParameterTuple(
+        [
+            Parameter(Tensor(np.zeros(p.shape, np.float32)), name=f"grad_buffer.{i}", requires_grad=False)
+            for i, p in enumerate(params)
+        ]
+    )
+    stats = Parameter(Tensor(np.zeros(num_stats, np.float32)), name="stats_buffer", requires_grad=False)
+    return grads, stats
