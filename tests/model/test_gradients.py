@@ -42,10 +42,11 @@ def labels_for(architecture: str, mask: np.ndarray, rng: np.random.Generator) ->
     return np.where(chosen, labels, -100).astype(np.int32)
 
 
+@pytest.mark.parametrize("impl", ["composed", "fused"])
 @pytest.mark.parametrize("architecture", ["BertForMaskedLM", "BertForSequenceClassification"])
-def test_gradients_match_finite_differences_of_the_reference(make_batch, architecture):
+def test_gradients_match_finite_differences_of_the_reference(make_batch, architecture, impl):
     rng = np.random.default_rng(0)
-    model = build_model(CONFIG, architecture, seed=1)
+    model = build_model(CONFIG.replace(attention_impl=impl), architecture, seed=1)
     model.set_train(False)
     ids, mask = make_batch([16, 11, 4], CONFIG.vocab_size, seed=3)
     labels = labels_for(architecture, mask, rng)

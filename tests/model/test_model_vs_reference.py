@@ -20,9 +20,10 @@ def v1_config(v1_config_path):
     return GeneformerConfig.from_json_file(v1_config_path).replace(id2label={0: "a", 1: "b", 2: "c"})
 
 
+@pytest.mark.parametrize("impl", ["composed", "fused"])
 @pytest.mark.parametrize("architecture", sorted(MODEL_CLASSES))
-def test_every_head_and_hidden_state_matches_the_reference(v1_config, make_batch, architecture):
-    model = build_model(v1_config, architecture, seed=3)
+def test_every_head_and_hidden_state_matches_the_reference(v1_config, make_batch, architecture, impl):
+    model = build_model(v1_config.replace(attention_impl=impl), architecture, seed=3)
     model.set_train(False)
     ids, mask = make_batch(LENGTHS, v1_config.vocab_size)
     output, hidden_states = model(Tensor(ids), Tensor(mask), output_hidden_states=True)
