@@ -1,38 +1,55 @@
-"""`from_pretrained`: a model directory in, a ready MindSpore model out."""
+"""`from_pretrained` and `save_pretrained`: a model directory in, a ready MindSpore model out, and back."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
 from mindformer_gf.config import GeneformerConfig
-from mindformer_gf.convert import load_hf_weights
+from mindformer_gf.convert.checkpoint import open_model_weights
+from mindformer_gf.convert.converter import save_mindspore_model
+from mindformer_gf.convert.dtypes import to_float32
+from mindformer_gf.convert.plan import fresh_head_weights, plan_weights
 from mindformer_gf.model import GeneformerPreTrainedModel, build_model
-
-# Parameters a checkpoint may lack and that are then initialised fresh: a classifier built from a pretrained
-# (masked-LM) checkpoint has no pooler and no classifier yet.
-FRESH_ALLOWED_PREFIXES = ("bert.pooler.", "pooler.", "classifier.")
 
 
 def from_pretrained(
-    directory: str | Path, architecture: str | None = None, seed: int = 0, **config_overrides: object
+    directory: str | os.PathLike, architecture: str | None = None, seed: int = 0, **config_overrides: object
 ) -> GeneformerPreTrainedModel:
     """Build the model named by config.json's `architectures` (or `architecture`) and load the directory's weights.
 
-    Heads absent from the checkpoint (pooler, classifier) are initialised with `seed` and reported in a warning.
+    `directory` is a Hugging Face model directory (safetensors, pytorch_model.bin or a sharded set; converted in
+    memory) or a MindSpore one written by `gf convert` / `save_pretrained`. Heads absent from the checkpoint
+    (pooler, classifier) are initialised from `seed` and reported in a warning.
     """
     config = GeneformerConfig.from_pretrained(directory)
     if config_overrides:
         config = config.replace(**config_overrides)
     architecture = architecture or config.architecture
-    weights, missing = load_hf_weights(directory, config, architecture)
-    not_fresh = [name for name in missing if not name.startswith(FRESH_ALLOWED_PREFIXES)]
-    if not_fresh:
-        raise KeyError(f"{directory}: the checkpoint lacks parameters of {architecture}: {not_fresh}")
-    model = build_model(config, architecture, seed=seed if missing else None)
-    if missing:
-        warnings.warn(f"{directory}: initialised fresh (not in the checkpoint): {missing}", stacklevel=2)
-        weights = {**model.state_dict(), **weights}
+    with open_model_weights(directory) as checkpoint:
+        plan = plan_weights(checkpoint.tensors, config, architecture, allow_missing=True, source=str(directory))
+        weights = {name: to_float32(info.read(), info.dtype) for name, info in plan.tensors.items()}
+    if plan.fresh:
+        warnings.warn(f"{directory}: initialised fresh (not in the checkpoint): {plan.fresh}", stacklevel=2)
+        weights.update(fresh_head_weights(config, architecture, plan.fresh, seed))
+    for key in plan.dropped:
+        warnings.warn(f"{directory}: {key} dropped: {architecture} has no such head", stacklevel=2)
+    model = build_model(config, architecture, seed=None)
     model.load_weights(weights)
     model.set_train(False)
     return model
+
+
+def save_pretrained(
+    model: GeneformerPreTrainedModel,
+    directory: str | os.PathLike,
+    format: str = "ckpt",
+    dtype: str = "keep",
+    force: bool = False,
+) -> Path:
+    """Write `model` as a MindSpore model directory (config.json, mindspore_model.ckpt or .safetensors, manifest),
+    atomically; `gf convert --to huggingface` turns it into a directory transformers loads."""
+    return save_mindspore_model(
+        model.state_dict(), model.config, model.architecture, directory, format=format, dtype=dtype, force=force
+    )

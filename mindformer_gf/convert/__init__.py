@@ -1,6 +1,39 @@
-"""Checkpoint reading and writing: Hugging Face model directories in, MindSpore model directories out (and back)."""
+"""Checkpoint reading and writing: Hugging Face model directories in, MindSpore model directories out (and back).
 
-from mindformer_gf.convert.hf import load_hf_weights
+No PyTorch is needed: safetensors, pytorch_model.bin (zip and legacy formats, read through a restricted unpickler)
+and sharded sets are read one tensor at a time.
+"""
+
+from mindformer_gf.convert.checkpoint import ModelWeights, open_model_weights
+from mindformer_gf.convert.converter import (
+    ConversionReport,
+    VerificationError,
+    convert,
+    convert_to_huggingface,
+    convert_to_mindspore,
+    verify_conversion,
+)
+from mindformer_gf.convert.hf import load_hf_weights, read_state_dict
 from mindformer_gf.convert.names import NON_PARAMETER_KEYS, to_hf_name, to_model_name
+from mindformer_gf.convert.plan import WeightPlan, plan_weights
+from mindformer_gf.convert.tensors import CheckpointError, TensorInfo
 
-__all__ = ["NON_PARAMETER_KEYS", "load_hf_weights", "to_hf_name", "to_model_name"]
+__all__ = [
+    "NON_PARAMETER_KEYS",
+    "CheckpointError",
+    "ConversionReport",
+    "ModelWeights",
+    "TensorInfo",
+    "VerificationError",
+    "WeightPlan",
+    "convert",
+    "convert_to_huggingface",
+    "convert_to_mindspore",
+    "load_hf_weights",
+    "open_model_weights",
+    "plan_weights",
+    "read_state_dict",
+    "to_hf_name",
+    "to_model_name",
+    "verify_conversion",
+]

@@ -1,0 +1,141 @@
+"""Converter benchmark: a Geneformer-V2-316M-shaped checkpoint (1.27 GB) to a MindSpore directory.
+
+Writes the checkpoint one tensor at a time (random weights, the released layout: config.json + model.safetensors,
+or pytorch_model.bin with `--source bin`, which needs torch), runs `gf convert` on it in a child process, and prints
+JSON lines; the last one is the summary: `seconds` (wall time of the conversion), `peak_rss_mb` (the child's peak
+resident memory) and `file_mb` (the checkpoint's size), with the targets peak < 1.5 x file and < 60 s.
+Everything generated is removed at the end.
+
+    python bench/convert.py [--source safetensors|bin] [--format ckpt|safetensors] [--workdir DIR] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mindformer_gf.config import GeneformerConfig
+from mindformer_gf.convert.safetensors_io import SafetensorsWriter
+
+PRESET = "Geneformer-V2-316M"
+ARCHITECTURE = "BertForMaskedLM"
+TARGET_RSS_OVER_FILE = 1.5
+TARGET_SECONDS = 60.0
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def random_weights(config: GeneformerConfig, seed: int = 0):
+    """(name, float32 array) one at a time, in the parameter table's order."""
+    rng = np.random.default_rng(seed)
+    for name, shape in config.parameter_shapes(ARCHITECTURE).items():
+        array = rng.standard_normal(size=shape, dtype=np.float32)
+        array *= config.initializer_range
+        yield name, array
+
+
+def write_safetensors(directory: Path, config: GeneformerConfig) -> Path:
+    path = directory / "model.safetensors"
+    entries = [(name, "F32", shape) for name, shape in config.parameter_shapes(ARCHITECTURE).items()]
+    with SafetensorsWriter(path, entries, {"format": "pt"}) as writer:
+        for name, array in random_weights(config):
+            writer.write(name, array, "F32")
+    return path
+
+
+def write_pytorch_bin(directory: Path, config: GeneformerConfig) -> Path:
+    import torch
+
+    path = directory / "pytorch_model.bin"
+    torch.save({name: torch.from_numpy(array) for name, array in random_weights(config)}, path)
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", choices=("safetensors", "bin"), default="safetensors")
+    parser.add_argument("--format", choices=("ckpt", "safetensors"), default="ckpt")
+    parser.add_argument("--workdir", default=None, help="where to write the checkpoints (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="gf-bench-convert-", dir=args.workdir))
+    source, destination = workdir / "hf", workdir / "ms"
+    try:
+        source.mkdir()
+        config = GeneformerConfig.from_preset(PRESET, architectures=[ARCHITECTURE])
+        config.save_pretrained(source)
+        started = time.perf_counter()
+        weights = (
+            write_safetensors(source, config) if args.source == "safetensors" else write_pytorch_bin(source, config)
+        )
+        file_mb = weights.stat().st_size / 2**20
+        emit(
+            {
+                "stage": "generate",
+                "preset": PRESET,
+                "file": weights.name,
+                "file_mb": round(file_mb, 1),
+                "parameters": config.num_parameters(ARCHITECTURE),
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+        )
+
+        command = [
+            sys.executable,
+            "-m",
+            "mindformer_gf",
+            "convert",
+            str(source),
+            str(destination),
+            "--format",
+            args.format,
+            "--quiet",
+        ]
+        started = time.perf_counter()
+        completed = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        # ru_maxrss of the children waited for, in KiB on Linux: the conversion is the only child.
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        if completed.returncode != 0:
+            emit({"stage": "convert", "error": completed.stderr[-2000:], "returncode": completed.returncode})
+            return 1
+        output_mb = sum(p.stat().st_size for p in destination.iterdir()) / 2**20
+        emit(
+            {
+                "stage": "convert",
+                "command": " ".join(command[1:]),
+                "output_mb": round(output_mb, 1),
+                "report": completed.stdout.strip().splitlines()[0],
+            }
+        )
+        emit(
+            {
+                "seconds": round(seconds, 2),
+                "peak_rss_mb": round(peak_rss_mb, 1),
+                "file_mb": round(file_mb, 1),
+                "peak_rss_over_file": round(peak_rss_mb / file_mb, 3),
+                "source": args.source,
+                "format": args.format,
+                "targets_met": bool(peak_rss_mb < TARGET_RSS_OVER_FILE * file_mb and seconds < TARGET_SECONDS),
+            }
+        )
+        return 0
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
