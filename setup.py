@@ -14,7 +14,9 @@ if CPU_KERNEL_SOURCES:
             "mindformer_gf.ops._cpu_kernels",
             sources=CPU_KERNEL_SOURCES,
             include_dirs=["kernels/cpu"],
-            extra_compile_args=["-O3", "-std=c++17", "-fno-math-errno"],
+            # No -march: the AVX2 code is chosen at run time (kernels/cpu/README.md), so one build runs on any x86-64.
+            extra_compile_args=["-O3", "-std=c++17", "-fno-math-errno", "-fvisibility=hidden", "-pthread"],
+            extra_link_args=["-pthread"],
             language="c++",
         )
     )

@@ -108,6 +108,7 @@ using mfgf::AotArgs;
 extern "C" {
 
 // Inputs: x [..., H], residual [..., H], gamma [H], beta [H], eps [1]. Outputs: y [..., H], mean [...], rstd [...].
+MFGF_EXPORT
 int AddLayerNormForward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
   constexpr const char* kName = "AddLayerNormForward";
   if (nparam != 8) return mfgf::fail(kName, "expected 5 inputs and 3 outputs, got " + std::to_string(nparam));
@@ -121,11 +122,13 @@ int AddLayerNormForward(int nparam, void** params, int* ndims, int64_t** shapes,
   return 0;
 }
 
+MFGF_EXPORT
 std::vector<std::vector<int64_t>> AddLayerNormForwardInferShape(int* ndims, int64_t** shapes, mindspore::AotExtra*) {
   return mfgf::statistics_shapes(ndims, shapes, 0, 1);
 }
 
 // Inputs: dy, x, residual, gamma, mean, rstd, dmean, drstd. Outputs: dx (= dresidual) [..., H], dgamma, dbeta [H].
+MFGF_EXPORT
 int AddLayerNormBackward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
   constexpr const char* kName = "AddLayerNormBackward";
   if (nparam != 11) return mfgf::fail(kName, "expected 8 inputs and 3 outputs, got " + std::to_string(nparam));
@@ -139,6 +142,7 @@ int AddLayerNormBackward(int nparam, void** params, int* ndims, int64_t** shapes
   return 0;
 }
 
+MFGF_EXPORT
 std::vector<std::vector<int64_t>> AddLayerNormBackwardInferShape(int* ndims, int64_t** shapes, mindspore::AotExtra*) {
   const mfgf::Shape x = mfgf::shape_of(ndims, shapes, 1);
   const mfgf::Shape gamma = mfgf::shape_of(ndims, shapes, 3);
@@ -146,6 +150,7 @@ std::vector<std::vector<int64_t>> AddLayerNormBackwardInferShape(int* ndims, int
 }
 
 // Inputs: x [..., H], gamma [H], beta [H], eps [1]. Outputs: y, mean, rstd.
+MFGF_EXPORT
 int LayerNormForward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
   constexpr const char* kName = "LayerNormForward";
   if (nparam != 7) return mfgf::fail(kName, "expected 4 inputs and 3 outputs, got " + std::to_string(nparam));
@@ -157,11 +162,13 @@ int LayerNormForward(int nparam, void** params, int* ndims, int64_t** shapes, co
   return 0;
 }
 
+MFGF_EXPORT
 std::vector<std::vector<int64_t>> LayerNormForwardInferShape(int* ndims, int64_t** shapes, mindspore::AotExtra*) {
   return mfgf::statistics_shapes(ndims, shapes, 0, 1);
 }
 
 // Inputs: dy, x, gamma, mean, rstd, dmean, drstd. Outputs: dx, dgamma, dbeta.
+MFGF_EXPORT
 int LayerNormBackward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
   constexpr const char* kName = "LayerNormBackward";
   if (nparam != 10) return mfgf::fail(kName, "expected 7 inputs and 3 outputs, got " + std::to_string(nparam));
@@ -174,6 +181,7 @@ int LayerNormBackward(int nparam, void** params, int* ndims, int64_t** shapes, c
   return 0;
 }
 
+MFGF_EXPORT
 std::vector<std::vector<int64_t>> LayerNormBackwardInferShape(int* ndims, int64_t** shapes, mindspore::AotExtra*) {
   const mfgf::Shape x = mfgf::shape_of(ndims, shapes, 1);
   const mfgf::Shape gamma = mfgf::shape_of(ndims, shapes, 2);

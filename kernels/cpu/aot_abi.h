@@ -11,6 +11,10 @@
 #include <string>
 #include <vector>
 
+// The library is built with -fvisibility=hidden so that only the entry points below are visible to MindSpore's
+// dlsym and nothing internal can collide with symbols of the other libraries in its process.
+#define MFGF_EXPORT __attribute__((visibility("default")))
+
 namespace mindspore {
 class AotExtra;
 }

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "aot_abi.h"
 #include "parallel.h"
 #include "tile_kernels.h"
 
@@ -46,10 +47,10 @@ const TileKernels& tile_kernels() { return *chosen().load(std::memory_order_acqu
 extern "C" {
 
 // Name of the tile kernels in use: "avx2" or "portable".
-const char* MindformerGfCpuIsa() { return mfgf::tile_kernels().name; }
+MFGF_EXPORT const char* MindformerGfCpuIsa() { return mfgf::tile_kernels().name; }
 
 // Selects "portable" or "avx2" (or "auto": the best this CPU runs); returns 0, or 1 when unavailable here.
-int MindformerGfSetCpuIsa(const char* name) {
+MFGF_EXPORT int MindformerGfSetCpuIsa(const char* name) {
   const mfgf::TileKernels* table = nullptr;
   if (std::strcmp(name, "portable") == 0) {
     table = &mfgf::portable_tile_kernels();
@@ -63,15 +64,15 @@ int MindformerGfSetCpuIsa(const char* name) {
   return 0;
 }
 
-int MindformerGfNumThreads() { return mfgf::num_threads(); }
+MFGF_EXPORT int MindformerGfNumThreads() { return mfgf::num_threads(); }
 
 // The four output words of Philox4x32-10 for `count` counters (4 words each) under one key, in place.
-void MindformerGfPhilox4x32(uint32_t* counters, int64_t count, uint32_t key_lo, uint32_t key_hi) {
+MFGF_EXPORT void MindformerGfPhilox4x32(uint32_t* counters, int64_t count, uint32_t key_lo, uint32_t key_hi) {
   for (int64_t index = 0; index < count; ++index) mfgf::philox4x32_10(counters + 4 * index, key_lo, key_hi);
 }
 
 // The dropout keep factors (1/(1-p) or 0) of one row through the tile kernels in use, so tests see the vector path.
-void MindformerGfDropoutFactors(float* factor, int n, uint64_t seed, float drop_probability, uint32_t row,
+MFGF_EXPORT void MindformerGfDropoutFactors(float* factor, int n, uint64_t seed, float drop_probability, uint32_t row,
                                 uint32_t batch_head, uint32_t col0) {
   mfgf::DropoutSpec spec{true, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
                          mfgf::dropout_threshold(drop_probability), 1.0f / (1.0f - drop_probability)};
