@@ -33,8 +33,8 @@ def from_pretrained(
     if plan.fresh:
         warnings.warn(f"{directory}: initialised fresh (not in the checkpoint): {plan.fresh}", stacklevel=2)
         weights.update(fresh_head_weights(config, architecture, plan.fresh, seed))
-    for key in plan.dropped:
-        warnings.warn(f"{directory}: {key} dropped: {architecture} has no such head", stacklevel=2)
+    if plan.dropped:
+        warnings.warn(f"{directory}: not used by {architecture} (no such head): {plan.dropped}", stacklevel=2)
     model = build_model(config, architecture, seed=None)
     model.load_weights(weights)
     model.set_train(False)

@@ -67,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
     from mindformer_gf.convert import CheckpointError, convert
     from mindformer_gf.safe_pickle import UnsafePickleError
 
+    if args.verify:
+        import mindspore as ms
+
+        # --verify runs the model; the package runs its models in graph mode (MindSpore's default is PyNative).
+        ms.set_context(mode=ms.GRAPH_MODE)
     try:
         report = convert(
             args.src,

@@ -180,15 +180,15 @@ def _write_weights(
     with writer, tqdm(total=total, unit="B", unit_scale=True, desc=f"writing {path.name}", disable=not progress) as bar:
         for name in names:
             if name in fresh:
-                array, dtype = fresh[name], "F32"
+                array, dtype, nbytes = fresh[name], "F32", fresh[name].nbytes
             else:
                 info = plan.tensors[name]
-                array, dtype = info.read(), info.dtype
+                array, dtype, nbytes = info.read(), info.dtype, info.nbytes
             array, dtype = cast(array, dtype, target_dtype)
             writer.write(name, array, dtype)
             written[dtype] += 1
-            bar.update(plan.tensors[name].nbytes if name in plan.tensors else fresh[name].nbytes)
-            del array
+            bar.update(nbytes)
+            del array  # before the next read, so that only one tensor is ever held
     return written
 
 
@@ -205,7 +205,7 @@ def _manifest(
     weights_file: str,
     plan: WeightPlan,
     written: Counter,
-    target_dtype: str | None,
+    dtype: str,
     seed: int,
     progress: bool,
 ) -> dict[str, Any]:
@@ -221,7 +221,7 @@ def _manifest(
         "architecture": plan.architecture,
         "tensor_count": sum(written.values()),
         "dtypes": dict(sorted(written.items())),
-        "dtype_requested": "keep" if target_dtype is None else target_dtype,
+        "dtype_requested": dtype,
         "source": {
             "directory": str(weights.directory.resolve()),
             "format": weights.format,
@@ -264,6 +264,8 @@ def convert_to_mindspore(
         raise ValueError(f"format {format!r} is not one of {sorted(MINDSPORE_WEIGHTS)}")
     if architecture is not None and architecture not in ARCHITECTURES:
         raise ValueError(f"architecture {architecture!r} is not one of {ARCHITECTURES}")
+    if num_labels is not None and num_labels < 1:
+        raise ValueError(f"num_labels must be at least 1, got {num_labels}")
     target_dtype = _resolve_dtype(dtype)
     src, dst = Path(src), Path(dst)
     _check_destination(src, dst, force)
@@ -281,7 +283,7 @@ def convert_to_mindspore(
                 plan, fresh, staging / weights_file, format, target_dtype, {"format": "ms"}, progress
             )
             manifest = _manifest(
-                weights, "huggingface->mindspore", format, weights_file, plan, written, target_dtype, seed, progress
+                weights, "huggingface->mindspore", format, weights_file, plan, written, dtype, seed, progress
             )
             _write_json(staging / MANIFEST, manifest)
             report = ConversionReport(

@@ -27,10 +27,11 @@ from mindformer_gf.convert.tensors import CheckpointError, TensorInfo
 from mindformer_gf.safe_pickle import RestrictedUnpickler, UnsafePickleError
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+ZIP_LOCAL_HEADER = b"PK\x03\x04"
 LEGACY_PROTOCOL_VERSION = 1001
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StorageType:
     """What a `torch.<X>Storage` global stands for here: the element type of a storage."""
 
@@ -108,11 +109,27 @@ def _ordered_dict(*args: Any) -> collections.OrderedDict:
     return collections.OrderedDict()
 
 
+class SealedCallable:
+    """A function that pickle's BUILD opcode cannot modify: a crafted file could otherwise set attributes (even
+    `__defaults__`) on the allow-listed functions and change how every later file in the process is read."""
+
+    __slots__ = ("_function",)
+
+    def __init__(self, function: Any) -> None:
+        object.__setattr__(self, "_function", function)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise UnsafePickleError("the pickle tries to modify an allow-listed function; a state dict never does that")
+
+    def __call__(self, *args: Any) -> Any:
+        return self._function(*args)
+
+
 # Every global a state dict pickle may name, mapped to what stands in for it. Nothing else is ever imported.
 TORCH_STATE_DICT_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): _ordered_dict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("collections", "OrderedDict"): SealedCallable(_ordered_dict),
+    ("torch._utils", "_rebuild_tensor_v2"): SealedCallable(_rebuild_tensor),
+    ("torch._utils", "_rebuild_tensor"): SealedCallable(_rebuild_tensor),
     **{("torch", name): storage_type for name, storage_type in STORAGE_TYPES.items()},
 }
 
@@ -186,7 +203,9 @@ class TorchBinReader:
         self._handle: IO[bytes] = open(self.path, "rb")  # closed by close()
         self._zip: zipfile.ZipFile | None = None
         try:
-            if zipfile.is_zipfile(self._handle):
+            # torch.load decides by the first bytes too: zipfile.is_zipfile looks for a directory record near the
+            # end, which the raw storages of a legacy file can contain by chance.
+            if self._handle.read(4) == ZIP_LOCAL_HEADER:
                 self.format = "zip"
                 self.tensors = self._open_zip()
             else:

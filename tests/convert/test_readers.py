@@ -184,6 +184,27 @@ def test_a_persistent_id_that_is_not_a_storage_is_refused(tmp_path):
         TorchBinReader(path)
 
 
+@pytest.mark.parametrize(
+    "global_name", ["torch\nFloatStorage", "torch._utils\n_rebuild_tensor_v2", "collections\nOrderedDict"]
+)
+@pytest.mark.parametrize(
+    "state", [b"}X\x05\x00\x00\x00dtypeX\x03\x00\x00\x00F64s", b"N}X\x0b\x00\x00\x00__defaults__)s\x86"]
+)
+def test_a_pickle_that_modifies_allow_listed_objects_is_refused_and_changes_nothing(tmp_path, global_name, state):
+    # GLOBAL <allowed object>, then BUILD with a __dict__ update or a slot assignment, as a crafted file would.
+    crafted = b"\x80\x02c" + global_name.encode() + b"\n" + state + b"b."
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"x": torch.zeros(2)}, path)
+    replace_zip_member(path, "/data.pkl", crafted)
+    with pytest.raises((UnsafePickleError, CheckpointError)):
+        TorchBinReader(path)
+    genuine = tmp_path / "genuine.bin"
+    torch.save({"x": torch.arange(4.0)}, genuine)
+    with TorchBinReader(genuine) as reader:
+        assert reader.tensors["x"].dtype == "F32"
+        np.testing.assert_array_equal(reader.tensors["x"].read(), np.arange(4.0, dtype=np.float32))
+
+
 # ---- damaged files --------------------------------------------------------------------------------------------
 def test_a_truncated_safetensors_file_is_named_as_such(tmp_path):
     save_file({"a": torch.zeros(100)}, tmp_path / "model.safetensors")
