@@ -98,7 +98,12 @@ class PretrainSettings(TrainSettings):
 def _coerce(value: Any, annotation: type, name: str) -> Any:
     """A value from YAML/JSON or a `key=value` override, converted to the field's type."""
     kind = annotation
-    if isinstance(value, str) and kind is not str:
+    if isinstance(value, str) and kind in (int, float):
+        try:
+            value = kind(value)
+        except ValueError:
+            raise ValueError(f"setting {name} must be of type {kind.__name__}, got {value!r}") from None
+    elif isinstance(value, str) and kind is not str:
         import yaml
 
         value = yaml.safe_load(value)

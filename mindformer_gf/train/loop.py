@@ -129,10 +129,10 @@ class Trainer:
         )
         params = list(self.optimizer.params)
         num_stats = 2 + len(objective.metric_names)
-        grad_buffers, stats_buffer = make_buffers(params, num_stats)
-        self.micro_step = MicroStep(objective, params, grad_buffers, stats_buffer)
+        grad_buffer, stats_buffer = make_buffers(params, num_stats)
+        self.micro_step = MicroStep(objective, params, grad_buffer, stats_buffer)
         self.apply_step = ApplyStep(
-            self.optimizer, grad_buffers, stats_buffer, settings.max_grad_norm, self.parallel.distributed
+            self.optimizer, grad_buffer, stats_buffer, settings.max_grad_norm, self.parallel.distributed
         )
         self.loss_scale = DynamicLossScale(
             settings.loss_scale_init, settings.loss_scale_window, enabled=self.precision == "fp16"

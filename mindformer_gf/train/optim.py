@@ -3,6 +3,8 @@ parameter groups Geneformer uses (no weight decay on biases and LayerNorm parame
 
 One call applies one update to every parameter, or none: `apply` is a boolean tensor, and a step whose gradients
 were not finite leaves parameters, moments and the step counter exactly as they were.
+
+`flatten_gradients` turns a tuple of per-parameter gradients into the flat vector AdamW and the step cells use.
 """
 
 from __future__ import annotations
@@ -19,9 +21,26 @@ def decays_weight(name: str) -> bool:
     return not (name.endswith("bias") or ".LayerNorm." in name or name.startswith("LayerNorm."))
 
 
+_apply_update = ops.MultitypeFuncGraph("apply_update")
+
+
+@_apply_update.register("Tensor", "Tensor", "Tensor", "Tensor", "Number", "Number", "Number")
+def _apply_one(lr: Tensor, apply: Tensor, update: Tensor, param: Tensor, start: int, size: int, decay: float) -> Tensor:
+    step = ops.slice(update, (start,), (size,)).reshape(param.shape)
+    decayed = param * (1.0 - lr * decay) if decay else param
+    ops.assign(param, ops.select(apply, decayed - step, param))
+    return apply
+
+
 class AdamW(nn.Cell):
     """p <- p - lr * (wd * p + m_hat / (sqrt(v_hat) + eps)), with m_hat, v_hat the bias-corrected moments
-    (torch.optim.AdamW). `weight_decays[i]` is parameter i's decay (0 for biases and LayerNorm)."""
+    (torch.optim.AdamW). `weight_decays[i]` is parameter i's decay (0 for biases and LayerNorm).
+
+    Gradients come as one flat fp32 vector (all parameters concatenated in order), and the moments are kept flat
+    too: the moment updates are two vector operations whatever the number of parameters, and the compiled graph
+    stays small (a per-parameter Python loop of ~20 operations each exceeds graph mode's call-depth limit for a
+    full model).
+    """
 
     def __init__(
         self,
@@ -37,34 +56,44 @@ class AdamW(nn.Cell):
         self.weight_decays = tuple(float(w) for w in weight_decays)
         if not (len(self.names) == len(self.params) == len(self.weight_decays)):
             raise ValueError("AdamW needs one name and one weight decay per parameter")
+        self.sizes = tuple(int(np.prod(p.shape)) for p in self.params)
+        self.size = int(sum(self.sizes))
         self.beta1, self.beta2, self.eps = float(betas[0]), float(betas[1]), float(eps)
-        self.exp_avg = _zeros_like_all(self.params, "exp_avg")
-        self.exp_avg_sq = _zeros_like_all(self.params, "exp_avg_sq")
-        self.step_count = Parameter(Tensor(np.zeros((), np.float32)), name="adamw_step")
+        self.exp_avg = Parameter(Tensor(np.zeros(self.size, np.float32)), name="adamw.exp_avg")
+        self.exp_avg_sq = Parameter(Tensor(np.zeros(self.size, np.float32)), name="adamw.exp_avg_sq")
+        self.step_count = Parameter(Tensor(np.zeros((), np.float32)), name="adamw.step")
+        self.starts = tuple(int(x) for x in np.concatenate([[0], np.cumsum(self.sizes)[:-1]]))
+        self.hyper_map = ops.HyperMap()
 
-    def construct(self, grads: tuple, lr: Tensor, apply: Tensor) -> Tensor:
+    def construct(self, grad: Tensor, lr: Tensor, apply: Tensor) -> Tensor:
         step = self.step_count + 1.0
         bias1 = 1.0 - ops.pow(self.beta1, step)
         bias2_sqrt = ops.sqrt(1.0 - ops.pow(self.beta2, step))
-        step_size = lr / bias1
-        for i in range(len(self.params)):
-            param, m, v, grad = self.params[i], self.exp_avg[i], self.exp_avg_sq[i], grads[i]
-            m_new = self.beta1 * m + (1.0 - self.beta1) * grad
-            v_new = self.beta2 * v + (1.0 - self.beta2) * grad * grad
-            decayed = param * (1.0 - lr * self.weight_decays[i]) if self.weight_decays[i] else param
-            p_new = decayed - step_size * m_new / (ops.sqrt(v_new) / bias2_sqrt + self.eps)
-            ops.assign(m, ops.select(apply, m_new, m))
-            ops.assign(v, ops.select(apply, v_new, v))
-            ops.assign(param, ops.select(apply, p_new, param))
+        m_new = self.beta1 * self.exp_avg + (1.0 - self.beta1) * grad
+        v_new = self.beta2 * self.exp_avg_sq + (1.0 - self.beta2) * grad * grad
+        update = (lr / bias1) * m_new / (ops.sqrt(v_new) / bias2_sqrt + self.eps)
+        ops.assign(self.exp_avg, ops.select(apply, m_new, self.exp_avg))
+        ops.assign(self.exp_avg_sq, ops.select(apply, v_new, self.exp_avg_sq))
+        self.hyper_map(
+            ops.partial(_apply_update, lr, apply, update), self.params, self.starts, self.sizes, self.weight_decays
+        )
         ops.assign(self.step_count, ops.select(apply, step, self.step_count))
         return apply
 
+    def _segments(self) -> list[tuple[str, int, int, tuple[int, ...]]]:
+        bounds = np.concatenate([[0], np.cumsum(self.sizes)])
+        return [
+            (n, int(bounds[i]), int(bounds[i + 1]), tuple(p.shape))
+            for i, (n, p) in enumerate(zip(self.names, self.params, strict=True))
+        ]
+
     def state_arrays(self) -> dict[str, np.ndarray]:
-        """Moments by parameter name (`exp_avg.<name>`, `exp_avg_sq.<name>`) and the step count, as numpy."""
-        state = {"step": np.asarray(self.step_count.asnumpy(), np.float32).reshape(1)}
-        for name, m, v in zip(self.names, self.exp_avg, self.exp_avg_sq, strict=True):
-            state[f"exp_avg.{name}"] = m.asnumpy()
-            state[f"exp_avg_sq.{name}"] = v.asnumpy()
+        """Moments by parameter name (`exp_avg.<name>`, `exp_avg_sq.<name>`) and the step count, as numpy copies."""
+        state = {"step": np.array(self.step_count.asnumpy(), np.float32).reshape(1)}
+        m, v = self.exp_avg.asnumpy(), self.exp_avg_sq.asnumpy()
+        for name, start, stop, shape in self._segments():
+            state[f"exp_avg.{name}"] = m[start:stop].reshape(shape).copy()
+            state[f"exp_avg_sq.{name}"] = v[start:stop].reshape(shape).copy()
         return state
 
     def load_state_arrays(self, state: dict[str, np.ndarray]) -> None:
@@ -72,16 +101,30 @@ class AdamW(nn.Cell):
         if set(state) != expected:
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
             raise KeyError(f"optimiser state does not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
+        m = np.empty(self.size, np.float32)
+        v = np.empty(self.size, np.float32)
+        for name, start, stop, shape in self._segments():
+            for flat, key in ((m, f"exp_avg.{name}"), (v, f"exp_avg_sq.{name}")):
+                value = np.asarray(state[key], np.float32)
+                if value.shape != shape:
+                    raise ValueError(f"optimiser state {key}: shape {value.shape}, parameter shape {shape}")
+                flat[start:stop] = value.reshape(-1)
+        self.exp_avg.set_data(Tensor(m))
+        self.exp_avg_sq.set_data(Tensor(v))
         self.step_count.set_data(Tensor(np.asarray(state["step"], np.float32).reshape(())))
-        for name, m, v in zip(self.names, self.exp_avg, self.exp_avg_sq, strict=True):
-            m.set_data(Tensor(np.asarray(state[f"exp_avg.{name}"], np.float32)))
-            v.set_data(Tensor(np.asarray(state[f"exp_avg_sq.{name}"], np.float32)))
 
 
-def _zeros_like_all(params: ms.ParameterTuple, prefix: str) -> ms.ParameterTuple:
-    return ms.ParameterTuple(
-        [Parameter(Tensor(np.zeros(p.shape, np.float32)), name=f"{prefix}.{i}") for i, p in enumerate(params)]
-    )
+_flatten = ops.MultitypeFuncGraph("flatten")
+
+
+@_flatten.register("Tensor")
+def _flatten_one(tensor: Tensor) -> Tensor:
+    return tensor.reshape(-1)
+
+
+def flatten_gradients(grads: tuple) -> Tensor:
+    """Concatenate per-parameter gradients (in parameter order) into one flat vector."""
+    return ops.cat(ops.HyperMap()(_flatten, grads))
 
 
 def build_adamw(

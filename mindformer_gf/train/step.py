@@ -22,7 +22,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from mindformer_gf.train.optim import AdamW
+from mindformer_gf.train.optim import AdamW, flatten_gradients
 
 
 class Objective(nn.Cell):
@@ -47,20 +47,19 @@ class _ScaledObjective(nn.Cell):
 
 
 class MicroStep(nn.Cell):
-    """Forward + backward of one micro-batch; gradients and statistics are added to the buffers."""
+    """Forward + backward of one micro-batch; its flattened gradient and statistics are added to the buffers."""
 
-    def __init__(self, objective: Objective, params: list[Parameter], grad_buffers, stats_buffer: Parameter) -> None:
+    def __init__(self, objective: Objective, params: list[Parameter], grad_buffer: Parameter, stats_buffer: Parameter):
         super().__init__(auto_prefix=False)
         self.scaled = _ScaledObjective(objective)
         self.weights = ms.ParameterTuple(params)
-        self.grad_buffers = grad_buffers
+        self.grad_buffer = grad_buffer
         self.stats_buffer = stats_buffer
         self.value_and_grad = ops.value_and_grad(self.scaled, None, self.weights, has_aux=True)
 
     def construct(self, scale: Tensor, *batch: Tensor) -> Tensor:
         (_, stats), grads = self.value_and_grad(scale, *batch)
-        for i in range(len(self.grad_buffers)):
-            ops.assign_add(self.grad_buffers[i], grads[i])
+        ops.assign_add(self.grad_buffer, flatten_gradients(grads))
         ops.assign_add(self.stats_buffer, stats)
         return stats
 
@@ -74,14 +73,14 @@ class ApplyStep(nn.Cell):
     def __init__(
         self,
         optimizer: AdamW,
-        grad_buffers,
+        grad_buffer: Parameter,
         stats_buffer: Parameter,
         max_grad_norm: float,
         distributed: bool,
     ) -> None:
         super().__init__(auto_prefix=False)
         self.optimizer = optimizer
-        self.grad_buffers = grad_buffers
+        self.grad_buffer = grad_buffer
         self.stats_buffer = stats_buffer
         self.max_grad_norm = float(max_grad_norm)
         self.distributed = distributed
@@ -90,46 +89,24 @@ class ApplyStep(nn.Cell):
 
     def construct(self, lr: Tensor, inverse_scale: Tensor) -> tuple:
         stats = self.stats_buffer * 1.0
-        grads = ()
-        for i in range(len(self.grad_buffers)):
-            grads = grads + (self.grad_buffers[i] * 1.0,)
+        grad = self.grad_buffer * 1.0
         if self.distributed:
             stats = self.all_reduce(stats)
-            reduced = ()
-            for i in range(len(grads)):
-                reduced = reduced + (self.all_reduce(grads[i]),)
-            grads = reduced
-        factor = inverse_scale / ops.maximum(stats[1], 1.0)
-        normalised = ()
-        squares = ()
-        finite = ()
-        for i in range(len(grads)):
-            grad = grads[i] * factor
-            normalised = normalised + (grad,)
-            squares = squares + ((grad * grad).sum(),)
-            finite = finite + (ops.isfinite(grad).all(),)
-        norm = ops.sqrt(ops.stack(squares).sum())
-        all_finite = ops.stack(finite).all() & ops.isfinite(norm)
-        clipped = normalised
+            grad = self.all_reduce(grad)
+        grad = grad * (inverse_scale / ops.maximum(stats[1], 1.0))
+        norm = ops.sqrt((grad * grad).sum())
+        finite = ops.isfinite(grad).all() & ops.isfinite(norm)
         if self.max_grad_norm > 0:
-            coefficient = ops.minimum(1.0, self.max_grad_norm / (norm + 1e-6))
-            clipped = ()
-            for i in range(len(normalised)):
-                clipped = clipped + (normalised[i] * coefficient,)
-        applied = self.optimizer(clipped, lr, all_finite)
-        for i in range(len(self.grad_buffers)):
-            ops.assign(self.grad_buffers[i], ops.zeros_like(self.grad_buffers[i]))
+            grad = grad * ops.minimum(1.0, self.max_grad_norm / (norm + 1e-6))
+        applied = self.optimizer(grad, lr, finite)
+        ops.assign(self.grad_buffer, ops.zeros_like(self.grad_buffer))
         ops.assign(self.stats_buffer, ops.zeros_like(self.stats_buffer))
         return stats, norm, applied
 
 
-def make_buffers(params: list[Parameter], num_stats: int) -> tuple[ms.ParameterTuple, Parameter]:
-    """Zeroed gradient buffers shaped like `params` and a statistics buffer of `num_stats` sums."""
-    grads = ms.ParameterTuple(
-        [
-            Parameter(Tensor(np.zeros(p.shape, np.float32)), name=f"grad_buffer.{i}", requires_grad=False)
-            for i, p in enumerate(params)
-        ]
-    )
+def make_buffers(params: list[Parameter], num_stats: int) -> tuple[Parameter, Parameter]:
+    """A zeroed flat gradient buffer (all of `params`, concatenated) and a buffer of `num_stats` statistic sums."""
+    size = int(sum(np.prod(p.shape) for p in params))
+    grads = Parameter(Tensor(np.zeros(size, np.float32)), name="grad_buffer", requires_grad=False)
     stats = Parameter(Tensor(np.zeros(num_stats, np.float32)), name="stats_buffer", requires_grad=False)
     return grads, stats

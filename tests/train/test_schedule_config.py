@@ -1,0 +1,63 @@
+"""Schedules against transformers' schedulers; settings from YAML/JSON with overrides and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from mindformer_gf.train import PretrainSettings, learning_rate, load_settings, parse_overrides, save_settings
+
+
+@pytest.mark.parametrize(
+    "schedule, factory",
+    [
+        ("linear", transformers.get_linear_schedule_with_warmup),
+        ("cosine", transformers.get_cosine_schedule_with_warmup),
+        ("constant", lambda opt, w, t: transformers.get_constant_schedule_with_warmup(opt, w)),
+    ],
+)
+def test_schedules_match_transformers(schedule, factory):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = factory(optimizer, 10, 50)
+    for step in range(51):
+        expected = optimizer.param_groups[0]["lr"]
+        assert learning_rate(step, 1e-3, 10, 50, schedule) == pytest.approx(expected, abs=1e-12), step
+        optimizer.step()
+        scheduler.step()
+    # past the end the rate stays at its floor (transformers' cosine would rise again)
+    assert learning_rate(70, 1e-3, 10, 50, schedule) == learning_rate(50, 1e-3, 10, 50, schedule)
+
+
+def test_min_lr_ratio_floor():
+    assert learning_rate(50, 1.0, 10, 50, "linear", min_ratio=0.1) == pytest.approx(0.1)
+    assert learning_rate(30, 1.0, 10, 50, "linear", min_ratio=0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+
+
+def test_yaml_then_overrides_then_saved(tmp_path):
+    config = tmp_path / "pretrain.yaml"
+    config.write_text("dataset: cells.dataset\nlearning_rate: 5.0e-4\nmodel_overrides: {num_hidden_layers: 2}\n")
+    overrides = parse_overrides(["learning_rate=1e-4", "max_steps=7", "lr_schedule=cosine"])
+    settings = load_settings(PretrainSettings, config, overrides)
+    assert settings.learning_rate == 1e-4 and settings.max_steps == 7 and settings.lr_schedule == "cosine"
+    assert settings.model_overrides == {"num_hidden_layers": 2}
+    assert settings.weight_decay == 0.001 and settings.warmup_steps == 10_000  # the reference's defaults
+    saved = save_settings(settings, tmp_path / "out" / "train_config.json")
+    again = load_settings(PretrainSettings, saved)
+    assert again == settings
+    assert json.loads(saved.read_text())["max_steps"] == 7
+
+
+def test_settings_errors(tmp_path):
+    with pytest.raises(ValueError, match="did you mean 'learning_rate'"):
+        load_settings(PretrainSettings, None, {"dataset": "x", "learning_rte": 1})
+    with pytest.raises(ValueError, match="lr_schedule"):
+        load_settings(PretrainSettings, None, {"dataset": "x", "lr_schedule": "step"})
+    with pytest.raises(ValueError, match="must be of type int"):
+        load_settings(PretrainSettings, None, {"dataset": "x", "batch_size": "many"})
+    with pytest.raises(ValueError, match="no dataset"):
+        load_settings(PretrainSettings, None, {})
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["learning_rate"])
