@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import shutil
 import subprocess
 import sys
@@ -62,54 +62,77 @@ def write_pytorch_bin(directory: Path, config: GeneformerConfig) -> Path:
     return path
 
 
+def generate(source: Path, source_format: str) -> None:
+    """Write config.json and the checkpoint into `source` (run in a child process: see `main`)."""
+    config = GeneformerConfig.from_preset(PRESET, architectures=[ARCHITECTURE])
+    config.save_pretrained(source)
+    if source_format == "safetensors":
+        write_safetensors(source, config)
+    else:
+        write_pytorch_bin(source, config)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return int(status.read().split("VmRSS:")[1].split()[0]) / 1024
+
+
+def run_measured(command: list[str], log_dir: Path) -> tuple[int, float, float, str, str]:
+    """Run `command`; return (exit code, seconds, the child's own peak RSS in MiB, stdout, stderr).
+
+    os.wait4 gives the rusage of this one child. Linux carries the peak RSS of the launching process's memory
+    over an exec, so the launcher stays small (it never holds the checkpoint) and its RSS is reported too.
+    """
+    stdout_path, stderr_path = log_dir / "stdout.txt", log_dir / "stderr.txt"
+    with open(stdout_path, "w") as stdout, open(stderr_path, "w") as stderr:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, seconds, usage.ru_maxrss / 1024, stdout_path.read_text(), stderr_path.read_text()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", choices=("safetensors", "bin"), default="safetensors")
     parser.add_argument("--format", choices=("ckpt", "safetensors"), default="ckpt")
     parser.add_argument("--workdir", default=None, help="where to write the checkpoints (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    parser.add_argument("--generate-into", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.generate_into:
+        generate(Path(args.generate_into), args.source)
+        return 0
 
     workdir = Path(tempfile.mkdtemp(prefix="gf-bench-convert-", dir=args.workdir))
     source, destination = workdir / "hf", workdir / "ms"
     try:
         source.mkdir()
-        config = GeneformerConfig.from_preset(PRESET, architectures=[ARCHITECTURE])
-        config.save_pretrained(source)
+        # Generated in a child so that this process, which launches the measured conversion, stays small.
         started = time.perf_counter()
-        weights = (
-            write_safetensors(source, config) if args.source == "safetensors" else write_pytorch_bin(source, config)
-        )
+        generator = [sys.executable, __file__, "--source", args.source, "--generate-into", str(source)]
+        subprocess.run(generator, check=True)
+        weights = source / ("model.safetensors" if args.source == "safetensors" else "pytorch_model.bin")
         file_mb = weights.stat().st_size / 2**20
+        parameters = GeneformerConfig.from_preset(PRESET).num_parameters(ARCHITECTURE)
         emit(
             {
                 "stage": "generate",
                 "preset": PRESET,
                 "file": weights.name,
                 "file_mb": round(file_mb, 1),
-                "parameters": config.num_parameters(ARCHITECTURE),
+                "parameters": parameters,
                 "seconds": round(time.perf_counter() - started, 2),
             }
         )
 
-        command = [
-            sys.executable,
-            "-m",
-            "mindformer_gf",
-            "convert",
-            str(source),
-            str(destination),
-            "--format",
-            args.format,
-            "--quiet",
-        ]
-        started = time.perf_counter()
-        completed = subprocess.run(command, capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-        # ru_maxrss of the children waited for, in KiB on Linux: the conversion is the only child.
-        peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        if completed.returncode != 0:
-            emit({"stage": "convert", "error": completed.stderr[-2000:], "returncode": completed.returncode})
+        command = [sys.executable, "-m", "mindformer_gf", "convert", str(source), str(destination)]
+        command += ["--format", args.format, "--quiet"]
+        launcher_rss_mb = rss_mb()
+        returncode, seconds, peak_rss_mb, stdout, stderr = run_measured(command, workdir)
+        if returncode != 0:
+            emit({"stage": "convert", "error": stderr[-2000:], "returncode": returncode})
             return 1
         output_mb = sum(p.stat().st_size for p in destination.iterdir()) / 2**20
         emit(
@@ -117,7 +140,8 @@ def main() -> int:
                 "stage": "convert",
                 "command": " ".join(command[1:]),
                 "output_mb": round(output_mb, 1),
-                "report": completed.stdout.strip().splitlines()[0],
+                "launcher_rss_mb": round(launcher_rss_mb, 1),
+                "report": stdout.strip().splitlines()[0],
             }
         )
         emit(

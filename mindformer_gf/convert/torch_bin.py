@@ -28,6 +28,7 @@ from mindformer_gf.safe_pickle import RestrictedUnpickler, UnsafePickleError
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 ZIP_LOCAL_HEADER = b"PK\x03\x04"
+ZIP_LOCAL_HEADER_SIZE = 30
 LEGACY_PROTOCOL_VERSION = 1001
 
 
@@ -251,12 +252,29 @@ class TorchBinReader:
                     f"says {size}; the file is damaged"
                 )
             buffer = bytearray(size)
-            with self._zip.open(member) as handle:
-                if handle.readinto(buffer) != size:
-                    raise CheckpointError(f"{self.name}: storage {member} is truncated")
+            info = self._zip.getinfo(member)
+            if info.compress_type == zipfile.ZIP_STORED:
+                # torch.save stores storages uncompressed: read the bytes straight into one buffer (zipfile's
+                # reader would copy them twice, and the copies fragment the heap of a long conversion).
+                self._handle.seek(self._member_data_offset(info))
+                count = self._handle.readinto(buffer)
+            else:
+                with self._zip.open(member) as handle:
+                    count = handle.readinto(buffer)
+            if count != size:
+                raise CheckpointError(f"{self.name}: storage {member} is truncated")
             return _view(np.frombuffer(buffer, dtype=dtype), ref)
 
         return read
+
+    def _member_data_offset(self, info: zipfile.ZipInfo) -> int:
+        """Where a member's bytes start: after its local header, whose name and extra field lengths it gives."""
+        self._handle.seek(info.header_offset)
+        header = self._handle.read(ZIP_LOCAL_HEADER_SIZE)
+        if len(header) != ZIP_LOCAL_HEADER_SIZE or header[:4] != ZIP_LOCAL_HEADER:
+            raise CheckpointError(f"{self.name}: the zip entry of {info.filename} is damaged")
+        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        return info.header_offset + ZIP_LOCAL_HEADER_SIZE + name_length + extra_length
 
     # ---- legacy format (torch.save(..., _use_new_zipfile_serialization=False)) ---------------------------
     def _open_legacy(self) -> dict[str, TensorInfo]:

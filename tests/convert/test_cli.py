@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 from convert_helpers import bits, hf_model, parameters_by_name, save
@@ -57,7 +58,7 @@ def test_python_m_convert_runs_without_torch(tmp_path):
         f"sys.argv = ['mindformer_gf', 'convert', {str(source)!r}, {str(tmp_path / 'ms')!r}, '--quiet']; "
         "runpy.run_module('mindformer_gf', run_name='__main__', alter_sys=True)"
     )
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     completed = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "converted" in completed.stdout

@@ -6,6 +6,7 @@ import io
 import pickle
 import struct
 import tarfile
+import zipfile
 
 import numpy as np
 import pytest
@@ -62,6 +63,20 @@ def test_pytorch_bin_reads_every_dtype_and_view_bit_exactly(tmp_path, legacy):
             assert ours.dtype == bits(tensor).dtype, key
         # Views of one storage are recognised as such only when they are the same view.
         assert reader.tensors["shared"].identity != reader.tensors["sliced"].identity
+
+
+def test_a_recompressed_zip_checkpoint_still_reads_bit_exactly(tmp_path):
+    tensors = awkward_tensors()
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(tensors, path)
+    with zipfile.ZipFile(path) as source:
+        members = [(info.filename, source.read(info)) for info in source.infolist()]
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as target:
+        for name, content in members:
+            target.writestr(name, content)
+    with TorchBinReader(path) as reader:
+        for key, tensor in tensors.items():
+            np.testing.assert_array_equal(reader.tensors[key].read(), bits(tensor), err_msg=key)
 
 
 def test_tied_weights_in_a_bin_share_one_storage_identity(tmp_path):
