@@ -34,7 +34,11 @@ def convert(source_dir: Path, output_dir: Path) -> list[Path]:
             raise FileNotFoundError(f"{source} not found; SOURCE_DIR must hold the Geneformer V1 dictionary pickles")
         raw = source.read_bytes()
         entries = safe_load(raw)
-        provenance = {"source_file": pickle_name, "source_sha256": hashlib.sha256(raw).hexdigest(), "source": SOURCE_NOTE}
+        provenance = {
+            "source_file": pickle_name,
+            "source_sha256": hashlib.sha256(raw).hexdigest(),
+            "source": SOURCE_NOTE,
+        }
         target = output_dir / output_name
         write_dictionary_file(target, kind, entries, name="geneformer-v1", provenance=provenance)
         reread, _ = read_dictionary_file(target, kind)
