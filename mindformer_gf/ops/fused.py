@@ -197,6 +197,15 @@ def _kernels() -> _Kernels:
 
 # Graph mode compiles the functions below into the caller's graph; there a call to the cached factory is resolved
 # at compile time like any other Python constant, so the operators are built once, on first use.
+def _float32(x: ms.Tensor) -> ms.Tensor:
+    # The dtype is a compile-time constant in graph mode: float32 inputs reach the kernel without a copy.
+    return x if x.dtype == ms.float32 else ops.cast(x, ms.float32)
+
+
+def _like(y: ms.Tensor, dtype) -> ms.Tensor:
+    return y if dtype == ms.float32 else ops.cast(y, dtype)
+
+
 def random_seed() -> ms.Tensor:
     """A fresh int64 dropout seed [1] on every execution, also inside a compiled graph (31 random bits per word)."""
     words = ops.randint(0, 2**31 - 1, (2,), dtype=ms.int64)
@@ -223,14 +232,14 @@ def attention_with_lse(
     dtype = query.dtype
     key_mask = ops.cast(ops.cast(attention_mask, ms.bool_), ms.int32)
     out, lse = _kernels().attention_forward(
-        ops.cast(query, ms.float32),
-        ops.cast(key, ms.float32),
-        ops.cast(value, ms.float32),
+        _float32(query),
+        _float32(key),
+        _float32(value),
         key_mask,
         ops.reshape(ops.cast(dropout_seed, ms.int64), (1,)),
         ms.Tensor([drop], ms.float32),
     )
-    return ops.cast(out, dtype), lse
+    return _like(out, dtype), lse
 
 
 def attention(
@@ -255,19 +264,13 @@ def add_layer_norm(x: ms.Tensor, residual: ms.Tensor, weight: ms.Tensor, bias: m
     """LayerNorm(x + residual) over the last axis in one pass, float32 statistics."""
     dtype = x.dtype
     y, _, _ = _kernels().add_layer_norm_forward(
-        ops.cast(x, ms.float32),
-        ops.cast(residual, ms.float32),
-        ops.cast(weight, ms.float32),
-        ops.cast(bias, ms.float32),
-        ms.Tensor([eps], ms.float32),
+        _float32(x), _float32(residual), _float32(weight), _float32(bias), ms.Tensor([eps], ms.float32)
     )
-    return ops.cast(y, dtype)
+    return _like(y, dtype)
 
 
 def layer_norm(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> ms.Tensor:
     """LayerNorm over the last axis, float32 statistics."""
     dtype = x.dtype
-    y, _, _ = _kernels().layer_norm_forward(
-        ops.cast(x, ms.float32), ops.cast(weight, ms.float32), ops.cast(bias, ms.float32), ms.Tensor([eps], ms.float32)
-    )
-    return ops.cast(y, dtype)
+    y, _, _ = _kernels().layer_norm_forward(_float32(x), _float32(weight), _float32(bias), ms.Tensor([eps], ms.float32))
+    return _like(y, dtype)
