@@ -1,6 +1,7 @@
 #include "parallel.h"
 
 #include <sched.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -28,7 +29,7 @@ int threads_from_environment() {
 
 class ThreadPool {
  public:
-  explicit ThreadPool(int threads) : threads_(threads) {
+  explicit ThreadPool(int threads) : threads_(threads), owner_(getpid()) {
     for (int worker = 1; worker < threads_; ++worker) {
       workers_.emplace_back([this] { worker_loop(); });
     }
@@ -48,7 +49,8 @@ class ThreadPool {
   void run(int64_t count, const std::function<void(int64_t)>& task) {
     if (count <= 0) return;
     std::unique_lock<std::mutex> launch(launch_mutex_, std::try_to_lock);
-    if (threads_ == 1 || count == 1 || !launch.owns_lock()) {
+    // A forked child (e.g. a data-loader worker) inherits the pool but none of its threads.
+    if (threads_ == 1 || count == 1 || !launch.owns_lock() || getpid() != owner_) {
       for (int64_t index = 0; index < count; ++index) task(index);
       return;
     }
@@ -90,6 +92,7 @@ class ThreadPool {
   }
 
   const int threads_;
+  const pid_t owner_;
   std::vector<std::thread> workers_;
   std::mutex launch_mutex_;
   std::mutex mutex_;
