@@ -1,0 +1,352 @@
+"""The Ascend operator project (kernels/ascend) agrees with itself and with its Python registration.
+
+Nothing here compiles Ascend C (there is no CANN on these machines). What can be checked is checked:
+- the names: operator names, input and output names and their order, dtype columns, in gf_ops.json (msopgen),
+  op_host/*.cpp (OpDef), the kernel entry points and mindformer_gf.ops.ascend; names in the op definition must
+  match exactly, or MindSpore silently falls back and reports no supported kernel;
+- the tiling structs: every field the kernels read is declared, set by the host and read by the kernel;
+- the plain C++ the kernels share with the host: the buffer plan (gf_tiling_plan.h, compiled with g++ and checked
+  against the 910B's memories and the CPU kernel's tile sizes) and the dropout generator (gf_philox.h, compiled with
+  g++ and compared with the numpy specification).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mindformer_gf.ops import ascend
+from mindformer_gf.reference.attention_dropout import keep_mask, keep_threshold, philox4x32_10
+
+PROJECT = Path(__file__).resolve().parents[2] / "kernels" / "ascend"
+CPU_ATTENTION = PROJECT.parent / "cpu" / "flash_attention.cc"
+
+GE_DTYPES = {
+    "ge::DT_FLOAT16": "float16",
+    "ge::DT_BF16": "bfloat16",
+    "ge::DT_FLOAT": "float32",
+    "ge::DT_INT32": "int32",
+    "ge::DT_INT64": "int64",
+}
+JSON_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "float": "float32", "int32": "int32", "int64": "int64"}
+
+
+def snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def columns(per_tensor: list[list[str]]) -> tuple[tuple[str, ...], ...]:
+    """Per-tensor dtype lists -> per-combination columns (the layout of OperatorSignature.dtype_columns)."""
+    assert len({len(types) for types in per_tensor}) == 1, per_tensor
+    return tuple(zip(*per_tensor, strict=True))
+
+
+def parse_op_json() -> dict[str, dict]:
+    ops = {}
+    for op in json.loads((PROJECT / "gf_ops.json").read_text()):
+        tensors = op["input_desc"] + op["output_desc"]
+        assert all(t["param_type"] == "required" and set(t["format"]) == {"ND"} for t in tensors)
+        ops[op["op"]] = {
+            "inputs": tuple(t["name"] for t in op["input_desc"]),
+            "outputs": tuple(t["name"] for t in op["output_desc"]),
+            "columns": columns([[JSON_DTYPES[name] for name in t["type"]] for t in tensors]),
+            "attrs": op.get("attr", []),
+        }
+    return ops
+
+
+def _dtype_list(expression: str, variables: dict[str, list[str]]) -> list[str]:
+    expression = expression.strip()
+    if expression in variables:
+        return variables[expression]
+    return [GE_DTYPES[item.strip()] for item in expression.strip("{}").split(",")]
+
+
+def parse_op_host(path: Path) -> dict:
+    """The OpDef of one op_host file: class, OP_ADD, inputs/outputs with their dtype lists, config, tiling."""
+    text = path.read_text()
+    variables = {
+        name: _dtype_list(body, {})
+        for name, body in re.findall(r"const std::vector<ge::DataType> (\w+) = (\{[^}]*\});", text)
+    }
+    tensors = {"Input": [], "Output": []}
+    for kind, name, dtypes in re.findall(r'this->(Input|Output)\("(\w+)"\)[^;]*?\.DataType\(([^)]*)\)', text):
+        tensors[kind].append((name, _dtype_list(dtypes, variables)))
+    (class_name,) = re.findall(r"class (\w+) : public OpDef", text)
+    return {
+        "class": class_name,
+        "op_add": re.findall(r"OP_ADD\((\w+)\);", text),
+        "inputs": tuple(name for name, _ in tensors["Input"]),
+        "outputs": tuple(name for name, _ in tensors["Output"]),
+        "columns": columns([dtypes for _, dtypes in tensors["Input"] + tensors["Output"]]),
+        "configs": re.findall(r'AddConfig\("(\w+)"\)', text),
+        "text": text,
+    }
+
+
+def op_host_files() -> dict[str, dict]:
+    parsed = [parse_op_host(path) for path in sorted((PROJECT / "op_host").glob("*.cpp"))]
+    return {op["class"]: op for op in parsed}
+
+
+def test_the_four_operators_are_defined_everywhere():
+    names = {"GfFlashAttention", "GfFlashAttentionGrad", "GfAddLayerNorm", "GfAddLayerNormGrad"}
+    assert set(parse_op_json()) == names
+    assert set(op_host_files()) == names
+    assert set(ascend.OPERATORS) == names
+    for name, host in op_host_files().items():
+        assert host["op_add"] == [name]
+        assert host["configs"] == ["ascend910b"]
+
+
+@pytest.mark.parametrize("name", sorted(ascend.OPERATORS))
+def test_names_and_dtypes_match_between_json_op_host_and_python(name):
+    python = ascend.OPERATORS[name]
+    host = op_host_files()[name]
+    op_json = parse_op_json()[name]
+    assert host["inputs"] == op_json["inputs"] == python.inputs
+    assert host["outputs"] == op_json["outputs"] == python.outputs
+    assert host["columns"] == op_json["columns"] == python.dtype_columns
+    assert op_json["attrs"] == []  # scalars travel as tensors, as in the CPU kernels
+
+
+@pytest.mark.parametrize("name", sorted(ascend.OPERATORS))
+def test_registration_carries_the_same_names(name):
+    info = ascend.reg_info(ascend.OPERATORS[name])
+    assert info["op_name"] == name
+    assert tuple(item["name"] for item in info["inputs"]) == ascend.OPERATORS[name].inputs
+    assert tuple(item["name"] for item in info["outputs"]) == ascend.OPERATORS[name].outputs
+    assert len(info["dtype_format"]) == len(ascend.OPERATORS[name].dtype_columns)
+    for column, formats in zip(ascend.OPERATORS[name].dtype_columns, info["dtype_format"], strict=True):
+        assert tuple(dtype for dtype, _ in formats) == column
+
+
+@pytest.mark.parametrize("name", sorted(ascend.OPERATORS))
+def test_kernel_entry_takes_inputs_outputs_workspace_tiling_in_order(name):
+    source = (PROJECT / "op_kernel" / f"{snake_case(name)}.cpp").read_text()
+    match = re.search(r'extern "C" __global__ __aicore__ void (\w+)\(([^)]*)\)', source)
+    assert match, f"no kernel entry in {snake_case(name)}.cpp"
+    assert match.group(1) == snake_case(name)
+    parameters = tuple(part.split()[-1] for part in match.group(2).split(","))
+    assert all(part.split()[0] == "GM_ADDR" for part in match.group(2).split(","))
+    signature = ascend.OPERATORS[name]
+    assert parameters == (*signature.inputs, *signature.outputs, "workspace", "tiling")
+    # The kernel is instantiated for the dtype of its first input (DTYPE_<NAME> is generated per input name).
+    assert f"DTYPE_{signature.inputs[0].upper()}" in source or f"DTYPE_{signature.inputs[1].upper()}" in source
+
+
+def test_kernel_cmake_lists_every_operator_with_its_file():
+    cmake = (PROJECT / "op_kernel" / "CMakeLists.txt").read_text()
+    listed = dict(re.findall(r"npu_op_kernel_sources\(ascendc_kernels OP_TYPE (\w+) KERNEL_FILE ([\w.]+)\)", cmake))
+    assert listed == {name: f"{snake_case(name)}.cpp" for name in ascend.OPERATORS}
+
+
+def tiling_fields(name: str) -> list[str]:
+    header = (PROJECT / "op_host" / f"{snake_case(name)}_tiling.h").read_text()
+    assert f"BEGIN_TILING_DATA_DEF({name}TilingData)" in header
+    assert f"REGISTER_TILING_DATA_CLASS({name}, {name}TilingData)" in header
+    return re.findall(r"TILING_DATA_FIELD_DEF(?:_STRUCT)?\(\w+, (\w+)\);", header)
+
+
+@pytest.mark.parametrize("name", sorted(ascend.OPERATORS))
+def test_tiling_fields_are_set_by_the_host_and_read_by_the_kernel(name):
+    fields = tiling_fields(name)
+    assert len(fields) == len(set(fields))
+    host = op_host_files()[name]["text"]
+    kernel = (PROJECT / "op_kernel" / f"{snake_case(name)}.cpp").read_text()
+    read = set(re.findall(r"(?:tiling_?->|tilingData\.)(\w+)", kernel))
+    assert read <= set(fields), f"kernel reads undeclared tiling fields {read - set(fields)}"
+    for field in fields:
+        assert re.search(rf"tiling\.(set_{field}\(|{field}\b)", host), f"{name}: host never sets {field}"
+        assert field in read, f"{name}: tiling field {field} is never read by the kernel"
+
+
+def test_kernel_names_its_tiling_struct_as_registered():
+    for name in ascend.OPERATORS:
+        kernel = (PROJECT / "op_kernel" / f"{snake_case(name)}.cpp").read_text()
+        assert f"{name}TilingData" in kernel
+
+
+def test_presets_and_build_script_agree_with_python():
+    presets = json.loads((PROJECT / "CMakePresets.json").read_text())
+    variables = presets["configurePresets"][0]["cacheVariables"]
+    assert variables["ASCEND_COMPUTE_UNIT"]["value"] == "ascend910b"
+    assert variables["vendor_name"]["value"] == ascend.VENDOR
+    assert f'vendor="{ascend.VENDOR}"' in (PROJECT / "build.sh").read_text()
+    assert str(ascend.MARKER_HEADER) == f"op_api/include/aclnn_{snake_case('GfFlashAttention')}.h"
+
+
+def test_installed_package_is_found_through_either_variable(tmp_path):
+    vendor = tmp_path / "opp" / "vendors" / ascend.VENDOR
+    (vendor / ascend.MARKER_HEADER).parent.mkdir(parents=True)
+    (vendor / ascend.MARKER_HEADER).write_text("")
+    assert ascend.installed_package({"ASCEND_OPP_PATH": str(tmp_path / "opp")}) == vendor
+    assert ascend.installed_package({"ASCEND_CUSTOM_OPP_PATH": f"/nowhere:{vendor}"}) == vendor
+    assert ascend.installed_package({"ASCEND_CUSTOM_OPP_PATH": "/nowhere"}) is None
+    assert ascend.installed_package({}) is None
+
+
+def test_not_available_off_ascend():
+    assert not ascend.is_available()
+    with pytest.raises(ascend.OperatorsMissing, match="device target Ascend"):
+        ascend.require_available()
+
+
+# ---- the plain C++ shared by host and kernels, compiled with g++ --------------------------------------------------
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+
+
+def compile_and_run(tmp_path: Path, source: str) -> str:
+    program = tmp_path / "program.cc"
+    program.write_text(source)
+    binary = tmp_path / "program"
+    subprocess.run(
+        [
+            "g++",
+            "-std=c++17",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            f"-I{PROJECT / 'op_host'}",
+            f"-I{PROJECT / 'op_kernel'}",
+            str(program),
+            "-o",
+            str(binary),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout
+
+
+PLAN_DRIVER = r"""
+#include <cstdint>
+#include <cstdio>
+#include "gf_tiling_plan.h"
+
+int main() {
+    // A generous stand-in for GetSoftMaxFlashV2MinTmpSize (the real one needs CANN): half the score tile.
+    auto scratch = [](uint32_t br, uint32_t bc) { return br * bc * 2; };
+    const uint32_t dims[] = {16, 32, 48, 64, 80, 96, 128, 192, 256};
+    for (uint32_t d : dims) {
+        for (int backward = 0; backward < 2; ++backward) {
+            const gf_plan::AttentionPlan p = gf_plan::PlanAttention(d, 2, backward != 0, scratch);
+            std::printf("attention %u %d %d %u %u %u %u %u\n", d, backward, p.fits ? 1 : 0, p.queryBlock,
+                        p.keyBlock, p.ubBytes, p.scratchBytes, p.workspaceBytesPerCore);
+        }
+    }
+    const uint32_t hiddens[] = {16, 64, 256, 512, 768, 896, 1024, 1152, 2032, 2048, 100};
+    for (uint32_t h : hiddens) {
+        for (uint32_t element = 2; element <= 4; element += 2) {
+            for (int backward = 0; backward < 2; ++backward) {
+                const gf_plan::LayerNormPlan p = gf_plan::PlanLayerNorm(h, element, backward != 0);
+                std::printf("layernorm %u %u %d %d %u %u %u %u %u\n", h, element, backward, p.fits ? 1 : 0,
+                            p.rowsPerTile, p.bufferCount, p.ubBytes, p.rowsPerColumnTile, p.columnUbBytes);
+            }
+        }
+    }
+    std::printf("usable %u\n", gf_plan::kUbUsableBytes);
+    return 0;
+}
+"""
+
+
+@needs_gxx
+def test_buffer_plan_fits_the_910b_and_uses_the_cpu_tiles(tmp_path):
+    lines = [line.split() for line in compile_and_run(tmp_path, PLAN_DRIVER).splitlines()]
+    usable = int(next(line for line in lines if line[0] == "usable")[1])
+    assert usable == 192 * 1024 - 8 * 1024
+    cpu = CPU_ATTENTION.read_text()
+    cpu_key_block = int(re.search(r"constexpr int kKeyBlock = (\d+);", cpu).group(1))
+
+    attention = {(int(d), int(b)): list(map(int, rest)) for _, d, b, *rest in (l for l in lines if l[0] == "attention")}
+    for (head_dim, backward), (fits, br, bc, ub, scratch, workspace) in attention.items():
+        assert fits, f"head_dim {head_dim} backward={backward} does not fit"
+        assert bc == cpu_key_block
+        assert ub + scratch <= usable
+        assert workspace > 0
+        if not backward:
+            assert scratch >= br * bc * 2  # the stand-in minimum softmax scratch was honoured
+        assert br % 16 == 0  # whole 16 x 16 cube fractals (the CPU's query block is sized for its own GEMM)
+    # Geneformer's head_dim (64) gets the full 64-row query block in both directions.
+    assert attention[(64, 0)][1] == attention[(64, 1)][1] == 64
+
+    layer_norm = {
+        (int(h), int(e), int(b)): list(map(int, rest))
+        for _, h, e, b, *rest in (l for l in lines if l[0] == "layernorm")
+    }
+    for (hidden, _element, backward), (fits, rows, buffers, ub, column_rows, column_ub) in layer_norm.items():
+        if hidden % 16:
+            assert not fits
+            continue
+        if not fits:
+            continue
+        assert 1 <= rows <= 64 and buffers in (1, 2) and ub <= usable
+        if backward:
+            assert column_rows & (column_rows - 1) == 0 and column_ub <= usable
+    # Every Geneformer hidden size (V1 256, 512; V2 896, 1152) in every supported dtype.
+    for hidden in (256, 512, 896, 1152):
+        for element in (2, 4):
+            for backward in (0, 1):
+                assert layer_norm[(hidden, element, backward)][0] == 1, (hidden, element, backward)
+    # Hidden 256 (V1) keeps double buffering with a useful number of rows.
+    assert layer_norm[(256, 2, 0)][1] >= 16 and layer_norm[(256, 2, 0)][2] == 2
+
+
+PHILOX_DRIVER = r"""
+#include <cstdint>
+#include <cstdio>
+#include "gf_philox.h"
+
+int main() {
+    const uint32_t keys[][2] = {{0u, 0u}, {0x12345678u, 0x9abcdef0u}, {7u, 0u}, {0xffffffffu, 0xffffffffu}};
+    for (const auto& key : keys) {
+        for (uint32_t pair = 0; pair < 3; ++pair) {
+            for (uint32_t row = 0; row < 5; ++row) {
+                for (uint32_t column = 0; column < 7; ++column) {
+                    std::printf("word %u %u %u %u %u %u\n", key[0], key[1], pair, row, column,
+                                gf::PhiloxWord0(column, row, pair, 0u, key[0], key[1]));
+                }
+            }
+        }
+    }
+    const float probabilities[] = {0.0f, 1e-9f, 0.02f, 0.1f, 0.3333333f, 0.5f, 0.9f, 0.99999994f};
+    for (float p : probabilities) {
+        std::printf("threshold %.9g %u\n", p, gf::DropThreshold(p));
+    }
+    // The keep decisions of one small head, as a mask: seed 7 (key 7, 0), p = 0.1, 2 cells x 3 heads x 5 x 6.
+    const uint32_t threshold = gf::DropThreshold(0.1f);
+    for (uint32_t pair = 0; pair < 6; ++pair) {
+        for (uint32_t row = 0; row < 5; ++row) {
+            for (uint32_t column = 0; column < 6; ++column) {
+                std::printf("keep %d\n", gf::KeepProbability(column, row, pair, 7u, 0u, threshold) ? 1 : 0);
+            }
+        }
+    }
+    return 0;
+}
+"""
+
+
+@needs_gxx
+def test_kernel_philox_and_threshold_match_the_numpy_specification(tmp_path):
+    lines = [line.split() for line in compile_and_run(tmp_path, PHILOX_DRIVER).splitlines()]
+    words = [list(map(int, line[1:])) for line in lines if line[0] == "word"]
+    counters = np.array([[column, row, pair, 0] for _, _, pair, row, column, _ in words], np.uint32)
+    for key in {(w[0], w[1]) for w in words}:
+        rows = [index for index, w in enumerate(words) if (w[0], w[1]) == key]
+        expected = philox4x32_10(counters[rows], key)[:, 0]
+        assert [words[index][5] for index in rows] == expected.tolist()
+
+    for line in (line for line in lines if line[0] == "threshold"):
+        assert int(line[2]) == keep_threshold(float(np.float32(line[1]))), line
+
+    keeps = np.array([int(line[1]) for line in lines if line[0] == "keep"], bool).reshape(2, 3, 5, 6)
+    assert (keeps == keep_mask(7, 0.1, 2, 3, 5, 6)).all()

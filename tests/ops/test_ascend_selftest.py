@@ -1,0 +1,192 @@
+"""tools/ascend_selftest.py off the Atlas machine: it must say plainly that it cannot run here, and the parts of it
+that need no NPU (its float64 formulas, its check harness, its table) must be right, since on the Atlas machine they
+are what judges the Ascend operators."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import ops_oracle
+import pytest
+
+from mindformer_gf.ops import fused
+from mindformer_gf.reference.attention_dropout import keep_mask, keep_scale
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+TOOL = REPOSITORY / "tools" / "ascend_selftest.py"
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("ascend_selftest", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+selftest = load_tool()
+
+
+def environment_without_ascend() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if not name.startswith("ASCEND")}
+
+
+@pytest.mark.parametrize("arguments", [[], ["--skip-build", "--dtype", "float16"]])
+def test_exits_with_a_clear_message_when_there_is_no_ascend(arguments):
+    if not selftest.missing_environment(environment_without_ascend()):
+        pytest.skip("this machine has an NPU and CANN: the tool would really run")
+    run = subprocess.run(
+        [sys.executable, str(TOOL), *arguments],
+        env=environment_without_ascend(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == selftest.EXIT_NO_ASCEND == 3
+    assert "Traceback" not in run.stdout + run.stderr
+    assert "cannot build or run the Ascend operators" in run.stderr
+    assert "no Ascend NPU" in run.stderr
+    assert "Atlas 800T A2" in run.stderr
+
+
+def test_bad_arguments_exit_with_usage_status(capsys):
+    assert selftest.main(["--dtype", "int8"], environ={}) == selftest.EXIT_USAGE
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_environment_detection_names_each_missing_piece(tmp_path):
+    devices = tmp_path / "dev"
+    cann = tmp_path / "cann"
+    nothing = selftest.missing_environment({}, str(devices / "davinci[0-9]*"), (str(cann),))
+    assert any("no Ascend NPU" in problem for problem in nothing)
+    assert any("no CANN toolkit" in problem for problem in nothing)
+
+    devices.mkdir()
+    (devices / "davinci0").touch()
+    (cann / "compiler").mkdir(parents=True)
+    found = selftest.missing_environment({}, str(devices / "davinci[0-9]*"), (str(cann),))
+    assert not any("NPU" in problem or "CANN" in problem for problem in found)
+    assert selftest.find_cann({"ASCEND_HOME_PATH": str(cann)}, ()) == cann
+
+
+def test_installed_package_goes_first_on_the_search_paths(tmp_path):
+    environ = selftest.environment_with_package({"ASCEND_CUSTOM_OPP_PATH": "/old", "PATH": "/bin"}, tmp_path / "v")
+    assert environ["ASCEND_CUSTOM_OPP_PATH"] == f"{tmp_path / 'v'}:/old"
+    assert environ["LD_LIBRARY_PATH"] == str(tmp_path / "v" / "op_api" / "lib")
+    assert environ["PATH"] == "/bin"
+
+
+# ---- the tool's float64 formulas against the project's oracles and finite differences ----------------------------
+def _attention_case(seed: int = 0, shape=(2, 3, 11, 4)):
+    rng = np.random.default_rng(seed)
+    q, k, v, d_out = (rng.standard_normal(shape) for _ in range(4))
+    mask = (np.arange(shape[2])[None, :] < np.array([7, 0])[:, None]).astype(np.int32)
+    return q, k, v, d_out, mask
+
+
+@pytest.mark.parametrize("drop", [0.0, 0.25])
+def test_attention_formulas_agree_with_the_test_oracle(drop):
+    q, k, v, d_out, mask = _attention_case()
+    keep = keep_mask(5, drop, 2, 3, 11, 11) if drop else None
+    scale = keep_scale(drop) if drop else 1.0
+    out, lse, _ = selftest.reference_attention(q, k, v, mask, keep, scale)
+    expected_out, expected_lse = ops_oracle.attention_forward(q, k, v, mask, keep, scale)
+    np.testing.assert_allclose(out, expected_out, atol=1e-12)
+    np.testing.assert_allclose(lse, expected_lse, atol=1e-12)
+    assert (out[1] == 0).all() and (lse[1] == 0).all()  # the cell without keys
+    grads = selftest.reference_attention_backward(q, k, v, mask, d_out, keep, scale)
+    expected = ops_oracle.attention_backward(q, k, v, mask, d_out, keep, scale)
+    for actual, wanted in zip(grads, expected, strict=True):
+        np.testing.assert_allclose(actual, wanted, atol=1e-10)
+
+
+def _finite_difference(function, array: np.ndarray, step: float = 1e-6) -> np.ndarray:
+    gradient = np.zeros_like(array)
+    for index in np.ndindex(array.shape):
+        saved = array[index]
+        array[index] = saved + step
+        plus = function()
+        array[index] = saved - step
+        minus = function()
+        array[index] = saved
+        gradient[index] = (plus - minus) / (2 * step)
+    return gradient
+
+
+def test_attention_backward_formula_matches_finite_differences():
+    q, k, v, d_out, mask = _attention_case(1, (1, 2, 5, 3))
+    mask = np.array([[1, 1, 0, 1, 0]], np.int32)
+    grads = selftest.reference_attention_backward(q, k, v, mask, d_out)
+
+    def loss():
+        return float((selftest.reference_attention(q, k, v, mask)[0] * d_out).sum())
+
+    for actual, tensor in zip(grads, (q, k, v), strict=True):
+        np.testing.assert_allclose(actual, _finite_difference(loss, tensor), rtol=1e-6, atol=1e-8)
+
+
+def test_layer_norm_formulas_agree_with_the_oracle_and_finite_differences():
+    rng = np.random.default_rng(2)
+    x, residual, dy = (rng.standard_normal((3, 8)) for _ in range(3))
+    weight, bias = rng.standard_normal(8), rng.standard_normal(8)
+    y, mean, rstd = selftest.reference_add_layer_norm(x, residual, weight, bias, 1e-12)
+    expected = ops_oracle.layer_norm_forward(x, residual, weight, bias, 1e-12)
+    for actual, wanted in zip((y, mean, rstd), expected, strict=True):
+        np.testing.assert_allclose(actual, wanted, atol=1e-12)
+    grads = selftest.reference_add_layer_norm_backward(dy, x, residual, weight, 1e-12)
+    for actual, wanted in zip(grads, ops_oracle.layer_norm_backward(dy, x, residual, weight, 1e-12), strict=True):
+        np.testing.assert_allclose(actual, wanted, atol=1e-10)
+
+    def loss():
+        return float((selftest.reference_add_layer_norm(x, residual, weight, bias, 1e-12)[0] * dy).sum())
+
+    np.testing.assert_allclose(grads[0], _finite_difference(loss, x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grads[1], _finite_difference(loss, weight), rtol=1e-5, atol=1e-7)
+
+
+# ---- the check harness, run on the CPU kernels (same signatures as the Ascend wrappers) ---------------------------
+needs_cpu_kernels = pytest.mark.skipif(not fused.is_available(), reason=f"CPU kernels not built: {fused.BUILD_HINT}")
+
+
+@needs_cpu_kernels
+def test_attention_checks_pass_on_the_cpu_kernel_with_dropout():
+    mask = selftest._key_mask((50, 17), 50)
+    results = selftest.check_attention("cpu fused", fused.attention, "float32", (2, 2, 50, 16), mask, 0.1, 7)
+    assert [result.name.split(": ")[1] for result in results] == ["forward", "dQ", "dK", "dV"]
+    assert all(result.passed for result in results), results
+
+
+@needs_cpu_kernels
+def test_attention_checks_catch_a_wrong_mask():
+    """The harness is not vacuous: attention with the wrong dropout seed fails the forward check."""
+    mask = selftest._key_mask((50, 17), 50)
+
+    def wrong_seed(query, key, value, key_mask, drop, training, seed):
+        return fused.attention(query, key, value, key_mask, drop, training, seed + 1)
+
+    results = selftest.check_attention("wrong seed", wrong_seed, "float32", (2, 2, 50, 16), mask, 0.1, 7, False)
+    assert not results[0].passed
+
+
+@needs_cpu_kernels
+def test_layer_norm_checks_pass_on_the_cpu_kernel():
+    results = selftest.check_add_layer_norm("cpu fused", fused.add_layer_norm, "float32", (3, 5), 32)
+    assert [result.name.split(": ")[1] for result in results] == ["forward", "dx", "dresidual", "dweight", "dbias"]
+    assert all(result.passed for result in results), results
+
+
+def test_table_reports_speedups_over_the_composed_path():
+    rows = [
+        {"operation": "attention", "impl": "fused", "forward_ms": 1.0, "forward_backward_ms": 2.0},
+        {"operation": "attention", "impl": "composed", "forward_ms": 3.0, "forward_backward_ms": 8.0},
+    ]
+    table = selftest.format_table(rows).splitlines()
+    assert table[0].split()[:3] == ["operation", "impl", "fwd"]
+    fused_line = next(line for line in table if " fused " in line).split()
+    assert fused_line[-2:] == ["3.00", "4.00"]
