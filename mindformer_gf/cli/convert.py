@@ -63,8 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mindformer_gf.config import ConfigError
-    from mindformer_gf.convert import CheckpointError, convert
+    from mindformer_gf.convert import convert
     from mindformer_gf.safe_pickle import UnsafePickleError
 
     if args.verify:
@@ -88,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
             tolerance=args.tolerance,
             progress=not args.quiet,
         )
-    except (CheckpointError, ConfigError, UnsafePickleError, FileExistsError, FileNotFoundError, ValueError) as err:
+    # CheckpointError and ConfigError are ValueErrors; OSError covers a missing source, an existing destination and
+    # an unwritable one. Each message names the problem and the fix, so no traceback is shown.
+    except (ValueError, OSError, UnsafePickleError) as err:
         print(f"gf convert: error: {err}", file=sys.stderr)
         return 1
     print("\n".join(report.lines()))

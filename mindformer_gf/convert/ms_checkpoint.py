@@ -41,7 +41,6 @@ class MindSporeCheckpointWriter:
         self.path = Path(path)
         self._scratch = self.path.with_name(self.path.stem + ".one-tensor.ckpt")
         self._handle: IO[bytes] = open(self.path, "wb")  # closed by close()
-        self.count = 0
 
     def write(self, name: str, array: np.ndarray, dtype: str) -> None:
         import mindspore as ms
@@ -50,7 +49,6 @@ class MindSporeCheckpointWriter:
         with open(self._scratch, "rb") as scratch:
             shutil.copyfileobj(scratch, self._handle, 16 * 2**20)
         self._scratch.unlink()
-        self.count += 1
 
     def close(self) -> None:
         try:
