@@ -188,6 +188,15 @@ void attention_forward(const AttentionProblem& p, float* out, float* lse) {
   });
 }
 
+void zero_uncovered_keys(const CellKeys& cell, int64_t length, int head_dim, float* gradient) {
+  int64_t covered_end = 0;
+  for (const KeyBlock& block : cell.blocks) {
+    std::fill(gradient + covered_end * head_dim, gradient + block.start * head_dim, 0.0f);
+    covered_end = block.start + block.width;
+  }
+  std::fill(gradient + covered_end * head_dim, gradient + length * head_dim, 0.0f);
+}
+
 struct AttentionGradients {
   const float *out, *lse, *d_out, *d_lse;
 };
@@ -216,9 +225,10 @@ void attention_backward(const AttentionProblem& p, const AttentionGradients& in,
     const int64_t block_count = static_cast<int64_t>(cell.blocks.size());
     const int64_t first_block = block_count * group / groups, end_block = block_count * (group + 1) / groups;
     if (group == 0) {
-      // Keys outside every block (padding) get no gradient; the blocks below overwrite the rest.
-      std::fill(dk + pair * p.head_size(), dk + (pair + 1) * p.head_size(), 0.0f);
-      std::fill(dv + pair * p.head_size(), dv + (pair + 1) * p.head_size(), 0.0f);
+      // Keys outside every block (padding) get no gradient. Only those: the blocks belong to the groups, which may
+      // be writing them concurrently.
+      zero_uncovered_keys(cell, p.length, d, dk + pair * p.head_size());
+      zero_uncovered_keys(cell, p.length, d, dv + pair * p.head_size());
     }
     if (first_block == end_block) return;
 
