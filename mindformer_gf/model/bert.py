@@ -319,48 +319,45 @@ class BertForMaskedLM(GeneformerPreTrainedModel):
         return (logits,)
 
 
-class BertForSequenceClassification(GeneformerPreTrainedModel):
+class BertClassifier(GeneformerPreTrainedModel):
+    """A linear classifier behind dropout, on features of the encoder output chosen by `features`."""
+
+    add_pooling_layer = False
+
+    def __init__(self, config: GeneformerConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=self.add_pooling_layer)
+        self.dropout = nn.Dropout(p=config.classifier_dropout_prob)
+        self.classifier = nn.Dense(config.hidden_size, config.num_labels)
+
+    def features(self, sequence_output: Tensor) -> Tensor:
+        return sequence_output
+
+    def construct(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, output_hidden_states: bool = False
+    ) -> tuple:
+        hidden_states = self.bert.encode(input_ids, attention_mask)
+        logits = self.classifier(self.dropout(self.features(hidden_states[-1])))
+        if output_hidden_states:
+            return logits, hidden_states
+        return (logits,)
+
+
+class BertForSequenceClassification(BertClassifier):
     """Cell classification: pooler (dense + tanh on position 0), dropout, linear, as HF's class of the same name."""
 
     architecture = "BertForSequenceClassification"
+    add_pooling_layer = True
 
-    def __init__(self, config: GeneformerConfig) -> None:
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.bert = BertModel(config, add_pooling_layer=True)
-        self.dropout = nn.Dropout(p=config.classifier_dropout_prob)
-        self.classifier = nn.Dense(config.hidden_size, config.num_labels)
-
-    def construct(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, output_hidden_states: bool = False
-    ) -> tuple:
-        hidden_states = self.bert.encode(input_ids, attention_mask)
-        logits = self.classifier(self.dropout(self.bert.pooler(hidden_states[-1])))
-        if output_hidden_states:
-            return logits, hidden_states
-        return (logits,)
+    def features(self, sequence_output: Tensor) -> Tensor:
+        return self.bert.pooler(sequence_output)
 
 
-class BertForTokenClassification(GeneformerPreTrainedModel):
+class BertForTokenClassification(BertClassifier):
     """Gene classification: dropout and a linear layer on every position."""
 
     architecture = "BertForTokenClassification"
-
-    def __init__(self, config: GeneformerConfig) -> None:
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.bert = BertModel(config, add_pooling_layer=False)
-        self.dropout = nn.Dropout(p=config.classifier_dropout_prob)
-        self.classifier = nn.Dense(config.hidden_size, config.num_labels)
-
-    def construct(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, output_hidden_states: bool = False
-    ) -> tuple:
-        hidden_states = self.bert.encode(input_ids, attention_mask)
-        logits = self.classifier(self.dropout(hidden_states[-1]))
-        if output_hidden_states:
-            return logits, hidden_states
-        return (logits,)
 
 
 MODEL_CLASSES: dict[str, type[GeneformerPreTrainedModel]] = {
