@@ -116,6 +116,7 @@ int AddLayerNormForward(int nparam, void** params, int* ndims, int64_t** shapes,
   mfgf::RowsProblem problem;
   if (int status = mfgf::read_rows(kName, args, 0, 2, 2, &problem)) return status;
   if (args.shape(1) != args.shape(0)) return mfgf::fail(kName, "x and residual must have the same shape");
+  if (args.elements(4) < 1) return mfgf::fail(kName, "eps is empty");
   mfgf::forward(problem, args.ptr<const float>(0), args.ptr<const float>(1), args.ptr<const float>(2),
                 args.ptr<const float>(3), *args.ptr<const float>(4), args.ptr<float>(5), args.ptr<float>(6),
                 args.ptr<float>(7));
@@ -157,6 +158,7 @@ int LayerNormForward(int nparam, void** params, int* ndims, int64_t** shapes, co
   const AotArgs args{nparam, params, ndims, shapes, dtypes};
   mfgf::RowsProblem problem;
   if (int status = mfgf::read_rows(kName, args, 0, 1, 2, &problem)) return status;
+  if (args.elements(3) < 1) return mfgf::fail(kName, "eps is empty");
   mfgf::forward(problem, args.ptr<const float>(0), nullptr, args.ptr<const float>(1), args.ptr<const float>(2),
                 *args.ptr<const float>(3), args.ptr<float>(4), args.ptr<float>(5), args.ptr<float>(6));
   return 0;

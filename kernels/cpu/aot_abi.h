@@ -49,6 +49,11 @@ struct AotArgs {
 
   Shape shape(int index) const { return shape_of(ndims, shapes, index); }
   int64_t dim(int index, int axis) const { return shapes[index][axis]; }
+  int64_t elements(int index) const {
+    int64_t count = 1;
+    for (int axis = 0; axis < ndims[index]; ++axis) count *= shapes[index][axis];
+    return count;
+  }
   bool has_dtype(int index, const char* dtype) const { return std::strcmp(dtypes[index], dtype) == 0; }
 
   template <typename T>

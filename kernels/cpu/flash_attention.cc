@@ -338,7 +338,8 @@ int read_problem(const char* kernel, const AotArgs& args, AttentionProblem* p) {
     return fail(kernel, std::string("the dropout seed must be int64 and the drop probability float32, got ") +
                             args.dtypes[4] + " and " + args.dtypes[5]);
   }
-  if (p->head_dim > 1024) return fail(kernel, "head_dim above 1024 is not supported");
+  if (p->head_dim < 1 || p->head_dim > 1024) return fail(kernel, "head_dim must be in [1, 1024]");
+  if (args.elements(4) < 1 || args.elements(5) < 1) return fail(kernel, "the seed and drop probability are empty");
   p->q = args.ptr<const float>(0);
   p->k = args.ptr<const float>(1);
   p->v = args.ptr<const float>(2);
