@@ -39,6 +39,8 @@ import mindspore as ms
 from mindspore import ops
 from mindspore.ops import CustomRegOp, DataType
 
+from mindformer_gf.ops.fused import random_seed
+
 VENDOR = "mindformer_gf"
 # A header every installed package of ours has (MindSpore reads the aclnn prototypes from it).
 MARKER_HEADER = Path("op_api/include/aclnn_gf_flash_attention.h")
@@ -133,6 +135,13 @@ def installed_package(environ: Mapping[str, str] | None = None) -> Path | None:
 
 def on_ascend() -> bool:
     return ms.get_context("device_target") == "Ascend"
+
+
+@cache
+def graph_on_ascend() -> bool:
+    """`on_ascend()` for code compiled in graph mode, where `ms.get_context` cannot be compiled: a call through the
+    cache is evaluated once, at compile time (the device target of a process does not change)."""
+    return on_ascend()
 
 
 def is_available() -> bool:
@@ -235,8 +244,6 @@ def _dropout_inputs(dropout_prob: float, training: bool, dropout_seed: ms.Tensor
     drop = dropout_prob if training else 0.0
     if drop > 0.0 and dropout_seed is None:
         # The CPU backend's seed source: a fresh seed per call inside the graph, same distribution on both devices.
-        from mindformer_gf.ops.fused import random_seed
-
         dropout_seed = random_seed()
     if dropout_seed is None:
         dropout_seed = ms.Tensor([0], ms.int64)
@@ -309,8 +316,14 @@ def _builtin_drop_mask(batch: int, heads: int, length: int, keep_prob: float) ->
             f"the builtin attention's dropout needs length % 8 == 0 and batch*heads*length^2 % 128 == 0, got "
             f"batch={batch}, heads={heads}, length={length}; pad to a bucket of 16 or use attention_impl='fused'"
         )
-    bits = ops.DropoutGenMask()((batch, heads, length, length), ms.Tensor(keep_prob, ms.float32))
+    bits = _drop_gen_mask()((batch, heads, length, length), ms.Tensor(keep_prob, ms.float32))
     return ops.reshape(bits, (batch, heads, length, length // 8))
+
+
+@cache
+def _drop_gen_mask() -> ops.DropoutGenMask:
+    # Created once, outside the graph (a call through the cache is evaluated at compile time).
+    return ops.DropoutGenMask()
 
 
 def attention_ascend_builtin(
