@@ -10,7 +10,7 @@ from typing import Any
 from mindformer_gf.config import ConfigError, GeneformerConfig
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "GeneformerConfig", "from_pretrained", "__version__"]
+__all__ = ["ConfigError", "GeneformerConfig", "from_pretrained", "save_pretrained", "__version__"]
 
 
 def from_pretrained(directory: str, **kwargs: Any) -> Any:
@@ -18,3 +18,10 @@ def from_pretrained(directory: str, **kwargs: Any) -> Any:
     from mindformer_gf.pretrained import from_pretrained as _from_pretrained
 
     return _from_pretrained(directory, **kwargs)
+
+
+def save_pretrained(model: Any, directory: str, **kwargs: Any) -> Any:
+    """Write a model as a MindSpore model directory (see `mindformer_gf.pretrained.save_pretrained`)."""
+    from mindformer_gf.pretrained import save_pretrained as _save_pretrained
+
+    return _save_pretrained(model, directory, **kwargs)
