@@ -226,6 +226,33 @@ def test_dynamic_length_compiles_once():
     assert len(static.compile_cache) == 2, "the compile counter must see a recompilation per static shape"
 
 
+def test_dynamic_length_gradients_compile_once():
+    """The backward kernel's shape inference too: ms.grad inside a dynamic-shape graph, three lengths, one compile."""
+
+    class Loss(nn.Cell):
+        def construct(self, q, k, v, mask, w):
+            return (dispatch.attention(q, k, v, mask, impl="fused") * w).sum()
+
+    class Gradients(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.loss = Loss()
+
+        def construct(self, q, k, v, mask, w):
+            return ms.grad(self.loss, grad_position=(0, 1, 2))(q, k, v, mask, w)
+
+    net = Gradients()
+    dynamic = Tensor(shape=[None, 2, None, 32], dtype=ms.float32)
+    net.set_inputs(dynamic, dynamic, dynamic, Tensor(shape=[None, None], dtype=ms.int32), dynamic)
+    for length in (40, 129, 7):
+        q, k, v, mask = random_problem(2, 2, length, 32, [length, length // 2], seed=length)
+        w = np.random.default_rng(length).standard_normal(q.shape).astype(np.float32)
+        grads = net(*map(Tensor, (q, k, v, mask, w)))
+        for actual, reference in zip(grads, attention_backward(q, k, v, mask, w), strict=True):
+            assert relative_error(actual.asnumpy(), reference) <= TOLERANCE
+    assert len(net.compile_cache) == 1
+
+
 def test_casts_other_dtypes():
     """float16 inputs are computed in float32 and returned as float16."""
     q, k, v, mask = random_problem(1, 2, 50, 32, [45], seed=14)

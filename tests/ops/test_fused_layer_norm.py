@@ -148,6 +148,27 @@ def test_dynamic_rows_compile_once():
     assert len(net.compile_cache) == 1
 
 
+def test_dynamic_rows_gradients_compile_once():
+    class Gradients(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.loss = Loss("fused", True)
+
+        def construct(self, x, residual, weight, bias, w):
+            return ms.grad(self.loss, grad_position=(0, 2, 3))(x, residual, weight, bias, w)
+
+    net = Gradients()
+    dynamic = Tensor(shape=[None, None, 64], dtype=ms.float32)
+    parameter = Tensor(shape=[64], dtype=ms.float32)
+    net.set_inputs(dynamic, dynamic, parameter, parameter, dynamic)
+    for rows in (3, 17, 1):
+        x, residual, weight, bias, w = random_rows((2, rows, 64), seed=rows)
+        grads = net(*map(Tensor, (x, residual, weight, bias, w)))
+        for actual, reference in zip(grads, layer_norm_backward(w, x, residual, weight, EPS), strict=True):
+            assert relative_error(actual.asnumpy(), reference) <= TOLERANCE
+    assert len(net.compile_cache) == 1
+
+
 def test_rejects_mismatched_weight(capfd):
     """MindSpore raises on the kernel's non-zero status; the kernel's own line on stderr names the problem."""
     x, residual, weight, bias, _ = random_rows((2, 8), seed=5)
