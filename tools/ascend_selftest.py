@@ -398,6 +398,32 @@ def time_call(function: Callable, arguments: Sequence, repeat: int) -> float:
     return sorted(samples)[len(samples) // 2]
 
 
+def _attention_runner(function: Callable, mask) -> tuple[Callable, Callable]:
+    """(forward, loss) closures for timing: training-mode attention with dropout 0.1 (free variables, which graph
+    mode compiles as constants, rather than default arguments)."""
+    ms = _ms()
+
+    def attend(query, key, value):
+        return function(query, key, value, mask, 0.1, True, None)
+
+    def loss(query, key, value):
+        return attend(query, key, value).astype(ms.float32).sum()
+
+    return attend, loss
+
+
+def _layer_norm_runner(function: Callable) -> tuple[Callable, Callable]:
+    ms = _ms()
+
+    def normalise(x, residual, weight, bias):
+        return function(x, residual, weight, bias, 1e-12)
+
+    def loss(x, residual, weight, bias):
+        return normalise(x, residual, weight, bias).astype(ms.float32).sum()
+
+    return normalise, loss
+
+
 def run_timing(dtype: str, batch: int, heads: int, length: int, head_dim: int, hidden: int, repeat: int) -> list[dict]:
     import numpy as np
 
@@ -411,10 +437,14 @@ def run_timing(dtype: str, batch: int, heads: int, length: int, head_dim: int, h
     mask = ms.Tensor(_key_mask([length * 3 // 4] * batch, length), ms.int32)
     x, residual = (_tensor(rng.standard_normal((batch, length, hidden)), dtype) for _ in range(2))
     weight, bias = ms.Tensor(np.ones(hidden, np.float32)), ms.Tensor(np.zeros(hidden, np.float32))
+
+    def composed_attention(query, key, value, key_mask, drop, training, seed):
+        return composed.attention(query, key, value, key_mask, drop, training)
+
     attention = {
         "fused": ascend.attention_ascend_fused,
         "builtin": ascend.attention_ascend_builtin,
-        "composed": lambda *a: composed.attention(*a[:6]),
+        "composed": composed_attention,
     }
     layer_norm = {
         "fused": ascend.add_layer_norm_ascend_fused,
@@ -423,37 +453,24 @@ def run_timing(dtype: str, batch: int, heads: int, length: int, head_dim: int, h
     }
     rows = []
     for impl, function in attention.items():
-
-        def attend(a, b, c, function=function):
-            return function(a, b, c, mask, 0.1, True, None)
-
-        def attention_loss(a, b, c, attend=attend):
-            return attend(a, b, c).astype(ms.float32).sum()
-
+        attend, loss = _attention_runner(function, mask)
         rows.append(
             {
                 "operation": f"attention B={batch} H={heads} L={length} d={head_dim} (dropout 0.1)",
                 "impl": impl,
                 "forward_ms": time_call(_jit(attend), (q, k, v), repeat),
-                "forward_backward_ms": time_call(_jit_grad(attention_loss, (0, 1, 2)), (q, k, v), repeat),
+                "forward_backward_ms": time_call(_jit_grad(loss, (0, 1, 2)), (q, k, v), repeat),
             }
         )
     for impl, function in layer_norm.items():
-
-        def normalise(a, b, w, c, function=function):
-            return function(a, b, w, c, 1e-12)
-
-        def norm_loss(a, b, w, c, normalise=normalise):
-            return normalise(a, b, w, c).astype(ms.float32).sum()
-
+        normalise, loss = _layer_norm_runner(function)
+        arguments = (x, residual, weight, bias)
         rows.append(
             {
                 "operation": f"add+LayerNorm [{batch}, {length}, {hidden}]",
                 "impl": impl,
-                "forward_ms": time_call(_jit(normalise), (x, residual, weight, bias), repeat),
-                "forward_backward_ms": time_call(
-                    _jit_grad(norm_loss, (0, 1, 2, 3)), (x, residual, weight, bias), repeat
-                ),
+                "forward_ms": time_call(_jit(normalise), arguments, repeat),
+                "forward_backward_ms": time_call(_jit_grad(loss, (0, 1, 2, 3)), arguments, repeat),
             }
         )
     return rows

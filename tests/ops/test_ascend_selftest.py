@@ -190,3 +190,20 @@ def test_table_reports_speedups_over_the_composed_path():
     assert table[0].split()[:3] == ["operation", "impl", "fwd"]
     fused_line = next(line for line in table if " fused " in line).split()
     assert fused_line[-2:] == ["3.00", "4.00"]
+
+
+@needs_cpu_kernels
+def test_timing_runners_compile_and_time_on_the_cpu_kernels():
+    import mindspore as ms
+
+    rng = np.random.default_rng(0)
+    q, k, v = (ms.Tensor(rng.standard_normal((1, 2, 32, 16)).astype(np.float32)) for _ in range(3))
+    mask = ms.Tensor(selftest._key_mask((24,), 32), ms.int32)
+    attend, loss = selftest._attention_runner(fused.attention, mask)
+    assert selftest.time_call(selftest._jit(attend), (q, k, v), 1) > 0
+    assert selftest.time_call(selftest._jit_grad(loss, (0, 1, 2)), (q, k, v), 1) > 0
+    x, residual = (ms.Tensor(rng.standard_normal((2, 8, 32)).astype(np.float32)) for _ in range(2))
+    weight, bias = ms.Tensor(np.ones(32, np.float32)), ms.Tensor(np.zeros(32, np.float32))
+    normalise, norm_loss = selftest._layer_norm_runner(fused.add_layer_norm)
+    assert selftest.time_call(selftest._jit(normalise), (x, residual, weight, bias), 1) > 0
+    assert selftest.time_call(selftest._jit_grad(norm_loss, (0, 1, 2, 3)), (x, residual, weight, bias), 1) > 0
