@@ -115,20 +115,26 @@ def rank_value_encode(
     if len(n_counts) != n_cells:
         raise ValueError(f"n_counts has {len(n_counts)} entries for {n_cells} cells")
     data, indices, indptr = counts.data, counts.indices, counts.indptr.astype(np.int64)
-    if data.dtype.kind == "f" and not np.isfinite(data).all():
+    smallest, largest = (data.min(), data.max()) if data.size else (1, 1)
+    if not (np.isfinite(smallest) and np.isfinite(largest)):
         raise ValueError("counts hold NaN or infinite values; tokenization needs finite counts")
-    nonzero = data != 0
-    if not nonzero.all():
+    has_negatives = smallest < 0
+    if smallest <= 0:
+        nonzero = data != 0
         kept_before = np.concatenate([[0], np.cumsum(nonzero, dtype=np.int64)])
         data, indices, indptr = data[nonzero], indices[nonzero], kept_before[indptr]
     lengths = np.diff(indptr)
     out_lengths = lengths if max_length is None else np.minimum(lengths, max_length)
     out_offsets = np.concatenate([[0], np.cumsum(out_lengths)]).astype(np.int64)
     out_tokens = np.empty(int(out_offsets[-1]), dtype=np.int32)
-    token_bits = max(int(gene_tokens.max()).bit_length(), 1) if gene_tokens.size else 1
+    # The key's low bits hold the column when columns are in token order (the tokenizer's layout): ordering by column
+    # is then ordering by token, and the column needs no more bits than the number of genes.
+    columns_in_token_order = bool(np.all(np.diff(gene_tokens) > 0))
+    largest_label = len(gene_tokens) - 1 if columns_in_token_order else int(gene_tokens.max(initial=0))
+    token_bits = max(largest_label.bit_length(), 1)
     token_mask = np.uint64((1 << token_bits) - 1)
-    tokens_u64 = gene_tokens.astype(np.uint64)
-    has_negatives = bool(data.size) and data.min() < 0
+    labels = None if columns_in_token_order else gene_tokens.astype(np.uint64)
+    tokens_i32 = gene_tokens.astype(np.int32)
     for rows, width in row_groups(lengths):
         row_lengths, row_n_counts, row_out_lengths = lengths[rows], n_counts[rows], out_lengths[rows]
         if isinstance(rows, slice):
@@ -138,18 +144,19 @@ def rank_value_encode(
             source = ragged_positions(indptr[rows], row_lengths)
             group_data, group_columns = data[source], indices[source]
         filled = np.arange(width) < row_lengths[:, None]
-        columns = np.zeros(filled.shape, dtype=np.int64)
+        columns = np.zeros(filled.shape, dtype=np.int32)
         columns[filled] = group_columns
         values = np.zeros(filled.shape, dtype=np.float64)
         values[filled] = group_data
         keys = _normalised_keys_inplace(values, row_n_counts, columns, gene_medians, target_sum, has_negatives)
         keys &= ~token_mask
-        keys |= tokens_u64[columns]
+        keys |= columns.astype(np.uint64) if labels is None else labels[columns]
         keys[~filled] = _PAD_KEY
         keys.sort(axis=1)
         kept_width = width if max_length is None else min(width, max_length)
         out_filled = np.arange(kept_width) < row_out_lengths[:, None]
-        part = (keys[:, :kept_width][out_filled] & token_mask).astype(np.int32)
+        part = keys[:, :kept_width][out_filled] & token_mask
+        part = tokens_i32[part] if labels is None else part.astype(np.int32)
         tied = _rows_with_truncation_ties(keys, filled, token_bits)
         if tied.size:
             # Exact order on (value descending, token ascending) for these rows, from recomputed values (`values`

@@ -198,7 +198,7 @@ def plan_genes(
             "as the reference does, or remove the duplicates."
         )
     slot_of = {d: s for s, d in enumerate(unique_ids)}
-    column_slot = np.array([slot_of[d] if d is not None else -1 for d in dictionary_ids], dtype=np.int64)
+    column_slot = np.array([slot_of[d] if d is not None else -1 for d in dictionary_ids], dtype=np.int32)
     return GenePlan(
         column_slot=column_slot,
         slot_tokens=np.array([token[d] for d in unique_ids], dtype=np.int64),

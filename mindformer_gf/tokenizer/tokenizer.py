@@ -140,7 +140,7 @@ def select_genes(block: sp.csr_matrix, plan: GenePlan) -> sp.csr_matrix:
     if not keep.all():
         kept_before = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])
         data, slots, indptr = data[keep], slots[keep], kept_before[indptr]
-    selected = sp.csr_matrix((data, slots.astype(np.int32), indptr), shape=(block.shape[0], plan.n_slots))
+    selected = sp.csr_matrix((data, slots, indptr), shape=(block.shape[0], plan.n_slots))
     if plan.has_duplicates:
         selected.sum_duplicates()
     return selected

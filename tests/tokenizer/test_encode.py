@@ -54,7 +54,8 @@ def test_hand_worked_cells() -> None:
 
 
 @pytest.mark.parametrize("layout", ["uniform", "ragged", "with_empty_rows"])
-def test_matches_per_cell_loop(layout: str) -> None:
+@pytest.mark.parametrize("token_order", ["shuffled", "ascending"])
+def test_matches_per_cell_loop(layout: str, token_order: str) -> None:
     rng = np.random.default_rng({"uniform": 1, "ragged": 2, "with_empty_rows": 3}[layout])
     n_cells, n_genes = 60, 900
     if layout == "uniform":
@@ -71,6 +72,8 @@ def test_matches_per_cell_loop(layout: str) -> None:
     data = rng.geometric(0.4, int(lengths.sum())).astype(np.float32)
     matrix = sp.csr_matrix((data, (np.concatenate(rows), np.concatenate(columns))), shape=(n_cells, n_genes))
     tokens = rng.permutation(np.arange(2, 25426))[:n_genes]
+    if token_order == "ascending":  # the tokenizer's layout: the sort key then holds the column, not the token
+        tokens = np.sort(tokens)
     medians = rng.choice(rng.uniform(0.05, 40.0, 600), n_genes)
     n_counts = np.asarray(matrix.sum(axis=1)).ravel() + rng.integers(0, 50, n_cells)
     n_counts[n_counts == 0] = 1
@@ -102,6 +105,12 @@ def test_values_closer_than_key_precision_are_ordered_exactly() -> None:
     result = rank_value_encode(counts, [10.0, 10.0], tokens, medians)
     # cell 1: 3/1 = 6/2 = 9/3: exact ties -> token order 7, 5, 30000
     assert as_lists(result) == [[9, 5], [5, 7, 30000]]
+    # the same with columns in token order and 2**15 columns, so that the key holds a 15-bit column index
+    n_columns = 1 << 15
+    medians_wide = np.ones(n_columns)
+    medians_wide[[0, 1]] = [1.0, 1.0 - 2.0**-45]
+    wide = sp.csr_matrix((np.array([2.0, 2.0]), np.array([0, 1]), np.array([0, 2])), shape=(1, n_columns))
+    assert as_lists(rank_value_encode(wide, [10.0], np.arange(n_columns) + 2, medians_wide)) == [[3, 2]]
 
 
 def test_negative_values_rank_last() -> None:
