@@ -6,8 +6,8 @@
 Prints JSON lines; the last is the summary with `cells_per_s` and `peak_rss_mb` and the targets (>= 20,000 cells/s,
 < 2,048 MB). The file is generated in streaming fashion (bounded memory) with Ensembl IDs of the V1 dictionary in
 a shuffled order and integer counts; tokenization runs in a separate process so the generator's memory does not
-count. `peak_rss_mb` is the tokenizing process's peak plus the largest worker's peak, times the number of workers
-(an upper bound of what was resident at once).
+count. `peak_rss_mb` is the largest resident memory of the tokenizing process and its workers summed at one instant
+(sampled every 50 ms from /proc; pages shared after fork count once per process, so it is an upper bound).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -90,15 +91,67 @@ def generate_h5ad(path: Path, n_cells: int, n_genes: int, nonzero_per_cell: int,
     return {"nnz": int(nnz), "file_mb": round(path.stat().st_size / 2**20, 1)}
 
 
+class ProcessTreeMemory:
+    """Samples the resident memory of this process and its descendants (from /proc) in a background thread.
+
+    `peak_mb` is the largest sum over the tree at one instant: pages shared after fork count once per process, so it
+    is an upper bound of what was resident at once.
+    """
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.peak_mb = 0.0
+        self.parent_peak_mb = 0.0
+        self.parent_peak_at_s = 0.0
+        self._stop = threading.Event()
+        self._started = time.perf_counter()
+        self._page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _resident_mb(self, pid: int) -> float:
+        try:
+            with open(f"/proc/{pid}/statm") as handle:
+                return int(handle.read().split()[1]) * self._page_mb
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def _descendants(self, pid: int) -> list[int]:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as handle:
+                children = [int(c) for c in handle.read().split()]
+        except OSError:
+            return []
+        return children + [d for c in children for d in self._descendants(c)]
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            own = self._resident_mb(me)
+            total = own + sum(self._resident_mb(pid) for pid in self._descendants(me))
+            self.peak_mb = max(self.peak_mb, total)
+            if own > self.parent_peak_mb:
+                self.parent_peak_mb, self.parent_peak_at_s = own, time.perf_counter() - self._started
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> ProcessTreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def run_tokenizer(input_path: str, output_dir: str, nproc: int, chunk_size: int) -> None:
     """Body of the measured child process: prints one JSON line with its timings and peak memory."""
     started = time.perf_counter()
     from mindformer_gf.tokenizer import tokenize
 
     imported = time.perf_counter()
-    result = tokenize(
-        input_path, output_dir, "bench", overwrite=True, nproc=nproc, chunk_size=chunk_size, progress=False
-    )
+    with ProcessTreeMemory() as memory:
+        result = tokenize(
+            input_path, output_dir, "bench", overwrite=True, nproc=nproc, chunk_size=chunk_size, progress=False
+        )
     finished = time.perf_counter()
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -110,6 +163,9 @@ def run_tokenizer(input_path: str, output_dir: str, nproc: int, chunk_size: int)
             "tokenize_s": round(finished - imported, 2),
             "parent_peak_rss_mb": round(own, 1),
             "largest_worker_peak_rss_mb": round(children, 1),
+            "sampled_tree_peak_rss_mb": round(memory.peak_mb, 1),
+            "sampled_parent_peak_rss_mb": round(memory.parent_peak_mb, 1),
+            "sampled_parent_peak_at_s": round(memory.parent_peak_at_s, 2),
         }
     )
 
@@ -160,8 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - started
         child = json.loads(completed.stdout.strip().splitlines()[-1])
         emit(child)
+        # the sampled tree peak, or the sum of the separate peaks if sampling missed a short spike
         workers = args.nproc if args.nproc > 1 else 0
-        peak = child["parent_peak_rss_mb"] + workers * child["largest_worker_peak_rss_mb"]
+        peak = max(
+            child["sampled_tree_peak_rss_mb"],
+            child["parent_peak_rss_mb"] if workers == 0 else 0.0,
+        )
         cells_per_s = args.cells / child["tokenize_s"]
         emit(
             {

@@ -263,8 +263,26 @@ def _run_segments(
     return shards, stats
 
 
+def _keep_freed_memory_for_reuse() -> None:
+    """Ask glibc to keep freed memory instead of returning it to the system at once (worker processes only).
+
+    Every block allocates and frees arrays of a few MB; by default glibc maps each afresh and unmaps it on free, so
+    each block pays page faults for memory it just gave back (about 10% of the CPU time). Memory stays bounded by the
+    largest block.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 512 * 1024 * 1024)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 256 * 1024 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: keep the defaults
+
+
 def _worker_main(message_queue: Any, worker_index: int, *args: Any) -> None:
     """Entry point of a worker process: results and failures go back through `message_queue`."""
+    _keep_freed_memory_for_reuse()
     try:
         result = _run_segments(*args, report_progress=lambda n: message_queue.put(("progress", worker_index, n)))
         message_queue.put(("done", worker_index, result))
