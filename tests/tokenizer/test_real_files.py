@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from datasets import Dataset, load_from_disk
+from tokenizer_helpers import cell_counts, oracle_cell
 
 from mindformer_gf.resources import example_cells_path
 from mindformer_gf.tokenizer import (
@@ -21,7 +22,6 @@ from mindformer_gf.tokenizer import (
     read_dictionary_metadata,
     tokenize,
 )
-from tests.tokenizer.conftest import cell_counts, oracle_cell
 
 
 def columns(path: Path) -> dict:
