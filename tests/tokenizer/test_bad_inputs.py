@@ -214,7 +214,7 @@ def test_attributes_paths_and_formats(tmp_path: Path, genes) -> None:
         tokenize(tmp_path / "empty", tmp_path, "out", progress=False)
 
 
-def test_csc_matrix_is_read_whole_with_a_warning(tmp_path: Path, genes) -> None:
+def test_csc_and_dense_matrices_give_the_csr_result(tmp_path: Path, genes) -> None:
     counts = counts_matrix()
     csr = quiet_tokenize(write_h5ad(tmp_path / "a.h5ad", counts, genes, {"n_counts": [1000] * 5}), tmp_path, "a")
     obs = pd.DataFrame({"n_counts": [1000.0] * 5}, index=[f"c{i}" for i in range(5)])
@@ -223,6 +223,10 @@ def test_csc_matrix_is_read_whole_with_a_warning(tmp_path: Path, genes) -> None:
     with pytest.warns(TokenizerWarning, match=r"column-wise \(CSC\)"):
         result = tokenize(tmp_path / "csc.h5ad", tmp_path, "csc", progress=False)
     assert input_ids(result) == input_ids(csr)
+    anndata.AnnData(X=counts, obs=obs, var=var).write_h5ad(tmp_path / "dense.h5ad")
+    assert input_ids(tokenize(tmp_path / "dense.h5ad", tmp_path, "dense", chunk_size=2, progress=False)) == input_ids(
+        csr
+    )
 
 
 def test_command_line(tmp_path: Path, chr21_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -154,6 +154,20 @@ def test_pbmc68k_through_gene_symbols(tmp_path: Path, v1_tokens, v1_medians, v1_
     assert data["input_ids"] == [cell for cell in expected if cell]
     assert data["cell_type"] == [str(reduced.obs["bulk_labels"].iloc[r]) for r in range(700) if expected[r]]
     assert min(data["length"]) > 50
+    # the same cells from a loom file, symbols in the loom convention's 'Gene' row attribute
+    loom = tmp_path / "pbmc68k.loom"
+    loompy.create(
+        str(loom),
+        counts.T.tocoo(),
+        {"Gene": np.array(symbols)},
+        {"bulk_labels": np.asarray(reduced.obs["bulk_labels"].astype(str))},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TokenizerWarning)
+        from_loom = tokenize(
+            loom, tmp_path, "loom", gene_id="symbol", custom_attr_name_dict={"bulk_labels": "cell_type"}, progress=False
+        )
+    assert columns(from_loom.path) == data
     # the rank order does not depend on the per-cell scale: the stored (original) n_counts give the same lists
     with_totals = anndata.AnnData(X=counts, obs=reduced.obs[["n_counts"]].copy())
     with_totals.var_names = symbols
