@@ -174,9 +174,10 @@ def test_a_failure_midway_leaves_nothing_under_the_final_name(tmp_path: Path, ge
     counts = counts_matrix(n_cells=40)
     counts[30, 0] = np.nan  # read in the fourth block of 10 cells
     path = write_h5ad(tmp_path / "x.h5ad", counts, genes, {"n_counts": [1000] * 40})
-    with pytest.raises(TokenizerInputError, match=r"x\.h5ad, cells 30\.\.39: counts hold NaN"):
-        tokenize(path, tmp_path, "out", chunk_size=10, progress=False)
-    assert list(tmp_path.iterdir()) == [path]
+    for nproc in (1, 2):  # with workers, the worker's error reaches the caller unchanged
+        with pytest.raises(TokenizerInputError, match=r"x\.h5ad, cells 30\.\.39: counts hold NaN"):
+            tokenize(path, tmp_path, "out", chunk_size=10, nproc=nproc, progress=False)
+        assert list(tmp_path.iterdir()) == [path]
 
 
 def test_invalid_and_too_small_n_counts(tmp_path: Path, genes) -> None:
