@@ -29,7 +29,9 @@ class ParallelContext:
 
 
 def launched_by_msrun() -> bool:
-    return os.environ.get("MS_ROLE") == "MS_WORKER" and int(os.environ.get("MS_WORKER_NUM", "1")) > 1
+    """msrun runs the script in a scheduler process (MS_SCHED) and one process per worker (MS_WORKER); both must
+    join the cluster, the scheduler serving as its meta server."""
+    return os.environ.get("MS_ROLE") in ("MS_WORKER", "MS_SCHED") and "MS_WORKER_NUM" in os.environ
 
 
 _CONTEXT: ParallelContext | None = None

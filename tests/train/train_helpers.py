@@ -30,3 +30,42 @@ def write_corpus(directory, num_cells: int, min_length: int, max_length: int, vo
     cells = [rng.choice(genes, size=min(int(n), genes.size), replace=False, p=weights).tolist() for n in lengths]
     Dataset.from_dict({"input_ids": cells, "length": [len(c) for c in cells]}).save_to_disk(str(directory))
     return directory
+
+
+def tokenize_pbmc68k(directory):
+    """The shipped pbmc68k_reduced cells (700) rank-value encoded with the V1 dictionaries, as a dataset directory.
+
+    A minimal stand-in for `gf tokenize` (Geneformer's recipe: normalised expression / gene median, genes ranked
+    descending, V1 token ids): `.raw.X` holds log1p of per-cell normalised counts by gene symbol, so expm1 gives the
+    normalised values (ranks do not depend on the per-cell total). Ties are broken by token id.
+    """
+    import gzip
+    import json
+
+    import anndata
+    from datasets import Dataset
+
+    from mindformer_gf.resources import GENEFORMER_V1_DIR, RESOURCES_DIR
+
+    def entries(name):
+        with gzip.open(GENEFORMER_V1_DIR / name, "rt", encoding="utf-8") as handle:
+            return json.load(handle)["entries"]
+
+    tokens, medians, symbols = (
+        entries("token_dictionary.json.gz"),
+        entries("gene_median_dictionary.json.gz"),
+        entries("gene_name_id_dict.json.gz"),
+    )
+    raw = anndata.read_h5ad(RESOURCES_DIR / "pbmc68k_reduced.h5ad").raw
+    ensembl = [symbols.get(symbol) for symbol in raw.var_names]
+    keep = np.array([e is not None and e in tokens and e in medians for e in ensembl])
+    gene_tokens = np.array([tokens[e] for e, k in zip(ensembl, keep, strict=True) if k])
+    gene_medians = np.array([medians[e] for e, k in zip(ensembl, keep, strict=True) if k])
+    values = np.expm1(raw.X[:, keep].toarray()) / gene_medians
+    cells = []
+    for row in values:
+        genes = np.flatnonzero(row > 0)
+        order = np.lexsort((gene_tokens[genes], -row[genes]))
+        cells.append(gene_tokens[genes][order].tolist())
+    Dataset.from_dict({"input_ids": cells, "length": [len(c) for c in cells]}).save_to_disk(str(directory))
+    return directory
