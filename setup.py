@@ -41,6 +41,7 @@ setup(
         "loompy>=3.0.7",
         "h5py>=3.8",
         "datasets>=2.16",
+        "pyarrow>=15",
         "scikit-learn>=1.3",
         "matplotlib>=3.7",
         "umap-learn>=0.5.5",
