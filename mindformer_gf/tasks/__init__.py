@@ -1,1 +1,65 @@
-"""(filled by later work)"""
+"""The fine-tuning tasks: cell classification, gene classification, embeddings with plots, multitask classification.
+
+Each task runs on the package's training loop (`mindformer_gf.train.Trainer`) in MindSpore graph mode, on the CPU or
+Ascend with the same code, and writes files one can open (CSV, JSON, PNG/PDF, a MindSpore model directory).
+
+    from mindformer_gf.tasks import CellClassifier, GeneClassifier, EmbExtractor, MultitaskClassifier
+    from mindformer_gf.tasks import FineTuneSettings
+
+- `CellClassifier(state_key, ..., settings)`.run(dataset, model_dir, out)      `gf classify cell`
+- `GeneClassifier(gene_classes, n_folds, ..., settings)`.run(dataset, model_dir, out)   `gf classify gene`
+- `EmbExtractor(emb_mode, emb_layer, emb_label, ...)`.extract_embs / plot_embs   `gf embed`
+- `MultitaskClassifier(task_columns, ..., pooling)`.run(dataset, model_dir, out)    `gf classify multitask`
+- `Classifier(classifier="cell" | "gene", ...)`: the reference's entry point, returning one of the first two.
+
+`FineTuneSettings` carries the training options (epochs, batch size, learning rate, schedule and warmup, weight
+decay, seed) and the strategy: "finetune" with `freeze_layers`, "adapters" (bottleneck adapters, encoder frozen),
+"extra_layer" (one fresh layer on top, encoder frozen); `regression=True` on a task swaps the classifier for a
+one-output head trained with MSE. `run_demo()` is `gf demo` / `make demo`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mindformer_gf.tasks.cell import CellClassifier, CellRunResult, CellTaskResult
+from mindformer_gf.tasks.embeddings import Embeddings, EmbExtractor
+from mindformer_gf.tasks.finetune import FineTuneSettings
+from mindformer_gf.tasks.gene import GeneClassifier, GeneTaskResult
+from mindformer_gf.tasks.multitask import MultitaskClassifier, MultitaskResult
+
+MTLClassifier = MultitaskClassifier
+
+
+def Classifier(classifier: str = "cell", **options: Any) -> CellClassifier | GeneClassifier:
+    """The reference's factory: `Classifier(classifier="cell", state_key=...)` or
+    `Classifier(classifier="gene", gene_classes=...)`."""
+    if classifier == "cell":
+        return CellClassifier(**options)
+    if classifier == "gene":
+        return GeneClassifier(**options)
+    raise ValueError(f"classifier must be 'cell' or 'gene', got {classifier!r}")
+
+
+def run_demo(*args: Any, **kwargs: Any) -> Any:
+    """The main job on the shipped PBMC cells (see mindformer_gf.tasks.demo)."""
+    from mindformer_gf.tasks.demo import run_demo as _run_demo
+
+    return _run_demo(*args, **kwargs)
+
+
+__all__ = [
+    "CellClassifier",
+    "CellRunResult",
+    "CellTaskResult",
+    "Classifier",
+    "EmbExtractor",
+    "Embeddings",
+    "FineTuneSettings",
+    "GeneClassifier",
+    "GeneTaskResult",
+    "MTLClassifier",
+    "MultitaskClassifier",
+    "MultitaskResult",
+    "run_demo",
+]

@@ -1,0 +1,218 @@
+"""`gf classify cell|gene|multitask`: fine-tune a pretrained Geneformer on a tokenized dataset and evaluate it.
+
+    gf classify cell --dataset pbmc.dataset --model pretrained --output-dir out --label cell_type \\
+        --split 0.7,0.15,0.15 --epochs 10 --lr 5e-5 --freeze-layers 2
+    gf classify cell ... --folds 5 --group-by patient          # 5 stratified folds, no patient in two folds
+    gf classify cell ... --label n_genes --regression          # numeric target: one-output head, MSE
+    gf classify gene --dataset pbmc.dataset --model pretrained --output-dir out \\
+        --gene-labels dosage_sens_tf_labels.csv --folds 5
+    gf classify multitask --dataset pbmc.dataset --model pretrained --output-dir out --tasks cell_type,phase \\
+        --pooling attention
+Strategies (every task): --strategy finetune (with --freeze-layers N), adapters (--adapter-size), extra_layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+TRAINING_FLAGS = {
+    # flag: (settings field, type, help)
+    "epochs": ("num_epochs", float, "training epochs (fractions allowed)"),
+    "batch-size": ("batch_size", int, "cells per training batch (reference: 12)"),
+    "lr": ("learning_rate", float, "peak learning rate"),
+    "schedule": ("lr_schedule", str, "linear, cosine, polynomial (power 1, to 1e-7) or constant"),
+    "warmup-steps": ("warmup_steps", int, "linear warmup steps"),
+    "warmup-ratio": ("warmup_ratio", float, "warmup as a fraction of all steps (overrides --warmup-steps)"),
+    "weight-decay": ("weight_decay", float, "AdamW weight decay (not on biases and LayerNorm)"),
+    "seed": ("seed", int, "seed of splits, sampling and fresh heads"),
+    "strategy": ("strategy", str, "finetune, adapters or extra_layer"),
+    "freeze-layers": ("freeze_layers", int, "freeze the first N encoder layers (strategy finetune)"),
+    "adapter-size": ("adapter_size", int, "adapter bottleneck width (strategy adapters)"),
+    "num-buckets": ("num_buckets", int, "padded widths (one graph compilation each)"),
+    "forward-batch-size": ("forward_batch_size", int, "cells per inference batch"),
+    "evals-per-epoch": ("evals_per_epoch", int, "validation checkpoints per epoch"),
+    "device": ("device", str, "auto, CPU or Ascend"),
+}
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="tokenized dataset directory (gf tokenize)")
+    parser.add_argument("--model", required=True, help="pretrained model directory (Hugging Face or MindSpore)")
+    parser.add_argument("--output-dir", required=True, help="where results, plots and the fine-tuned model go")
+    parser.add_argument(
+        "--filter", action="append", default=[], metavar="COLUMN=V1,V2", help="keep cells whose COLUMN is one of V1,V2"
+    )
+    parser.add_argument("--max-cells", type=int, default=None, help="at most this many cells (random)")
+    training = parser.add_argument_group("training")
+    for flag, (dest, kind, help_text) in TRAINING_FLAGS.items():
+        training.add_argument(f"--{flag}", dest=dest, type=kind, default=None, help=help_text)
+    training.add_argument("--keep-checkpoints", action="store_true", help="keep every evaluated checkpoint")
+    training.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "classify",
+        help="fine-tune and evaluate: cell or gene classification, multitask",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
+
+    cell = kinds.add_parser("cell", help="cell classification (or --regression on a numeric column)")
+    _add_common(cell)
+    cell.add_argument("--label", required=True, help="dataset column holding each cell's state")
+    cell.add_argument("--states", default="all", help="comma-separated states to keep (default all)")
+    cell.add_argument("--rare-threshold", type=float, default=0.0, help="drop classes below this fraction of cells")
+    cell.add_argument("--max-cells-per-class", type=int, default=None)
+    cell.add_argument("--split", default="0.8,0.1,0.1", help="train,valid,test fractions (default 0.8,0.1,0.1)")
+    cell.add_argument("--folds", type=int, default=0, help="k stratified folds instead of one split")
+    cell.add_argument("--group-by", default=None, help="column (e.g. patient) whose groups never straddle splits")
+    cell.add_argument("--regression", action="store_true", help="predict the numeric column --label (MSE)")
+    cell.set_defaults(run=run_cell)
+
+    gene = kinds.add_parser("gene", help="gene classification with k folds over genes")
+    _add_common(gene)
+    labels = gene.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--gene-labels", help="CSV (one column of Ensembl IDs per class) or JSON {class: [IDs]}")
+    labels.add_argument(
+        "--gene-class", action="append", metavar="CLASS=FILE", help="a class and its text file (one ID a line); repeat"
+    )
+    labels.add_argument("--gene-values", help="per-gene numbers (CSV gene,value or JSON) for gene regression")
+    gene.add_argument("--folds", type=int, default=5, help="folds over genes (default 5)")
+    gene.add_argument("--token-dictionary", default=None, help="token dictionary of the dataset (default shipped V1)")
+    gene.set_defaults(run=run_gene)
+
+    multi = kinds.add_parser("multitask", help="several cell labels at once: shared encoder, one head per task")
+    _add_common(multi)
+    multi.add_argument("--tasks", required=True, help="comma-separated dataset columns, one task each")
+    multi.add_argument("--task-weights", default=None, help="comma-separated loss weights (default 1 each)")
+    multi.add_argument("--regression-tasks", default="", help="comma-separated tasks that are numeric (MSE)")
+    multi.add_argument("--pooling", choices=("cls", "attention"), default="cls", help="position 0 or attention")
+    multi.add_argument("--split", default="0.8,0.1,0.1", help="train,valid,test fractions")
+    multi.add_argument("--group-by", default=None, help="column whose groups never straddle splits")
+    multi.set_defaults(run=run_multitask)
+
+
+def _settings(args: argparse.Namespace, **defaults: object):
+    from mindformer_gf.tasks import FineTuneSettings
+
+    changes = dict(defaults)
+    for dest, _, _ in TRAINING_FLAGS.values():
+        if getattr(args, dest) is not None:
+            changes[dest] = getattr(args, dest)
+    changes["keep_checkpoints"] = args.keep_checkpoints
+    changes["progress_bar"] = not args.no_progress
+    return FineTuneSettings().replace(**changes)
+
+
+def _filters(pairs: list[str]) -> dict[str, list[str]]:
+    filters = {}
+    for pair in pairs:
+        column, sep, values = pair.partition("=")
+        if not sep or not column or not values:
+            raise SystemExit(f"gf classify: --filter expects COLUMN=V1,V2, got {pair!r}")
+        filters[column] = values.split(",")
+    return filters
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"gf classify: --split expects three fractions like 0.8,0.1,0.1, got {text!r}") from None
+    if len(values) != 3:
+        raise SystemExit(f"gf classify: --split expects three fractions like 0.8,0.1,0.1, got {text!r}")
+    return values
+
+
+def _csv_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def run_cell(args: argparse.Namespace) -> int:
+    from mindformer_gf.tasks import CellClassifier
+
+    classifier = CellClassifier(
+        state_key=args.label,
+        states="all" if args.states == "all" else _csv_list(args.states),
+        filter_data=_filters(args.filter),
+        rare_threshold=args.rare_threshold,
+        max_ncells=args.max_cells,
+        max_ncells_per_class=args.max_cells_per_class,
+        regression=args.regression,
+        settings=_settings(args),
+    )
+    result = classifier.run(
+        args.dataset, args.model, args.output_dir, _fractions(args.split), args.folds, args.group_by
+    )
+    for run in result.runs:
+        print(f"{run.name}: test {_brief(run.test_metrics)}; model {run.model_dir}")
+    if "folds" in result.summary:
+        print(
+            "folds: " + ", ".join(f"{k} {v['mean']:.3f} +- {v['std']:.3f}" for k, v in result.summary["folds"].items())
+        )
+    if "pooled" in result.summary:
+        print(f"all folds pooled: {_brief(result.summary['pooled'])}")
+    print(f"outputs in {result.output_dir}")
+    return 0
+
+
+def run_gene(args: argparse.Namespace) -> int:
+    from mindformer_gf.tasks import GeneClassifier
+
+    if args.gene_class:
+        classes: object = dict(pair.split("=", 1) for pair in args.gene_class)
+    else:
+        classes = args.gene_values or args.gene_labels
+    classifier = GeneClassifier(
+        classes,
+        n_folds=args.folds,
+        filter_data=_filters(args.filter),
+        max_ncells=args.max_cells,
+        regression=args.gene_values is not None,
+        token_dictionary_file=args.token_dictionary,
+        settings=_settings(args, **_gene_defaults(args)),
+    )
+    result = classifier.run(args.dataset, args.model, args.output_dir)
+    for fold in result.summary["folds"]:
+        print(f"fold {fold['fold']}: {fold['test_genes']} test genes, {fold['test_occurrences']} occurrences")
+    print(f"overall (gene occurrences): {_brief(result.summary['overall'])}")
+    print(f"per gene: {_brief(result.summary['per_gene'])}")
+    print(f"outputs in {result.output_dir}")
+    return 0
+
+
+def _gene_defaults(args: argparse.Namespace) -> dict[str, object]:
+    """The reference's gene classifier: 1 epoch, 4 layers frozen (for the finetune strategy)."""
+    defaults: dict[str, object] = {"num_epochs": 1.0}
+    if (args.strategy or "finetune") == "finetune":
+        defaults["freeze_layers"] = 4
+    return defaults
+
+
+def run_multitask(args: argparse.Namespace) -> int:
+    from mindformer_gf.tasks import MultitaskClassifier
+
+    weights = [float(w) for w in _csv_list(args.task_weights)] if args.task_weights else None
+    classifier = MultitaskClassifier(
+        _csv_list(args.tasks),
+        task_weights=weights,
+        regression_tasks=_csv_list(args.regression_tasks),
+        pooling=args.pooling,
+        filter_data=_filters(args.filter),
+        max_ncells=args.max_cells,
+        settings=_settings(args),
+    )
+    result = classifier.run(args.dataset, args.model, args.output_dir, _fractions(args.split), args.group_by)
+    for task, metrics in result.test_metrics.items():
+        print(f"{task}: test {_brief(metrics)}")
+    print(f"model {result.model_dir}; outputs in {result.output_dir}")
+    return 0
+
+
+def _brief(metrics: dict | None) -> str:
+    if not metrics:
+        return "no test cells"
+    keys = ("accuracy", "macro_f1", "roc_auc", "r2", "mse", "pearson_r", "n")
+    return ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float)))

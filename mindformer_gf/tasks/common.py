@@ -1,0 +1,212 @@
+"""Plumbing shared by the tasks: datasets in, step sources for the training loop, forward passes for evaluation,
+model construction with a strategy, and regression target scaling."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mindformer_gf.data import (
+    LabelledCollator,
+    LengthGroupedPlan,
+    PlannedBatches,
+    corpus_lengths,
+    load_corpus,
+    read_cells,
+)
+from mindformer_gf.data.buckets import LengthBuckets, choose_bucket_widths
+from mindformer_gf.data.collate import collate, pad_cells
+from mindformer_gf.data.sampler import MicroBatch
+from mindformer_gf.tasks.finetune import FineTuneSettings
+from mindformer_gf.tasks.inference import run_forward
+
+logger = logging.getLogger("mindformer_gf.tasks")
+
+
+def open_dataset(dataset_or_dir: Any, vocab_size: int | None = None) -> Any:
+    """A tokenized dataset (or its directory), checked against the model's vocabulary when given."""
+    return load_corpus(dataset_or_dir, vocab_size)
+
+
+def model_config_of(model_dir: str | os.PathLike):
+    from mindformer_gf.config import GeneformerConfig
+
+    return GeneformerConfig.from_pretrained(model_dir)
+
+
+def special_token_ids(dataset: Any) -> dict[str, int]:
+    """The dataset's special tokens ({"<pad>": 0, "<mask>": 1, maybe "<cls>", "<eos>"}), without a warning for
+    datasets that do not record them (Geneformer's <pad>=0 and <mask>=1 are then assumed)."""
+    import warnings
+
+    from mindformer_gf.data import corpus_special_tokens
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return corpus_special_tokens(dataset)
+
+
+def bucket_widths(lengths: np.ndarray, settings: FineTuneSettings, max_length: int) -> LengthBuckets:
+    return choose_bucket_widths(np.asarray(lengths), settings.num_buckets, max_length)
+
+
+class TargetCollator:
+    """Micro-batch -> batch with float `targets`: per cell ([B]) or per token ([B, width]); NaN = no target."""
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        cell_targets: np.ndarray | None = None,
+        token_targets: Sequence[np.ndarray] | None = None,
+        pad_token_id: int = 0,
+    ) -> None:
+        self.dataset, self.batch_size, self.pad_token_id = dataset, batch_size, pad_token_id
+        self.cell_targets, self.token_targets = cell_targets, token_targets
+
+    def __call__(self, micro: MicroBatch) -> dict[str, np.ndarray]:
+        cells = read_cells(self.dataset, micro.cell_indices)
+        ids, mask = pad_cells(cells, micro.width, self.pad_token_id, rows=self.batch_size)
+        if self.cell_targets is not None:
+            targets = np.full(self.batch_size, np.nan, np.float32)
+            targets[: len(cells)] = self.cell_targets[micro.cell_indices]
+        else:
+            targets = np.full(ids.shape, np.nan, np.float32)
+            for row, cell in enumerate(micro.cell_indices):
+                values = self.token_targets[cell]
+                targets[row, : len(values)] = values
+        return {"input_ids": ids, "attention_mask": mask, "targets": targets}
+
+
+class MultiLabelCollator:
+    """Micro-batch -> batch with one label array per task (`labels_0`, `labels_1`, ...): int ids or floats."""
+
+    def __init__(self, dataset: Any, batch_size: int, task_labels: Sequence[np.ndarray], pad_token_id: int = 0) -> None:
+        self.dataset, self.batch_size, self.pad_token_id = dataset, batch_size, pad_token_id
+        self.task_labels = list(task_labels)
+
+    def __call__(self, micro: MicroBatch) -> dict[str, np.ndarray]:
+        cells = read_cells(self.dataset, micro.cell_indices)
+        batch = collate(cells, micro.width, rows=self.batch_size, pad_token_id=self.pad_token_id)
+        for t, labels in enumerate(self.task_labels):
+            floating = np.issubdtype(labels.dtype, np.floating)
+            column = np.full(self.batch_size, np.nan if floating else -100, np.float32 if floating else np.int32)
+            column[: len(cells)] = labels[micro.cell_indices]
+            batch[f"labels_{t}"] = column
+        return batch
+
+
+def training_source(
+    dataset: Any,
+    buckets: LengthBuckets,
+    settings: FineTuneSettings,
+    cell_labels: np.ndarray | None = None,
+    token_labels: Sequence[np.ndarray] | None = None,
+    cell_targets: np.ndarray | None = None,
+    token_targets: Sequence[np.ndarray] | None = None,
+    task_labels: Sequence[np.ndarray] | None = None,
+    pad_token_id: int = 0,
+) -> PlannedBatches:
+    """The loop's step source over all rows of `dataset` (already the training subset), with one kind of label."""
+    plan = LengthGroupedPlan(corpus_lengths(dataset), buckets, settings.batch_size, 1, settings.seed)
+    batch = settings.batch_size
+    if task_labels is not None:
+        collator = MultiLabelCollator(dataset, batch, task_labels, pad_token_id)
+        return PlannedBatches(plan, collator)
+    if cell_targets is not None or token_targets is not None:
+        collator = TargetCollator(dataset, batch, cell_targets, token_targets, pad_token_id)
+    else:
+        collator = LabelledCollator(dataset, batch, cell_labels, token_labels, pad_token_id)
+    items = batch * buckets.max_width if (token_labels is not None or token_targets is not None) else batch
+    return PlannedBatches(plan, collator, items_per_batch=items)
+
+
+def forward_outputs(
+    model: Any,
+    dataset: Any,
+    rows: np.ndarray | None,
+    settings: FineTuneSettings,
+    buckets: LengthBuckets,
+    desc: str = "evaluate",
+    pad_token_id: int = 0,
+) -> list[Any]:
+    """The model's outputs on dataset rows `rows` (all when None), in that order, in inference mode."""
+    model.set_train(False)
+    rows = np.arange(len(dataset)) if rows is None else np.asarray(rows)
+    cells = read_cells(dataset, rows)
+    return run_forward(
+        model,
+        cells,
+        settings.forward_batch_size,
+        buckets,
+        pad_token_id=pad_token_id,
+        progress=settings.progress_bar,
+        desc=desc,
+    )
+
+
+@dataclass
+class TargetScale:
+    """Regression targets are standardised for training (mean 0, sd 1 on the training cells); predictions are
+    mapped back."""
+
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> TargetScale:
+        values = np.asarray(values, np.float64)
+        values = values[np.isfinite(values)]
+        return cls(float(values.mean()), float(values.std()) or 1.0)
+
+    def forward(self, values: np.ndarray) -> np.ndarray:
+        return ((np.asarray(values, np.float64) - self.mean) / self.std).astype(np.float32)
+
+    def inverse(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray(values, np.float64) * self.std + self.mean
+
+
+def build_model_for_task(
+    model_dir: str | os.PathLike,
+    architecture: str,
+    id2label: dict[int, str],
+    settings: FineTuneSettings,
+    regression: bool = False,
+) -> Any:
+    """`architecture` from the pretrained `model_dir` with a fresh head of `id2label` outputs and the strategy of
+    `settings` applied (what trains is printed)."""
+    from mindformer_gf.tasks.models import apply_strategy, describe_parameter_counts, load_pretrained, parameter_counts
+
+    overrides: dict[str, Any] = {"id2label": dict(id2label), "architectures": [architecture]}
+    if regression:
+        overrides["problem_type"] = "regression"
+    model = load_pretrained(
+        model_dir, architecture, seed=settings.seed, extra_layer=settings.strategy == "extra_layer", **overrides
+    )
+    apply_strategy(model, settings.strategy, settings.freeze_layers, settings.adapter_size, settings.seed)
+    counts = parameter_counts(model)
+    print(f"{settings.strategy}: {describe_parameter_counts(counts)}")
+    return model
+
+
+def task_description(kind: str, settings: FineTuneSettings, **fields: Any) -> dict[str, Any]:
+    """What `task.json` records about a saved task model."""
+    return {
+        "kind": kind,
+        "strategy": settings.strategy,
+        "freeze_layers": settings.freeze_layers,
+        "adapter_size": settings.adapter_size,
+        **fields,
+    }
+
+
+def ensure_dir(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,353 @@
+"""Gene classification (and per-gene regression): a token-classification head predicts the class of labelled genes
+wherever they occur in a cell; k folds over genes, so no gene is both trained on and tested.
+
+    from mindformer_gf.tasks import GeneClassifier, FineTuneSettings
+    from mindformer_gf.resources import geneformer_v1_path
+    genes = GeneClassifier(geneformer_v1_path("dosage_sens_tf_labels.csv"), n_folds=4,
+                           settings=FineTuneSettings(num_epochs=1, freeze_layers=4))
+    result = genes.run("pbmc.dataset", "pretrained_model_dir", "out")
+    result.summary["overall"]["roc_auc"]
+
+Per fold: token labels carry the class id on the fold's training genes and -100 everywhere else (test genes
+included); training cells are those holding a training gene; the test predictions are the logits at every
+occurrence of a test gene in the cells holding one. Metrics per fold and overall (every gene is tested in exactly
+one fold): accuracy, macro-F1, ROC AUC over gene occurrences (as the reference), and the same per gene after
+averaging its occurrences' probabilities.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mindformer_gf.data import read_cells
+from mindformer_gf.tasks.common import (
+    TargetScale,
+    bucket_widths,
+    build_model_for_task,
+    ensure_dir,
+    forward_outputs,
+    model_config_of,
+    open_dataset,
+    special_token_ids,
+    task_description,
+    training_source,
+)
+from mindformer_gf.tasks.finetune import FineTuneSettings, fit, prepare_device, seed_everything
+from mindformer_gf.tasks.io import write_csv, write_json
+from mindformer_gf.tasks.labels import (
+    GeneLabels,
+    cells_holding,
+    filter_rows,
+    gene_labels_for_tokens,
+    gene_values_for_tokens,
+    read_gene_classes,
+    read_gene_values,
+    token_label_arrays,
+)
+from mindformer_gf.tasks.metrics import (
+    classification_metrics,
+    plot_fold_rocs,
+    plot_metric_bars,
+    regression_metrics,
+    softmax,
+    summarise_folds,
+)
+from mindformer_gf.tasks.splits import gene_folds
+
+
+def token_dictionary_for(dataset: Any, token_dictionary_file: str | os.PathLike | None = None) -> dict[str, int]:
+    """The token dictionary that tokenized `dataset`: the shipped V1 one unless a file is given; checked against
+    the dataset's record (its hash) when the dataset has one."""
+    from mindformer_gf.tokenizer import read_dictionary_file, read_dictionary_metadata, token_dictionary_sha256
+
+    if token_dictionary_file is None:
+        from mindformer_gf.tokenizer import load_gene_dictionaries
+
+        token = load_gene_dictionaries("V1").token
+    else:
+        token = read_dictionary_file(token_dictionary_file, "token")[0]
+    record = read_dictionary_metadata(dataset)
+    expected = (record or {}).get("dictionary", {}).get("token_dictionary_sha256")
+    if expected and expected != token_dictionary_sha256(token):
+        name = record["dictionary"].get("name")
+        raise ValueError(
+            f"the dataset was tokenized with the dictionary '{name}', not "
+            f"{'the shipped V1 dictionary' if token_dictionary_file is None else token_dictionary_file}: pass that "
+            "token dictionary (token_dictionary_file / --token-dictionary) to map gene IDs to tokens"
+        )
+    return token
+
+
+@dataclass
+class GeneTaskResult:
+    folds: list[dict[str, Any]]
+    summary: dict[str, Any]
+    output_dir: Path
+    genes: GeneLabels
+
+
+class GeneClassifier:
+    """The reference's `Classifier(classifier="gene", gene_class_dict=...)`.
+
+    gene_classes: {label: [Ensembl IDs]}, a CSV with one column per class, a JSON object, or {label: text file};
+    with `regression=True`, {Ensembl ID: number} or a two-column CSV/JSON of numbers instead.
+    n_folds: folds over genes (5 in the reference). filter_data / max_ncells: which cells take part.
+    Defaults follow the reference's gene classifier: 1 epoch, 4 layers frozen (capped at the model's depth - 1).
+    """
+
+    def __init__(
+        self,
+        gene_classes: Mapping[str, Any] | str | os.PathLike,
+        n_folds: int = 5,
+        filter_data: Mapping[str, Sequence[Any]] | None = None,
+        max_ncells: int | None = None,
+        regression: bool = False,
+        token_dictionary_file: str | os.PathLike | None = None,
+        settings: FineTuneSettings | None = None,
+    ) -> None:
+        self.gene_classes = gene_classes
+        self.n_folds = n_folds
+        self.filter_data = dict(filter_data or {})
+        self.max_ncells = max_ncells
+        self.regression = regression
+        self.token_dictionary_file = token_dictionary_file
+        self.settings = settings or FineTuneSettings(num_epochs=1.0, freeze_layers=4)
+        self.settings.validate()
+
+    def prepare_data(self, dataset: Any) -> tuple[GeneLabels, np.ndarray, list[np.ndarray]]:
+        """(labelled genes found in the cells, dataset rows of the cells holding one, those cells' tokens)."""
+        token = token_dictionary_for(dataset, self.token_dictionary_file)
+        if self.regression:
+            values = self.gene_classes
+            if isinstance(values, (str, os.PathLike)):
+                values = read_gene_values(values)
+            genes = gene_values_for_tokens(values, token)
+        else:
+            genes = gene_labels_for_tokens(read_gene_classes(self.gene_classes), token)
+        rows = filter_rows(dataset, self.filter_data)
+        cells = read_cells(dataset, rows)
+        holding = cells_holding(cells, genes.tokens)
+        if holding.size == 0:
+            raise ValueError("no cell holds any labelled gene: are the dataset and gene labels of the same species?")
+        if self.max_ncells and holding.size > self.max_ncells:
+            holding = np.sort(np.random.default_rng(self.settings.seed).choice(holding, self.max_ncells, replace=False))
+        rows, cells = rows[holding], [cells[i] for i in holding]
+        present = np.isin(genes.tokens, np.unique(np.concatenate(cells)))
+        absent = [g for g, p in zip(genes.genes, present, strict=True) if not p]
+        genes = genes.subset(present)
+        genes.missing_genes = genes.missing_genes + absent
+        return genes, rows, cells
+
+    def run(self, dataset: Any, model_dir: str | os.PathLike, output_dir: str | os.PathLike) -> GeneTaskResult:
+        settings = self.settings
+        prepare_device(settings.device)
+        config = model_config_of(model_dir)
+        if settings.strategy == "finetune" and settings.freeze_layers >= config.num_hidden_layers:
+            settings = settings.replace(freeze_layers=max(0, config.num_hidden_layers - 1))
+            print(f"freeze_layers capped at {settings.freeze_layers} (the model has {config.num_hidden_layers} layers)")
+        out = ensure_dir(output_dir)
+        dataset = open_dataset(dataset, config.vocab_size)
+        pad_id = special_token_ids(dataset).get("<pad>", 0)
+        genes, rows, cells = self.prepare_data(dataset)
+        print(
+            f"gene task: {len(genes.genes)} labelled genes in {rows.size} cells"
+            + (f" ({len(genes.missing_genes)} labelled genes not in the data)" if genes.missing_genes else "")
+        )
+        folds = gene_folds(genes.labels, self.n_folds, settings.seed)
+        write_json(
+            out / "gene_folds.json",
+            {
+                f"fold{k}": {"train": [genes.genes[i] for i in tr], "test": [genes.genes[i] for i in te]}
+                for k, (tr, te) in enumerate(folds)
+            },
+        )
+        lengths = np.asarray([len(c) for c in cells])
+        fold_results, pooled = [], []
+        for k, (train_genes, test_genes) in enumerate(folds):
+            seed_everything(settings.seed + k)
+            result, predictions = self._run_fold(
+                k,
+                model_dir,
+                dataset,
+                genes,
+                rows,
+                cells,
+                lengths,
+                train_genes,
+                test_genes,
+                out / f"fold{k}",
+                pad_id,
+                settings,
+            )
+            fold_results.append(result)
+            pooled.append(predictions)
+        summary = self._summarise(fold_results, pooled, genes, out)
+        write_json(out / "summary.json", summary)
+        return GeneTaskResult(fold_results, summary, out, genes)
+
+    def _run_fold(
+        self,
+        k: int,
+        model_dir: str | os.PathLike,
+        dataset: Any,
+        genes: GeneLabels,
+        rows: np.ndarray,
+        cells: list[np.ndarray],
+        lengths: np.ndarray,
+        train_genes: np.ndarray,
+        test_genes: np.ndarray,
+        out: Path,
+        pad_id: int,
+        settings: FineTuneSettings,
+    ) -> tuple[dict[str, Any], Any]:
+        import pandas as pd
+
+        started = time.perf_counter()
+        out = ensure_dir(out)
+        id2label = {0: "value"} if self.regression else genes.id2label
+        model = build_model_for_task(model_dir, "BertForTokenClassification", id2label, settings, self.regression)
+        buckets = bucket_widths(lengths, settings, model.config.max_position_embeddings)
+        train_cells = cells_holding(cells, genes.tokens[train_genes])
+        test_cells = cells_holding(cells, genes.tokens[test_genes])
+        train_data = dataset.select(rows[train_cells])
+        scale = None
+        if self.regression:
+            from mindformer_gf.tasks.models import RegressionObjective
+
+            scale = TargetScale.fit(genes.targets[train_genes])
+            mapping = dict(
+                zip(genes.tokens[train_genes].tolist(), scale.forward(genes.targets[train_genes]).tolist(), strict=True)
+            )
+            targets = token_label_arrays([cells[i] for i in train_cells], mapping, np.float32)
+            source = training_source(train_data, buckets, settings, token_targets=targets, pad_token_id=pad_id)
+            objective = RegressionObjective(model)
+        else:
+            from mindformer_gf.train import ClassificationObjective
+
+            mapping = dict(zip(genes.tokens[train_genes].tolist(), genes.labels[train_genes].tolist(), strict=True))
+            labels = token_label_arrays([cells[i] for i in train_cells], mapping)
+            source = training_source(train_data, buckets, settings, token_labels=labels, pad_token_id=pad_id)
+            objective = ClassificationObjective(model)
+        run = fit(
+            model,
+            objective,
+            source,
+            settings,
+            out / "training",
+            None,
+            run_config={"task": "gene", "fold": k, "model": str(model_dir)},
+        )
+        logits = forward_outputs(model, dataset, rows[test_cells], settings, buckets, f"test fold {k}", pad_id)[0]
+        token_of = {int(t): i for i, t in enumerate(genes.tokens)}
+        test_set = set(genes.tokens[test_genes].tolist())
+        records = []
+        for cell_position, cell_logits in zip(test_cells, logits, strict=True):
+            tokens = cells[cell_position]
+            for position in np.flatnonzero(np.isin(tokens, list(test_set))):
+                gene = token_of[int(tokens[position])]
+                records.append((rows[cell_position], position, gene, cell_logits[position]))
+        gene_index = np.asarray([r[2] for r in records])
+        outputs = np.stack([r[3] for r in records]).astype(np.float64)
+        frame = pd.DataFrame(
+            {
+                "dataset_row": [r[0] for r in records],
+                "position": [r[1] for r in records],
+                "gene": [genes.genes[i] for i in gene_index],
+                "fold": k,
+            }
+        )
+        if self.regression:
+            predicted = scale.inverse(outputs[:, 0])
+            frame["true_value"] = genes.targets[gene_index]
+            frame["predicted_value"] = predicted
+            metrics = regression_metrics(genes.targets[gene_index], predicted)
+        else:
+            names = [genes.id2label[i] for i in range(len(genes.id2label))]
+            probabilities = softmax(outputs)
+            frame["true_label"] = [names[genes.labels[i]] for i in gene_index]
+            frame["predicted_label"] = [names[i] for i in probabilities.argmax(1)]
+            for i, name in enumerate(names):
+                frame[f"p({name})"] = probabilities[:, i]
+            metrics = classification_metrics(genes.labels[gene_index], probabilities, names)
+        write_csv(out / "predictions.csv", frame)
+        write_json(out / "metrics.json", metrics)
+        from mindformer_gf.tasks.models import save_task_model
+
+        save_task_model(
+            model,
+            out / "model",
+            task_description(
+                "gene_regression" if self.regression else "gene_classification",
+                settings,
+                id2label={str(i): v for i, v in id2label.items()},
+                train_genes=[genes.genes[i] for i in train_genes],
+                target_scale=None if scale is None else {"mean": scale.mean, "std": scale.std},
+                source_model=str(model_dir),
+            ),
+        )
+        result = {
+            "fold": k,
+            "train_genes": int(train_genes.size),
+            "test_genes": int(test_genes.size),
+            "train_cells": int(train_cells.size),
+            "test_cells": int(test_cells.size),
+            "test_occurrences": len(records),
+            "final_loss": run.final_loss,
+            "seconds": round(time.perf_counter() - started, 1),
+            "metrics": metrics,
+        }
+        return result, frame
+
+    def _summarise(self, folds: list[dict[str, Any]], pooled: list[Any], genes: GeneLabels, out: Path) -> dict:
+        import pandas as pd
+
+        frame = pd.concat(pooled, ignore_index=True)
+        write_csv(out / "predictions_all_folds.csv", frame)
+        if self.regression:
+            keys = ("mse", "mae", "r2", "pearson_r")
+            overall = regression_metrics(frame["true_value"], frame["predicted_value"])
+            per_gene = frame.groupby("gene")[["true_value", "predicted_value"]].mean()
+            gene_level = regression_metrics(per_gene["true_value"], per_gene["predicted_value"])
+        else:
+            keys = ("accuracy", "macro_f1", "roc_auc")
+            names = [genes.id2label[i] for i in range(len(genes.id2label))]
+            index = {n: i for i, n in enumerate(names)}
+            columns = [f"p({n})" for n in names]
+            overall = classification_metrics(
+                frame["true_label"].map(index).to_numpy(), frame[columns].to_numpy(), names
+            )
+            per_gene = frame.groupby("gene").agg({**{c: "mean" for c in columns}, "true_label": "first"})
+            gene_level = classification_metrics(
+                per_gene["true_label"].map(index).to_numpy(), per_gene[columns].to_numpy(), names
+            )
+            if len(names) == 2:
+                plot_fold_rocs(
+                    [(f["true_label"].map(index).to_numpy(), f[columns[1]].to_numpy()) for f in pooled],
+                    names[1],
+                    out / "roc_folds",
+                    "gene classification, ROC per fold",
+                )
+            bars = {
+                f"fold {f['fold']}": {k: f["metrics"][k] for k in keys if f["metrics"].get(k) is not None}
+                for f in folds
+            }
+            bars["all genes"] = {k: overall[k] for k in keys if overall.get(k) is not None}
+            plot_metric_bars(bars, out / "gene_metrics", "gene classification: test metrics per fold")
+        return {
+            "task": "gene_regression" if self.regression else "gene_classification",
+            "genes": len(genes.genes),
+            "genes_not_found": genes.missing_genes,
+            "folds": [
+                {k: v for k, v in f.items() if k != "metrics"} | {m: f["metrics"].get(m) for m in keys} for f in folds
+            ],
+            "fold_summary": summarise_folds([f["metrics"] for f in folds], keys),
+            "overall": {k: overall.get(k) for k in ("n", *keys)},
+            "per_gene": {k: gene_level.get(k) for k in ("n", *keys)},
+        }

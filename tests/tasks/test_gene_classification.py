@@ -1,0 +1,102 @@
+"""Gene classification on real PBMC cells and the reference's dosage-sensitive TF labels, with the extra-layer
+strategy: no gene is trained on and tested in one fold, only the new top layer and the head change, and the
+written metrics equal scikit-learn's on the written predictions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+from mindformer_gf.resources import geneformer_v1_path
+from mindformer_gf.tasks import FineTuneSettings, GeneClassifier
+
+
+@pytest.fixture(scope="module")
+def gene_run(tiny_model_dir, pbmc_dataset_dir, tmp_path_factory):
+    settings = FineTuneSettings(
+        num_epochs=2.0,
+        learning_rate=3e-3,
+        warmup_steps=0,
+        strategy="extra_layer",
+        num_buckets=1,
+        forward_batch_size=64,
+        progress_bar=False,
+    )
+    classifier = GeneClassifier(geneformer_v1_path("dosage_sens_tf_labels.csv"), n_folds=2, settings=settings)
+    out = tmp_path_factory.mktemp("gene")
+    return classifier.run(pbmc_dataset_dir, tiny_model_dir, out), out
+
+
+def test_no_gene_in_train_and_test_and_every_gene_tested_once(gene_run):
+    result, out = gene_run
+    folds = json.loads((out / "gene_folds.json").read_text())
+    tested = []
+    for fold in folds.values():
+        assert not set(fold["train"]) & set(fold["test"])
+        tested += fold["test"]
+    assert sorted(tested) == sorted(result.genes.genes)
+    all_predictions = pd.read_csv(out / "predictions_all_folds.csv")
+    for k, fold in enumerate(folds.values()):
+        predicted_genes = set(all_predictions.loc[all_predictions["fold"] == k, "gene"])
+        assert predicted_genes <= set(fold["test"]) and predicted_genes
+
+
+def test_predictions_are_the_test_genes_occurrences(gene_run, pbmc_dataset):
+    result, out = gene_run
+    from mindformer_gf.tokenizer import load_gene_dictionaries
+
+    token = load_gene_dictionaries("V1").token
+    predictions = pd.read_csv(out / "fold0" / "predictions.csv")
+    cells = pbmc_dataset.select(predictions["dataset_row"].to_numpy())["input_ids"]
+    for cell, position, gene in zip(cells, predictions["position"], predictions["gene"], strict=True):
+        assert cell[position] == token[gene]
+    test_genes = json.loads((out / "gene_folds.json").read_text())["fold0"]["test"]
+    expected = sum(int(np.isin(c, [token[g] for g in test_genes]).sum()) for c in pbmc_dataset["input_ids"])
+    assert len(predictions) == expected  # every occurrence of a test gene in any cell
+
+
+def test_metrics_per_fold_and_overall_equal_scikit_learn(gene_run):
+    result, out = gene_run
+    names = ["dosage_insensitive", "dosage_sensitive"]
+    for k in range(2):
+        predictions = pd.read_csv(out / f"fold{k}" / "predictions.csv")
+        metrics = json.loads((out / f"fold{k}" / "metrics.json").read_text())
+        assert metrics["accuracy"] == pytest.approx(
+            accuracy_score(predictions["true_label"], predictions["predicted_label"])
+        )
+        assert metrics["macro_f1"] == pytest.approx(
+            f1_score(predictions["true_label"], predictions["predicted_label"], average="macro", labels=names)
+        )
+        if predictions["true_label"].nunique() == 2:
+            y = (predictions["true_label"] == names[1]).astype(int)
+            assert metrics["roc_auc"] == pytest.approx(roc_auc_score(y, predictions[f"p({names[1]})"]))
+    pooled = pd.read_csv(out / "predictions_all_folds.csv")
+    y = (pooled["true_label"] == names[1]).astype(int)
+    assert result.summary["overall"]["roc_auc"] == pytest.approx(roc_auc_score(y, pooled[f"p({names[1]})"]))
+    per_gene = pooled.groupby("gene").agg({f"p({names[1]})": "mean", "true_label": "first"})
+    assert result.summary["per_gene"]["roc_auc"] == pytest.approx(
+        roc_auc_score(per_gene["true_label"] == names[1], per_gene[f"p({names[1]})"])
+    )
+    assert (out / "gene_metrics.png").is_file() and (out / "roc_folds.png").is_file()
+
+
+def test_extra_layer_trains_only_the_new_layer_and_the_head(gene_run, tiny_weights, tiny_config):
+    from mindformer_gf.tasks.models import load_task_model
+
+    result, out = gene_run
+    model = load_task_model(out / "fold0" / "model")
+    assert model.config.num_hidden_layers == tiny_config.num_hidden_layers + 1
+    weights = model.state_dict()
+    for key, value in tiny_weights.items():
+        if not key.startswith("cls."):
+            np.testing.assert_array_equal(weights[key], value, err_msg=key)
+    top = "bert.encoder.layer.2."
+    assert sum(k.startswith(top) for k in weights) == 16
+    from mindformer_gf.model import build_model
+
+    fresh = build_model(model.config, "BertForTokenClassification", seed=FineTuneSettings().seed + 1).state_dict()
+    assert not np.array_equal(weights[top + "attention.self.query.weight"], fresh[top + "attention.self.query.weight"])
