@@ -49,6 +49,8 @@ class TrainSettings:
     seed: int = 0
     log_every: int = 10
     save_every: int = 1000
+    # evaluate on the eval data every this many steps (0: only at the end); needs eval data
+    eval_every: int = 0
     keep_last: int = 3
     progress_bar: bool = True
 
@@ -57,8 +59,8 @@ class TrainSettings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"training setting {name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps < 0 or self.warmup_steps < 0:
-            raise ValueError("max_steps and warmup_steps must be >= 0")
+        if self.max_steps < 0 or self.warmup_steps < 0 or self.eval_every < 0:
+            raise ValueError("max_steps, warmup_steps and eval_every must be >= 0")
         if self.max_steps == 0 and not self.num_epochs > 0:
             raise ValueError("set max_steps > 0 or num_epochs > 0: the run has no length")
         if self.lr_schedule not in SCHEDULES:
@@ -84,6 +86,9 @@ class PretrainSettings(TrainSettings):
     special_tokens: dict = dataclasses.field(default_factory=dict)
     # at most this many cells from the corpus (0 = all), for quick trials
     max_cells: int = 0
+    # held-out cells to evaluate on: a dataset directory, or a fraction of the corpus held out (0 = none)
+    eval_dataset: str = ""
+    eval_fraction: float = 0.0
 
     def validate(self) -> None:
         super().validate()
@@ -93,6 +98,8 @@ class PretrainSettings(TrainSettings):
             raise ValueError(f"mask_probability must be in (0, 1), got {self.mask_probability}")
         if self.num_buckets < 1 or self.bucket_granularity < 1:
             raise ValueError("num_buckets and bucket_granularity must be >= 1")
+        if not 0.0 <= self.eval_fraction < 1.0 or (self.eval_fraction and self.eval_dataset):
+            raise ValueError("eval_fraction must be in [0, 1), and not combined with eval_dataset")
 
 
 def _coerce(value: Any, annotation: type, name: str) -> Any:

@@ -32,7 +32,7 @@ from typing import Any
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor
+from mindspore import Tensor, nn, ops
 
 from mindformer_gf.train.checkpoint import (
     capture_rng_state,
@@ -64,6 +64,19 @@ class TrainResult:
     compiled_graphs: int
     stopped_by_signal: bool = False
     losses: list[float] = field(default_factory=list)
+    # the last evaluation on the eval source, when one was given: {"loss", "accuracy", "items"}
+    evaluation: dict[str, float] | None = None
+
+
+class EvalStep(nn.Cell):
+    """The objective's sums on one batch, without gradients (compiled once per batch shape)."""
+
+    def __init__(self, objective: Objective) -> None:
+        super().__init__(auto_prefix=False)
+        self.objective = objective
+
+    def construct(self, *batch: Tensor) -> Tensor:
+        return ops.stack(self.objective(*batch))
 
 
 class _StopFlag:
@@ -96,8 +109,10 @@ class Trainer:
         settings: TrainSettings,
         parallel: ParallelContext | None = None,
         run_config: dict[str, Any] | None = None,
+        eval_source=None,
     ) -> None:
         settings.validate()
+        self.eval_source = eval_source
         self.model = model
         self.objective = objective
         self.source = source
@@ -141,6 +156,7 @@ class Trainer:
         self.sum_scale = 1.0 / float(getattr(source, "items_per_batch", 1) or 1)
         self.skipped_steps = 0
         self.batch_shapes: set[tuple] = set()
+        self._eval_step: EvalStep | None = None
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     def _trainer_state(self, step: int) -> dict[str, Any]:
@@ -239,6 +255,7 @@ class Trainer:
         window_time = window_cells = window_tokens = window_real = window_padded = 0.0
         losses: list[float] = []
         last_checkpoint: Path | None = None
+        evaluation: dict[str, float] | None = None
         started = time.perf_counter()
         step = start
         with _StopFlag() as stop:
@@ -285,6 +302,17 @@ class Trainer:
                     )
                     window[:] = 0.0
                     window_time = window_cells = window_tokens = window_real = window_padded = 0.0
+                if self.eval_source is not None and (
+                    step == self.total_steps or (self.settings.eval_every and step % self.settings.eval_every == 0)
+                ):
+                    evaluation = self.evaluate(self.eval_source)
+                    if metrics is not None:
+                        metrics.append(
+                            {"step": step, "eval_loss": evaluation["loss"], "eval_accuracy": evaluation["accuracy"]}
+                        )
+                    logger.info(
+                        "step %d eval loss %.4f accuracy %.4f", step, evaluation["loss"], evaluation["accuracy"]
+                    )
                 if step % self.settings.save_every == 0 or step == self.total_steps or stop.raised is not None:
                     last_checkpoint = self.save(step) or last_checkpoint
         if bar is not None:
@@ -313,7 +341,26 @@ class Trainer:
             compiled_graphs=compiled_graphs,
             stopped_by_signal=stop.raised is not None,
             losses=losses,
+            evaluation=evaluation,
         )
+
+    def evaluate(self, source) -> dict[str, float]:
+        """Loss and accuracy of the objective over one pass of `source` (every micro-batch of every step of its
+        first epoch), in inference mode (no dropout); every rank evaluates all of it."""
+        if self._eval_step is None:
+            self._eval_step = EvalStep(self.objective)
+        self.model.set_train(False)
+        totals = np.zeros(2 + len(self.objective.metric_names))
+        try:
+            for step in range(source.steps_per_epoch):
+                for batch in source.batches(step, 0, 1):
+                    totals += self._eval_step(*[Tensor(batch[name]) for name in self.objective.input_names]).asnumpy()
+        finally:
+            self.model.set_train(True)
+        items = max(totals[1], 1.0)
+        names = self.objective.metric_names
+        correct = totals[2 + names.index("correct")] if "correct" in names else float("nan")
+        return {"loss": float(totals[0] / items), "accuracy": float(correct / items), "items": float(totals[1])}
 
     def _metrics_row(
         self,

@@ -20,6 +20,8 @@ METRIC_COLUMNS = (
     "tokens_per_s",
     "padding_waste",
     "elapsed_s",
+    "eval_loss",
+    "eval_accuracy",
 )
 
 
@@ -65,12 +67,22 @@ def plot_loss_curve(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_csv)
+    all_rows = read_metrics(metrics_csv)
+    rows = [r for r in all_rows if r.get("loss")]
+    evaluations = [r for r in all_rows if r.get("eval_loss")]
     steps = [float(r["step"]) for r in rows]
     losses = [float(r["loss"]) for r in rows]
     accuracy = [float(r["accuracy"]) for r in rows]
     figure, loss_axis = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    loss_axis.plot(steps, losses, color="tab:blue", label="masked-gene loss")
+    loss_axis.plot(steps, losses, color="tab:blue", label="training loss")
+    if evaluations:
+        loss_axis.plot(
+            [float(r["step"]) for r in evaluations],
+            [float(r["eval_loss"]) for r in evaluations],
+            "o-",
+            color="tab:orange",
+            label="held-out loss",
+        )
     if baseline is not None:
         loss_axis.axhline(baseline, color="tab:red", linestyle="--", label=f"unigram baseline {baseline:.2f}")
     loss_axis.set_xlabel("step")

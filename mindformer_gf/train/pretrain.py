@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from mindformer_gf.data import (
+    LengthBuckets,
     LengthGroupedPlan,
     MaskedLMCollator,
     MaskingSpec,
@@ -60,24 +61,54 @@ class PretrainingData:
     spec: MaskingSpec
     padding_waste: float
     bucket_widths: tuple[int, ...]
+    eval_source: PlannedBatches | None = None
+
+
+def masked_lm_source(
+    dataset: Any,
+    spec: MaskingSpec,
+    buckets: LengthBuckets,
+    batch_size: int,
+    group_size: int,
+    seed: int,
+    pad_token_id: int,
+    shuffle: bool = True,
+) -> PlannedBatches:
+    """Masked-gene-modelling batches of `dataset` in a length-grouped plan over `buckets`."""
+    plan = LengthGroupedPlan(corpus_lengths(dataset), buckets, batch_size, group_size, seed, shuffle)
+    collator = MaskedLMCollator(dataset, spec, batch_size, seed, pad_token_id)
+    return PlannedBatches(plan, collator, items_per_batch=batch_size * spec.mask_slots(buckets.max_width))
 
 
 def build_pretraining_data(settings: PretrainSettings, model_config, group_size: int) -> PretrainingData:
-    """Corpus -> length buckets -> plan -> masked batches, checked against the model's vocabulary and length."""
+    """Corpus -> length buckets -> plan -> masked batches, checked against the model's vocabulary and length;
+    plus held-out batches when `eval_dataset` or `eval_fraction` is set."""
     dataset = load_corpus(settings.dataset, model_config.vocab_size)
     if settings.max_cells:
         dataset = dataset.select(range(min(settings.max_cells, len(dataset))))
+    held_out = None
+    if settings.eval_fraction:
+        order = np.random.default_rng([settings.seed, 0xE7A1]).permutation(len(dataset))
+        count = max(1, int(round(settings.eval_fraction * len(dataset))))
+        held_out = dataset.select(np.sort(order[:count]))
+        dataset = dataset.select(np.sort(order[count:]))
+    elif settings.eval_dataset:
+        held_out = load_corpus(settings.eval_dataset, model_config.vocab_size)
     special = dict(settings.special_tokens) or corpus_special_tokens(dataset)
     mask_id, special_ids = special_tokens_from_metadata(special)
+    pad_id = special.get("<pad>", 0)
     spec = MaskingSpec(model_config.vocab_size, mask_id, special_ids, settings.mask_probability)
     lengths = corpus_lengths(dataset)
+    # the widest bucket must also hold the longest held-out cell
+    all_lengths = lengths if held_out is None else np.concatenate([lengths, corpus_lengths(held_out)])
     buckets = choose_bucket_widths(
-        lengths, settings.num_buckets, model_config.max_position_embeddings, settings.bucket_granularity
+        all_lengths, settings.num_buckets, model_config.max_position_embeddings, settings.bucket_granularity
     )
-    plan = LengthGroupedPlan(lengths, buckets, settings.batch_size, group_size, settings.seed)
-    collator = MaskedLMCollator(dataset, spec, settings.batch_size, settings.seed, special.get("<pad>", 0))
-    source = PlannedBatches(plan, collator, items_per_batch=settings.batch_size * spec.mask_slots(buckets.max_width))
-    return PretrainingData(source, spec, plan.padding_waste(), buckets.widths)
+    source = masked_lm_source(dataset, spec, buckets, settings.batch_size, group_size, settings.seed, pad_id)
+    eval_source = None
+    if held_out is not None:
+        eval_source = masked_lm_source(held_out, spec, buckets, settings.batch_size, 1, settings.seed, pad_id, False)
+    return PretrainingData(source, spec, source.plan.padding_waste(), buckets.widths, eval_source)
 
 
 def pretrain(settings: PretrainSettings, resume: str | bool | None = None) -> TrainResult:
@@ -95,7 +126,9 @@ def pretrain(settings: PretrainSettings, resume: str | bool | None = None) -> Tr
         data.padding_waste,
     )
     run_config: dict[str, Any] = {**asdict(settings), "bucket_widths": list(data.bucket_widths)}
-    trainer = Trainer(model, MaskedLMObjective(model), data.source, settings, parallel, run_config)
+    trainer = Trainer(
+        model, MaskedLMObjective(model), data.source, settings, parallel, run_config, eval_source=data.eval_source
+    )
     result = trainer.train(resume)
     if parallel.is_main and not result.stopped_by_signal:
         save_model_dir(model, Path(settings.output_dir) / "model")

@@ -69,3 +69,19 @@ def tokenize_pbmc68k(directory):
         cells.append(gene_tokens[genes][order].tolist())
     Dataset.from_dict({"input_ids": cells, "length": [len(c) for c in cells]}).save_to_disk(str(directory))
     return directory
+
+
+def compact_vocabulary(source, target):
+    """Renumber the genes that occur in `source` as 2..n+1 (keeping <pad>=0, <mask>=1): the same cells and ranks
+    with an output layer of n+2 tokens instead of 25,426, so a test model trains in seconds."""
+    from datasets import Dataset, load_from_disk
+
+    dataset = load_from_disk(str(source))
+    cells = [np.asarray(c) for c in dataset["input_ids"]]
+    genes = np.unique(np.concatenate(cells))
+    renumber = np.zeros(genes.max() + 1, np.int64)
+    renumber[genes] = np.arange(2, genes.size + 2)
+    Dataset.from_dict(
+        {"input_ids": [renumber[c].tolist() for c in cells], "length": [c.size for c in cells]}
+    ).save_to_disk(str(target))
+    return target, int(genes.size + 2)
