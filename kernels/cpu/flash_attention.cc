@@ -83,8 +83,12 @@ void pack_transposed_panels(const float* m, int64_t rows, int head_dim, float* p
     float* out = panels + panel * head_dim * kPanelWidth;
     for (int c = 0; c < kPanelWidth; ++c) {
       const int64_t row = panel * kPanelWidth + c;
-      const float* in = m + row * head_dim;
-      for (int k = 0; k < head_dim; ++k) out[k * kPanelWidth + c] = row < rows ? in[k] : 0.0f;
+      if (row < rows) {
+        const float* in = m + row * head_dim;
+        for (int k = 0; k < head_dim; ++k) out[k * kPanelWidth + c] = in[k];
+      } else {
+        for (int k = 0; k < head_dim; ++k) out[k * kPanelWidth + c] = 0.0f;
+      }
     }
   }
 }
@@ -247,7 +251,7 @@ void attention_backward(const AttentionProblem& p, const AttentionGradients& in,
     float* k_panels = memory;
     float* v_panels = k_panels + panel_floats;
     float* probs = v_panels + panel_floats;  // P
-    float* dropped = probs + tile;           // P o Z, then the dropout factors Z row by row
+    float* dropped = probs + tile;           // the dropout factors Z, then P o Z in place
     float* ds = dropped + tile;              // dP, then dS in place
     float* dk_block = ds + tile;
     float* dv_block = dk_block + int64_t{kKeyBlock} * d;
