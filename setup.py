@@ -20,6 +20,19 @@ if CPU_KERNEL_SOURCES:
             language="c++",
         )
     )
+# The tokenizer's rank value encoding kernel: a plain shared library called through ctypes (no Python API), optional
+# at run time (mindformer_gf/tokenizer/native.py falls back to numpy). -ffp-contract=off: its float64 arithmetic must
+# round exactly as numpy's, so no fused multiply-adds.
+TOKENIZER_KERNEL_SOURCES = sorted(glob("kernels/tokenizer/*.cc"))
+if TOKENIZER_KERNEL_SOURCES:
+    ext_modules.append(
+        Extension(
+            "mindformer_gf.tokenizer._rank_native",
+            sources=TOKENIZER_KERNEL_SOURCES,
+            extra_compile_args=["-O3", "-std=c++17", "-fno-math-errno", "-ffp-contract=off", "-fvisibility=hidden"],
+            language="c++",
+        )
+    )
 
 setup(
     name="mindformer_gf",

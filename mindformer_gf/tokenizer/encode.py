@@ -12,6 +12,9 @@ as a padded 2-D array (`np.sort(axis=1)`, numpy's vectorised sort), grouped into
 small. The bits given to the token cost the value precision: two values that differ only in those bits (relative
 difference below about 2**-37 for the V1 dictionary) land in token order, so every row holding such a pair is
 re-sorted exactly on (value, token), which makes the result exact whatever the data.
+
+That is the numpy code; by default the native kernel (`native.py`, kernels/tokenizer) computes the same result several
+times faster, and this code runs where the kernel is not built.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from mindformer_gf.tokenizer import native
+
 TARGET_SUM = 10_000.0
 _SIGN_FLIP = np.uint64(0x7FFF_FFFF_FFFF_FFFF)
 _PAD_KEY = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
@@ -28,6 +33,8 @@ _PAD_KEY = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 _WIDTH_CLASSES_PER_OCTAVE = 4
 # Padded cells per sorted group: 2**17 x 8 bytes = 1 MB per working array, small enough to stay in cache.
 _GROUP_ELEMENTS = 1 << 17
+BACKENDS = ("auto", "native", "numpy")
+NON_FINITE_MESSAGE = "counts hold NaN or infinite values; tokenization needs finite counts"
 
 
 class RankedCells(NamedTuple):
@@ -84,6 +91,20 @@ def row_groups(lengths: np.ndarray, max_elements: int = _GROUP_ELEMENTS) -> list
     return groups
 
 
+def resolve_backend(backend: str) -> str:
+    """The backend that runs for `backend`: "auto" is "native" when the kernel is built, else "numpy" (one warning)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "numpy":
+        return backend
+    if native.is_available():
+        return "native"
+    if backend == "native":
+        raise RuntimeError(f"the tokenizer's native kernel is not built; {native.BUILD_HINT}")
+    native.warn_missing_once()
+    return "numpy"
+
+
 def rank_value_encode(
     counts: sp.csr_matrix,
     n_counts: np.ndarray,
@@ -91,6 +112,7 @@ def rank_value_encode(
     gene_medians: np.ndarray,
     max_length: int | None = None,
     target_sum: float = TARGET_SUM,
+    backend: str = "auto",
 ) -> RankedCells:
     """Rank value encode a block of cells.
 
@@ -98,6 +120,7 @@ def rank_value_encode(
     numeric dtype; column j has token `gene_tokens[j]` and median `gene_medians[j]`. Explicit zeros are dropped.
     n_counts: total counts of each cell (over all genes). max_length: keep at most this many top genes per cell.
     Cells without any non-zero gene get an empty list: callers decide whether to drop them.
+    backend: "auto" (native kernel if built), "native" or "numpy"; all give the same result.
     """
     if not sp.issparse(counts):
         counts = sp.csr_matrix(counts)
@@ -114,10 +137,26 @@ def rank_value_encode(
     n_counts = np.asarray(n_counts, dtype=np.float64).reshape(-1)
     if len(n_counts) != n_cells:
         raise ValueError(f"n_counts has {len(n_counts)} entries for {n_cells} cells")
+    if resolve_backend(backend) == "native":
+        if gene_tokens.size and gene_tokens.max() > np.iinfo(np.int32).max:
+            raise ValueError("token ids must fit in int32")
+        encoded = native.encode_csr(
+            counts.data,
+            counts.indices,
+            counts.indptr,
+            gene_tokens,
+            gene_medians,
+            n_counts,
+            target_sum,
+            np.iinfo(np.int64).max if max_length is None else max_length,
+        )
+        if encoded.non_finite_values:
+            raise ValueError(NON_FINITE_MESSAGE)
+        return RankedCells(offsets=encoded.offsets, tokens=encoded.tokens)
     data, indices, indptr = counts.data, counts.indices, counts.indptr.astype(np.int64)
     smallest, largest = (data.min(), data.max()) if data.size else (1, 1)
     if not (np.isfinite(smallest) and np.isfinite(largest)):
-        raise ValueError("counts hold NaN or infinite values; tokenization needs finite counts")
+        raise ValueError(NON_FINITE_MESSAGE)
     has_negatives = smallest < 0
     if smallest <= 0:
         nonzero = data != 0
@@ -200,6 +239,8 @@ def _normalised_keys_inplace(
     values /= gene_medians[columns]
     bits = values.view(np.uint64)
     if has_negatives:
+        # -0.0 (a negative value that underflowed) must key as +0.0, which it equals
+        values += 0.0
         # Negative floats: the raw bit pattern already grows as the value falls, and stays above all positives.
         np.copyto(bits, bits ^ _SIGN_FLIP, where=values >= 0)
     else:
