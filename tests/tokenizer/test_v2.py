@@ -17,6 +17,7 @@ from mindformer_gf.tokenizer import (
     TokenizerWarning,
     TranscriptomeTokenizer,
     check_dataset_matches_vocab,
+    native,
     read_dictionary_metadata,
     tokenize,
 )
@@ -38,7 +39,12 @@ def v2(tmp_path_factory: pytest.TempPathFactory, v1_tokens) -> dict:
     return {"files": files, "genes": genes, "tokens": tokens, "medians": dict(zip(genes, medians, strict=True))}
 
 
-def test_v2_layout_truncation_and_collapsing(tmp_path: Path, v2: dict) -> None:
+BACKENDS = ["native", "numpy"] if native.is_available() else ["numpy"]
+
+
+# both backends: collapsed IDs send the block through select_genes before the native kernel
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_v2_layout_truncation_and_collapsing(tmp_path: Path, v2: dict, backend: str) -> None:
     genes = v2["genes"]
     # 4,500 dictionary genes, two alias IDs (one lower-case), one ID mapping outside, one unknown ID
     file_ids = genes[:4500] + ["ENSG90000000001", "ensg90000000002", "ENSG90000000003", "ENSG80000000000"]
@@ -57,6 +63,7 @@ def test_v2_layout_truncation_and_collapsing(tmp_path: Path, v2: dict) -> None:
             model_version="V2",
             custom_attr_name_dict={"sample": "sample"},
             progress=False,
+            backend=backend,
             **v2["files"],
         )
     data = load_from_disk(str(result.path)).to_dict()
@@ -114,13 +121,14 @@ def test_version_and_special_token_consistency(tmp_path: Path, v2: dict) -> None
     assert TranscriptomeTokenizer().model_input_size == 2048
 
 
-def test_v1_duplicate_ids_are_summed_or_refused(tmp_path: Path, v1_tokens, v1_medians) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_v1_duplicate_ids_are_summed_or_refused(tmp_path: Path, v1_tokens, v1_medians, backend: str) -> None:
     genes = [g for g in v1_tokens if g.startswith("ENSG")][:3]
     counts = sp.csr_matrix(np.array([[1, 4, 2, 0], [0, 1, 0, 5]], dtype=np.float32))
     path = write_h5ad(
         tmp_path / "dup.h5ad", counts, [genes[0], genes[1], genes[2], genes[0].lower()], {"n_counts": [9, 9]}
     )
-    result = tokenize(path, tmp_path, "summed", progress=False)
+    result = tokenize(path, tmp_path, "summed", progress=False, backend=backend)
     expected = [
         oracle_cell({genes[0]: 1, genes[1]: 4, genes[2]: 2}, 9, v1_tokens, v1_medians, 2048),
         oracle_cell({genes[0]: 5, genes[1]: 1}, 9, v1_tokens, v1_medians, 2048),
