@@ -80,7 +80,7 @@ class PretrainSettings(TrainSettings):
     model_overrides: dict = dataclasses.field(default_factory=dict)
     attention_impl: str = "auto"
     mask_probability: float = 0.15
-    num_buckets: int = 6
+    num_buckets: int = 8
     bucket_granularity: int = 64
     # special tokens {"<pad>": 0, "<mask>": 1, ...}; empty = read from the dataset's dictionary record
     special_tokens: dict = dataclasses.field(default_factory=dict)

@@ -66,6 +66,9 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     # the last evaluation on the eval source, when one was given: {"loss", "accuracy", "items"}
     evaluation: dict[str, float] | None = None
+    # wall seconds of each step run, and whether it compiled a new graph (benchmarks time the others)
+    step_seconds: list[float] = field(default_factory=list)
+    step_compiled: list[bool] = field(default_factory=list)
 
 
 class EvalStep(nn.Cell):
@@ -254,6 +257,8 @@ class Trainer:
         window = np.zeros(2 + len(self.objective.metric_names))
         window_time = window_cells = window_tokens = window_real = window_padded = 0.0
         losses: list[float] = []
+        step_seconds: list[float] = []
+        step_compiled: list[bool] = []
         last_checkpoint: Path | None = None
         evaluation: dict[str, float] | None = None
         started = time.perf_counter()
@@ -263,6 +268,8 @@ class Trainer:
                 tick = time.perf_counter()
                 stats, norm, applied, compiled = self._run_step(step)
                 elapsed = time.perf_counter() - tick
+                step_seconds.append(elapsed)
+                step_compiled.append(compiled)
                 step += 1
                 cells, tokens, padded = self.source.step_tokens(step - 1)
                 window += stats
@@ -342,6 +349,8 @@ class Trainer:
             stopped_by_signal=stop.raised is not None,
             losses=losses,
             evaluation=evaluation,
+            step_seconds=step_seconds,
+            step_compiled=step_compiled,
         )
 
     def evaluate(self, source) -> dict[str, float]:

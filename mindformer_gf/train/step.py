@@ -58,7 +58,9 @@ class MicroStep(nn.Cell):
         self.value_and_grad = ops.value_and_grad(self.scaled, None, self.weights, has_aux=True)
 
     def construct(self, scale: Tensor, *batch: Tensor) -> Tensor:
-        (_, stats), grads = self.value_and_grad(scale, *batch)
+        (scaled_loss, stats), grads = self.value_and_grad(scale, *batch)
+        # keeps the loss output alive: dropping it makes the compiler warn about eliminated side effects
+        stats = ops.depend(stats, scaled_loss)
         ops.assign_add(self.grad_buffer, flatten_gradients(grads))
         ops.assign_add(self.stats_buffer, stats)
         return stats

@@ -1,0 +1,383 @@
+"""Pretraining throughput: this package's training step vs the reference's approach, on the same cells.
+
+Cells: `--cells` cells whose lengths follow a log-normal with median 900 genes and sigma 0.55, clipped to
+[64, 2048]. The parameters are chosen so that about 7% of cells reach the 2,048-gene cap, as in Genecorpus-30M (the
+Geneformer paper: an input size of 2,048 fully covers 93% of its cells); 10x cells typically detect 500-2,500
+genes. Genes are random V1 token ids (speed does not depend on which genes).
+
+- ours: Geneformer-V1-10M in MindSpore graph mode, `attention_impl="auto"` (the fused CPU kernels when built),
+  length buckets chosen from the distribution (8 widths, compiled once each: warm-up steps, not timed), logits only
+  at the masked positions, AdamW with clipping: `mindformer_gf.train.Trainer`.
+- reference: `transformers.BertForMaskedLM` (torch, sdpa attention) with the reference's length-grouped sampling
+  (shuffled megabatches of 50 batches, each sorted by length, every batch padded to its longest cell), 15% masking
+  80/10/10, logits at every position, torch AdamW (weight decay 0.001 except biases/LayerNorm), clipping at 1.0.
+  One untimed warm-up step.
+Both: same batch size, dropout 0.02, fp32, one full pass over the same cells timed.
+
+Prints JSON lines; the last one is the summary with `ours_cells_per_s`, `reference_cells_per_s`, `ratio` (ours /
+reference), `padding_waste` (ours, padded tokens / tokens fed) and the FLOP-based figures behind the README's
+Atlas 910B estimate.
+
+`--pbmc68k DIR` instead pretrains a small model on the shipped pbmc68k_reduced cells (full V1 vocabulary) and
+writes the loss curve and the unigram-baseline figure for the README into DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+
+LENGTH_MEDIAN = 900
+LENGTH_SIGMA = 0.55
+MIN_LENGTH, MAX_LENGTH = 64, 2048
+CPU_PEAK_GFLOPS = 130.0  # fp32 GEMM peak of this machine class (performance-anchors.md)
+ASCEND_910B_PEAK_TFLOPS = 313.0  # fp16/bf16 dense per chip (performance-anchors.md)
+H100_MASKED_CELLS_PER_S = 734.0  # HF, bf16, masked-only logits, B=32, L=2048 (performance-anchors.md)
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def draw_lengths(count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    lengths = rng.lognormal(math.log(LENGTH_MEDIAN), LENGTH_SIGMA, size=count)
+    return np.clip(np.rint(lengths), MIN_LENGTH, MAX_LENGTH).astype(np.int64)
+
+
+def draw_cells(lengths: np.ndarray, vocab_size: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed + 1)
+    return [rng.choice(np.arange(2, vocab_size), size=int(n), replace=False).astype(np.int32) for n in lengths]
+
+
+def training_flops(config, length: int, masked: int, full_logits: bool) -> float:
+    """Forward + backward FLOPs (3x forward) of one cell padded to `length` with `masked` prediction slots."""
+    hidden, ffn, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_layer = 8 * length * hidden * hidden + 4 * length * hidden * ffn + 4 * length * length * hidden
+    predicted = length if full_logits else masked
+    head = 2 * predicted * hidden * hidden + 2 * predicted * hidden * config.vocab_size
+    return 3.0 * (layers * per_layer + head)
+
+
+# ---- ours ----------------------------------------------------------------------------------------------------------
+class WarmupThenPlan:
+    """Step source: first one warm-up batch per batch shape the plan uses (these steps compile the graphs), then
+    the plan's steps."""
+
+    def __init__(self, plan_source, collator) -> None:
+        from mindformer_gf.data import MicroBatch
+
+        plan = plan_source.plan
+        first_of_width = {}
+        for step in range(plan.steps_per_epoch):
+            micro = plan.step(step)[0]
+            first_of_width.setdefault(micro.width, micro)
+        self.warmup = [
+            MicroBatch(micro.cell_indices[:1], micro.bucket, width, epoch=10**6)
+            for width, micro in first_of_width.items()
+        ]
+        self.plan_source = plan_source
+        self.collator = collator
+        self.warmup_steps = len(self.warmup)
+        self.steps_per_epoch = self.warmup_steps + plan_source.steps_per_epoch
+        self.items_per_batch = plan_source.items_per_batch
+
+    def batches(self, step, rank=0, world_size=1):
+        if step < self.warmup_steps:
+            return [self.collator(self.warmup[step])]
+        return self.plan_source.batches(step - self.warmup_steps, rank, world_size)
+
+    def step_tokens(self, step):
+        if step < self.warmup_steps:
+            return 1, 0, 0
+        return self.plan_source.step_tokens(step - self.warmup_steps)
+
+    def fingerprint(self):
+        return {"bench": True}
+
+
+def run_ours(config, cells, lengths, batch_size: int, num_buckets: int, seed: int, output_dir: str) -> dict:
+    import mindspore as ms
+    from datasets import Dataset
+
+    from mindformer_gf.data import (
+        LengthGroupedPlan,
+        MaskedLMCollator,
+        MaskingSpec,
+        PlannedBatches,
+        choose_bucket_widths,
+    )
+    from mindformer_gf.model import build_model
+    from mindformer_gf.train import MaskedLMObjective, Trainer, TrainSettings
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    model = build_model(config, "BertForMaskedLM", seed=seed)
+    # buckets from the length distribution (what a corpus' histogram gives), not from the few benchmark cells
+    corpus_lengths = draw_lengths(100_000, seed + 7)
+    buckets = choose_bucket_widths(corpus_lengths, num_buckets, MAX_LENGTH)
+    # on a large corpus almost no cell moves to a wider bucket to fill a batch; on the few benchmark cells many do
+    corpus_waste = LengthGroupedPlan(corpus_lengths, buckets, batch_size, 1, seed).padding_waste()
+    spec = MaskingSpec(config.vocab_size, 1, (0, 1))
+    dataset = Dataset.from_dict({"input_ids": [c.tolist() for c in cells], "length": lengths.tolist()})
+    plan = LengthGroupedPlan(lengths, buckets, batch_size, 1, seed)
+    collator = MaskedLMCollator(dataset, spec, batch_size, seed)
+    items = batch_size * spec.mask_slots(buckets.max_width)
+    source = PlannedBatches(plan, collator, items_per_batch=items)
+    steps = WarmupThenPlan(source, collator)
+    settings = TrainSettings(
+        output_dir=output_dir,
+        max_steps=steps.steps_per_epoch,
+        batch_size=batch_size,
+        warmup_steps=10,
+        device="CPU",
+        log_every=1,
+        save_every=10**9,
+        progress_bar=False,
+    )
+    trainer = Trainer(model, MaskedLMObjective(model), steps, settings)
+    trainer.save = lambda step: None  # checkpoint writing is not what is measured
+    result = trainer.train()
+    timed = [i for i, compiled in enumerate(result.step_compiled) if not compiled]
+    if any(i < steps.warmup_steps for i in timed) or any(result.step_compiled[steps.warmup_steps :]):
+        raise RuntimeError("warm-up did not compile exactly the plan's shapes; the timing would include compilation")
+    seconds = sum(result.step_seconds[i] for i in timed)
+    flops = 0.0
+    for step in range(plan.steps_per_epoch):
+        for micro in plan.step(step):
+            flops += batch_size * training_flops(config, micro.width, spec.mask_slots(micro.width), False)
+    return {
+        "cells": int(lengths.size),
+        "seconds": seconds,
+        "cells_per_s": lengths.size / seconds,
+        "compile_seconds": sum(t for t, c in zip(result.step_seconds, result.step_compiled, strict=True) if c),
+        "bucket_widths": list(buckets.widths),
+        "padding_waste": plan.padding_waste(),
+        "corpus_padding_waste": corpus_waste,
+        "gflops_per_s": flops / seconds / 1e9,
+        "graph_compilations": result.compiled_graphs,
+        "attention_impl": model.impl,
+        "final_loss": result.final_loss,
+    }
+
+
+# ---- the reference's approach -------------------------------------------------------------------------------------
+def megabatch_order(lengths: np.ndarray, batch_size: int, seed: int) -> list[np.ndarray]:
+    """transformers' LengthGroupedSampler: shuffle, cut into megabatches of 50 batches, sort each by length
+    (longest first), cut into batches."""
+    order = np.random.default_rng(seed).permutation(lengths.size)
+    megabatch = 50 * batch_size
+    batches = []
+    for start in range(0, order.size, megabatch):
+        chunk = order[start : start + megabatch]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, chunk.size, batch_size)]
+    return batches
+
+
+def reference_mask(ids, attention_mask, vocab_size: int, generator):
+    """DataCollatorForLanguageModeling's masking: Bernoulli 15% of non-special positions, 80% <mask>, 10% random."""
+    import torch
+
+    labels = ids.clone()
+    probability = torch.full(ids.shape, 0.15)
+    probability.masked_fill_(attention_mask == 0, 0.0)
+    chosen = torch.bernoulli(probability, generator=generator).bool()
+    labels[~chosen] = -100
+    to_mask = torch.bernoulli(torch.full(ids.shape, 0.8), generator=generator).bool() & chosen
+    inputs = ids.clone()
+    inputs[to_mask] = 1
+    to_random = torch.bernoulli(torch.full(ids.shape, 0.5), generator=generator).bool() & chosen & ~to_mask
+    inputs[to_random] = torch.randint(vocab_size, ids.shape, generator=generator)[to_random]
+    return inputs, labels
+
+
+def run_reference(config, cells, lengths, batch_size: int, seed: int) -> dict:
+    import torch
+    import transformers
+
+    from mindformer_gf.train import decays_weight
+
+    torch.manual_seed(seed)
+    hf_config = transformers.BertConfig(**{k: v for k, v in config.to_dict().items() if k != "architectures"})
+    hf_config._attn_implementation = "sdpa"
+    model = transformers.BertForMaskedLM(hf_config).train()
+    named = dict(model.named_parameters())
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for n, p in named.items() if decays_weight(n)], "weight_decay": 0.001},
+            {"params": [p for n, p in named.items() if not decays_weight(n)], "weight_decay": 0.0},
+        ],
+        lr=1e-3,
+    )
+    generator = torch.Generator().manual_seed(seed)
+
+    def step(batch: np.ndarray) -> float:
+        width = int(lengths[batch].max())
+        ids = torch.zeros((batch.size, width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, index in enumerate(batch):
+            ids[row, : lengths[index]] = torch.from_numpy(cells[index].astype(np.int64))
+            mask[row, : lengths[index]] = 1
+        inputs, labels = reference_mask(ids, mask, config.vocab_size, generator)
+        loss = model(input_ids=inputs, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    batches = megabatch_order(lengths, batch_size, seed)
+    step(batches[-1])  # warm-up (allocator, thread pools), not timed
+    padded = sum(int(lengths[b].max()) * b.size for b in batches)
+    flops = sum(b.size * training_flops(config, int(lengths[b].max()), 0, True) for b in batches)
+    start = time.perf_counter()
+    for batch in batches:
+        step(batch)
+    seconds = time.perf_counter() - start
+    return {
+        "cells": int(lengths.size),
+        "seconds": seconds,
+        "cells_per_s": lengths.size / seconds,
+        "padding_waste": 1.0 - lengths.sum() / padded,
+        "gflops_per_s": flops / seconds / 1e9,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+# ---- the real-data figure ------------------------------------------------------------------------------------------
+def run_pbmc68k(output_dir: str, steps: int) -> None:
+    """Pretrain a small model on the tokenized pbmc68k_reduced cells (15% held out); held-out loss vs the unigram
+    baseline, curve into output_dir/loss_curve.png.
+
+    The vocabulary is restricted to the 690 genes these cells contain (renumbered; <pad>/<mask> kept): the same
+    cells, ranks and masked positions, and the baseline entropy does not depend on the numbering, but the output
+    layer has 692 rows instead of 25,426, which makes the run minutes instead of an hour on two CPU cores.
+    """
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "train"))
+    from train_helpers import compact_vocabulary, tokenize_pbmc68k
+
+    from mindformer_gf.train import PretrainSettings, pretrain, unigram_entropy
+    from mindformer_gf.train.metrics import plot_loss_curve
+    from mindformer_gf.train.pretrain import build_pretraining_data, build_pretraining_model
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenized = tokenize_pbmc68k(out / "pbmc68k_reduced.dataset")
+    dataset, vocab_size = compact_vocabulary(tokenized, out / "pbmc68k_reduced_compact.dataset")
+    settings = PretrainSettings(
+        dataset=str(dataset),
+        output_dir=str(out / "run"),
+        model="Geneformer-V1-10M",
+        model_overrides=dict(
+            vocab_size=vocab_size,
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=256,
+            max_position_embeddings=512,
+        ),
+        special_tokens={"<pad>": 0, "<mask>": 1},
+        device="CPU",
+        max_steps=steps,
+        batch_size=8,
+        learning_rate=3e-3,
+        lr_schedule="cosine",
+        min_lr_ratio=0.1,
+        warmup_steps=50,
+        eval_fraction=0.15,
+        eval_every=max(1, steps // 10),
+        num_buckets=3,
+        bucket_granularity=32,
+        log_every=10,
+        save_every=10**9,
+        progress_bar=False,
+    )
+    model = build_pretraining_model(settings)
+    held_out = build_pretraining_data(settings, model.config, 1).eval_source
+    labels = np.concatenate([b["labels"].ravel() for s in range(held_out.steps_per_epoch) for b in held_out.batches(s)])
+    baseline = unigram_entropy(labels[labels != -100])
+    result = pretrain(settings)
+    plot_loss_curve(
+        out / "run" / "metrics.csv",
+        out / "loss_curve.png",
+        baseline=baseline,
+        title="pbmc68k_reduced (700 cells): masked-gene modelling, 2-layer model",
+    )
+    emit(
+        {
+            "pbmc68k_heldout_loss": result.evaluation["loss"],
+            "pbmc68k_heldout_accuracy": result.evaluation["accuracy"],
+            "unigram_baseline": baseline,
+            "steps": result.steps,
+            "curve": str(out / "loss_curve.png"),
+        }
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cells", type=int, default=48, help="cells in the timed pass (default 48)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=0, help="cap on timed steps (0: all cells / batch size)")
+    parser.add_argument("--num-buckets", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", default="bench-pretrain-run", help="scratch directory for our run's metrics")
+    parser.add_argument("--pbmc68k", metavar="DIR", help="run the real-data check instead and write its figure to DIR")
+    parser.add_argument("--pbmc68k-steps", type=int, default=1000)
+    args = parser.parse_args()
+    if args.pbmc68k:
+        run_pbmc68k(args.pbmc68k, args.pbmc68k_steps)
+        return
+
+    from mindformer_gf.config import GeneformerConfig
+
+    config = GeneformerConfig.from_preset("Geneformer-V1-10M")
+    count = args.cells if not args.steps else min(args.cells, args.steps * args.batch_size)
+    lengths = draw_lengths(count, args.seed)
+    cells = draw_cells(lengths, config.vocab_size, args.seed)
+    emit(
+        {
+            "lengths": f"lognormal(median {LENGTH_MEDIAN}, sigma {LENGTH_SIGMA}) in [{MIN_LENGTH}, {MAX_LENGTH}]",
+            "cells": int(count),
+            "mean_length": float(lengths.mean()),
+            "median_length": float(np.median(lengths)),
+            "batch_size": args.batch_size,
+        }
+    )
+    ours = run_ours(config, cells, lengths, args.batch_size, args.num_buckets, args.seed, args.output_dir)
+    emit({"ours": ours})
+    reference = run_reference(config, cells, lengths, args.batch_size, args.seed)
+    emit({"reference": reference})
+
+    # per-chip estimate for Atlas 910B: FLOPs of a training step per 2048-gene cell (masked-only logits) at our
+    # measured CPU efficiency (achieved / peak) applied to the chip's peak
+    flops_2048 = training_flops(config, 2048, round(0.15 * 2048), False)
+    efficiency = ours["gflops_per_s"] / CPU_PEAK_GFLOPS
+    estimate = ASCEND_910B_PEAK_TFLOPS * 1e12 * efficiency / flops_2048
+    emit(
+        {
+            "ours_cells_per_s": ours["cells_per_s"],
+            "reference_cells_per_s": reference["cells_per_s"],
+            "ratio": ours["cells_per_s"] / reference["cells_per_s"],
+            "padding_waste": ours["padding_waste"],
+            "corpus_padding_waste": ours["corpus_padding_waste"],
+            "reference_padding_waste": reference["padding_waste"],
+            "ours_gflops_per_s": ours["gflops_per_s"],
+            "cpu_efficiency": efficiency,
+            "training_gflops_per_cell_2048": flops_2048 / 1e9,
+            "atlas_910b_cells_per_s_2048_estimate": estimate,
+            "h100_cells_per_s_2048_anchor": H100_MASKED_CELLS_PER_S,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
