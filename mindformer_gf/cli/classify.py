@@ -35,6 +35,13 @@ TRAINING_FLAGS = {
 }
 
 
+CHOICES = {
+    "lr_schedule": ("linear", "cosine", "polynomial", "constant"),
+    "strategy": ("finetune", "adapters", "extra_layer"),
+    "device": ("auto", "CPU", "Ascend"),
+}
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="tokenized dataset directory (gf tokenize)")
     parser.add_argument("--model", required=True, help="pretrained model directory (Hugging Face or MindSpore)")
@@ -45,7 +52,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-cells", type=int, default=None, help="at most this many cells (random)")
     training = parser.add_argument_group("training")
     for flag, (dest, kind, help_text) in TRAINING_FLAGS.items():
-        training.add_argument(f"--{flag}", dest=dest, type=kind, default=None, help=help_text)
+        training.add_argument(
+            f"--{flag}", dest=dest, type=kind, default=None, help=help_text, choices=CHOICES.get(dest)
+        )
     training.add_argument("--keep-checkpoints", action="store_true", help="keep every evaluated checkpoint")
     training.add_argument("--no-progress", action="store_true", help="no progress bars")
 
