@@ -2,10 +2,12 @@
 
 Flow: every input file is checked and planned first (gene mapping, n_counts, filter_pass, attributes), so bad input
 fails before any work; then the cells, as contiguous ranges split over `nproc` worker processes, are read in blocks
-of `chunk_size` cells, encoded (`encode.rank_value_encode`) and written as Arrow shards under a temporary name;
-finally the shards are published as `{output_dir}/{prefix}.dataset` in one rename. Output rows keep input order
-(files in the given order, cells in file order). Workers report counts (empty cells, non-integer values, ...) and the
-parent turns them into warnings, so a run says the same with one process or many.
+of `chunk_size` cells, encoded (by the native kernel, `native.encode_csr`, which also selects the dictionary genes and
+counts odd values in the same pass; or by the numpy code, `encode.rank_value_encode`, with identical output) and
+written as Arrow shards under a temporary name; finally the shards are published as `{output_dir}/{prefix}.dataset`
+in one rename. Output rows keep input order (files in the given order, cells in file order). Workers report counts
+(empty cells, non-integer values, ...) and the parent turns them into warnings, so a run says the same with one
+process or many.
 """
 
 from __future__ import annotations
