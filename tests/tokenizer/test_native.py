@@ -15,6 +15,7 @@ from tokenizer_helpers import cell_counts, oracle_cell
 
 from mindformer_gf.resources import example_cells_path
 from mindformer_gf.tokenizer import TokenizerWarning, native, rank_value_encode, read_dictionary_metadata, tokenize
+from mindformer_gf.tokenizer.encode import resolve_backend
 
 pytestmark = pytest.mark.skipif(not native.is_available(), reason="the native tokenizer kernel is not built")
 
@@ -219,6 +220,7 @@ def test_shipped_files_native_numpy_and_the_loop_agree(tmp_path: Path, chr21, v1
 def test_missing_library_falls_back_to_numpy_with_one_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chr21_path: Path
 ) -> None:
+    assert resolve_backend("auto") == "native"  # the default wherever the library is built
     expected = dataset_columns(tokenize(chr21_path, tmp_path, "built", progress=False).path)
     monkeypatch.setattr(native, "_library", lambda: None)
     monkeypatch.setattr(native, "_warned_missing", False)
