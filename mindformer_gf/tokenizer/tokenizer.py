@@ -182,13 +182,9 @@ class _FileCursor:
         self.filter_pass = self.file.cell_attribute(FILTER_PASS) == 1 if plan.has_filter_pass else None
         self.attributes = {name: self.file.cell_attribute(name) for name in settings.attributes}
         genes = plan.genes
-        if genes.has_duplicates:
-            # the kernel sees the block after select_genes has summed the duplicates: its columns are the slots
-            self.column_tokens, self.column_medians = genes.slot_tokens.astype(np.int32), genes.slot_medians
-        else:
-            self.column_tokens, self.column_medians = native.column_tables(
-                genes.column_slot, genes.slot_tokens, genes.slot_medians
-            )
+        # with duplicates the kernel sees the block after select_genes has summed them: its columns are the slots
+        columns = np.arange(genes.n_slots) if genes.has_duplicates else genes.column_slot
+        self.column_tokens, self.column_medians = native.column_tables(columns, genes.slot_tokens, genes.slot_medians)
 
 
 def _count_values(data: np.ndarray, stats: dict[str, int]) -> None:
