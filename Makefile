@@ -12,7 +12,7 @@ export OMP_NUM_THREADS ?= 2
 
 setup: $(STAMP)
 
-$(STAMP): setup.py pyproject.toml $(wildcard kernels/cpu/*.cc kernels/cpu/*.h)
+$(STAMP): setup.py pyproject.toml $(wildcard kernels/cpu/*.cc kernels/cpu/*.h kernels/tokenizer/*.cc)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=68" wheel
 	$(PY) -m pip install -q "mindspore>=2.10.0"
@@ -33,4 +33,4 @@ bench: setup
 	$(PY) bench/encoder.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info mindformer_gf/ops/_cpu_kernels*.so
+	rm -rf $(VENV) build *.egg-info mindformer_gf/ops/_cpu_kernels*.so mindformer_gf/tokenizer/_rank_native*.so
