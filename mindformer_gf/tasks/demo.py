@@ -299,13 +299,13 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False,
     }
     write_json(out / "demo_summary.json", summary)
     print(f"\n== results on the same {split.test.size} test cells ==")
-    print(f"{'model':52s} {'accuracy':>9s} {'macro-F1':>9s}")
+    print(f"{'model':62s} {'accuracy':>9s} {'macro-F1':>9s}")
     print(
-        f"{f'small Geneformer (pretrained here on {n_pretrain} cells), fine-tuned':52s} "
+        f"{f'small Geneformer (pretrained here on {n_pretrain} cells), fine-tuned':62s} "
         f"{test['accuracy']:9.3f} {test['macro_f1']:9.3f}"
     )
     print(
-        f"{'logistic regression on the expression profile':52s} "
+        f"{'logistic regression on the expression profile':62s} "
         f"{baseline_metrics['accuracy']:9.3f} {baseline_metrics['macro_f1']:9.3f}"
     )
     print("\n== time per stage ==")
