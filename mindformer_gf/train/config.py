@@ -42,6 +42,10 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     # "auto": MindSpore's default target (Ascend when present), else "CPU" or "Ascend"
     device: str = "auto"
+    # one graph for all batch shapes (inputs of unknown dimensions) instead of one per length bucket: one compilation
+    # and the memory of the widest bucket only (MindSpore on the CPU keeps every compiled graph's memory); the
+    # model must compile with dynamic shapes
+    dynamic_shapes: bool = False
     # "auto": fp32 on CPU, bf16 on Ascend
     precision: str = "auto"
     loss_scale_init: float = 2.0**16

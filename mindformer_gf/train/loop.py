@@ -9,12 +9,13 @@ a metrics CSV, a loss curve and checkpoints.
 `mindformer_gf.train.step.Objective` returning (loss sum, item count, *metric sums). Fine-tuning uses the same
 loop with `ClassificationObjective` and a `PlannedBatches(plan, LabelledCollator(...))` source.
 
-Per step: every micro-batch of this rank goes through `MicroStep` (compiled once per batch shape), then `ApplyStep`
-(compiled once) reduces over ranks, normalises, checks finiteness, clips and updates. Exactness of `resume`: the data
-plan, masks and learning rate are functions of the step number; the checkpoint holds weights, AdamW moments and
-step count, loss-scale state and host RNG states. Dropout masks are the one exception: MindSpore's CPU dropout kernels
-keep their generator inside the compiled graph, where it cannot be saved, so a resumed run matches the uninterrupted
-one exactly only with dropout off (or a backend whose dropout takes a per-step seed).
+Per step: every micro-batch of this rank goes through `MicroStep` (compiled once per batch shape, or once in all
+with `dynamic_shapes`), then `ApplyStep` (compiled once) reduces over ranks, normalises, checks finiteness, clips
+and updates. Exactness of `resume`: the data plan, masks and learning rate are functions of the step number; the
+checkpoint holds weights, AdamW moments and step count, loss-scale state and host RNG states. Dropout masks are the
+one exception: MindSpore's CPU dropout kernels keep their generator inside the compiled graph, where it cannot be
+saved, so a resumed run matches the uninterrupted one exactly only with dropout off (or a backend whose dropout
+takes a per-step seed).
 
 SIGTERM (and SIGINT) finish the current step, write a checkpoint and return with `stopped_by_signal=True`.
 """
@@ -160,6 +161,7 @@ class Trainer:
         self.skipped_steps = 0
         self.batch_shapes: set[tuple] = set()
         self._eval_step: EvalStep | None = None
+        self._dynamic_declared = False
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     def _trainer_state(self, step: int) -> dict[str, Any]:
@@ -215,17 +217,25 @@ class Trainer:
         return int(state["step"])
 
     # ---- the loop -------------------------------------------------------------------------------------------
+    def _declare_dynamic_inputs(self, cell: nn.Cell, batch: dict[str, np.ndarray], leading: tuple = ()) -> None:
+        """One graph for every batch shape: each batch array becomes an input of unknown dimensions."""
+        specs = [
+            Tensor(shape=[None] * batch[name].ndim, dtype=ms.from_numpy(batch[name][:0]).dtype)
+            for name in self.objective.input_names
+        ]
+        cell.set_inputs(*leading, *specs)
+
     def _run_step(self, step: int) -> tuple[np.ndarray, float, bool, bool]:
         batches = self.source.batches(step, self.parallel.rank, self.parallel.world_size)
         scale = self.loss_scale.scale * self.sum_scale
         scale_tensor = Tensor(scale, ms.float32)
-        compiled = False
+        graphs_before = len(self.micro_step.compile_cache) + len(self.apply_step.compile_cache)
         for batch in batches:
+            if self.settings.dynamic_shapes and not self._dynamic_declared:
+                self._declare_dynamic_inputs(self.micro_step, batch, (Tensor(shape=[], dtype=ms.float32),))
+                self._dynamic_declared = True
             inputs = [Tensor(batch[name]) for name in self.objective.input_names]
-            signature = tuple((name, batch[name].shape) for name in self.objective.input_names)
-            if signature not in self.batch_shapes:
-                self.batch_shapes.add(signature)
-                compiled = True
+            self.batch_shapes.add(tuple((name, batch[name].shape) for name in self.objective.input_names))
             self.micro_step(scale_tensor, *inputs)
         lr = learning_rate(
             step,
@@ -240,6 +250,7 @@ class Trainer:
         self.loss_scale.update(applied)
         if not applied:
             self.skipped_steps += 1
+        compiled = len(self.micro_step.compile_cache) + len(self.apply_step.compile_cache) > graphs_before
         return stats.asnumpy(), float(norm.asnumpy()), applied, compiled
 
     def train(self, resume: str | bool | None = None) -> TrainResult:
@@ -356,6 +367,7 @@ class Trainer:
     def evaluate(self, source) -> dict[str, float]:
         """Loss and accuracy of the objective over one pass of `source` (every micro-batch of every step of its
         first epoch), in inference mode (no dropout); every rank evaluates all of it."""
+        declare = self._eval_step is None and self.settings.dynamic_shapes
         if self._eval_step is None:
             self._eval_step = EvalStep(self.objective)
         self.model.set_train(False)
@@ -363,6 +375,9 @@ class Trainer:
         try:
             for step in range(source.steps_per_epoch):
                 for batch in source.batches(step, 0, 1):
+                    if declare:
+                        self._declare_dynamic_inputs(self._eval_step, batch)
+                        declare = False
                     totals += self._eval_step(*[Tensor(batch[name]) for name in self.objective.input_names]).asnumpy()
         finally:
             self.model.set_train(True)
