@@ -197,6 +197,26 @@ def _kernels() -> _Kernels:
 
 # Graph mode compiles the functions below into the caller's graph; there a call to the cached factory is resolved
 # at compile time like any other Python constant, so the operators are built once, on first use.
+# Only ranks are checked here: sizes can be dynamic in graph mode, and a Python test on a dynamic size turns the
+# graph into one MindSpore must interpret at run time. The kernels check every size and name what is wrong.
+def _check_attention_ranks(query: ms.Tensor, key: ms.Tensor, value: ms.Tensor, attention_mask: ms.Tensor) -> None:
+    if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
+        raise ValueError(
+            "attention: query, key and value must be [batch, heads, length, head_dim], got ranks "
+            f"{query.ndim}, {key.ndim}, {value.ndim}"
+        )
+    if attention_mask.ndim != 2:
+        raise ValueError(f"attention: attention_mask must be [batch, length], got rank {attention_mask.ndim}")
+
+
+def _check_layer_norm_ranks(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> None:
+    if x.ndim < 1 or weight.ndim != 1 or bias.ndim != 1:
+        raise ValueError(
+            f"layer norm: x needs a feature axis and weight, bias must be vectors, got ranks {x.ndim}, "
+            f"{weight.ndim}, {bias.ndim}"
+        )
+
+
 def _float32(x: ms.Tensor) -> ms.Tensor:
     # The dtype is a compile-time constant in graph mode: float32 inputs reach the kernel without a copy.
     return x if x.dtype == ms.float32 else ops.cast(x, ms.float32)
@@ -224,6 +244,7 @@ def attention_with_lse(
     """Fused attention returning (output, row log-sum-exp [batch, heads, length]); see `attention`."""
     if not 0.0 <= dropout_prob < 1.0:
         raise ValueError(f"dropout_prob must be in [0, 1), got {dropout_prob}")
+    _check_attention_ranks(query, key, value, attention_mask)
     drop = dropout_prob if training else 0.0
     if drop > 0.0 and dropout_seed is None:
         dropout_seed = random_seed()
@@ -262,6 +283,7 @@ def attention(
 
 def add_layer_norm(x: ms.Tensor, residual: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> ms.Tensor:
     """LayerNorm(x + residual) over the last axis in one pass, float32 statistics."""
+    _check_layer_norm_ranks(x, weight, bias)
     dtype = x.dtype
     y, _, _ = _kernels().add_layer_norm_forward(
         _float32(x), _float32(residual), _float32(weight), _float32(bias), ms.Tensor([eps], ms.float32)
@@ -271,6 +293,7 @@ def add_layer_norm(x: ms.Tensor, residual: ms.Tensor, weight: ms.Tensor, bias: m
 
 def layer_norm(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> ms.Tensor:
     """LayerNorm over the last axis, float32 statistics."""
+    _check_layer_norm_ranks(x, weight, bias)
     dtype = x.dtype
     y, _, _ = _kernels().layer_norm_forward(_float32(x), _float32(weight), _float32(bias), ms.Tensor([eps], ms.float32))
     return _like(y, dtype)

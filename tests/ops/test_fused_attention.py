@@ -179,6 +179,18 @@ def test_missing_library_is_a_clear_error(monkeypatch):
         dispatch.resolve_impl("fused")
 
 
+def test_wrong_rank_is_named_before_the_kernel_runs():
+    class Net(nn.Cell):
+        def construct(self, q, k, v, mask):
+            return fused.attention(q, k, v, mask)
+
+    q, k, v, mask = random_problem(1, 2, 10, 8, [10])
+    with pytest.raises(ValueError, match=r"must be \[batch, heads, length, head_dim\], got ranks 3, 3, 3"):
+        Net()(Tensor(q[0]), Tensor(k[0]), Tensor(v[0]), Tensor(mask))
+    with pytest.raises(ValueError, match=r"attention_mask must be \[batch, length\], got rank 1"):
+        Net()(Tensor(q), Tensor(k), Tensor(v), Tensor(mask[0]))
+
+
 def test_kernel_rejects_mismatched_shapes(capfd):
     """Called with a key of the wrong length, the kernel refuses (non-zero status) and says what is wrong."""
     library = fused.native()

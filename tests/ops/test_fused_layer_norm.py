@@ -169,6 +169,12 @@ def test_dynamic_rows_gradients_compile_once():
     assert len(net.compile_cache) == 1
 
 
+def test_wrong_weight_rank_is_named_before_the_kernel_runs():
+    x, residual, weight, bias, w = random_rows((2, 8), seed=6)
+    with pytest.raises(ValueError, match="weight, bias must be vectors, got ranks 2, 2, 1"):
+        Loss("fused", True)(*map(Tensor, (x, residual, np.diag(weight), bias, w)))
+
+
 def test_rejects_mismatched_weight(capfd):
     """MindSpore raises on the kernel's non-zero status; the kernel's own line on stderr names the problem."""
     x, residual, weight, bias, _ = random_rows((2, 8), seed=5)
