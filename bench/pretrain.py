@@ -14,6 +14,8 @@ genes. Genes are random V1 token ids (speed does not depend on which genes).
   One untimed warm-up step.
 Both: same batch size, dropout 0.02, fp32, one full pass over the same cells timed.
 
+The machine may be shared: the load average before each side is printed with the results.
+
 Prints JSON lines; the last one is the summary with `ours_cells_per_s`, `reference_cells_per_s`, `ratio` (ours /
 reference), `padding_waste` (ours, padded tokens / tokens fed) and the FLOP-based figures behind the README's
 Atlas 910B estimate.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 
 import numpy as np
@@ -373,6 +376,7 @@ def main() -> None:
         run_ours, config, cells, lengths, args.batch_size, args.num_buckets, args.seed, args.output_dir
     )
     emit({"ours": ours})
+    emit({"load_average_before_reference": os.getloadavg()})
     reference = in_child_process(run_reference, config, cells, lengths, args.batch_size, args.seed)
     emit({"reference": reference})
 

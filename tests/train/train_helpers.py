@@ -33,42 +33,34 @@ def write_corpus(directory, num_cells: int, min_length: int, max_length: int, vo
 
 
 def tokenize_pbmc68k(directory):
-    """The shipped pbmc68k_reduced cells (700) rank-value encoded with the V1 dictionaries, as a dataset directory.
+    """The shipped pbmc68k_reduced cells (700) tokenized by `mindformer_gf.tokenizer` with the V1 dictionaries;
+    returns the dataset directory.
 
-    A minimal stand-in for `gf tokenize` (Geneformer's recipe: normalised expression / gene median, genes ranked
-    descending, V1 token ids): `.raw.X` holds log1p of per-cell normalised counts by gene symbol, so expm1 gives the
-    normalised values (ranks do not depend on the per-cell total). Ties are broken by token id.
+    `.raw.X` holds log1p of per-cell normalised counts by gene symbol: expm1 gives values proportional to counts,
+    which is all rank value encoding needs (a per-cell scale does not change the ranks).
     """
-    import gzip
-    import json
+    import warnings
+    from pathlib import Path
 
     import anndata
-    from datasets import Dataset
+    import pandas as pd
+    import scipy.sparse as sp
 
-    from mindformer_gf.resources import GENEFORMER_V1_DIR, RESOURCES_DIR
+    from mindformer_gf.resources import RESOURCES_DIR
+    from mindformer_gf.tokenizer import TokenizerWarning, tokenize
 
-    def entries(name):
-        with gzip.open(GENEFORMER_V1_DIR / name, "rt", encoding="utf-8") as handle:
-            return json.load(handle)["entries"]
-
-    tokens, medians, symbols = (
-        entries("token_dictionary.json.gz"),
-        entries("gene_median_dictionary.json.gz"),
-        entries("gene_name_id_dict.json.gz"),
-    )
+    directory = Path(directory)
     raw = anndata.read_h5ad(RESOURCES_DIR / "pbmc68k_reduced.h5ad").raw
-    ensembl = [symbols.get(symbol) for symbol in raw.var_names]
-    keep = np.array([e is not None and e in tokens and e in medians for e in ensembl])
-    gene_tokens = np.array([tokens[e] for e, k in zip(ensembl, keep, strict=True) if k])
-    gene_medians = np.array([medians[e] for e, k in zip(ensembl, keep, strict=True) if k])
-    values = np.expm1(raw.X[:, keep].toarray()) / gene_medians
-    cells = []
-    for row in values:
-        genes = np.flatnonzero(row > 0)
-        order = np.lexsort((gene_tokens[genes], -row[genes]))
-        cells.append(gene_tokens[genes][order].tolist())
-    Dataset.from_dict({"input_ids": cells, "length": [len(c) for c in cells]}).save_to_disk(str(directory))
-    return directory
+    counts = sp.csr_matrix(raw.X, dtype=np.float32)
+    counts.data = np.expm1(counts.data)
+    obs = pd.DataFrame({"n_counts": np.asarray(counts.sum(axis=1)).ravel()}, index=raw.obs_names.astype(str))
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    source = directory.parent / f"{directory.stem}_counts.h5ad"
+    anndata.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=raw.var_names.astype(str))).write_h5ad(source)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*non-integer.*", category=TokenizerWarning)
+        result = tokenize(source, directory.parent, directory.stem, gene_id="symbol", overwrite=True, progress=False)
+    return result.path
 
 
 def compact_vocabulary(source, target):
