@@ -28,7 +28,7 @@ def test_pretraining_on_pbmc68k_beats_the_unigram_baseline(tmp_path):
         ),
         special_tokens={"<pad>": 0, "<mask>": 1},
         device="CPU",
-        max_steps=300,
+        max_steps=400,
         batch_size=8,
         learning_rate=3e-3,
         lr_schedule="cosine",
