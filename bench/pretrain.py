@@ -348,6 +348,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=0, help="cap on timed steps (0: all cells / batch size)")
     parser.add_argument("--num-buckets", type=int, default=8)
+    parser.add_argument("--fixed-length", type=int, default=0, help="every cell this long instead of the distribution")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="bench-pretrain-run", help="scratch directory for our run's metrics")
     parser.add_argument("--pbmc68k", metavar="DIR", help="run the real-data check instead and write its figure to DIR")
@@ -361,11 +362,13 @@ def main() -> None:
 
     config = GeneformerConfig.from_preset("Geneformer-V1-10M")
     count = args.cells if not args.steps else min(args.cells, args.steps * args.batch_size)
-    lengths = draw_lengths(count, args.seed)
+    lengths = draw_lengths(count, args.seed) if not args.fixed_length else np.full(count, args.fixed_length, np.int64)
     cells = draw_cells(lengths, config.vocab_size, args.seed)
     emit(
         {
-            "lengths": f"lognormal(median {LENGTH_MEDIAN}, sigma {LENGTH_SIGMA}) in [{MIN_LENGTH}, {MAX_LENGTH}]",
+            "lengths": f"lognormal(median {LENGTH_MEDIAN}, sigma {LENGTH_SIGMA}) in [{MIN_LENGTH}, {MAX_LENGTH}]"
+            if not args.fixed_length
+            else f"all {args.fixed_length}",
             "cells": int(count),
             "mean_length": float(lengths.mean()),
             "median_length": float(np.median(lengths)),
