@@ -2,8 +2,10 @@
 
     gf pretrain --config pretrain.yaml --dataset cells.dataset --output-dir run --max-steps 20000
     gf pretrain --config pretrain.yaml --resume              # continue from the newest checkpoint in output_dir
-    msrun --worker_num=8 --local_worker_num=8 --master_addr=127.0.0.1 --master_port=8118 --log_dir=logs \
-        --join=True $(which gf) pretrain --config pretrain.yaml   # data parallel over 8 devices
+
+Data parallel over 8 devices of one machine (msrun starts `python`, so the environment's bin comes first on PATH):
+    msrun --worker_num=8 --local_worker_num=8 --master_addr=127.0.0.1 --master_port=8118 --log_dir=logs
+          --join=True $(which gf) pretrain --config pretrain.yaml
 """
 
 from __future__ import annotations
@@ -12,27 +14,28 @@ import argparse
 import logging
 import signal
 
-# command-line flag -> settings field, for the settings one changes most; the rest go through --set key=value
+# command-line flag -> (type, help) of a settings field, for the settings one changes most; the rest go through
+# --set key=value
 FLAGS = {
-    "dataset": str,
-    "output_dir": str,
-    "model": str,
-    "max_steps": int,
-    "num_epochs": float,
-    "batch_size": int,
-    "gradient_accumulation": int,
-    "learning_rate": float,
-    "lr_schedule": str,
-    "warmup_steps": int,
-    "precision": str,
-    "device": str,
-    "attention_impl": str,
-    "num_buckets": int,
-    "save_every": int,
-    "keep_last": int,
-    "log_every": int,
-    "max_cells": int,
-    "seed": int,
+    "dataset": (str, "tokenized dataset directory (gf tokenize)"),
+    "output_dir": (str, "checkpoints, metrics.csv, loss_curve.png and the final model go here"),
+    "model": (str, "a preset to train from scratch (Geneformer-V1-10M, ...) or a model directory to continue"),
+    "max_steps": (int, "optimisation steps (0: num_epochs over the corpus)"),
+    "num_epochs": (float, "epochs when max_steps is 0"),
+    "batch_size": (int, "cells per micro-batch per device"),
+    "gradient_accumulation": (int, "micro-batches per optimisation step per device"),
+    "learning_rate": (float, "peak learning rate (default 1e-3)"),
+    "lr_schedule": (str, "linear (default), cosine or constant, after linear warmup"),
+    "warmup_steps": (int, "warmup steps (default 10000)"),
+    "precision": (str, "auto (fp32 on CPU, bf16 on Ascend), fp32, bf16 or fp16 (dynamic loss scaling)"),
+    "device": (str, "auto, CPU or Ascend"),
+    "attention_impl": (str, "auto, fused, builtin or composed"),
+    "num_buckets": (int, "padded length buckets = graph compilations (default 8)"),
+    "save_every": (int, "checkpoint every this many steps"),
+    "keep_last": (int, "checkpoints kept"),
+    "log_every": (int, "metrics row every this many steps"),
+    "max_cells": (int, "use at most this many cells (0: all)"),
+    "seed": (int, "seed of initialisation, data order and masking"),
 }
 
 
@@ -44,8 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML or JSON file of settings (see mindformer_gf.train.PretrainSettings)")
-    for name, kind in FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
+    for name, (kind, text) in FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
     parser.add_argument(
         "--set",
         dest="overrides",
