@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mindspore as ms
 
-from mindformer_gf.ops import composed, fused
+from mindformer_gf.ops import ascend, composed, fused
 
 IMPLS = ("auto", "fused", "builtin", "composed")
 
@@ -17,20 +17,27 @@ def resolve_impl(impl: str) -> str:
     """Turn "auto" into the backend that runs on this device; refuse an unknown or unavailable backend by name."""
     if impl not in IMPLS:
         raise ValueError(f"attention_impl {impl!r} is not one of {IMPLS}")
-    on_cpu = _device() == "CPU"
+    device = _device()
     if impl == "auto":
-        return "fused" if on_cpu and fused.is_available() else "composed"
+        if device == "CPU":
+            return "fused" if fused.is_available() else "composed"
+        if device == "Ascend":
+            return "fused" if ascend.installed_package() is not None else "builtin"
+        return "composed"
     if impl == "fused":
-        if not on_cpu:
-            raise NotImplementedError(
-                f"attention_impl 'fused' on {_device()} needs the Ascend operators (kernels/ascend), not wired yet; "
-                "use 'composed' (or 'auto')"
-            )
+        if device == "Ascend":
+            if ascend.installed_package() is None:
+                raise ascend.OperatorsMissing(f"attention_impl 'fused' on Ascend: {ascend.INSTALL_HINT}")
+            return impl
+        if device != "CPU":
+            raise NotImplementedError(f"attention_impl 'fused' has no kernels for {device}; use 'composed' (or 'auto')")
         if not fused.is_available():
             raise fused.KernelLibraryMissing(f"attention_impl 'fused' needs the CPU kernel library: {fused.BUILD_HINT}")
         return impl
-    if impl != "composed":
-        raise NotImplementedError(f"attention_impl {impl!r} is not available in this build; use 'composed' (or 'auto')")
+    if impl == "builtin" and device != "Ascend":
+        raise NotImplementedError(
+            f"attention_impl 'builtin' is MindSpore's Ascend operators, not available on {device}; use 'composed'"
+        )
     return impl
 
 
@@ -53,15 +60,26 @@ def attention(
     dropout_seed (int64 tensor, one element) fixes the fused kernel's dropout mask (see `mindformer_gf.ops.fused`);
     None draws a fresh one per call. The composed backend uses MindSpore's own dropout and ignores it.
     """
+    # graph_on_ascend() is evaluated once, at compile time: the device of a process does not change.
     if impl == "fused":
+        if ascend.graph_on_ascend():
+            return ascend.attention_ascend_fused(
+                query, key, value, attention_mask, dropout_prob, training, dropout_seed
+            )
         return fused.attention(query, key, value, attention_mask, dropout_prob, training, dropout_seed)
+    if impl == "builtin":
+        return ascend.attention_ascend_builtin(query, key, value, attention_mask, dropout_prob, training, dropout_seed)
     return composed.attention(query, key, value, attention_mask, dropout_prob, training)
 
 
 def layer_norm(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float, impl: str = "composed") -> ms.Tensor:
     """LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * weight + bias, statistics in fp32."""
     if impl == "fused":
+        if ascend.graph_on_ascend():
+            return ascend.layer_norm_ascend_fused(x, weight, bias, eps)
         return fused.layer_norm(x, weight, bias, eps)
+    if impl == "builtin":
+        return ascend.layer_norm_ascend_builtin(x, weight, bias, eps)
     return composed.layer_norm(x, weight, bias, eps)
 
 
@@ -70,5 +88,9 @@ def add_layer_norm(
 ) -> ms.Tensor:
     """LayerNorm(x + residual): the post-LN residual step of every BERT sub-layer."""
     if impl == "fused":
+        if ascend.graph_on_ascend():
+            return ascend.add_layer_norm_ascend_fused(x, residual, weight, bias, eps)
         return fused.add_layer_norm(x, residual, weight, bias, eps)
+    if impl == "builtin":
+        return ascend.add_layer_norm_ascend_builtin(x, residual, weight, bias, eps)
     return composed.add_layer_norm(x, residual, weight, bias, eps)

@@ -170,6 +170,10 @@ def test_resolve_impl_prefers_fused_on_cpu():
     assert dispatch.resolve_impl("auto") == "fused"
     assert dispatch.resolve_impl("fused") == "fused"
     assert dispatch.resolve_impl("composed") == "composed"
+    with pytest.raises(NotImplementedError, match="'builtin' is MindSpore's Ascend operators"):
+        dispatch.resolve_impl("builtin")
+    with pytest.raises(ValueError, match="not one of"):
+        dispatch.resolve_impl("cuda")
 
 
 def test_missing_library_is_a_clear_error(monkeypatch):
