@@ -1,8 +1,25 @@
 """Package metadata, dependencies, and the build of the native CPU kernels (kernels/cpu)."""
 
+import shutil
 from glob import glob
 
 from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+
+class BuildNativeKernels(build_ext):
+    """build_ext that names a missing C++ compiler instead of failing deep inside distutils."""
+
+    def build_extensions(self) -> None:
+        compiler = (getattr(self.compiler, "compiler_cxx", None) or ["c++"])[0]
+        if shutil.which(compiler) is None:
+            raise SystemExit(
+                f"mindformer_gf: the native kernels (kernels/cpu, kernels/tokenizer) need a C++17 compiler, and "
+                f"'{compiler}' was not found. Install one (Debian/Ubuntu: apt-get install g++) or point CXX at it, "
+                "then run `make setup` (or `pip install -e .`) again."
+            )
+        super().build_extensions()
+
 
 # The CPU kernels are a plain shared library loaded by MindSpore's ops.Custom(func_type="aot"); building it as an
 # Extension lets setuptools find the compiler and put the library inside the package (also for `pip install -e .`).
@@ -43,6 +60,7 @@ setup(
     package_data={"mindformer_gf": ["resources/*", "resources/**/*"]},
     include_package_data=True,
     ext_modules=ext_modules,
+    cmdclass={"build_ext": BuildNativeKernels},
     install_requires=[
         "mindspore>=2.10.0",
         "numpy>=1.24",
