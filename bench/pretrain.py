@@ -375,6 +375,7 @@ def main() -> None:
             "batch_size": args.batch_size,
         }
     )
+    emit({"load_average_before_ours": os.getloadavg()})
     ours = in_child_process(
         run_ours, config, cells, lengths, args.batch_size, args.num_buckets, args.seed, args.output_dir
     )
