@@ -73,7 +73,9 @@ class BertEmbeddings(nn.Cell):
         length = input_ids.shape[1]
         positions = msops.arange(0, length, dtype=ms.int32)
         # Geneformer never uses segments: token type is always 0, so its embedding is one row added everywhere.
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
+        # Gather from the table directly, not through the sub-cell: MindSpore 2.10 cannot differentiate a sub-cell
+        # call on a dynamic-length arange (parameter_eliminate error), which dynamic-shape training needs.
+        x = self.word_embeddings(input_ids) + msops.gather(self.position_embeddings.weight, positions, 0)[None]
         x = x + self.token_type_embeddings.weight[0]
         return self.dropout(self.LayerNorm(x))
 
@@ -207,8 +209,9 @@ class GeneformerPreTrainedModel(nn.Cell):
         return dict(self.parameters_and_names())
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Parameters as numpy arrays under their Hugging Face names."""
-        return {name: p.asnumpy() for name, p in self.named_parameters().items()}
+        """A copy of the parameters as numpy arrays under their Hugging Face names (asnumpy() alone can be a view
+        that later training steps change)."""
+        return {name: p.asnumpy().copy() for name, p in self.named_parameters().items()}
 
     def load_weights(self, weights: dict[str, np.ndarray]) -> None:
         """Copy arrays named by Hugging Face keys into the parameters; every parameter must be given, shapes equal."""

@@ -1,0 +1,50 @@
+"""MLM training step at a fixed shape (B=4, L=2048, V1-10M): ours vs transformers.BertForMaskedLM + AdamW.
+
+The fixed-shape twin of bench/pretrain.py (which uses realistic varied lengths), sharing its two runners: ours is
+`mindformer_gf.train.Trainer` in graph mode (fused kernels when built, logits only at the masked positions), the
+reference is transformers' BertForMaskedLM with torch AdamW and logits at every position. Each side runs in its own
+process, so each peak resident memory is its own. JSON lines; the last one is the summary
+{"ours_cells_per_s", "hf_cells_per_s", "ratio", "ours_peak_mb", "hf_peak_mb"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from pretrain import draw_cells, emit, in_child_process, run_ours, run_reference
+
+
+def main() -> None:
+    from mindformer_gf.config import GeneformerConfig
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--length", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per side (after one untimed warm-up)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", default="bench-train-run", help="scratch directory for our run's metrics")
+    args = parser.parse_args()
+
+    config = GeneformerConfig.from_preset("Geneformer-V1-10M")
+    lengths = np.full(args.steps * args.batch_size, args.length, np.int64)
+    cells = draw_cells(lengths, config.vocab_size, args.seed)
+    emit({"preset": "Geneformer-V1-10M", "batch_size": args.batch_size, "length": args.length, "steps": args.steps})
+    ours = in_child_process(run_ours, config, cells, lengths, args.batch_size, 1, args.seed, args.output_dir)
+    emit({"ours": ours})
+    hf = in_child_process(run_reference, config, cells, lengths, args.batch_size, args.seed)
+    emit({"hf": hf})
+    emit(
+        {
+            "ours_cells_per_s": ours["cells_per_s"],
+            "hf_cells_per_s": hf["cells_per_s"],
+            "ratio": ours["cells_per_s"] / hf["cells_per_s"],
+            "ours_peak_mb": ours["peak_rss_gib"] * 1024,
+            "hf_peak_mb": hf["peak_rss_gib"] * 1024,
+            "attention_impl": ours["attention_impl"],
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
