@@ -28,13 +28,14 @@ from mindformer_gf.tasks.common import (
     TargetScale,
     bucket_widths,
     build_model_for_task,
+    dataset_for_model,
     ensure_dir,
     forward_outputs,
     model_config_of,
     open_dataset,
-    special_token_ids,
     task_description,
     training_source,
+    validation,
 )
 from mindformer_gf.tasks.finetune import FineTuneSettings, fit, prepare_device, seed_everything
 from mindformer_gf.tasks.io import write_csv, write_json
@@ -179,8 +180,7 @@ class CellClassifier:
         seed_everything(settings.seed)
         out = ensure_dir(output_dir)
         config = model_config_of(model_dir)
-        dataset = open_dataset(dataset, config.vocab_size)
-        pad_id = special_token_ids(dataset).get("<pad>", 0)
+        dataset, pad_id = dataset_for_model(dataset, config)
         model = build_model_for_task(
             model_dir, self._architecture(), self._id2label(prepared), settings, self.regression
         )
@@ -218,12 +218,7 @@ class CellClassifier:
             names = [prepared.id2label[i] for i in range(prepared.num_classes)]
             return classification_metrics(prepared.labels[positions], probabilities, names), probabilities
 
-        evaluate = None
-        if split.valid.size:
-
-            def evaluate() -> dict[str, Any]:
-                return evaluate_positions(split.valid, "validation")[0]
-
+        evaluate = validation(evaluate_positions, split.valid)
         run = fit(
             model,
             objective,
@@ -310,7 +305,7 @@ class CellClassifier:
         prepare_device(settings.device)
         task = read_task(model_dir) or {}
         model = load_task_model(model_dir) if task else _plain_classifier(model_dir)
-        dataset = open_dataset(dataset, model.config.vocab_size)
+        dataset, pad_id = dataset_for_model(dataset, model.config)
         prepared = prepared or self.prepare_data(dataset)
         if not self.regression:
             model_labels = {v: k for k, v in model.config.id2label.items()}
@@ -323,7 +318,6 @@ class CellClassifier:
                 dict(model.config.id2label),
                 prepared.state_key,
             )
-        pad_id = special_token_ids(dataset).get("<pad>", 0)
         lengths = np.asarray(dataset.with_format("numpy")["length"])[prepared.indices]
         buckets = bucket_widths(lengths, settings, model.config.max_position_embeddings)
         (logits,) = forward_outputs(model, dataset, prepared.indices, settings, buckets, "evaluate", pad_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,23 @@ def special_token_ids(dataset: Any) -> dict[str, int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return corpus_special_tokens(dataset)
+
+
+def dataset_for_model(dataset: Any, config: Any) -> tuple[Any, int]:
+    """`dataset` checked against the model's vocabulary, and its <pad> id: 0 (Geneformer's) when the dataset
+    records none."""
+    dataset = open_dataset(dataset, config.vocab_size)
+    return dataset, special_token_ids(dataset).get("<pad>", 0)
+
+
+def validation(
+    evaluate_positions: Callable[[np.ndarray, str], tuple[dict[str, Any], Any]], valid: np.ndarray
+) -> Callable[[], dict[str, Any]] | None:
+    """The `evaluate` of `fit()`: the metrics on the validation cells `valid`; None without any, so that fit keeps
+    the last checkpoint instead of choosing on nothing."""
+    if not valid.size:
+        return None
+    return lambda: evaluate_positions(valid, "validation")[0]
 
 
 def bucket_widths(lengths: np.ndarray, settings: FineTuneSettings, max_length: int) -> LengthBuckets:

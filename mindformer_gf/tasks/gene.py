@@ -31,11 +31,10 @@ from mindformer_gf.tasks.common import (
     TargetScale,
     bucket_widths,
     build_model_for_task,
+    dataset_for_model,
     ensure_dir,
     forward_outputs,
     model_config_of,
-    open_dataset,
-    special_token_ids,
     task_description,
     training_source,
 )
@@ -153,8 +152,7 @@ class GeneClassifier:
             settings = settings.replace(freeze_layers=max(0, config.num_hidden_layers - 1))
             print(f"freeze_layers capped at {settings.freeze_layers} (the model has {config.num_hidden_layers} layers)")
         out = ensure_dir(output_dir)
-        dataset = open_dataset(dataset, config.vocab_size)
-        pad_id = special_token_ids(dataset).get("<pad>", 0)
+        dataset, pad_id = dataset_for_model(dataset, config)
         genes, rows, cells = self.prepare_data(dataset)
         print(
             f"gene task: {len(genes.genes)} labelled genes in {rows.size} cells"

@@ -27,13 +27,13 @@ import numpy as np
 from mindformer_gf.tasks.common import (
     TargetScale,
     bucket_widths,
+    dataset_for_model,
     ensure_dir,
     forward_outputs,
     model_config_of,
-    open_dataset,
-    special_token_ids,
     task_description,
     training_source,
+    validation,
 )
 from mindformer_gf.tasks.finetune import FineTuneSettings, fit, prepare_device, seed_everything
 from mindformer_gf.tasks.io import write_csv, write_json
@@ -175,8 +175,7 @@ class MultitaskClassifier:
         seed_everything(settings.seed)
         out = ensure_dir(output_dir)
         config = model_config_of(model_dir)
-        dataset = open_dataset(dataset, config.vocab_size)
-        pad_id = special_token_ids(dataset).get("<pad>", 0)
+        dataset, pad_id = dataset_for_model(dataset, config)
         data = self.prepare_data(dataset)
         write_json(
             out / "label_maps.json",
@@ -228,12 +227,7 @@ class MultitaskClassifier:
                 )
             return metrics, predictions
 
-        evaluate = None
-        if split.valid.size:
-
-            def evaluate() -> dict[str, Any]:
-                return evaluate_positions(split.valid, "validation")[0]
-
+        evaluate = validation(evaluate_positions, split.valid)
         run = fit(
             model,
             objective,

@@ -12,25 +12,14 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, r2_score, roc_auc_score
+from task_helpers import padded_rows, quick_settings
 
 from mindformer_gf.tasks import CellClassifier
 
 
 @pytest.fixture(scope="module")
 def cell_run(tiny_model_dir, pbmc_dataset_dir, tmp_path_factory):
-    from mindformer_gf.tasks import FineTuneSettings
-
-    settings = FineTuneSettings(
-        num_epochs=4.0,
-        batch_size=12,
-        learning_rate=2e-3,
-        warmup_steps=0,
-        freeze_layers=1,
-        num_buckets=1,
-        forward_batch_size=64,
-        evals_per_epoch=1,
-        progress_bar=False,
-    )
+    settings = quick_settings(num_epochs=4.0, batch_size=12, learning_rate=2e-3, freeze_layers=1, evals_per_epoch=1)
     classifier = CellClassifier(
         state_key="cell_type", states=["Dendritic", "CD14+ Monocyte", "CD19+ B"], max_ncells=240, settings=settings
     )
@@ -105,12 +94,7 @@ def test_saved_model_reproduces_the_predictions_and_exports_to_transformers(cell
 
     classifier, result, out = cell_run
     predictions = pd.read_csv(out / "predictions.csv").head(8)
-    cells = pbmc_dataset.select(predictions["dataset_row"].to_numpy())["input_ids"]
-    width = max(len(c) for c in cells)
-    ids = np.zeros((len(cells), width), np.int32)
-    mask = np.zeros_like(ids)
-    for i, cell in enumerate(cells):
-        ids[i, : len(cell)], mask[i, : len(cell)] = cell, 1
+    ids, mask = padded_rows(pbmc_dataset, predictions["dataset_row"].to_numpy())
     from mindspore import Tensor
 
     model = load_task_model(result.runs[0].model_dir)
@@ -128,19 +112,9 @@ def test_saved_model_reproduces_the_predictions_and_exports_to_transformers(cell
 
 
 def test_regression_head_with_adapters(tiny_model_dir, pbmc_dataset_dir, tmp_path, tiny_weights):
-    from mindformer_gf.tasks import FineTuneSettings
     from mindformer_gf.tasks.models import load_task_model
 
-    settings = FineTuneSettings(
-        num_epochs=3.0,
-        learning_rate=3e-3,
-        warmup_steps=0,
-        strategy="adapters",
-        adapter_size=8,
-        num_buckets=1,
-        forward_batch_size=64,
-        progress_bar=False,
-    )
+    settings = quick_settings(num_epochs=3.0, learning_rate=3e-3, strategy="adapters", adapter_size=8)
     regressor = CellClassifier(state_key="percent_mito", regression=True, max_ncells=200, settings=settings)
     result = regressor.run(pbmc_dataset_dir, tiny_model_dir, tmp_path, split_sizes=(0.7, 0.15, 0.15))
     losses = pd.read_csv(tmp_path / "training" / "metrics.csv")["loss"].to_numpy()

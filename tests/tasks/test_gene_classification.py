@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from task_helpers import quick_settings
 
 from mindformer_gf.resources import geneformer_v1_path
 from mindformer_gf.tasks import FineTuneSettings, GeneClassifier
@@ -17,15 +18,7 @@ from mindformer_gf.tasks import FineTuneSettings, GeneClassifier
 
 @pytest.fixture(scope="module")
 def gene_run(tiny_model_dir, pbmc_dataset_dir, tmp_path_factory):
-    settings = FineTuneSettings(
-        num_epochs=2.0,
-        learning_rate=3e-3,
-        warmup_steps=0,
-        strategy="extra_layer",
-        num_buckets=1,
-        forward_batch_size=64,
-        progress_bar=False,
-    )
+    settings = quick_settings(num_epochs=2.0, learning_rate=3e-3, strategy="extra_layer")
     classifier = GeneClassifier(geneformer_v1_path("dosage_sens_tf_labels.csv"), n_folds=2, settings=settings)
     out = tmp_path_factory.mktemp("gene")
     return classifier.run(pbmc_dataset_dir, tiny_model_dir, out), out

@@ -11,20 +11,14 @@ import pandas as pd
 import pytest
 from mindspore import Tensor
 from sklearn.metrics import accuracy_score, f1_score, r2_score
+from task_helpers import padded_rows, quick_settings
 
 from mindformer_gf.tasks import FineTuneSettings, MultitaskClassifier
 
 
 @pytest.fixture(scope="module")
 def multitask_run(tiny_model_dir, pbmc_dataset_dir, tmp_path_factory):
-    settings = FineTuneSettings(
-        num_epochs=3.0,
-        learning_rate=2e-3,
-        warmup_steps=0,
-        num_buckets=1,
-        forward_batch_size=64,
-        progress_bar=False,
-    )
+    settings = quick_settings(num_epochs=3.0, learning_rate=2e-3)
     classifier = MultitaskClassifier(
         ["cell_type", "phase", "percent_mito"],
         task_weights=[1.0, 0.5, 0.5],
@@ -74,12 +68,7 @@ def test_saved_multitask_model_rebuilds_with_its_heads(multitask_run, pbmc_datas
     model = load_task_model(result.model_dir)
     assert isinstance(model, MultitaskModel) and model.pooling == "attention"
     predictions = pd.read_csv(out / "predictions.csv").head(4)
-    cells = pbmc_dataset.select(predictions["dataset_row"].to_numpy())["input_ids"]
-    width = max(len(c) for c in cells)
-    ids = np.zeros((len(cells), width), np.int32)
-    mask = np.zeros_like(ids)
-    for i, cell in enumerate(cells):
-        ids[i, : len(cell)], mask[i, : len(cell)] = cell, 1
+    ids, mask = padded_rows(pbmc_dataset, predictions["dataset_row"].to_numpy())
     outputs = model(Tensor(ids), Tensor(mask))
     names = [json.loads((out / "label_maps.json").read_text())["phase"][str(i)] for i in range(3)]
     assert [names[i] for i in outputs[1].asnumpy().argmax(1)] == predictions["predicted_phase"].tolist()
