@@ -17,7 +17,7 @@ from typing import IO
 import numpy as np
 
 from mindformer_gf.convert.dtypes import MINDSPORE_TYPE_NAMES, STORAGE_DTYPES, bfloat16_bits_to_float32
-from mindformer_gf.convert.tensors import CheckpointError, TensorInfo
+from mindformer_gf.convert.tensors import CheckpointError, CheckpointFileReader, CheckpointFileWriter, TensorInfo
 
 # Field 1 (`value`), wire type 2 (length-delimited): the tag byte that starts every top-level entry.
 VALUE_FIELD_TAG = 0x0A
@@ -34,7 +34,7 @@ def _mindspore_tensor(array: np.ndarray, dtype: str):
     return ms.Tensor.from_numpy(np.ascontiguousarray(array))
 
 
-class MindSporeCheckpointWriter:
+class MindSporeCheckpointWriter(CheckpointFileWriter):
     """Appends tensors to a `.ckpt`, each saved by `ms.save_checkpoint` on its own."""
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -52,21 +52,13 @@ class MindSporeCheckpointWriter:
 
     def close(self) -> None:
         try:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
+            self._flush_to_disk()
         finally:
-            self._handle.close()
-            self._scratch.unlink(missing_ok=True)
+            self._abandon()
 
-    def __enter__(self) -> MindSporeCheckpointWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self._handle.close()
-            self._scratch.unlink(missing_ok=True)
+    def _abandon(self) -> None:
+        self._handle.close()
+        self._scratch.unlink(missing_ok=True)
 
 
 def _read_varint(handle: IO[bytes]) -> int | None:
@@ -83,18 +75,11 @@ def _read_varint(handle: IO[bytes]) -> int | None:
             raise CheckpointError("malformed length in a MindSpore checkpoint")
 
 
-class MindSporeCheckpointReader:
+class MindSporeCheckpointReader(CheckpointFileReader):
     """The tensors of a `.ckpt`, indexed in one pass; each tensor's entries are parsed again when it is read."""
 
-    def __init__(self, path: str | os.PathLike, name: str | None = None) -> None:
-        self.path = Path(path)
-        self.name = name or self.path.name
-        self._handle: IO[bytes] = open(self.path, "rb")  # closed by close()
-        try:
-            self.tensors = self._index()
-        except BaseException:
-            self._handle.close()
-            raise
+    def _index_file(self) -> None:
+        self.tensors = self._index()
 
     def _entries(self):
         """(offset, length) of each top-level entry, in file order."""
@@ -156,12 +141,3 @@ class MindSporeCheckpointReader:
             return array.reshape(shape)
 
         return read
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self) -> MindSporeCheckpointReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

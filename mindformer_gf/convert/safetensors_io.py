@@ -19,24 +19,17 @@ from typing import IO
 import numpy as np
 
 from mindformer_gf.convert.dtypes import STORAGE_DTYPES, itemsize
-from mindformer_gf.convert.tensors import CheckpointError, TensorInfo
+from mindformer_gf.convert.tensors import CheckpointError, CheckpointFileReader, CheckpointFileWriter, TensorInfo
 
 # A Geneformer header is tens of kilobytes; anything near this limit is not a model file.
 MAX_HEADER_BYTES = 64 * 2**20
 
 
-class SafetensorsReader:
+class SafetensorsReader(CheckpointFileReader):
     """The tensors of one safetensors file; keep it open while reading them (a context manager)."""
 
-    def __init__(self, path: str | os.PathLike, name: str | None = None) -> None:
-        self.path = Path(path)
-        self.name = name or self.path.name
-        self._handle: IO[bytes] = open(self.path, "rb")  # closed by close()
-        try:
-            self.metadata, self.tensors = self._read_header()
-        except BaseException:
-            self._handle.close()
-            raise
+    def _index_file(self) -> None:
+        self.metadata, self.tensors = self._read_header()
 
     def _read_header(self) -> tuple[dict[str, str], dict[str, TensorInfo]]:
         file_size = os.fstat(self._handle.fileno()).st_size
@@ -100,17 +93,8 @@ class SafetensorsReader:
 
         return read
 
-    def close(self) -> None:
-        self._handle.close()
 
-    def __enter__(self) -> SafetensorsReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class SafetensorsWriter:
+class SafetensorsWriter(CheckpointFileWriter):
     """Writes a safetensors file whose entries are declared up front and then written in that order."""
 
     def __init__(
@@ -155,16 +139,6 @@ class SafetensorsWriter:
             if self._written != len(self._expected):
                 missing = [name for name, *_ in self._expected[self._written :]]
                 raise ValueError(f"{self.path.name}: not written: {missing}")
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
+            self._flush_to_disk()
         finally:
-            self._handle.close()
-
-    def __enter__(self) -> SafetensorsWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self._handle.close()
+            self._abandon()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Self
 
 import numpy as np
 
@@ -40,3 +43,59 @@ class TensorInfo:
                 f"{self.dtype}{self.shape}; the file is damaged"
             )
         return array
+
+
+class CheckpointFileReader:
+    """One checkpoint file, held open because its tensors' readers read from it on request; close it (or use
+    `with`) when done. A subclass indexes the file in `_index_file()`, which sets `tensors`."""
+
+    tensors: dict[str, TensorInfo]
+
+    def __init__(self, path: str | os.PathLike, name: str | None = None) -> None:
+        self.path = Path(path)
+        self.name = name or self.path.name
+        self._handle: IO[bytes] = open(self.path, "rb")  # closed by close()
+        try:
+            self._index_file()
+        except BaseException:
+            # the caller never gets the reader, so nobody else could close the file
+            self.close()
+            raise
+
+    def _index_file(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class CheckpointFileWriter:
+    """A checkpoint file being written through `_handle`; `close()` makes it durable. Leaving a `with` block on an
+    exception only abandons it: the file is incomplete, and close()'s checks would hide the original error."""
+
+    _handle: IO[bytes]
+
+    def _flush_to_disk(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def _abandon(self) -> None:
+        self._handle.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._abandon()

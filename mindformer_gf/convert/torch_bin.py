@@ -17,13 +17,12 @@ import struct
 import tarfile
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from mindformer_gf.convert.dtypes import STORAGE_DTYPES
-from mindformer_gf.convert.tensors import CheckpointError, TensorInfo
+from mindformer_gf.convert.tensors import CheckpointError, CheckpointFileReader, TensorInfo
 from mindformer_gf.safe_pickle import RestrictedUnpickler, UnsafePickleError
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -195,26 +194,20 @@ def _view(storage: np.ndarray, ref: TensorRef) -> np.ndarray:
     return strided if strided.flags.c_contiguous else strided.copy()
 
 
-class TorchBinReader:
+class TorchBinReader(CheckpointFileReader):
     """The tensors of one `pytorch_model.bin` (zip or legacy format); keep it open while reading them."""
 
-    def __init__(self, path: str | os.PathLike, name: str | None = None) -> None:
-        self.path = Path(path)
-        self.name = name or self.path.name
-        self._handle: IO[bytes] = open(self.path, "rb")  # closed by close()
-        self._zip: zipfile.ZipFile | None = None
-        try:
-            # torch.load decides by the first bytes too: zipfile.is_zipfile looks for a directory record near the
-            # end, which the raw storages of a legacy file can contain by chance.
-            if self._handle.read(4) == ZIP_LOCAL_HEADER:
-                self.format = "zip"
-                self.tensors = self._open_zip()
-            else:
-                self.format = "legacy"
-                self.tensors = self._open_legacy()
-        except BaseException:
-            self.close()
-            raise
+    _zip: zipfile.ZipFile | None = None
+
+    def _index_file(self) -> None:
+        # torch.load decides by the first bytes too: zipfile.is_zipfile looks for a directory record near the
+        # end, which the raw storages of a legacy file can contain by chance.
+        if self._handle.read(4) == ZIP_LOCAL_HEADER:
+            self.format = "zip"
+            self.tensors = self._open_zip()
+        else:
+            self.format = "legacy"
+            self.tensors = self._open_legacy()
 
     # ---- zip format (torch.save default since PyTorch 1.6) -------------------------------------------------
     def _open_zip(self) -> dict[str, TensorInfo]:
@@ -364,10 +357,4 @@ class TorchBinReader:
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
-        self._handle.close()
-
-    def __enter__(self) -> TorchBinReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()
