@@ -1,4 +1,5 @@
-"""A tensor of a checkpoint file known by its header only; its bytes are read on request, one tensor at a time."""
+"""A tensor of a checkpoint file known by its header only; its bytes are read on request, one tensor at a time.
+Also the open file behind the readers and writers of every format (safetensors, MindSpore, PyTorch)."""
 
 from __future__ import annotations
 
