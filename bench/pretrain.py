@@ -278,19 +278,17 @@ def run_pbmc68k(output_dir: str, steps: int) -> None:
     cells, ranks and masked positions, and the baseline entropy does not depend on the numbering, but the output
     layer has 692 rows instead of 25,426, which makes the run minutes instead of an hour on two CPU cores.
     """
-    import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "train"))
-    from train_helpers import compact_vocabulary, tokenize_pbmc68k
-
+    from mindformer_gf.data import compact_vocabulary
+    from mindformer_gf.tasks.demo import tokenize_pbmc68k
     from mindformer_gf.train import PretrainSettings, pretrain, unigram_entropy
     from mindformer_gf.train.metrics import plot_loss_curve
-    from mindformer_gf.train.pretrain import build_pretraining_data, build_pretraining_model
+    from mindformer_gf.train.pretrain import build_pretraining_model, held_out_masked_genes
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenized = tokenize_pbmc68k(out / "pbmc68k_reduced.dataset")
+    tokenized = tokenize_pbmc68k(out, "pbmc68k_reduced").path
     dataset, vocab_size = compact_vocabulary(tokenized, out / "pbmc68k_reduced_compact.dataset")
     settings = PretrainSettings(
         dataset=str(dataset),
@@ -321,9 +319,7 @@ def run_pbmc68k(output_dir: str, steps: int) -> None:
         progress_bar=False,
     )
     model = build_pretraining_model(settings)
-    held_out = build_pretraining_data(settings, model.config, 1).eval_source
-    labels = np.concatenate([b["labels"].ravel() for s in range(held_out.steps_per_epoch) for b in held_out.batches(s)])
-    baseline = unigram_entropy(labels[labels != -100])
+    baseline = unigram_entropy(held_out_masked_genes(settings, model.config))
     result = pretrain(settings)
     plot_loss_curve(
         out / "run" / "metrics.csv",

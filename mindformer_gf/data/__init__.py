@@ -4,6 +4,7 @@ Pure numpy (and `datasets` for reading corpora); nothing here imports MindSpore.
 
 Building blocks, in the order a run uses them:
 - `load_corpus(path, vocab_size)`, `corpus_lengths(ds)`, `read_cells(ds, indices)`, `corpus_special_tokens(ds)`;
+  `compact_vocabulary(path, new_path)` renumbers a corpus to the genes it holds (a small model's output layer);
 - `choose_bucket_widths(lengths, num_buckets, max_length)` -> `LengthBuckets` (a few fixed padded widths: one graph
   compilation each);
 - `LengthGroupedPlan(lengths, buckets, batch_size, group_size, seed)`: the run's order of micro-batches, a pure
@@ -23,7 +24,13 @@ Fine-tuning example (cell classification):
 from mindformer_gf.data.batches import LabelledCollator, MaskedLMCollator, PlannedBatches
 from mindformer_gf.data.buckets import LengthBuckets, choose_bucket_widths
 from mindformer_gf.data.collate import IGNORE_INDEX, collate, pad_cells
-from mindformer_gf.data.corpus import corpus_lengths, corpus_special_tokens, load_corpus, read_cells
+from mindformer_gf.data.corpus import (
+    compact_vocabulary,
+    corpus_lengths,
+    corpus_special_tokens,
+    load_corpus,
+    read_cells,
+)
 from mindformer_gf.data.masking import MaskingSpec, cell_rng, mask_batch, mask_cell, special_tokens_from_metadata
 from mindformer_gf.data.sampler import LengthGroupedPlan, MicroBatch
 
@@ -39,6 +46,7 @@ __all__ = [
     "cell_rng",
     "choose_bucket_widths",
     "collate",
+    "compact_vocabulary",
     "corpus_lengths",
     "corpus_special_tokens",
     "load_corpus",

@@ -92,3 +92,20 @@ def corpus_special_tokens(dataset: Any) -> dict[str, int]:
         stacklevel=2,
     )
     return dict(DEFAULT_SPECIAL_TOKENS)
+
+
+def compact_vocabulary(source: str | os.PathLike, target: str | os.PathLike) -> tuple[Path, int]:
+    """Renumber the genes that occur in the dataset at `source` as 2..n+1 (keeping <pad>=0, <mask>=1) and save it
+    at `target`; returns (target, n + 2). The same cells and ranks with an output layer of n + 2 tokens instead of
+    the dictionary's ~25,000: a small model on a small corpus trains in seconds."""
+    from datasets import Dataset, load_from_disk
+
+    dataset = load_from_disk(str(source))
+    cells = [np.asarray(c) for c in dataset["input_ids"]]
+    genes = np.unique(np.concatenate(cells))
+    renumber = np.zeros(genes.max() + 1, np.int64)
+    renumber[genes] = np.arange(2, genes.size + 2)
+    Dataset.from_dict(
+        {"input_ids": [renumber[c].tolist() for c in cells], "length": [c.size for c in cells]}
+    ).save_to_disk(str(target))
+    return Path(target), int(genes.size + 2)

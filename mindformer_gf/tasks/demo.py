@@ -105,6 +105,34 @@ def counts_h5ad(source: Path, target: Path) -> Path:
     return target
 
 
+def tokenize_pbmc68k(
+    output_dir: str | os.PathLike,
+    prefix: str,
+    attributes: dict[str, str] | None = None,
+    progress: bool = False,
+) -> Any:
+    """The shipped pbmc68k_reduced cells (700) tokenized with the V1 dictionaries: the `TokenizeResult` of
+    `output_dir/prefix.dataset`, read from the counts file `output_dir/prefix_counts.h5ad` (see `counts_h5ad`) it
+    writes first; `attributes` ({column of counts_h5ad: dataset column}) carries cell annotations over."""
+    from mindformer_gf.resources import example_cells_path
+    from mindformer_gf.tokenizer import TokenizerWarning, tokenize
+
+    output_dir = Path(output_dir)
+    counts = counts_h5ad(example_cells_path("pbmc68k_reduced"), output_dir / f"{prefix}_counts.h5ad")
+    with warnings.catch_warnings():
+        # expm1(raw.X) is normalised, so not integer: expected here, and ranking is all the tokenizer needs
+        warnings.filterwarnings("ignore", message=".*non-integer values.*", category=TokenizerWarning)
+        return tokenize(
+            counts,
+            output_dir,
+            prefix,
+            overwrite=True,
+            gene_id="symbol",
+            custom_attr_name_dict=attributes,
+            progress=progress,
+        )
+
+
 def expression_profile(source: Path, barcodes: np.ndarray) -> np.ndarray:
     """log1p of normalised counts (the file's .raw.X) of the cells `barcodes`, in that order."""
     import anndata
@@ -155,29 +183,11 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False,
     def tokenize_cells() -> Any:
         from datasets import load_from_disk
 
-        from mindformer_gf.tokenizer import TokenizerWarning, tokenize
-
-        counts = counts_h5ad(source, out / "data" / "pbmc68k_counts.h5ad")
-        with warnings.catch_warnings():
-            # expm1(raw.X) is normalised, so not integer: expected here, and ranking is all the tokenizer needs
-            warnings.filterwarnings("ignore", message=".*non-integer values.*", category=TokenizerWarning)
-            result = tokenize(
-                counts,
-                out / "data",
-                "pbmc68k",
-                overwrite=True,
-                gene_id="symbol",
-                custom_attr_name_dict={
-                    "barcode": "barcode",
-                    CELL_TYPE: CELL_TYPE,
-                    "louvain": "louvain",
-                    "phase": "phase",
-                },
-                progress=progress,
-            )
+        attributes = {"barcode": "barcode", CELL_TYPE: CELL_TYPE, "louvain": "louvain", "phase": "phase"}
+        result = tokenize_pbmc68k(out / "data", "pbmc68k", attributes, progress)
         dataset = load_from_disk(str(result.path))
         lengths = np.asarray(dataset["length"])
-        genes = result.files[str(counts)] if str(counts) in result.files else next(iter(result.files.values()))
+        genes = next(iter(result.files.values()))  # the one input file's counts
         print(
             f"{result.cells_written} cells -> {result.path}; genes per cell {lengths.min()}-{lengths.max()} "
             f"(mean {lengths.mean():.0f}); {genes.get('cells_empty_dropped', 0)} empty cells dropped"

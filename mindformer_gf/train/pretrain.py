@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from mindformer_gf.data import (
+    IGNORE_INDEX,
     LengthBuckets,
     LengthGroupedPlan,
     MaskedLMCollator,
@@ -140,3 +141,13 @@ def unigram_entropy(tokens: np.ndarray) -> float:
     _, counts = np.unique(np.asarray(tokens), return_counts=True)
     p = counts / counts.sum()
     return float(-(p * np.log(p)).sum())
+
+
+def held_out_masked_genes(settings: PretrainSettings, model_config: Any) -> np.ndarray:
+    """The genes the held-out evaluation of `pretrain(settings)` asks for (the masked positions of its held-out
+    batches, in order): their `unigram_entropy` is the loss to beat."""
+    held_out = build_pretraining_data(settings, model_config, group_size=1).eval_source
+    if held_out is None:
+        raise ValueError("the settings hold out no cells: set eval_fraction or eval_dataset")
+    labels = np.concatenate([b["labels"].ravel() for s in range(held_out.steps_per_epoch) for b in held_out.batches(s)])
+    return labels[labels != IGNORE_INDEX]

@@ -5,14 +5,15 @@ i.e. the best context-free guess, even fitted on the answers)."""
 from __future__ import annotations
 
 import numpy as np
-from train_helpers import compact_vocabulary, tokenize_pbmc68k
 
+from mindformer_gf.data import compact_vocabulary
+from mindformer_gf.tasks.demo import tokenize_pbmc68k
 from mindformer_gf.train import PretrainSettings, pretrain, unigram_entropy
-from mindformer_gf.train.pretrain import build_pretraining_data, build_pretraining_model
+from mindformer_gf.train.pretrain import build_pretraining_model, held_out_masked_genes
 
 
 def test_pretraining_on_pbmc68k_beats_the_unigram_baseline(tmp_path):
-    tokenized = tokenize_pbmc68k(tmp_path / "pbmc68k.dataset")
+    tokenized = tokenize_pbmc68k(tmp_path, "pbmc68k").path
     dataset, vocab_size = compact_vocabulary(tokenized, tmp_path / "pbmc68k_compact.dataset")
     settings = PretrainSettings(
         dataset=str(dataset),
@@ -42,9 +43,7 @@ def test_pretraining_on_pbmc68k_beats_the_unigram_baseline(tmp_path):
         progress_bar=False,
     )
     model = build_pretraining_model(settings)
-    held_out = build_pretraining_data(settings, model.config, group_size=1).eval_source
-    labels = np.concatenate([b["labels"].ravel() for s in range(held_out.steps_per_epoch) for b in held_out.batches(s)])
-    labels = labels[labels != -100]
+    labels = held_out_masked_genes(settings, model.config)
     baseline = unigram_entropy(labels)
     assert labels.size > 2000 and 5.5 < baseline < np.log(vocab_size)
 
