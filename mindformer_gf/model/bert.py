@@ -94,15 +94,18 @@ class BertSelfAttention(nn.Cell):
 
     def split_heads(self, x: Tensor) -> Tensor:
         batch, length = x.shape[0], x.shape[1]
-        return x.reshape(batch, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        return x.reshape(batch, length, self.num_heads, self.head_dim)
 
     def construct(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         q = self.split_heads(self.query(hidden))
         k = self.split_heads(self.key(hidden))
         v = self.split_heads(self.value(hidden))
-        context = ops.attention(q, k, v, attention_mask, self.dropout_prob, self.training, self.impl)
+        # Sequence-major [B, L, H, D]: the fused CPU kernel reads the heads in place, no transposes (a copy each).
+        context = ops.attention(
+            q, k, v, attention_mask, self.dropout_prob, self.training, self.impl, sequence_major=True
+        )
         batch, length = hidden.shape[0], hidden.shape[1]
-        return context.transpose(0, 2, 1, 3).reshape(batch, length, self.num_heads * self.head_dim)
+        return context.reshape(batch, length, self.num_heads * self.head_dim)
 
 
 class BertSelfOutput(nn.Cell):

@@ -50,8 +50,12 @@ def attention(
     training: bool = False,
     impl: str = "composed",
     dropout_seed: ms.Tensor | None = None,
+    sequence_major: bool = False,
 ) -> ms.Tensor:
     """Scaled dot-product attention over [batch, heads, length, head_dim] with a key-padding mask [batch, length].
+
+    sequence_major=True: query, key, value and the result are [batch, length, heads, head_dim] instead (what the
+    projections produce); the CPU fused kernel reads and writes that layout in place, the other backends transpose.
 
     Semantics (mindformer_gf.reference.scaled_dot_product_attention): scores = q k^T / sqrt(head_dim); keys where
     the mask is 0 get zero weight; softmax over keys; dropout on the probabilities in training; probabilities times
@@ -61,6 +65,24 @@ def attention(
     None draws a fresh one per call. The composed backend uses MindSpore's own dropout and ignores it.
     """
     # graph_on_ascend() is evaluated once, at compile time: the device of a process does not change.
+    if not sequence_major:
+        return _attention_head_major(query, key, value, attention_mask, dropout_prob, training, impl, dropout_seed)
+    if impl == "fused" and not ascend.graph_on_ascend():
+        return fused.attention(query, key, value, attention_mask, dropout_prob, training, dropout_seed, True)
+    context = _attention_head_major(
+        query.transpose(0, 2, 1, 3),
+        key.transpose(0, 2, 1, 3),
+        value.transpose(0, 2, 1, 3),
+        attention_mask,
+        dropout_prob,
+        training,
+        impl,
+        dropout_seed,
+    )
+    return context.transpose(0, 2, 1, 3)
+
+
+def _attention_head_major(query, key, value, attention_mask, dropout_prob, training, impl, dropout_seed):
     if impl == "fused":
         if ascend.graph_on_ascend():
             return ascend.attention_ascend_fused(

@@ -94,8 +94,8 @@ def _float_formats(count: int) -> tuple:
     return (DataType.F32_Default,) * count
 
 
-def _attention_forward_info() -> str:
-    reg = CustomRegOp("FlashAttentionForward")
+def _attention_forward_info(name: str) -> str:
+    reg = CustomRegOp(name)
     for index, name in enumerate(("query", "key", "value", "key_mask", "seed", "drop_probability")):
         reg = reg.input(index, name)
     reg = reg.output(0, "out").output(1, "lse")
@@ -103,8 +103,8 @@ def _attention_forward_info() -> str:
     return reg.dtype_format(*formats).target("CPU").get_op_info()
 
 
-def _attention_backward_info() -> str:
-    reg = CustomRegOp("FlashAttentionBackward")
+def _attention_backward_info(name: str) -> str:
+    reg = CustomRegOp(name)
     names = ("query", "key", "value", "key_mask", "seed", "drop_probability", "out", "lse", "d_out", "d_lse")
     for index, name in enumerate(names):
         reg = reg.input(index, name)
@@ -140,6 +140,13 @@ def _attention_bprop(query, key, value, key_mask, seed, drop_probability, out, d
     return d_query, d_key, d_value, ops.zeros_like(key_mask), ops.zeros_like(seed), ops.zeros_like(drop_probability)
 
 
+def _attention_sequence_major_bprop(query, key, value, key_mask, seed, drop_probability, out, dout):
+    d_query, d_key, d_value = _kernels().attention_backward_sequence_major(
+        query, key, value, key_mask, seed, drop_probability, out[0], out[1], dout[0], dout[1]
+    )
+    return d_query, d_key, d_value, ops.zeros_like(key_mask), ops.zeros_like(seed), ops.zeros_like(drop_probability)
+
+
 def _add_layer_norm_bprop(x, residual, weight, bias, eps, out, dout):
     dx, d_weight, d_bias = _kernels().add_layer_norm_backward(
         dout[0], x, residual, weight, out[1], out[2], dout[1], dout[2]
@@ -156,8 +163,22 @@ class _Kernels:
     """The custom operators, created once per process (MindSpore registers each by name)."""
 
     def __init__(self) -> None:
-        self.attention_forward = _custom("FlashAttentionForward", 2, _attention_forward_info(), _attention_bprop)
-        self.attention_backward = _custom("FlashAttentionBackward", 3, _attention_backward_info())
+        self.attention_forward = _custom(
+            "FlashAttentionForward", 2, _attention_forward_info("FlashAttentionForward"), _attention_bprop
+        )
+        self.attention_backward = _custom(
+            "FlashAttentionBackward", 3, _attention_backward_info("FlashAttentionBackward")
+        )
+        # The same kernels over [batch, length, heads, head_dim]: the projections' own layout, no head transposes.
+        self.attention_forward_sequence_major = _custom(
+            "FlashAttentionForwardBLHD",
+            2,
+            _attention_forward_info("FlashAttentionForwardBLHD"),
+            _attention_sequence_major_bprop,
+        )
+        self.attention_backward_sequence_major = _custom(
+            "FlashAttentionBackwardBLHD", 3, _attention_backward_info("FlashAttentionBackwardBLHD")
+        )
         self.add_layer_norm_forward = _custom(
             "AddLayerNormForward",
             3,
@@ -199,11 +220,13 @@ def _kernels() -> _Kernels:
 # at compile time like any other Python constant, so the operators are built once, on first use.
 # Only ranks are checked here: sizes can be dynamic in graph mode, and a Python test on a dynamic size turns the
 # graph into one MindSpore must interpret at run time. The kernels check every size and name what is wrong.
-def _check_attention_ranks(query: ms.Tensor, key: ms.Tensor, value: ms.Tensor, attention_mask: ms.Tensor) -> None:
+def _check_attention_ranks(
+    query: ms.Tensor, key: ms.Tensor, value: ms.Tensor, attention_mask: ms.Tensor, sequence_major: bool
+) -> None:
     if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
+        layout = "[batch, length, heads, head_dim]" if sequence_major else "[batch, heads, length, head_dim]"
         raise ValueError(
-            "attention: query, key and value must be [batch, heads, length, head_dim], got ranks "
-            f"{query.ndim}, {key.ndim}, {value.ndim}"
+            f"attention: query, key and value must be {layout}, got ranks {query.ndim}, {key.ndim}, {value.ndim}"
         )
     if attention_mask.ndim != 2:
         raise ValueError(f"attention: attention_mask must be [batch, length], got rank {attention_mask.ndim}")
@@ -240,11 +263,12 @@ def attention_with_lse(
     dropout_prob: float = 0.0,
     training: bool = False,
     dropout_seed: ms.Tensor | None = None,
+    sequence_major: bool = False,
 ) -> tuple[ms.Tensor, ms.Tensor]:
     """Fused attention returning (output, row log-sum-exp [batch, heads, length]); see `attention`."""
     if not 0.0 <= dropout_prob < 1.0:
         raise ValueError(f"dropout_prob must be in [0, 1), got {dropout_prob}")
-    _check_attention_ranks(query, key, value, attention_mask)
+    _check_attention_ranks(query, key, value, attention_mask, sequence_major)
     drop = dropout_prob if training else 0.0
     if drop > 0.0 and dropout_seed is None:
         dropout_seed = random_seed()
@@ -252,7 +276,8 @@ def attention_with_lse(
         dropout_seed = ms.Tensor([0], ms.int64)
     dtype = query.dtype
     key_mask = ops.cast(ops.cast(attention_mask, ms.bool_), ms.int32)
-    out, lse = _kernels().attention_forward(
+    forward = _kernels().attention_forward_sequence_major if sequence_major else _kernels().attention_forward
+    out, lse = forward(
         _float32(query),
         _float32(key),
         _float32(value),
@@ -271,14 +296,19 @@ def attention(
     dropout_prob: float = 0.0,
     training: bool = False,
     dropout_seed: ms.Tensor | None = None,
+    sequence_major: bool = False,
 ) -> ms.Tensor:
     """softmax(q k^T / sqrt(d) + key mask) v over [batch, heads, length, head_dim], fused (FlashAttention-2).
+
+    sequence_major: query, key, value and the output are [batch, length, heads, head_dim] instead.
 
     attention_mask [batch, length]: nonzero = valid key. A row with no valid key returns 0. Computed in float32 (other
     dtypes are cast in and out). In training with dropout_prob > 0 the probabilities are dropped inside the kernel;
     dropout_seed (int64, one element) picks the mask, or a fresh random seed is drawn per call when it is None.
     """
-    return attention_with_lse(query, key, value, attention_mask, dropout_prob, training, dropout_seed)[0]
+    return attention_with_lse(query, key, value, attention_mask, dropout_prob, training, dropout_seed, sequence_major)[
+        0
+    ]
 
 
 def add_layer_norm(x: ms.Tensor, residual: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> ms.Tensor:

@@ -12,21 +12,37 @@ TOLERANCE = 1e-5
 
 
 class AttentionWithLse(nn.Cell):
-    def __init__(self, dropout_prob: float = 0.0, apply_dropout: bool = False):
+    """Inputs and output in [batch, heads, length, head_dim] whatever the kernel's layout: with sequence_major the
+    cell transposes around the [batch, length, heads, head_dim] kernel, so every test compares one layout."""
+
+    def __init__(self, dropout_prob: float = 0.0, apply_dropout: bool = False, sequence_major: bool = False):
         super().__init__()
         self.dropout_prob = dropout_prob
         self.apply_dropout = apply_dropout
+        self.sequence_major = sequence_major
 
     def construct(self, q, k, v, mask, seed):
-        return fused.attention_with_lse(q, k, v, mask, self.dropout_prob, self.apply_dropout, seed)
+        if not self.sequence_major:
+            return fused.attention_with_lse(q, k, v, mask, self.dropout_prob, self.apply_dropout, seed)
+        out, lse = fused.attention_with_lse(
+            q.transpose(0, 2, 1, 3),
+            k.transpose(0, 2, 1, 3),
+            v.transpose(0, 2, 1, 3),
+            mask,
+            self.dropout_prob,
+            self.apply_dropout,
+            seed,
+            True,
+        )
+        return out.transpose(0, 2, 1, 3), lse
 
 
 class AttentionLoss(nn.Cell):
     """sum(O * w_out) + sum(LSE * w_lse): its gradient feeds dO = w_out and dLSE = w_lse into the backward kernel."""
 
-    def __init__(self, dropout_prob: float = 0.0, apply_dropout: bool = False):
+    def __init__(self, dropout_prob: float = 0.0, apply_dropout: bool = False, sequence_major: bool = False):
         super().__init__()
-        self.attention = AttentionWithLse(dropout_prob, apply_dropout)
+        self.attention = AttentionWithLse(dropout_prob, apply_dropout, sequence_major)
 
     def construct(self, q, k, v, mask, seed, w_out, w_lse):
         out, lse = self.attention(q, k, v, mask, seed)
@@ -43,14 +59,14 @@ def random_problem(batch, heads, length, head_dim, lengths, seed=0, scale=1.0):
     return q, k, v, mask
 
 
-def run_forward(q, k, v, mask, dropout_prob=0.0, seed=0):
-    cell = AttentionWithLse(dropout_prob, dropout_prob > 0)
+def run_forward(q, k, v, mask, dropout_prob=0.0, seed=0, sequence_major=False):
+    cell = AttentionWithLse(dropout_prob, dropout_prob > 0, sequence_major)
     out, lse = cell(Tensor(q), Tensor(k), Tensor(v), Tensor(mask), Tensor(np.array([seed], np.int64)))
     return out.asnumpy(), lse.asnumpy()
 
 
-def run_gradients(q, k, v, mask, w_out, w_lse, dropout_prob=0.0, seed=0):
-    loss = AttentionLoss(dropout_prob, dropout_prob > 0)
+def run_gradients(q, k, v, mask, w_out, w_lse, dropout_prob=0.0, seed=0, sequence_major=False):
+    loss = AttentionLoss(dropout_prob, dropout_prob > 0, sequence_major)
     grad = ms.grad(loss, grad_position=(0, 1, 2))
     inputs = [Tensor(q), Tensor(k), Tensor(v), Tensor(mask), Tensor(np.array([seed], np.int64))]
     return [g.asnumpy() for g in grad(*inputs, Tensor(w_out), Tensor(w_lse))]

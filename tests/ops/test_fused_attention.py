@@ -24,10 +24,11 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("sequence_major", [False, True])
 @pytest.mark.parametrize(("length", "head_dim", "lengths"), CASES)
-def test_forward_matches_float64(cpu_isa, length, head_dim, lengths):
+def test_forward_matches_float64(cpu_isa, length, head_dim, lengths, sequence_major):
     q, k, v, mask = random_problem(len(lengths), 3, length, head_dim, lengths)
-    out, lse = run_forward(q, k, v, mask)
+    out, lse = run_forward(q, k, v, mask, sequence_major=sequence_major)
     expected_out, expected_lse = attention_forward(q, k, v, mask)
     assert relative_error(out, expected_out) <= TOLERANCE
     has_keys = np.array(lengths) > 0
@@ -37,29 +38,32 @@ def test_forward_matches_float64(cpu_isa, length, head_dim, lengths):
     assert np.all(np.isfinite(lse)) and np.all(np.isfinite(out))
 
 
+@pytest.mark.parametrize("sequence_major", [False, True])
 @pytest.mark.parametrize(("length", "head_dim", "lengths"), CASES)
-def test_backward_matches_float64(cpu_isa, length, head_dim, lengths):
+def test_backward_matches_float64(cpu_isa, length, head_dim, lengths, sequence_major):
     q, k, v, mask = random_problem(len(lengths), 2, length, head_dim, lengths, seed=1)
     rng = np.random.default_rng(2)
     w_out = rng.standard_normal(q.shape).astype(np.float32)
     w_lse = rng.standard_normal(q.shape[:-1]).astype(np.float32)
-    dq, dk, dv = run_gradients(q, k, v, mask, w_out, w_lse)
+    dq, dk, dv = run_gradients(q, k, v, mask, w_out, w_lse, sequence_major=sequence_major)
     expected = attention_backward(q, k, v, mask, w_out, d_lse=w_lse)
     for actual, reference in zip((dq, dk, dv), expected, strict=True):
         assert np.all(np.isfinite(actual))
         assert relative_error(actual, reference) <= TOLERANCE
 
 
-def test_long_cell_forward_and_backward():
-    """L = 4096 with 3999 valid keys: many key blocks, a partial last one, query rows past the cell's length."""
-    q, k, v, mask = random_problem(1, 1, 4096, 64, [3999], seed=3)
-    out, lse = run_forward(q, k, v, mask)
+@pytest.mark.parametrize(("heads", "sequence_major"), [(1, False), (2, True)])
+def test_long_cell_forward_and_backward(heads, sequence_major):
+    """L = 4096 with 3999 valid keys: many key blocks, a partial last one, query rows past the cell's length; few
+    (cell, head) pairs, so the backward splits key blocks across threads and sums partial dQ copies."""
+    q, k, v, mask = random_problem(1, heads, 4096, 64, [3999], seed=3)
+    out, lse = run_forward(q, k, v, mask, sequence_major=sequence_major)
     expected_out, expected_lse = attention_forward(q, k, v, mask)
     assert relative_error(out, expected_out) <= TOLERANCE
     assert relative_error(lse, expected_lse) <= TOLERANCE
     w_out = np.random.default_rng(4).standard_normal(q.shape).astype(np.float32)
     w_lse = np.zeros(q.shape[:-1], np.float32)
-    grads = run_gradients(q, k, v, mask, w_out, w_lse)
+    grads = run_gradients(q, k, v, mask, w_out, w_lse, sequence_major=sequence_major)
     for actual, reference in zip(grads, attention_backward(q, k, v, mask, w_out), strict=True):
         assert relative_error(actual, reference) <= TOLERANCE
 
@@ -115,21 +119,22 @@ def test_mask_with_holes(cpu_isa):
         assert relative_error(actual, reference) <= TOLERANCE
 
 
+@pytest.mark.parametrize("sequence_major", [False, True])
 @pytest.mark.parametrize("dropout_prob", [0.0, 0.3])
-def test_gradients_match_finite_differences(cpu_isa, dropout_prob):
+def test_gradients_match_finite_differences(cpu_isa, dropout_prob, sequence_major):
     """Directional derivatives of the loss vs central differences, with dropout at a fixed seed (a fixed mask)."""
     q, k, v, mask = random_problem(1, 2, 21, 8, [19], seed=10)
     rng = np.random.default_rng(11)
     w_out = rng.standard_normal(q.shape).astype(np.float32)
     w_lse = rng.standard_normal(q.shape[:-1]).astype(np.float32)
     seed = 987654321987
-    loss = AttentionLoss(dropout_prob, dropout_prob > 0)
+    loss = AttentionLoss(dropout_prob, dropout_prob > 0, sequence_major)
 
     def value(q_, k_, v_) -> float:
         args = [Tensor(q_), Tensor(k_), Tensor(v_), Tensor(mask), Tensor(np.array([seed], np.int64))]
         return float(loss(*args, Tensor(w_out), Tensor(w_lse)).asnumpy())
 
-    grads = run_gradients(q, k, v, mask, w_out, w_lse, dropout_prob, seed)
+    grads = run_gradients(q, k, v, mask, w_out, w_lse, dropout_prob, seed, sequence_major)
     step = 1e-2
     for position in range(3):
         direction = rng.standard_normal(q.shape).astype(np.float32)
@@ -142,9 +147,13 @@ def test_gradients_match_finite_differences(cpu_isa, dropout_prob):
         assert analytic == pytest.approx(numeric, rel=2e-3, abs=2e-3)
 
 
-def test_fused_and_composed_agree():
-    """dispatch.attention with impl="fused" and impl="composed": same outputs and same gradients."""
+@pytest.mark.parametrize("sequence_major", [False, True])
+def test_fused_and_composed_agree(sequence_major):
+    """dispatch.attention with impl="fused" and impl="composed": same outputs and same gradients, in both layouts
+    (sequence-major inputs are just [batch, heads, length, head_dim] arrays read as [batch, length, heads, ...])."""
     q, k, v, mask = random_problem(2, 4, 160, 64, [160, 97], seed=12)
+    if sequence_major:
+        q, k, v = (np.ascontiguousarray(t.transpose(0, 2, 1, 3)) for t in (q, k, v))
     w_out = np.random.default_rng(13).standard_normal(q.shape).astype(np.float32)
 
     class Loss(nn.Cell):
@@ -153,7 +162,8 @@ def test_fused_and_composed_agree():
             self.impl = impl
 
         def construct(self, q, k, v, mask, w):
-            return (dispatch.attention(q, k, v, mask, 0.1, False, impl=self.impl) * w).sum()
+            context = dispatch.attention(q, k, v, mask, 0.1, False, impl=self.impl, sequence_major=sequence_major)
+            return (context * w).sum()
 
     results = {}
     for impl in ("fused", "composed"):
