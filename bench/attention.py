@@ -11,25 +11,9 @@ figure: run it on an idle machine.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 
 import numpy as np
-
-
-def emit(record: dict) -> None:
-    print(json.dumps(record), flush=True)
-
-
-def best_seconds(fn, repeats: int) -> float:
-    """Best wall time of `repeats` calls after one warm-up call (which also compiles the graph)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from common import best_seconds, emit
 
 
 def gemm_gflops(size: int, repeats: int) -> float:

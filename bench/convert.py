@@ -12,7 +12,6 @@ Everything generated is removed at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import emit
 
 from mindformer_gf.config import GeneformerConfig
 from mindformer_gf.convert.safetensors_io import SafetensorsWriter
@@ -30,10 +30,6 @@ PRESET = "Geneformer-V2-316M"
 ARCHITECTURE = "BertForMaskedLM"
 TARGET_RSS_OVER_FILE = 1.5
 TARGET_SECONDS = 60.0
-
-
-def emit(record: dict) -> None:
-    print(json.dumps(record), flush=True)
 
 
 def random_weights(config: GeneformerConfig, seed: int = 0):

@@ -8,25 +8,9 @@ the summary {"ours_cells_per_s", "composed_cells_per_s", "hf_cells_per_s", "rati
 from __future__ import annotations
 
 import argparse
-import json
-import time
 
 import numpy as np
-
-
-def emit(record: dict) -> None:
-    print(json.dumps(record), flush=True)
-
-
-def time_calls(fn, repeats: int) -> float:
-    """Best wall time of `repeats` calls after one warm-up call (which also compiles the graph)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from common import best_seconds, emit
 
 
 def bench_mindspore(config, weights: dict, ids: np.ndarray, impl: str, repeats: int) -> float:
@@ -40,7 +24,7 @@ def bench_mindspore(config, weights: dict, ids: np.ndarray, impl: str, repeats: 
     model.load_weights(weights)
     model.set_train(False)
     input_ids, mask = ms.Tensor(ids), ms.Tensor(np.ones_like(ids))
-    seconds = time_calls(lambda: model(input_ids, mask)[0].asnumpy(), repeats)
+    seconds = best_seconds(lambda: model(input_ids, mask)[0].asnumpy(), repeats)
     return seconds, model(input_ids, mask)[0].asnumpy()
 
 
@@ -61,7 +45,7 @@ def bench_transformers(config, weights: dict, ids: np.ndarray, repeats: int) -> 
         with torch.inference_mode():
             model(input_ids=input_ids, attention_mask=mask).last_hidden_state.numpy()
 
-    seconds = time_calls(run, repeats)
+    seconds = best_seconds(run, repeats)
     with torch.inference_mode():
         return seconds, model(input_ids=input_ids, attention_mask=mask).last_hidden_state.numpy()
 

@@ -27,12 +27,12 @@ writes the loss curve and the unigram-baseline figure for the README into DIR.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
 
 import numpy as np
+from common import emit
 
 LENGTH_MEDIAN = 900
 LENGTH_SIGMA = 0.55
@@ -40,10 +40,6 @@ MIN_LENGTH, MAX_LENGTH = 64, 2048
 CPU_PEAK_GFLOPS = 130.0  # fp32 GEMM peak of this machine class (performance-anchors.md)
 ASCEND_910B_PEAK_TFLOPS = 313.0  # fp16/bf16 dense per chip (performance-anchors.md)
 H100_MASKED_CELLS_PER_S = 734.0  # HF, bf16, masked-only logits, B=32, L=2048 (performance-anchors.md)
-
-
-def emit(record: dict) -> None:
-    print(json.dumps(record), flush=True)
 
 
 def peak_rss_gib() -> float:

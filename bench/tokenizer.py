@@ -26,14 +26,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import emit
 
 TARGET_CELLS_PER_S = 20_000
 TARGET_PEAK_RSS_MB = 2048
 GENERATION_BLOCK = 10_000
-
-
-def emit(record: dict) -> None:
-    print(json.dumps(record), flush=True)
 
 
 def generate_h5ad(path: Path, n_cells: int, n_genes: int, nonzero_per_cell: int, seed: int = 0) -> dict:

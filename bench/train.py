@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from pretrain import draw_cells, emit, in_child_process, run_ours, run_reference
+from common import emit
+from pretrain import draw_cells, in_child_process, run_ours, run_reference
 
 
 def main() -> None:
