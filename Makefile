@@ -30,7 +30,9 @@ test: lint
 	$(PY) -m pytest -q tests
 
 bench: setup
+	$(PY) bench/attention.py
 	$(PY) bench/encoder.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info mindformer_gf/ops/_cpu_kernels*.so mindformer_gf/tokenizer/_rank_native*.so
