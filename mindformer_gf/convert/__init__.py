@@ -13,7 +13,7 @@ from mindformer_gf.convert.converter import (
     convert_to_mindspore,
     verify_conversion,
 )
-from mindformer_gf.convert.hf import load_hf_weights, read_state_dict
+from mindformer_gf.convert.hf import read_state_dict
 from mindformer_gf.convert.names import NON_PARAMETER_KEYS, to_hf_name, to_model_name
 from mindformer_gf.convert.plan import WeightPlan, plan_weights
 from mindformer_gf.convert.tensors import CheckpointError, TensorInfo
@@ -29,7 +29,6 @@ __all__ = [
     "convert",
     "convert_to_huggingface",
     "convert_to_mindspore",
-    "load_hf_weights",
     "open_model_weights",
     "plan_weights",
     "read_state_dict",
