@@ -133,18 +133,25 @@ def _custom(function: str, outputs: int, reg_info: str, bprop=None) -> ops.Custo
     )
 
 
-def _attention_bprop(query, key, value, key_mask, seed, drop_probability, out, dout):
-    d_query, d_key, d_value = _kernels().attention_backward(
+def _attention_input_grads(backward, query, key, value, key_mask, seed, drop_probability, out, dout):
+    """The forward's input gradients from `backward` (either layout): dQ, dK, dV, and zeros for the mask, the seed
+    and the drop probability, which take no gradient."""
+    d_query, d_key, d_value = backward(
         query, key, value, key_mask, seed, drop_probability, out[0], out[1], dout[0], dout[1]
     )
     return d_query, d_key, d_value, ops.zeros_like(key_mask), ops.zeros_like(seed), ops.zeros_like(drop_probability)
+
+
+def _attention_bprop(query, key, value, key_mask, seed, drop_probability, out, dout):
+    return _attention_input_grads(
+        _kernels().attention_backward, query, key, value, key_mask, seed, drop_probability, out, dout
+    )
 
 
 def _attention_sequence_major_bprop(query, key, value, key_mask, seed, drop_probability, out, dout):
-    d_query, d_key, d_value = _kernels().attention_backward_sequence_major(
-        query, key, value, key_mask, seed, drop_probability, out[0], out[1], dout[0], dout[1]
+    return _attention_input_grads(
+        _kernels().attention_backward_sequence_major, query, key, value, key_mask, seed, drop_probability, out, dout
     )
-    return d_query, d_key, d_value, ops.zeros_like(key_mask), ops.zeros_like(seed), ops.zeros_like(drop_probability)
 
 
 def _add_layer_norm_bprop(x, residual, weight, bias, eps, out, dout):
