@@ -21,13 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mindformer_gf {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"mindformer_gf.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"mindformer_gf.cli.{name}":
-                continue  # not built yet
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"mindformer_gf.cli.{name}").register(subparsers)
     return parser
 
 
