@@ -148,14 +148,12 @@ def attention_inputs(lengths, heads=2, length=24, head_dim=16, seed=0):
     return q, k, v, mask
 
 
-@pytest.mark.parametrize("sequence_major", [False, True], ids=["BNSD", "BLHD"])
-def test_builtin_attention_matches_the_reference(emulated, sequence_major):
+def test_builtin_attention_matches_the_reference(emulated):
+    """Through the model's route: [batch, length, heads, head_dim] in and out (dispatch transposes to BNSD)."""
     q, k, v, mask = attention_inputs([24, 7, 0])  # full, padded, and a cell without any gene
     expected = reference.scaled_dot_product_attention(q, k, v, mask)
-    inputs = (q, k, v) if not sequence_major else tuple(t.transpose(0, 2, 1, 3) for t in (q, k, v))
-    out = Attention(sequence_major)(*(Tensor(t) for t in inputs), Tensor(mask)).asnumpy()
-    if sequence_major:
-        out = out.transpose(0, 2, 1, 3)
+    inputs = tuple(Tensor(t.transpose(0, 2, 1, 3)) for t in (q, k, v))
+    out = Attention(sequence_major=True)(*inputs, Tensor(mask)).asnumpy().transpose(0, 2, 1, 3)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out[2], 0.0)  # not NaN: the empty cell is selected away, not multiplied
     assert np.abs(out - expected).max() / np.abs(expected).max() < FP16_TOLERANCE
@@ -178,8 +176,6 @@ def test_builtin_dropout_keeps_one_minus_p_and_rescales(emulated):
     # binomial(trials, p): 5 standard deviations
     assert abs(dropped - drop * trials) < 5 * np.sqrt(trials * drop * (1 - drop))
     np.testing.assert_allclose(probs[kept], expected[kept] / (1 - drop), rtol=FP16_TOLERANCE)
-    evaluation = Attention(False, drop, training=False)(Tensor(q), Tensor(k), Tensor(v), Tensor(mask)).asnumpy()
-    assert (evaluation != 0).all()
 
 
 def test_builtin_layer_norm_matches_the_reference(emulated):
@@ -212,7 +208,6 @@ def test_mindspore_infers_the_real_operators_on_our_arguments():
     head_major = [Tensor(t) for t in (q, k, v)]
     sequence_major = [Tensor(t.transpose(0, 2, 1, 3)) for t in (q, k, v)]
     for cell, inputs, operators in [
-        (Attention(False), head_major, ("FlashAttentionScore",)),
         (Attention(True), sequence_major, ("FlashAttentionScore",)),
         (Attention(False, 0.1, training=True), head_major, ("FlashAttentionScore", "DropoutGenMask")),
     ]:

@@ -53,9 +53,9 @@ def test_dynamic_loss_scale_rules():
     assert disabled.scale == 1.0
 
 
-@pytest.mark.parametrize("impl", ["composed", "fused"])
-def test_fp16_forward_matches_the_reference_with_fp32_weights_and_layer_norm(make_batch, impl):
-    config = GeneformerConfig(**TINY_MODEL, attention_impl=impl)
+def test_fp16_forward_matches_the_reference_with_fp32_weights_and_layer_norm(make_batch):
+    """The composed backend, whose softmax AMP must keep in fp32 (the fused one runs in the training tests below)."""
+    config = GeneformerConfig(**TINY_MODEL, attention_impl="composed")
     ids, mask = make_batch([23, 9, 32], config.vocab_size)
     model = build_model(config, "BertForMaskedLM", seed=2)
     model.set_train(False)
@@ -159,7 +159,7 @@ def test_loss_scaling_changes_neither_losses_nor_gradients_nor_weights(runs):
 def test_fp16_training_follows_fp32_on_fp32_master_weights(runs):
     unscaled, fp16 = runs["unscaled"], runs["fp16"]
     model, trainer = fp16[2], fp16[4]
-    assert trainer.precision == "fp16"
+    assert trainer.precision == "fp16" and model.bert.impl == "fused"  # the CPU kernels, cast around by the ops
     assert {parameter.dtype for parameter in model.get_parameters()} == {ms.float32}
     moments_and_buffers = (trainer.optimizer.exp_avg, trainer.optimizer.exp_avg_sq, trainer.micro_step.grad_buffer)
     assert {tensor.dtype for tensor in moments_and_buffers} == {ms.float32}
