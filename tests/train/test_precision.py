@@ -11,13 +11,14 @@ import csv
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Tensor
+from mindspore import Tensor, nn, ops
 from test_training_step import ListSource, PoisonedObjective, make_steps
 from train_helpers import TINY_MODEL
 
 from mindformer_gf import reference
 from mindformer_gf.config import GeneformerConfig
 from mindformer_gf.model import build_model
+from mindformer_gf.ops import composed
 from mindformer_gf.train import Trainer, TrainSettings, loop
 from mindformer_gf.train.precision import DynamicLossScale, apply_precision, resolve_precision
 
@@ -51,6 +52,26 @@ def test_dynamic_loss_scale_rules():
     disabled = DynamicLossScale(scale=1024.0, enabled=False)
     disabled.update(False)
     assert disabled.scale == 1.0
+
+
+def test_amp_runs_products_in_fp16_and_statistics_in_fp32():
+    """The operators the model's statistics use (softmax in the composed attention, log-softmax in the loss,
+    LayerNorm) run in fp32 under `apply_precision`, while a Dense product feeding them runs in fp16."""
+
+    class Probe(nn.Cell):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense = nn.Dense(8, 8, has_bias=False)  # a bias add would promote the product back to fp32
+            self.weight, self.bias = ms.Parameter(ops.ones(8)), ms.Parameter(ops.zeros(8))
+
+        def construct(self, x):
+            h = self.dense(x)
+            return h, ops.softmax(h, -1), ops.log_softmax(h, -1), composed.layer_norm(h, self.weight, self.bias, 1e-12)
+
+    probe = apply_precision(Probe(), "fp16")
+    product, *statistics = probe(Tensor(np.ones((2, 8), np.float32)))
+    assert product.dtype == ms.float16
+    assert [tensor.dtype for tensor in statistics] == [ms.float32] * 3
 
 
 def test_fp16_forward_matches_the_reference_with_fp32_weights_and_layer_norm(make_batch):
