@@ -21,7 +21,9 @@ need a C++ infer function as the CPU library has.
 
 builtin: `ops.flash_attention_score` (input_layout "BNSD"; its attn_mask marks positions to DISCARD, the opposite of
 our key mask; float16/bfloat16 only) and `ops.layer_norm` (aclnnLayerNorm). Its dropout uses MindSpore's own random
-bits (DropoutGenMask), not the Philox stream, so `dropout_seed` does not apply to it.
+bits (DropoutGenMask), not the Philox stream, so `dropout_seed` does not apply to it. Its arguments come from
+`flash_attention_options` / `flash_discard_mask` / `flash_drop_mask`; tests/ops/test_builtin_backend.py checks them on
+the CPU against MindSpore's own inference of the real operators and an emulation of their documented semantics.
 
 Key masks: any 0/1 pattern gives the composed path's result; a right-padded mask (the Geneformer case) is also the
 cheap one, since the kernels then walk only the valid keys.
@@ -307,9 +309,48 @@ def layer_norm_ascend_fused(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, ep
 
 
 # ---- builtin (MindSpore's Ascend operators) -----------------------------------------------------------------------
-def _builtin_drop_mask(batch: int, heads: int, length: int, keep_prob: float) -> ms.Tensor:
-    """flash_attention_score's drop_mask: uint8 bits [batch, heads, length, length / 8] from DropoutGenMask, whose
-    output is whole 128-bit words, so the element count must be a multiple of 128."""
+# The operators are looked up through these module names at graph-compile time, so tests on the CPU (where neither
+# has a kernel) can put an emulation with the same signature in their place (tests/ops/test_builtin_backend.py).
+flash_attention_score = ops.flash_attention_score
+layer_norm_op = ops.layer_norm
+
+# flash_attention_score's documented limits on the head size (D): a multiple of 16, at most 512.
+FLASH_HEAD_DIM_MULTIPLE = 16
+FLASH_MAX_HEAD_DIM = 512
+
+
+def flash_attention_options(shape: tuple[int, ...], dropout_prob: float, training: bool) -> dict:
+    """The scalar keyword arguments of `flash_attention_score` for [batch, heads, length, head_dim] tensors: head_num,
+    keep_prob (1 - dropout_prob in training, 1 otherwise), scalar_value (1/sqrt(head_dim)), input_layout ("BNSD")."""
+    if not 0.0 <= dropout_prob < 1.0:
+        raise ValueError(f"dropout_prob must be in [0, 1), got {dropout_prob}")
+    _, heads, _, head_dim = shape
+    if head_dim % FLASH_HEAD_DIM_MULTIPLE or head_dim > FLASH_MAX_HEAD_DIM:
+        raise ValueError(
+            f"attention_impl 'builtin' (flash_attention_score) needs a head size that is a multiple of "
+            f"{FLASH_HEAD_DIM_MULTIPLE} and at most {FLASH_MAX_HEAD_DIM}, got {head_dim}; use 'fused' or 'composed'"
+        )
+    return {
+        "head_num": heads,
+        "keep_prob": 1.0 - dropout_prob if training else 1.0,
+        "scalar_value": head_dim**-0.5,
+        "input_layout": "BNSD",
+    }
+
+
+def flash_discard_mask(attention_mask: ms.Tensor, length: int) -> ms.Tensor:
+    """flash_attention_score's attn_mask from our key mask [batch, length] (1 = gene): uint8 [batch, 1, length,
+    length] where 1 marks a score to DISCARD (the opposite of our convention), the same for every query row."""
+    discard = ops.logical_not(ops.cast(attention_mask, ms.bool_))[:, None, None, :]
+    return ops.cast(ops.broadcast_to(discard, (attention_mask.shape[0], 1, length, length)), ms.uint8)
+
+
+def flash_drop_mask(batch: int, heads: int, length: int, keep_prob: float) -> ms.Tensor | None:
+    """flash_attention_score's drop_mask: uint8 bits [batch, heads, length, length / 8] from DropoutGenMask (a bit
+    is kept with probability keep_prob), whose output is whole 128-bit words, so the element count must be a
+    multiple of 128; None without dropout (keep_prob 1), as the operator requires."""
+    if keep_prob >= 1.0:
+        return None
     count = batch * heads * length * length
     if length % 8 or count % 128:
         raise ValueError(
@@ -335,37 +376,29 @@ def attention_ascend_builtin(
     training: bool = False,
     dropout_seed: ms.Tensor | None = None,
 ) -> ms.Tensor:
-    """The same attention on MindSpore's `ops.flash_attention_score` (BNSD). `dropout_seed` is ignored: the builtin
-    draws its own dropout bits."""
-    if not 0.0 <= dropout_prob < 1.0:
-        raise ValueError(f"dropout_prob must be in [0, 1), got {dropout_prob}")
+    """The same attention on MindSpore's `ops.flash_attention_score` (BNSD, float16/bfloat16 inside). `dropout_seed`
+    is ignored: the builtin draws its own dropout bits."""
+    batch, heads, length, _ = query.shape
+    options = flash_attention_options(query.shape, dropout_prob, training)
     dtype = query.dtype
     compute = _cube_dtype(dtype)
-    batch, heads, length, head_dim = query.shape
-    valid = ops.cast(attention_mask, ms.bool_)
-    # 1 = DISCARD for flash_attention_score; [batch, 1, length, length], the same key mask for every query row.
-    discard = ops.broadcast_to(ops.logical_not(valid)[:, None, None, :], (batch, 1, length, length))
-    keep_prob = 1.0 - dropout_prob if training else 1.0
-    drop_mask = _builtin_drop_mask(batch, heads, length, keep_prob) if keep_prob < 1.0 else None
-    out = ops.flash_attention_score(
+    out = flash_attention_score(
         ops.cast(query, compute),
         ops.cast(key, compute),
         ops.cast(value, compute),
-        heads,
-        drop_mask=drop_mask,
-        attn_mask=ops.cast(discard, ms.uint8),
-        keep_prob=keep_prob,
-        scalar_value=head_dim**-0.5,
-        input_layout="BNSD",
+        attn_mask=flash_discard_mask(attention_mask, length),
+        drop_mask=flash_drop_mask(batch, heads, length, options["keep_prob"]),
+        **options,
     )
-    # A cell with no valid key attends to nothing and returns 0, as in every other backend.
-    has_keys = ops.cast(ops.cast(attention_mask, ms.int32).sum(-1) > 0, dtype)
-    return ops.cast(out, dtype) * has_keys[:, None, None, None]
+    # A cell with no valid key attends to nothing and returns 0, as in every other backend. What the operator
+    # returns for a row whose every score is discarded is not documented (it may be NaN): select, do not multiply.
+    has_keys = (ops.cast(attention_mask, ms.int32).sum(-1) > 0)[:, None, None, None]
+    return ops.where(has_keys, ops.cast(out, dtype), ops.zeros((), dtype))
 
 
 def layer_norm_ascend_builtin(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> ms.Tensor:
-    """`ops.layer_norm` over the last axis, parameters in the input's dtype."""
-    return ops.layer_norm(x, (x.shape[-1],), ops.cast(weight, x.dtype), ops.cast(bias, x.dtype), eps)
+    """`ops.layer_norm` (aclnnLayerNorm) over the last axis, parameters in the input's dtype."""
+    return layer_norm_op(x, (x.shape[-1],), ops.cast(weight, x.dtype), ops.cast(bias, x.dtype), eps)
 
 
 def add_layer_norm_ascend_builtin(

@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import warnings
+
 import mindspore as ms
 
 from mindformer_gf.ops import ascend, composed, fused
 
 IMPLS = ("auto", "fused", "builtin", "composed")
+
+
+class KernelFallbackWarning(RuntimeWarning):
+    """attention_impl="auto" fell back to the composed backend because the CPU kernel library is not built."""
+
+
+# "auto" is resolved once per model, so a process building several models would repeat the same advice.
+_fallback_warned = False
+
+
+def _warn_cpu_fallback() -> None:
+    global _fallback_warned
+    if _fallback_warned:
+        return
+    _fallback_warned = True
+    warnings.warn(
+        "the fused CPU kernels are not built, so attention_impl='auto' runs the composed backend (several times the "
+        "memory on long cells): build them with `make setup`, `pip install -e .` or `python setup.py build_ext "
+        "--inplace` (needs a C++17 compiler); attention_impl='composed' silences this",
+        KernelFallbackWarning,
+        stacklevel=3,
+    )
 
 
 def _device() -> str:
@@ -20,7 +44,10 @@ def resolve_impl(impl: str) -> str:
     device = _device()
     if impl == "auto":
         if device == "CPU":
-            return "fused" if fused.is_available() else "composed"
+            if fused.is_available():
+                return "fused"
+            _warn_cpu_fallback()
+            return "composed"
         if device == "Ascend":
             return "fused" if ascend.installed_package() is not None else "builtin"
         return "composed"

@@ -1,9 +1,18 @@
 """Numeric precision of training: fp32 on CPU; bf16 (default) or fp16 with dynamic loss scaling on Ascend.
 
-Mixed precision casts the model's matrix products to the low precision (MindSpore AMP level "O1": a white list of
-MatMul/BatchMatMul-like ops), so LayerNorm, softmax and the loss keep fp32 statistics; parameters, gradients,
-optimiser moments and the gradient buffers stay fp32. Custom (fused) operators are in no AMP list: the ops package
-casts around them.
+Mixed precision is MindSpore's operator-level AMP (amp_level "auto"), applied to the model in place: the compiler
+casts the inputs of matrix products (its white list: MatMul, BatchMatMul, Dense, ...) to the low precision, runs
+LayerNorm, Softmax, LogSoftmax, Exp and sums in fp32 (its black list) and every other operator in its inputs' type.
+Parameters, gradients, optimiser moments and the gradient buffers stay fp32 (master weights: the compiler casts a
+parameter where a low-precision product uses it, and its gradient comes back fp32). Custom (fused) operators are in
+no AMP list: the ops package casts around them.
+
+Level "O1" is not usable here: it rewrites the Python source of every construct into a NEW network (the caller's
+model would silently stay fp32) and its source parser fails on this package's functional ops.
+
+On the CPU (MindSpore 2.10) fp16 runs, emulated; bf16 does not: the CPU kernels of MatMul, BatchMatMul, Softmax,
+LayerNorm, Gather, Tanh, ReLU, GeLU, IsFinite, BiasAdd and ReduceSum have no bf16 type, and a bf16 Cast of a
+constant fails on numpy 2 (see README, Known limits).
 """
 
 from __future__ import annotations
@@ -23,13 +32,16 @@ def resolve_precision(precision: str, device: str) -> str:
 
 
 def apply_precision(model, precision: str):
-    """Cast `model`'s matrix products to `precision` (in place); fp32 leaves it untouched."""
+    """Run `model`'s matrix products in `precision`, in place (`model` itself is returned); fp32 leaves it as it is."""
     if precision == "fp32":
         return model
     import mindspore as ms
 
     dtype = ms.bfloat16 if precision == "bf16" else ms.float16
-    return ms.amp.auto_mixed_precision(model, amp_level="O1", dtype=dtype)
+    mixed = ms.amp.auto_mixed_precision(model, amp_level="auto", dtype=dtype)
+    if mixed is not model:
+        raise RuntimeError("MindSpore's amp_level 'auto' returned a new network; the trainer needs it in place")
+    return model
 
 
 @dataclass
