@@ -262,8 +262,9 @@ private:
                                      const AscendC::DataCopyExtParams& params)
     {
         if constexpr (sizeof(T) == 2) {
+            // GetPhyAddr() returns a pointer to const; GetPhyAddr(offset) the writable one SetGlobalBuffer takes.
             GlobalTensor<uint16_t> bits;
-            bits.SetGlobalBuffer(reinterpret_cast<__gm__ uint16_t*>(src.GetPhyAddr()));
+            bits.SetGlobalBuffer(reinterpret_cast<__gm__ uint16_t*>(src.GetPhyAddr(0)));
             const AscendC::DataCopyPadExtParams<uint16_t> noPadding = {false, 0, 0, 0};
             AscendC::DataCopyPad(dst.template ReinterpretCast<uint16_t>(), bits, params, noPadding);
         } else {

@@ -142,7 +142,7 @@ __aicore__ inline void FillRowsFrom(const LocalTensor<float>& tile, uint32_t tot
 template <AscendC::HardEvent event>
 __aicore__ inline void WaitFor()
 {
-    const event_t id = static_cast<event_t>(AscendC::GetTPipePtr()->FetchEventID(event));
+    const event_t id = static_cast<event_t>(GetTPipePtr()->FetchEventID(event));
     AscendC::SetFlag<event>(id);
     AscendC::WaitFlag<event>(id);
 }
