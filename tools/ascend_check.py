@@ -111,7 +111,13 @@ def find_headers(environ: Mapping[str, str] = os.environ) -> Headers:
     kernel = [tools / "cpudebug" / "include", tools / "cpudebug" / "utils", devkit, devkit / "include", devkit / "impl"]
     kernel += [devkit / "include" / part for part in ("basic_api", "adv_api", "adv_api/matmul", "utils", "interface")]
     kernel += [devkit / "impl" / part for part in ("basic_api", "adv_api", "utils")]
-    host = [metadef / "inc", metadef / "inc" / "external", metadef / "inc" / "external" / "asc", devkit / "include" / "adv_api", devkit / "include" / "utils"]
+    host = [
+        metadef / "inc",
+        metadef / "inc" / "external",
+        metadef / "inc" / "external" / "asc",
+        devkit / "include" / "adv_api",
+        devkit / "include" / "utils",
+    ]
     host += [securec / "include"]
     generator = devkit / "impl" / "adv_api" / "cmake" / "scripts" / "gen_kernel_tiling_data_def.py"
     origin = "checkouts named by GF_ASC_DEVKIT, GF_ASC_TOOLS, GF_METADEF, GF_SECUREC"

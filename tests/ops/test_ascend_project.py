@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mindformer_gf.config import PRESETS
 from mindformer_gf.ops import ascend
 from mindformer_gf.reference.attention_dropout import keep_mask, keep_threshold, philox4x32_10
 
@@ -215,6 +216,7 @@ def compile_and_run(tmp_path: Path, source: str) -> str:
             "-Werror",
             f"-I{PROJECT / 'op_host'}",
             f"-I{PROJECT / 'op_kernel'}",
+            "-O1",
             str(program),
             "-o",
             str(binary),
@@ -298,6 +300,139 @@ def test_buffer_plan_fits_the_910b_and_uses_the_cpu_tiles(tmp_path):
                 assert layer_norm[(hidden, element, backward)][0] == 1, (hidden, element, backward)
     # Hidden 256 (V1) keeps double buffering with a useful number of rows.
     assert layer_norm[(256, 2, 0)][1] >= 16 and layer_norm[(256, 2, 0)][2] == 2
+
+
+# The released models' (hidden, heads), lengths up to 4,096 (and a ragged one), batches 1 to 64, on the two 910B
+# variants' cube-core counts (20: 910B3/B4, 24: 910B1/B2; two vector cores each).
+RELEASED = sorted({(preset["hidden_size"], preset["num_attention_heads"]) for preset in PRESETS.values()})
+LENGTHS = (256, 1000, 2048, 4096)
+BATCHES = (1, 8, 64)
+CUBE_CORES = (20, 24)
+
+LAUNCH_DRIVER = r"""
+#include <cstdint>
+#include <cstdio>
+#include "gf_task_split.h"
+#include "gf_tiling_plan.h"
+
+static const uint32_t kShapes[][2] = {@SHAPES@};
+static const uint32_t kLengths[] = {@LENGTHS@};
+static const uint32_t kBatches[] = {@BATCHES@};
+static const uint32_t kCubeCores[] = {@CUBE_CORES@};
+
+int main() {
+    auto scratch = [](uint32_t br, uint32_t bc) { return br * bc * 2; };  // stand-in for the softmax API minimum
+    for (const auto& shape : kShapes) {
+        const uint32_t hidden = shape[0], heads = shape[1], headDim = hidden / heads;
+        for (uint32_t length : kLengths) for (uint32_t batch : kBatches) for (uint32_t cubes : kCubeCores) {
+            for (int backward = 0; backward < 2; ++backward) {
+                const gf_plan::AttentionLaunch a = gf_plan::PlanAttentionLaunch(
+                    batch, heads, length, headDim, 2, backward != 0, cubes, scratch);
+                std::printf("attention %u %u %u %u %u %d | %d %u %u %u %u %u %u %u %u %u %u %u %u %u %u %llu\n",
+                            hidden, heads, length, batch, cubes, backward, a.plan.fits ? 1 : 0, a.plan.queryBlock,
+                            a.plan.keyBlock, a.plan.ubBytes, a.plan.scratchBytes, a.queryBlocksPerHead,
+                            a.keyBlocksPerHead, a.taskCount, a.keyTaskCount, a.queryTaskCount, a.keyTaskCost,
+                            a.queryTaskCost, a.blockDim, a.vectorCores, a.plan.workspaceBytesPerCore,
+                            (unsigned long long)a.workspaceBytes);
+                for (uint32_t core = 0; core <= a.vectorCores; ++core) {
+                    const uint64_t begin = backward ? gf::CostSplitBegin(a.keyTaskCount, a.keyTaskCost,
+                                                                         a.queryTaskCount, a.queryTaskCost, core,
+                                                                         a.vectorCores)
+                                                    : gf::EvenSplitBegin(a.taskCount, core, a.vectorCores);
+                    std::printf("%llu ", (unsigned long long)begin);
+                }
+                std::printf("\n");
+            }
+            for (uint32_t element = 2; element <= 4; element += 2) for (int backward = 0; backward < 2; ++backward) {
+                const uint32_t rows = batch * length;
+                const gf_plan::LayerNormLaunch l =
+                    gf_plan::PlanLayerNormLaunch(rows, hidden, element, backward != 0, 2 * cubes);
+                std::printf("layernorm %u %u %u %u %d | %d %u %u %u %u %u %u\n", hidden, rows, element, 2 * cubes,
+                            backward, l.plan.fits ? 1 : 0, l.plan.rowsPerTile, l.plan.ubBytes,
+                            l.plan.columnUbBytes, l.tileCount, l.sliceCount, l.coreCount);
+                for (uint32_t core = 0; core <= l.coreCount; ++core) {
+                    std::printf("%llu ", (unsigned long long)gf::EvenSplitBegin(l.tileCount, core, l.coreCount));
+                }
+                std::printf("\n");
+            }
+        }
+    }
+    return 0;
+}
+"""
+
+
+def launch_driver() -> str:
+    return (
+        LAUNCH_DRIVER.replace("@SHAPES@", ", ".join(f"{{{h}, {n}}}" for h, n in RELEASED))
+        .replace("@LENGTHS@", ", ".join(map(str, LENGTHS)))
+        .replace("@BATCHES@", ", ".join(map(str, BATCHES)))
+        .replace("@CUBE_CORES@", ", ".join(map(str, CUBE_CORES)))
+    )
+
+
+def ceil_div(value: int, unit: int) -> int:
+    return -(-value // unit)
+
+
+def check_split(begins: list[int], costs: list[int]) -> None:
+    """Contiguous ranges that cover every task once; no core above an even share by more than one task."""
+    assert begins[0] == 0 and begins[-1] == len(costs)
+    assert all(a <= b for a, b in zip(begins, begins[1:], strict=False))
+    prefix = np.concatenate([[0], np.cumsum(costs)])
+    loads = [prefix[b] - prefix[a] for a, b in zip(begins, begins[1:], strict=False)]
+    assert max(loads) <= prefix[-1] / (len(begins) - 1) + max(costs), (max(loads), prefix[-1], len(begins) - 1)
+
+
+@needs_gxx
+def test_launch_plans_of_the_released_shapes_fit_the_910b_and_split_every_task_once(tmp_path):
+    """Executes the tiling functions' shape arithmetic (gf_plan::Plan*Launch) and the kernels' task split for every
+    released model, length up to 4,096 and batch 1 to 64; the expected values are worked out here independently."""
+    lines = compile_and_run(tmp_path, launch_driver()).splitlines()
+    cpu_key_block = int(re.search(r"constexpr int kKeyBlock = (\d+);", CPU_ATTENTION.read_text()).group(1))
+    usable = 192 * 1024 - 8 * 1024
+    checked = {"attention": 0, "layernorm": 0}
+    for header, split in zip(lines[::2], lines[1::2], strict=True):
+        kind, *values = header.replace("|", "").split()
+        begins = list(map(int, split.split()))
+        checked[kind] += 1
+        if kind == "attention":
+            hidden, heads, length, batch, cubes, backward, fits, br, bc, ub, scratch, q_blocks, k_blocks = map(
+                int, values[:13]
+            )
+            tasks, key_tasks, query_tasks, key_cost, query_cost, blocks, vector_cores, per_core, total = map(
+                int, values[13:]
+            )
+            assert fits and hidden // heads == 64
+            assert (br, bc) == (64, cpu_key_block)  # Br: whole 16 x 16 fractals; Bc: the CPU kernel's key block
+            assert ub + scratch <= usable and (backward or scratch >= br * bc * 2)
+            pairs = batch * heads
+            assert q_blocks == ceil_div(length, 64)
+            if backward:
+                assert k_blocks == ceil_div(length, 128)
+                assert (key_tasks, query_tasks) == (pairs * k_blocks, pairs * q_blocks)
+                assert (key_cost, query_cost) == (4 * q_blocks, 3 * k_blocks)
+                assert tasks == key_tasks + query_tasks
+                costs = [key_cost] * key_tasks + [query_cost] * query_tasks
+            else:
+                assert tasks == pairs * q_blocks
+                costs = [1] * tasks
+            assert blocks == min(cubes, ceil_div(tasks, 2)) and vector_cores == 2 * blocks
+            assert total == vector_cores * per_core and total <= 64 * 2**20  # GM workspace: a few MB of 64 GB HBM
+            check_split(begins, costs)
+        else:
+            hidden, rows, element, vector_cores, backward, fits, rows_per_tile, ub, column_ub, tiles, slices, cores = (
+                map(int, values)
+            )
+            assert fits and 1 <= rows_per_tile <= 64 and ub <= usable and column_ub <= usable
+            assert tiles == ceil_div(rows, rows_per_tile)
+            assert slices == (hidden // 16 if backward else 0)
+            assert cores == min(vector_cores, max(tiles, slices))
+            check_split(begins, [1] * tiles)
+    assert checked == {
+        "attention": len(RELEASED) * len(LENGTHS) * len(BATCHES) * len(CUBE_CORES) * 2,
+        "layernorm": len(RELEASED) * len(LENGTHS) * len(BATCHES) * len(CUBE_CORES) * 4,
+    }
 
 
 PHILOX_DRIVER = r"""

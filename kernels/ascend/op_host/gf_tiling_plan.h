@@ -138,6 +138,62 @@ constexpr bool AttentionHeadDimSupported(uint32_t headDim)
     return headDim >= 16 && headDim % 16 == 0 && headDim / kFloatsPerBlock <= kMaxRepeat;
 }
 
+// What the attention tiling functions store besides the Matmul / softmax API tilings, for one shape and a device
+// with `cubeCores` cube cores (two vector cores each): tile counts, task counts, task costs, the launch's block
+// count, and the GM workspace (ours; the host adds what the Ascend C libraries ask for).
+struct AttentionLaunch {
+    AttentionPlan plan;
+    uint32_t queryBlocksPerHead = 0;
+    uint32_t keyBlocksPerHead = 0;  // backward only
+    uint32_t taskCount = 0;         // forward: (cell, head, query block); backward: key tasks + query tasks
+    uint32_t keyTaskCount = 0;      // backward: (cell, head, key block), each walking every query block
+    uint32_t queryTaskCount = 0;    // backward: (cell, head, query block), each walking every key block
+    uint32_t keyTaskCost = 0;       // backward: tile products per key task (S, dP, dV, dK per query block)
+    uint32_t queryTaskCost = 0;     // backward: tile products per query task (S, dP, dQ per key block)
+    uint32_t blockDim = 0;          // launch blocks: one cube core + two vector cores each
+    uint32_t vectorCores = 0;       // 2 * blockDim: the cores the tasks are split over
+    uint32_t scoresWorkspaceBytes = 0;
+    uint32_t probsWorkspaceBytes = 0;
+    uint32_t keyAccumulatorBytes = 0;  // backward only
+    uint64_t workspaceBytes = 0;       // vectorCores slices of plan.workspaceBytesPerCore
+};
+
+template <typename MinScratch>
+constexpr AttentionLaunch PlanAttentionLaunch(uint32_t batch, uint32_t heads, uint32_t length, uint32_t headDim,
+                                              uint32_t element, bool backward, uint32_t cubeCores,
+                                              MinScratch minScratch)
+{
+    AttentionLaunch launch;
+    launch.plan = PlanAttention(headDim, element, backward, minScratch);
+    if (!launch.plan.fits) {
+        return launch;
+    }
+    const uint32_t br = launch.plan.queryBlock;
+    const uint32_t bc = launch.plan.keyBlock;
+    const uint32_t pairs = batch * heads;
+    launch.queryBlocksPerHead = CeilDiv(length, br);
+    if (backward) {
+        launch.keyBlocksPerHead = CeilDiv(length, bc);
+        launch.keyTaskCount = pairs * launch.keyBlocksPerHead;
+        launch.queryTaskCount = pairs * launch.queryBlocksPerHead;
+        launch.keyTaskCost = 4 * launch.queryBlocksPerHead;
+        launch.queryTaskCost = 3 * launch.keyBlocksPerHead;
+        launch.taskCount = launch.keyTaskCount + launch.queryTaskCount;
+        launch.keyAccumulatorBytes = AlignUp(bc * headDim * 4, kWorkspaceAlign);
+    } else {
+        launch.taskCount = pairs * launch.queryBlocksPerHead;
+    }
+    // No more blocks than two tasks each can use.
+    const uint32_t tasks = launch.taskCount;
+    launch.blockDim = tasks < 2 * cubeCores ? CeilDiv(tasks, 2) : cubeCores;
+    launch.blockDim = launch.blockDim > 0 ? launch.blockDim : 1;
+    launch.vectorCores = 2 * launch.blockDim;
+    launch.scoresWorkspaceBytes = AlignUp(br * bc * 4, kWorkspaceAlign);
+    launch.probsWorkspaceBytes = AlignUp(br * bc * element, kWorkspaceAlign);
+    launch.workspaceBytes = static_cast<uint64_t>(launch.vectorCores) * launch.plan.workspaceBytesPerCore;
+    return launch;
+}
+
 // ---- residual add + LayerNorm ----------------------------------------------------------------------------------
 
 // Rows of a LayerNorm tile: any count from 1 to 64; the per-row scalars (statistics, their broadcasts) are kept
@@ -238,6 +294,29 @@ constexpr LayerNormPlan PlanLayerNorm(uint32_t h, uint32_t element, bool backwar
         }
     }
     return plan;
+}
+
+// What the LayerNorm tiling functions store, for `rows` rows of width h on a device with `vectorCores` vector cores.
+struct LayerNormLaunch {
+    LayerNormPlan plan;
+    uint32_t tileCount = 0;   // row tiles of plan.rowsPerTile rows
+    uint32_t sliceCount = 0;  // backward: column slices of plan.columnSlice columns
+    uint32_t coreCount = 0;   // vector cores launched: as many as the larger phase can use
+};
+
+constexpr LayerNormLaunch PlanLayerNormLaunch(uint32_t rows, uint32_t h, uint32_t element, bool backward,
+                                              uint32_t vectorCores)
+{
+    LayerNormLaunch launch;
+    launch.plan = PlanLayerNorm(h, element, backward);
+    if (!launch.plan.fits) {
+        return launch;
+    }
+    launch.tileCount = CeilDiv(rows, launch.plan.rowsPerTile);
+    launch.sliceCount = backward ? h / launch.plan.columnSlice : 0;
+    const uint32_t wanted = launch.tileCount > launch.sliceCount ? launch.tileCount : launch.sliceCount;
+    launch.coreCount = wanted < vectorCores ? (wanted > 0 ? wanted : 1) : vectorCores;
+    return launch;
 }
 
 }  // namespace gf_plan

@@ -21,6 +21,7 @@
 #include "lib/matmul_intf.h"
 
 #include "gf_philox.h"
+#include "gf_task_split.h"
 #include "gf_tile_ops.h"
 
 namespace {
@@ -109,8 +110,8 @@ public:
         const uint32_t blocksPerHead = tiling_->queryBlocksPerHead;
         const uint32_t taskCount = tiling_->taskCount;
         const uint32_t cores = tiling_->coreCount;
-        const uint32_t first = static_cast<uint32_t>(static_cast<uint64_t>(taskCount) * core_ / cores);
-        const uint32_t end = static_cast<uint32_t>(static_cast<uint64_t>(taskCount) * (core_ + 1) / cores);
+        const uint32_t first = static_cast<uint32_t>(gf::EvenSplitBegin(taskCount, core_, cores));
+        const uint32_t end = static_cast<uint32_t>(gf::EvenSplitBegin(taskCount, core_ + 1, cores));
         uint32_t scannedCell = batch_;
         CellKeys keys;
         for (uint32_t task = first; task < end; ++task) {

@@ -21,6 +21,7 @@
 #include "lib/matmul_intf.h"
 
 #include "gf_philox.h"
+#include "gf_task_split.h"
 #include "gf_tile_ops.h"
 
 namespace {
@@ -126,10 +127,9 @@ public:
         const uint64_t queryTasks = tiling_->queryTaskCount;
         const uint64_t keyCost = tiling_->keyTaskCost;
         const uint64_t queryCost = tiling_->queryTaskCost;
-        const uint64_t totalCost = keyTasks * keyCost + queryTasks * queryCost;
         const uint32_t cores = tiling_->coreCount;
-        const uint64_t first = FirstTaskFrom(totalCost * core_ / cores, keyTasks, keyCost, queryCost);
-        const uint64_t end = FirstTaskFrom(totalCost * (core_ + 1) / cores, keyTasks, keyCost, queryCost);
+        const uint64_t first = gf::CostSplitBegin(keyTasks, keyCost, queryTasks, queryCost, core_, cores);
+        const uint64_t end = gf::CostSplitBegin(keyTasks, keyCost, queryTasks, queryCost, core_ + 1, cores);
 
         uint32_t scannedCell = batch_;
         CellKeys keys;
@@ -156,18 +156,6 @@ public:
     }
 
 private:
-    // The first task whose cost range starts at or after `position` (task t starts at the sum of the costs of the
-    // tasks before it), so that consecutive cores get disjoint task ranges that cover everything.
-    __aicore__ static inline uint64_t FirstTaskFrom(uint64_t position, uint64_t keyTasks, uint64_t keyCost,
-                                                    uint64_t queryCost)
-    {
-        const uint64_t keySpan = keyTasks * keyCost;
-        if (position <= keySpan) {
-            return (position + keyCost - 1) / keyCost;
-        }
-        return keyTasks + (position - keySpan + queryCost - 1) / queryCost;
-    }
-
     __aicore__ inline CellKeys ScanCell(uint32_t cell)
     {
         CellKeys keys;
