@@ -203,7 +203,7 @@ def test_not_available_off_ascend():
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 
 
-def compile_and_run(tmp_path: Path, source: str) -> str:
+def compile_and_run(tmp_path: Path, source: str, *flags: str) -> str:
     program = tmp_path / "program.cc"
     program.write_text(source)
     binary = tmp_path / "program"
@@ -217,6 +217,7 @@ def compile_and_run(tmp_path: Path, source: str) -> str:
             f"-I{PROJECT / 'op_host'}",
             f"-I{PROJECT / 'op_kernel'}",
             "-O1",
+            *flags,
             str(program),
             "-o",
             str(binary),
@@ -484,4 +485,129 @@ def test_kernel_philox_and_threshold_match_the_numpy_specification(tmp_path):
         assert int(line[2]) == keep_threshold(float(np.float32(line[1]))), line
 
     keeps = np.array([int(line[1]) for line in lines if line[0] == "keep"], bool).reshape(2, 3, 5, 6)
+    assert (keeps == keep_mask(7, 0.1, 2, 3, 5, 6)).all()
+
+
+# The vector unit's generator (gf_philox_lanes.h), run through a host emulation of the 910B instructions it uses:
+# each method is one Ascend C instruction's effect on the lanes (int32 Muls and Add/Sub wrap modulo 2^32; uint32
+# shifts are logical; And/Or are 16-bit instructions, emulated on the two halves of each lane).
+LANES_DRIVER = r"""
+#include <cstdint>
+#include <cstdio>
+#include <vector>
+#include "gf_philox_lanes.h"
+
+struct HostLanes {
+    using Words = uint32_t*;
+    using Floats = float*;
+    uint32_t count;
+    void ShiftRight(Words d, Words a, uint32_t n) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] >> n; }
+    void ShiftLeft(Words d, Words a, uint32_t n) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] << n; }
+    void MulScalar(Words d, Words a, uint32_t m) {
+        for (uint32_t i = 0; i < count; ++i) {
+            const int64_t product = int64_t(int32_t(a[i])) * int64_t(int32_t(m));  // vmuls.s32: low 32 bits kept
+            d[i] = uint32_t(uint64_t(product));
+        }
+    }
+    // int32 Add / Sub wrap: the same bits as uint32 arithmetic modulo 2^32.
+    void Add(Words d, Words a, Words b) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] + b[i]; }
+    void Sub(Words d, Words a, Words b) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] - b[i]; }
+    static uint32_t Halves(uint32_t a, uint32_t b, bool isOr) {
+        const uint16_t lo = isOr ? uint16_t(a) | uint16_t(b) : uint16_t(a) & uint16_t(b);
+        const uint16_t hi = isOr ? uint16_t(a >> 16) | uint16_t(b >> 16) : uint16_t(a >> 16) & uint16_t(b >> 16);
+        return (uint32_t(hi) << 16) | lo;
+    }
+    void And(Words d, Words a, Words b) { for (uint32_t i = 0; i < count; ++i) d[i] = Halves(a[i], b[i], false); }
+    void Or(Words d, Words a, Words b) { for (uint32_t i = 0; i < count; ++i) d[i] = Halves(a[i], b[i], true); }
+    void Fill(Words d, uint32_t value) { for (uint32_t i = 0; i < count; ++i) d[i] = value; }
+    void FillRange(Words d, uint32_t offset, uint32_t value, uint32_t n) {
+        for (uint32_t i = 0; i < n; ++i) d[offset + i] = value;
+    }
+    void ColumnIndex(Words d, uint32_t offset, uint32_t first, uint32_t n) {
+        for (uint32_t i = 0; i < n; ++i) d[offset + i] = first + i;
+    }
+    Floats AsFloats(Words w) { return reinterpret_cast<Floats>(w); }
+    void ToFloat(Floats d, Words s) { for (uint32_t i = 0; i < count; ++i) d[i] = float(int32_t(s[i])); }
+    void AddsFloat(Floats d, Floats a, float s) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] + s; }
+    void MulsFloat(Floats d, Floats a, float s) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] * s; }
+    void AddFloat(Floats d, Floats a, Floats b) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] + b[i]; }
+    void MaxsFloat(Floats d, Floats a, float s) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] > s ? a[i] : s; }
+    void MinsFloat(Floats d, Floats a, float s) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] < s ? a[i] : s; }
+};
+
+struct Bank {
+    std::vector<uint32_t> storage;
+    gf::PhiloxRegisters<HostLanes> r;
+    explicit Bank(uint32_t lanes) : storage(gf::kPhiloxWordVectors * lanes) {
+        uint32_t* p = storage.data();
+        uint32_t** words[] = {&r.c0, &r.c1, &r.c2, &r.c3, &r.high0, &r.high1, &r.t0, &r.t1, &r.t2, &r.t3, &r.key};
+        for (uint32_t i = 0; i < gf::kPhiloxWordVectors; ++i) *words[i] = p + i * lanes;
+    }
+};
+
+int main() {
+    // Raw words: counters (column, row, pair, 0) for 2 rows x 40 columns, several keys and pairs.
+    const uint32_t keys[][2] = {{0u, 0u}, {0x12345678u, 0x9abcdef0u}, {7u, 0u}, {0xffffffffu, 0xffffffffu}};
+    for (const auto& key : keys) {
+        for (uint32_t pair = 0; pair < 3; ++pair) {
+            HostLanes v{2 * 40};
+            Bank bank(v.count);
+            for (uint32_t i = 0; i < 2; ++i) {
+                v.ColumnIndex(bank.r.c0, i * 40, 1000u * pair, 40);
+                v.FillRange(bank.r.c1, i * 40, 3 + i + 65536u * pair, 40);
+            }
+            v.Fill(bank.r.c2, pair * 0x01000193u);
+            v.Fill(bank.r.c3, 0u);
+            gf::PhiloxWord0Lanes(v, bank.r, key[0], key[1]);
+            for (uint32_t i = 0; i < v.count; ++i) {
+                std::printf("word %u %u %u %u %u %u\n", key[0], key[1], 1000u * pair + i % 40,
+                            3 + i / 40 + 65536u * pair, pair * 0x01000193u, bank.r.c0[i]);
+            }
+        }
+    }
+    // The unsigned compare, at its edges: words at, just below and just above thresholds, equal high halves.
+    const uint32_t edges[] = {0u, 1u, 0xFFFFu, 0x10000u, 0x1FFFFu, 0x7FFFFFFFu, 0x80000000u, 0x80010000u,
+                              0xABCD1234u, 0xABCD1233u, 0xABCD1235u, 0xABCC1234u, 0xFFFEFFFFu, 0xFFFFFFFFu};
+    const uint32_t n = sizeof(edges) / sizeof(edges[0]);
+    for (uint32_t t = 0; t < n; ++t) {
+        HostLanes v{n};
+        Bank bank(n);
+        for (uint32_t i = 0; i < n; ++i) bank.r.c0[i] = edges[i];
+        gf::KeepMaskFromWords(v, v.AsFloats(bank.r.t1), v.AsFloats(bank.r.t3), bank.r.c0, bank.r.t2, edges[t]);
+        for (uint32_t i = 0; i < n; ++i) std::printf("edge %u %u %.1f\n", edges[i], edges[t], v.AsFloats(bank.r.t1)[i]);
+    }
+    // The keep mask of a small attention: seed 7, p = 0.1, 2 cells x 3 heads x 5 rows x 6 columns, 2 rows a call.
+    const uint32_t threshold = gf::DropThreshold(0.1f);
+    for (uint32_t pair = 0; pair < 6; ++pair) {
+        for (uint32_t row = 0; row < 5; row += 2) {
+            const uint32_t rows = row + 2 <= 5 ? 2 : 1;
+            HostLanes v{rows * 6};
+            Bank bank(v.count);
+            const float* keep = gf::KeepMaskLanes(v, bank.r, pair, row, rows, 0, 6, 7u, 0u, threshold);
+            for (uint32_t i = 0; i < v.count; ++i) std::printf("keep %.1f\n", keep[i]);
+        }
+    }
+    return 0;
+}
+"""
+
+
+@needs_gxx
+def test_vector_philox_formulation_matches_the_numpy_specification(tmp_path):
+    """16-bit-half mulhi, Or-minus-And xor and the fp32 sign test, as the vector unit runs them, against
+    mindformer_gf/reference/attention_dropout.py bit for bit."""
+    lines = [line.split() for line in compile_and_run(tmp_path, LANES_DRIVER, "-fno-strict-aliasing").splitlines()]
+    words = [list(map(int, line[1:])) for line in lines if line[0] == "word"]
+    assert len(words) == 4 * 3 * 80
+    for key in {(w[0], w[1]) for w in words}:
+        rows = [w for w in words if (w[0], w[1]) == key]
+        counters = np.array([[w[2], w[3], w[4], 0] for w in rows], np.uint32)
+        assert [w[5] for w in rows] == philox4x32_10(counters, key)[:, 0].tolist()
+
+    edges = [line for line in lines if line[0] == "edge"]
+    assert len(edges) == 14 * 14
+    for _, word, threshold, keep in edges:
+        assert float(keep) == (1.0 if int(word) >= int(threshold) else 0.0), (word, threshold, keep)
+
+    keeps = np.array([float(line[1]) for line in lines if line[0] == "keep"]).reshape(2, 3, 5, 6)
     assert (keeps == keep_mask(7, 0.1, 2, 3, 5, 6)).all()
