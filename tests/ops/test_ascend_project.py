@@ -329,11 +329,12 @@ int main() {
             for (int backward = 0; backward < 2; ++backward) {
                 const gf_plan::AttentionLaunch a = gf_plan::PlanAttentionLaunch(
                     batch, heads, length, headDim, 2, backward != 0, cubes, scratch);
-                std::printf("attention %u %u %u %u %u %d | %d %u %u %u %u %u %u %u %u %u %u %u %u %u %u %llu\n",
+                std::printf("attention %u %u %u %u %u %d | %d %u %u %u %u %u %u %u %u %u %u %u %u %u %u %u %llu\n",
                             hidden, heads, length, batch, cubes, backward, a.plan.fits ? 1 : 0, a.plan.queryBlock,
-                            a.plan.keyBlock, a.plan.ubBytes, a.plan.scratchBytes, a.queryBlocksPerHead,
-                            a.keyBlocksPerHead, a.taskCount, a.keyTaskCount, a.queryTaskCount, a.keyTaskCost,
-                            a.queryTaskCost, a.blockDim, a.vectorCores, a.plan.workspaceBytesPerCore,
+                            a.plan.keyBlock, a.plan.philoxRows, a.plan.ubBytes, a.plan.scratchBytes,
+                            a.queryBlocksPerHead, a.keyBlocksPerHead, a.taskCount, a.keyTaskCount,
+                            a.queryTaskCount, a.keyTaskCost, a.queryTaskCost, a.blockDim, a.vectorCores,
+                            a.plan.workspaceBytesPerCore,
                             (unsigned long long)a.workspaceBytes);
                 for (uint32_t core = 0; core <= a.vectorCores; ++core) {
                     const uint64_t begin = backward ? gf::CostSplitBegin(a.keyTaskCount, a.keyTaskCost,
@@ -398,15 +399,15 @@ def test_launch_plans_of_the_released_shapes_fit_the_910b_and_split_every_task_o
         begins = list(map(int, split.split()))
         checked[kind] += 1
         if kind == "attention":
-            hidden, heads, length, batch, cubes, backward, fits, br, bc, ub, scratch, q_blocks, k_blocks = map(
-                int, values[:13]
-            )
-            tasks, key_tasks, query_tasks, key_cost, query_cost, blocks, vector_cores, per_core, total = map(
-                int, values[13:]
-            )
+            hidden, heads, length, batch, cubes, backward = map(int, values[:6])
+            fits, br, bc, philox_rows, ub, scratch = map(int, values[6:12])
+            q_blocks, k_blocks, tasks, key_tasks, query_tasks, key_cost, query_cost = map(int, values[12:19])
+            blocks, vector_cores, per_core, total = map(int, values[19:])
             assert fits and hidden // heads == 64
             assert (br, bc) == (64, cpu_key_block)  # Br: whole 16 x 16 fractals; Bc: the CPU kernel's key block
             assert ub + scratch <= usable and (backward or scratch >= br * bc * 2)
+            # The vector Philox's 11 word vectors of philox_rows x Bc lanes are counted, in whole 256-byte repeats.
+            assert philox_rows in (1, 2, 4, 8) and ub >= 11 * philox_rows * bc * 4 and philox_rows * bc % 64 == 0
             pairs = batch * heads
             assert q_blocks == ceil_div(length, 64)
             if backward:
@@ -496,6 +497,9 @@ LANES_DRIVER = r"""
 #include <cstdio>
 #include <vector>
 #include "gf_philox_lanes.h"
+#include "gf_tiling_plan.h"
+
+static_assert(gf::kPhiloxWordVectors == gf_plan::kPhiloxWordVectors, "the UB plan counts the kernel's registers");
 
 struct HostLanes {
     using Words = uint32_t*;

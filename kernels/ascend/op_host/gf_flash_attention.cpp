@@ -69,6 +69,7 @@ ge::graphStatus TilingFunc(gert::TilingContext* context)
     tiling.set_headDim(headDim);
     tiling.set_queryBlock(br);
     tiling.set_keyBlock(bc);
+    tiling.set_philoxRows(plan.philoxRows);
     tiling.set_queryBlocksPerHead(launch.queryBlocksPerHead);
     tiling.set_taskCount(launch.taskCount);
     tiling.set_scale(1.0f / std::sqrt(static_cast<float>(headDim)));
