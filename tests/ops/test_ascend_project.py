@@ -1,13 +1,16 @@
 """The Ascend operator project (kernels/ascend) agrees with itself and with its Python registration.
 
-Nothing here compiles Ascend C (there is no CANN on these machines). What can be checked is checked:
+Nothing here needs CANN or its headers (tests/ops/test_ascend_check.py type-checks the kernels when those are
+configured). What can be checked without them is checked:
 - the names: operator names, input and output names and their order, dtype columns, in gf_ops.json (msopgen),
   op_host/*.cpp (OpDef), the kernel entry points and mindformer_gf.ops.ascend; names in the op definition must
   match exactly, or MindSpore silently falls back and reports no supported kernel;
 - the tiling structs: every field the kernels read is declared, set by the host and read by the kernel;
-- the plain C++ the kernels share with the host: the buffer plan (gf_tiling_plan.h, compiled with g++ and checked
-  against the 910B's memories and the CPU kernel's tile sizes) and the dropout generator (gf_philox.h, compiled with
-  g++ and compared with the numpy specification).
+- the plain C++ the kernels share with the host, compiled with g++ and run: the buffer plan and the tiling
+  functions' shape arithmetic (gf_tiling_plan.h) with the kernels' task split (gf_task_split.h), for every released
+  model against the 910B's memories and the CPU kernel's tile sizes; the dropout generator, scalar (gf_philox.h)
+  and in the vector unit's operations (gf_philox_lanes.h, through a host emulation of the instructions), against
+  the numpy specification.
 """
 
 from __future__ import annotations
