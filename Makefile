@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Keep runs within the machine: 2 cores, no accelerator.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean ascend-check
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest -q tests
+
+# Type-check the Ascend C operators against the public Ascend C headers (see kernels/ascend/README.md, "Type-check").
+ascend-check: setup
+	$(PY) tools/ascend_check.py
 
 bench: setup
 	$(PY) bench/attention.py

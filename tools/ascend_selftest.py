@@ -398,13 +398,13 @@ def time_call(function: Callable, arguments: Sequence, repeat: int) -> float:
     return sorted(samples)[len(samples) // 2]
 
 
-def _attention_runner(function: Callable, mask) -> tuple[Callable, Callable]:
-    """(forward, loss) closures for timing: training-mode attention with dropout 0.1 (free variables, which graph
+def _attention_runner(function: Callable, mask, drop: float) -> tuple[Callable, Callable]:
+    """(forward, loss) closures for timing: training-mode attention with dropout `drop` (free variables, which graph
     mode compiles as constants, rather than default arguments)."""
     ms = _ms()
 
     def attend(query, key, value):
-        return function(query, key, value, mask, 0.1, True, None)
+        return function(query, key, value, mask, drop, True, None)
 
     def loss(query, key, value):
         return attend(query, key, value).astype(ms.float32).sum()
@@ -452,11 +452,12 @@ def run_timing(dtype: str, batch: int, heads: int, length: int, head_dim: int, h
         "composed": composed.add_layer_norm,
     }
     rows = []
-    for impl, function in attention.items():
-        attend, loss = _attention_runner(function, mask)
+    # With and without dropout: the difference is the cost of the vector-unit Philox (kernels/ascend/README.md).
+    for (impl, function), drop in ((item, drop) for drop in (0.1, 0.0) for item in attention.items()):
+        attend, loss = _attention_runner(function, mask, drop)
         rows.append(
             {
-                "operation": f"attention B={batch} H={heads} L={length} d={head_dim} (dropout 0.1)",
+                "operation": f"attention B={batch} H={heads} L={length} d={head_dim} (dropout {drop})",
                 "impl": impl,
                 "forward_ms": time_call(_jit(attend), (q, k, v), repeat),
                 "forward_backward_ms": time_call(_jit_grad(loss, (0, 1, 2)), (q, k, v), repeat),

@@ -1,13 +1,16 @@
 """The Ascend operator project (kernels/ascend) agrees with itself and with its Python registration.
 
-Nothing here compiles Ascend C (there is no CANN on these machines). What can be checked is checked:
+Nothing here needs CANN or its headers (tests/ops/test_ascend_check.py type-checks the kernels when those are
+configured). What can be checked without them is checked:
 - the names: operator names, input and output names and their order, dtype columns, in gf_ops.json (msopgen),
   op_host/*.cpp (OpDef), the kernel entry points and mindformer_gf.ops.ascend; names in the op definition must
   match exactly, or MindSpore silently falls back and reports no supported kernel;
 - the tiling structs: every field the kernels read is declared, set by the host and read by the kernel;
-- the plain C++ the kernels share with the host: the buffer plan (gf_tiling_plan.h, compiled with g++ and checked
-  against the 910B's memories and the CPU kernel's tile sizes) and the dropout generator (gf_philox.h, compiled with
-  g++ and compared with the numpy specification).
+- the plain C++ the kernels share with the host, compiled with g++ and run: the buffer plan and the tiling
+  functions' shape arithmetic (gf_tiling_plan.h) with the kernels' task split (gf_task_split.h), for every released
+  model against the 910B's memories and the CPU kernel's tile sizes; the dropout generator, scalar (gf_philox.h)
+  and in the vector unit's operations (gf_philox_lanes.h, through a host emulation of the instructions), against
+  the numpy specification.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mindformer_gf.config import PRESETS
 from mindformer_gf.ops import ascend
 from mindformer_gf.reference.attention_dropout import keep_mask, keep_threshold, philox4x32_10
 
@@ -202,7 +206,7 @@ def test_not_available_off_ascend():
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 
 
-def compile_and_run(tmp_path: Path, source: str) -> str:
+def compile_and_run(tmp_path: Path, source: str, *flags: str) -> str:
     program = tmp_path / "program.cc"
     program.write_text(source)
     binary = tmp_path / "program"
@@ -215,6 +219,8 @@ def compile_and_run(tmp_path: Path, source: str) -> str:
             "-Werror",
             f"-I{PROJECT / 'op_host'}",
             f"-I{PROJECT / 'op_kernel'}",
+            "-O1",
+            *flags,
             str(program),
             "-o",
             str(binary),
@@ -300,6 +306,140 @@ def test_buffer_plan_fits_the_910b_and_uses_the_cpu_tiles(tmp_path):
     assert layer_norm[(256, 2, 0)][1] >= 16 and layer_norm[(256, 2, 0)][2] == 2
 
 
+# The released models' (hidden, heads), lengths up to 4,096 (and a ragged one), batches 1 to 64, on the two 910B
+# variants' cube-core counts (20: 910B3/B4, 24: 910B1/B2; two vector cores each).
+RELEASED = sorted({(preset["hidden_size"], preset["num_attention_heads"]) for preset in PRESETS.values()})
+LENGTHS = (256, 1000, 2048, 4096)
+BATCHES = (1, 8, 64)
+CUBE_CORES = (20, 24)
+
+LAUNCH_DRIVER = r"""
+#include <cstdint>
+#include <cstdio>
+#include "gf_task_split.h"
+#include "gf_tiling_plan.h"
+
+static const uint32_t kShapes[][2] = {@SHAPES@};
+static const uint32_t kLengths[] = {@LENGTHS@};
+static const uint32_t kBatches[] = {@BATCHES@};
+static const uint32_t kCubeCores[] = {@CUBE_CORES@};
+
+int main() {
+    auto scratch = [](uint32_t br, uint32_t bc) { return br * bc * 2; };  // stand-in for the softmax API minimum
+    for (const auto& shape : kShapes) {
+        const uint32_t hidden = shape[0], heads = shape[1], headDim = hidden / heads;
+        for (uint32_t length : kLengths) for (uint32_t batch : kBatches) for (uint32_t cubes : kCubeCores) {
+            for (int backward = 0; backward < 2; ++backward) {
+                const gf_plan::AttentionLaunch a = gf_plan::PlanAttentionLaunch(
+                    batch, heads, length, headDim, 2, backward != 0, cubes, scratch);
+                std::printf("attention %u %u %u %u %u %d | %d %u %u %u %u %u %u %u %u %u %u %u %u %u %u %u %llu\n",
+                            hidden, heads, length, batch, cubes, backward, a.plan.fits ? 1 : 0, a.plan.queryBlock,
+                            a.plan.keyBlock, a.plan.philoxRows, a.plan.ubBytes, a.plan.scratchBytes,
+                            a.queryBlocksPerHead, a.keyBlocksPerHead, a.taskCount, a.keyTaskCount,
+                            a.queryTaskCount, a.keyTaskCost, a.queryTaskCost, a.blockDim, a.vectorCores,
+                            a.plan.workspaceBytesPerCore,
+                            (unsigned long long)a.workspaceBytes);
+                for (uint32_t core = 0; core <= a.vectorCores; ++core) {
+                    const uint64_t begin = backward ? gf::CostSplitBegin(a.keyTaskCount, a.keyTaskCost,
+                                                                         a.queryTaskCount, a.queryTaskCost, core,
+                                                                         a.vectorCores)
+                                                    : gf::EvenSplitBegin(a.taskCount, core, a.vectorCores);
+                    std::printf("%llu ", (unsigned long long)begin);
+                }
+                std::printf("\n");
+            }
+            for (uint32_t element = 2; element <= 4; element += 2) for (int backward = 0; backward < 2; ++backward) {
+                const uint32_t rows = batch * length;
+                const gf_plan::LayerNormLaunch l =
+                    gf_plan::PlanLayerNormLaunch(rows, hidden, element, backward != 0, 2 * cubes);
+                std::printf("layernorm %u %u %u %u %d | %d %u %u %u %u %u %u\n", hidden, rows, element, 2 * cubes,
+                            backward, l.plan.fits ? 1 : 0, l.plan.rowsPerTile, l.plan.ubBytes,
+                            l.plan.columnUbBytes, l.tileCount, l.sliceCount, l.coreCount);
+                for (uint32_t core = 0; core <= l.coreCount; ++core) {
+                    std::printf("%llu ", (unsigned long long)gf::EvenSplitBegin(l.tileCount, core, l.coreCount));
+                }
+                std::printf("\n");
+            }
+        }
+    }
+    return 0;
+}
+"""
+
+
+def launch_driver() -> str:
+    return (
+        LAUNCH_DRIVER.replace("@SHAPES@", ", ".join(f"{{{h}, {n}}}" for h, n in RELEASED))
+        .replace("@LENGTHS@", ", ".join(map(str, LENGTHS)))
+        .replace("@BATCHES@", ", ".join(map(str, BATCHES)))
+        .replace("@CUBE_CORES@", ", ".join(map(str, CUBE_CORES)))
+    )
+
+
+def ceil_div(value: int, unit: int) -> int:
+    return -(-value // unit)
+
+
+def check_split(begins: list[int], costs: list[int]) -> None:
+    """Contiguous ranges that cover every task once; no core above an even share by more than one task."""
+    assert begins[0] == 0 and begins[-1] == len(costs)
+    assert all(a <= b for a, b in zip(begins, begins[1:], strict=False))
+    prefix = np.concatenate([[0], np.cumsum(costs)])
+    loads = [prefix[b] - prefix[a] for a, b in zip(begins, begins[1:], strict=False)]
+    assert max(loads) <= prefix[-1] / (len(begins) - 1) + max(costs), (max(loads), prefix[-1], len(begins) - 1)
+
+
+@needs_gxx
+def test_launch_plans_of_the_released_shapes_fit_the_910b_and_split_every_task_once(tmp_path):
+    """Executes the tiling functions' shape arithmetic (gf_plan::Plan*Launch) and the kernels' task split for every
+    released model, length up to 4,096 and batch 1 to 64; the expected values are worked out here independently."""
+    lines = compile_and_run(tmp_path, launch_driver()).splitlines()
+    cpu_key_block = int(re.search(r"constexpr int kKeyBlock = (\d+);", CPU_ATTENTION.read_text()).group(1))
+    usable = 192 * 1024 - 8 * 1024
+    checked = {"attention": 0, "layernorm": 0}
+    for header, split in zip(lines[::2], lines[1::2], strict=True):
+        kind, *values = header.replace("|", "").split()
+        begins = list(map(int, split.split()))
+        checked[kind] += 1
+        if kind == "attention":
+            hidden, heads, length, batch, cubes, backward = map(int, values[:6])
+            fits, br, bc, philox_rows, ub, scratch = map(int, values[6:12])
+            q_blocks, k_blocks, tasks, key_tasks, query_tasks, key_cost, query_cost = map(int, values[12:19])
+            blocks, vector_cores, per_core, total = map(int, values[19:])
+            assert fits and hidden // heads == 64
+            assert (br, bc) == (64, cpu_key_block)  # Br: whole 16 x 16 fractals; Bc: the CPU kernel's key block
+            assert ub + scratch <= usable and (backward or scratch >= br * bc * 2)
+            # The vector Philox's 11 word vectors of philox_rows x Bc lanes are counted, in whole 256-byte repeats.
+            assert philox_rows in (1, 2, 4, 8) and ub >= 11 * philox_rows * bc * 4 and philox_rows * bc % 64 == 0
+            pairs = batch * heads
+            assert q_blocks == ceil_div(length, 64)
+            if backward:
+                assert k_blocks == ceil_div(length, 128)
+                assert (key_tasks, query_tasks) == (pairs * k_blocks, pairs * q_blocks)
+                assert (key_cost, query_cost) == (4 * q_blocks, 3 * k_blocks)
+                assert tasks == key_tasks + query_tasks
+                costs = [key_cost] * key_tasks + [query_cost] * query_tasks
+            else:
+                assert tasks == pairs * q_blocks
+                costs = [1] * tasks
+            assert blocks == min(cubes, ceil_div(tasks, 2)) and vector_cores == 2 * blocks
+            assert total == vector_cores * per_core and total <= 64 * 2**20  # GM workspace: a few MB of 64 GB HBM
+            check_split(begins, costs)
+        else:
+            hidden, rows, element, vector_cores, backward, fits, rows_per_tile, ub, column_ub, tiles, slices, cores = (
+                map(int, values)
+            )
+            assert fits and 1 <= rows_per_tile <= 64 and ub <= usable and column_ub <= usable
+            assert tiles == ceil_div(rows, rows_per_tile)
+            assert slices == (hidden // 16 if backward else 0)
+            assert cores == min(vector_cores, max(tiles, slices))
+            check_split(begins, [1] * tiles)
+    assert checked == {
+        "attention": len(RELEASED) * len(LENGTHS) * len(BATCHES) * len(CUBE_CORES) * 2,
+        "layernorm": len(RELEASED) * len(LENGTHS) * len(BATCHES) * len(CUBE_CORES) * 4,
+    }
+
+
 PHILOX_DRIVER = r"""
 #include <cstdint>
 #include <cstdio>
@@ -349,4 +489,132 @@ def test_kernel_philox_and_threshold_match_the_numpy_specification(tmp_path):
         assert int(line[2]) == keep_threshold(float(np.float32(line[1]))), line
 
     keeps = np.array([int(line[1]) for line in lines if line[0] == "keep"], bool).reshape(2, 3, 5, 6)
+    assert (keeps == keep_mask(7, 0.1, 2, 3, 5, 6)).all()
+
+
+# The vector unit's generator (gf_philox_lanes.h), run through a host emulation of the 910B instructions it uses:
+# each method is one Ascend C instruction's effect on the lanes (int32 Muls and Add/Sub wrap modulo 2^32; uint32
+# shifts are logical; And/Or are 16-bit instructions, emulated on the two halves of each lane).
+LANES_DRIVER = r"""
+#include <cstdint>
+#include <cstdio>
+#include <vector>
+#include "gf_philox_lanes.h"
+#include "gf_tiling_plan.h"
+
+static_assert(gf::kPhiloxWordVectors == gf_plan::kPhiloxWordVectors, "the UB plan counts the kernel's registers");
+
+struct HostLanes {
+    using Words = uint32_t*;
+    using Floats = float*;
+    uint32_t count;
+    void ShiftRight(Words d, Words a, uint32_t n) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] >> n; }
+    void ShiftLeft(Words d, Words a, uint32_t n) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] << n; }
+    void MulScalar(Words d, Words a, uint32_t m) {
+        for (uint32_t i = 0; i < count; ++i) {
+            const int64_t product = int64_t(int32_t(a[i])) * int64_t(int32_t(m));  // vmuls.s32: low 32 bits kept
+            d[i] = uint32_t(uint64_t(product));
+        }
+    }
+    // int32 Add / Sub wrap: the same bits as uint32 arithmetic modulo 2^32.
+    void Add(Words d, Words a, Words b) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] + b[i]; }
+    void Sub(Words d, Words a, Words b) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] - b[i]; }
+    static uint32_t Halves(uint32_t a, uint32_t b, bool isOr) {
+        const uint16_t lo = isOr ? uint16_t(a) | uint16_t(b) : uint16_t(a) & uint16_t(b);
+        const uint16_t hi = isOr ? uint16_t(a >> 16) | uint16_t(b >> 16) : uint16_t(a >> 16) & uint16_t(b >> 16);
+        return (uint32_t(hi) << 16) | lo;
+    }
+    void And(Words d, Words a, Words b) { for (uint32_t i = 0; i < count; ++i) d[i] = Halves(a[i], b[i], false); }
+    void Or(Words d, Words a, Words b) { for (uint32_t i = 0; i < count; ++i) d[i] = Halves(a[i], b[i], true); }
+    void Fill(Words d, uint32_t value) { for (uint32_t i = 0; i < count; ++i) d[i] = value; }
+    void FillRange(Words d, uint32_t offset, uint32_t value, uint32_t n) {
+        for (uint32_t i = 0; i < n; ++i) d[offset + i] = value;
+    }
+    void ColumnIndex(Words d, uint32_t offset, uint32_t first, uint32_t n) {
+        for (uint32_t i = 0; i < n; ++i) d[offset + i] = first + i;
+    }
+    Floats AsFloats(Words w) { return reinterpret_cast<Floats>(w); }
+    void ToFloat(Floats d, Words s) { for (uint32_t i = 0; i < count; ++i) d[i] = float(int32_t(s[i])); }
+    void AddsFloat(Floats d, Floats a, float s) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] + s; }
+    void MulsFloat(Floats d, Floats a, float s) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] * s; }
+    void AddFloat(Floats d, Floats a, Floats b) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] + b[i]; }
+    void MaxsFloat(Floats d, Floats a, float s) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] > s ? a[i] : s; }
+    void MinsFloat(Floats d, Floats a, float s) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] < s ? a[i] : s; }
+};
+
+struct Bank {
+    std::vector<uint32_t> storage;
+    gf::PhiloxRegisters<HostLanes> r;
+    explicit Bank(uint32_t lanes) : storage(gf::kPhiloxWordVectors * lanes) {
+        uint32_t* p = storage.data();
+        uint32_t** words[] = {&r.c0, &r.c1, &r.c2, &r.c3, &r.high0, &r.high1, &r.t0, &r.t1, &r.t2, &r.t3, &r.key};
+        for (uint32_t i = 0; i < gf::kPhiloxWordVectors; ++i) *words[i] = p + i * lanes;
+    }
+};
+
+int main() {
+    // Raw words: counters (column, row, pair, 0) for 2 rows x 40 columns, several keys and pairs.
+    const uint32_t keys[][2] = {{0u, 0u}, {0x12345678u, 0x9abcdef0u}, {7u, 0u}, {0xffffffffu, 0xffffffffu}};
+    for (const auto& key : keys) {
+        for (uint32_t pair = 0; pair < 3; ++pair) {
+            HostLanes v{2 * 40};
+            Bank bank(v.count);
+            for (uint32_t i = 0; i < 2; ++i) {
+                v.ColumnIndex(bank.r.c0, i * 40, 1000u * pair, 40);
+                v.FillRange(bank.r.c1, i * 40, 3 + i + 65536u * pair, 40);
+            }
+            v.Fill(bank.r.c2, pair * 0x01000193u);
+            v.Fill(bank.r.c3, 0u);
+            gf::PhiloxWord0Lanes(v, bank.r, key[0], key[1]);
+            for (uint32_t i = 0; i < v.count; ++i) {
+                std::printf("word %u %u %u %u %u %u\n", key[0], key[1], 1000u * pair + i % 40,
+                            3 + i / 40 + 65536u * pair, pair * 0x01000193u, bank.r.c0[i]);
+            }
+        }
+    }
+    // The unsigned compare, at its edges: words at, just below and just above thresholds, equal high halves.
+    const uint32_t edges[] = {0u, 1u, 0xFFFFu, 0x10000u, 0x1FFFFu, 0x7FFFFFFFu, 0x80000000u, 0x80010000u,
+                              0xABCD1234u, 0xABCD1233u, 0xABCD1235u, 0xABCC1234u, 0xFFFEFFFFu, 0xFFFFFFFFu};
+    const uint32_t n = sizeof(edges) / sizeof(edges[0]);
+    for (uint32_t t = 0; t < n; ++t) {
+        HostLanes v{n};
+        Bank bank(n);
+        for (uint32_t i = 0; i < n; ++i) bank.r.c0[i] = edges[i];
+        gf::KeepMaskFromWords(v, v.AsFloats(bank.r.t1), v.AsFloats(bank.r.t3), bank.r.c0, bank.r.t2, edges[t]);
+        for (uint32_t i = 0; i < n; ++i) std::printf("edge %u %u %.1f\n", edges[i], edges[t], v.AsFloats(bank.r.t1)[i]);
+    }
+    // The keep mask of a small attention: seed 7, p = 0.1, 2 cells x 3 heads x 5 rows x 6 columns, 2 rows a call.
+    const uint32_t threshold = gf::DropThreshold(0.1f);
+    for (uint32_t pair = 0; pair < 6; ++pair) {
+        for (uint32_t row = 0; row < 5; row += 2) {
+            const uint32_t rows = row + 2 <= 5 ? 2 : 1;
+            HostLanes v{rows * 6};
+            Bank bank(v.count);
+            const float* keep = gf::KeepMaskLanes(v, bank.r, pair, row, rows, 0, 6, 7u, 0u, threshold);
+            for (uint32_t i = 0; i < v.count; ++i) std::printf("keep %.1f\n", keep[i]);
+        }
+    }
+    return 0;
+}
+"""
+
+
+@needs_gxx
+def test_vector_philox_formulation_matches_the_numpy_specification(tmp_path):
+    """16-bit-half mulhi, Or-minus-And xor and the fp32 sign test, as the vector unit runs them, against
+    mindformer_gf/reference/attention_dropout.py bit for bit."""
+    lines = [line.split() for line in compile_and_run(tmp_path, LANES_DRIVER, "-fno-strict-aliasing").splitlines()]
+    words = [list(map(int, line[1:])) for line in lines if line[0] == "word"]
+    assert len(words) == 4 * 3 * 80
+    for key in {(w[0], w[1]) for w in words}:
+        rows = [w for w in words if (w[0], w[1]) == key]
+        counters = np.array([[w[2], w[3], w[4], 0] for w in rows], np.uint32)
+        assert [w[5] for w in rows] == philox4x32_10(counters, key)[:, 0].tolist()
+
+    edges = [line for line in lines if line[0] == "edge"]
+    assert len(edges) == 14 * 14
+    for _, word, threshold, keep in edges:
+        assert float(keep) == (1.0 if int(word) >= int(threshold) else 0.0), (word, threshold, keep)
+
+    keeps = np.array([float(line[1]) for line in lines if line[0] == "keep"]).reshape(2, 3, 5, 6)
     assert (keeps == keep_mask(7, 0.1, 2, 3, 5, 6)).all()

@@ -199,7 +199,7 @@ def test_timing_runners_compile_and_time_on_the_cpu_kernels():
     rng = np.random.default_rng(0)
     q, k, v = (ms.Tensor(rng.standard_normal((1, 2, 32, 16)).astype(np.float32)) for _ in range(3))
     mask = ms.Tensor(selftest._key_mask((24,), 32), ms.int32)
-    attend, loss = selftest._attention_runner(fused.attention, mask)
+    attend, loss = selftest._attention_runner(fused.attention, mask, 0.1)
     assert selftest.time_call(selftest._jit(attend), (q, k, v), 1) > 0
     assert selftest.time_call(selftest._jit_grad(loss, (0, 1, 2)), (q, k, v), 1) > 0
     x, residual = (ms.Tensor(rng.standard_normal((2, 8, 32)).astype(np.float32)) for _ in range(2))

@@ -24,7 +24,10 @@ ge::graphStatus TilingFunc(gert::TilingContext* context)
     const uint32_t hidden = static_cast<uint32_t>(x.GetDim(x.GetDimNum() - 1));
     const uint64_t rows = hidden == 0 ? 0 : static_cast<uint64_t>(x.GetShapeSize()) / hidden;
     const uint32_t element = static_cast<uint32_t>(ge::GetSizeByDataType(context->GetInputDesc(0)->GetDataType()));
-    const gf_plan::LayerNormPlan plan = gf_plan::PlanLayerNorm(hidden, element, false);
+    auto platform = platform_ascendc::PlatformAscendC(context->GetPlatformInfo());
+    const gf_plan::LayerNormLaunch launch =
+        gf_plan::PlanLayerNormLaunch(static_cast<uint32_t>(rows), hidden, element, false, platform.GetCoreNumAiv());
+    const gf_plan::LayerNormPlan& plan = launch.plan;
     if (!plan.fits) {
         return gf_host::Refuse(kOp, "the hidden size must be a multiple of 16, at most 2040 and fit the Unified Buffer");
     }
@@ -33,14 +36,9 @@ ge::graphStatus TilingFunc(gert::TilingContext* context)
     tiling.set_hiddenSize(hidden);
     tiling.set_rowsPerTile(plan.rowsPerTile);
     tiling.set_bufferCount(plan.bufferCount);
-    const uint32_t tiles = gf_host::CeilDiv(rows, plan.rowsPerTile);
-    tiling.set_tileCount(tiles);
-
-    auto platform = platform_ascendc::PlatformAscendC(context->GetPlatformInfo());
-    const uint32_t vectorCores = platform.GetCoreNumAiv();
-    const uint32_t cores = tiles < vectorCores ? (tiles > 0 ? tiles : 1) : vectorCores;
-    tiling.set_coreCount(cores);
-    context->SetBlockDim(cores);
+    tiling.set_tileCount(launch.tileCount);
+    tiling.set_coreCount(launch.coreCount);
+    context->SetBlockDim(launch.coreCount);
     gf_host::Store(context, tiling);
     gf_host::SetWorkspace(context, platform, 0);
     return ge::GRAPH_SUCCESS;

@@ -31,7 +31,10 @@ ge::graphStatus TilingFunc(gert::TilingContext* context)
     const uint32_t hidden = static_cast<uint32_t>(dy.GetDim(dy.GetDimNum() - 1));
     const uint64_t rows = hidden == 0 ? 0 : static_cast<uint64_t>(dy.GetShapeSize()) / hidden;
     const uint32_t element = static_cast<uint32_t>(ge::GetSizeByDataType(context->GetInputDesc(0)->GetDataType()));
-    const gf_plan::LayerNormPlan plan = gf_plan::PlanLayerNorm(hidden, element, true);
+    auto platform = platform_ascendc::PlatformAscendC(context->GetPlatformInfo());
+    const gf_plan::LayerNormLaunch launch =
+        gf_plan::PlanLayerNormLaunch(static_cast<uint32_t>(rows), hidden, element, true, platform.GetCoreNumAiv());
+    const gf_plan::LayerNormPlan& plan = launch.plan;
     if (!plan.fits) {
         return gf_host::Refuse(kOp, "the hidden size must be a multiple of 16, at most 2040 and fit the Unified Buffer");
     }
@@ -40,20 +43,14 @@ ge::graphStatus TilingFunc(gert::TilingContext* context)
     tiling.set_hiddenSize(hidden);
     tiling.set_rowsPerTile(plan.rowsPerTile);
     tiling.set_bufferCount(plan.bufferCount);
-    const uint32_t tiles = gf_host::CeilDiv(rows, plan.rowsPerTile);
-    tiling.set_tileCount(tiles);
+    tiling.set_tileCount(launch.tileCount);
     tiling.set_columnSlice(plan.columnSlice);
-    const uint32_t slices = hidden / plan.columnSlice;
-    tiling.set_sliceCount(slices);
+    tiling.set_sliceCount(launch.sliceCount);
     tiling.set_rowsPerColumnTile(plan.rowsPerColumnTile);
 
     // Both phases run on the same cores: as many as the larger phase can use.
-    auto platform = platform_ascendc::PlatformAscendC(context->GetPlatformInfo());
-    const uint32_t vectorCores = platform.GetCoreNumAiv();
-    const uint32_t wanted = tiles > slices ? tiles : slices;
-    const uint32_t cores = wanted < vectorCores ? (wanted > 0 ? wanted : 1) : vectorCores;
-    tiling.set_coreCount(cores);
-    context->SetBlockDim(cores);
+    tiling.set_coreCount(launch.coreCount);
+    context->SetBlockDim(launch.coreCount);
     gf_host::Store(context, tiling);
     gf_host::SetWorkspace(context, platform, 0);
     return ge::GRAPH_SUCCESS;

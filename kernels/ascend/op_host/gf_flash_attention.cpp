@@ -52,7 +52,10 @@ ge::graphStatus TilingFunc(gert::TilingContext* context)
     auto minScratch = [](uint32_t br, uint32_t bc) {
         return AscendC::GetSoftMaxFlashV2MinTmpSize(ge::Shape({br, bc}), sizeof(float), sizeof(float), true, false);
     };
-    const gf_plan::AttentionPlan plan = gf_plan::PlanAttention(headDim, element, false, minScratch);
+    auto platform = platform_ascendc::PlatformAscendC(context->GetPlatformInfo());
+    const gf_plan::AttentionLaunch launch = gf_plan::PlanAttentionLaunch(
+        batch, heads, length, headDim, element, false, static_cast<uint32_t>(platform.GetCoreNumAic()), minScratch);
+    const gf_plan::AttentionPlan& plan = launch.plan;
     if (!plan.fits) {
         return gf_host::Refuse(kOp, "head_dim too large for the Unified Buffer even with 16-row query blocks");
     }
@@ -66,21 +69,13 @@ ge::graphStatus TilingFunc(gert::TilingContext* context)
     tiling.set_headDim(headDim);
     tiling.set_queryBlock(br);
     tiling.set_keyBlock(bc);
-    const uint32_t blocksPerHead = gf_host::CeilDiv(length, br);
-    const uint64_t tasks = static_cast<uint64_t>(batch) * heads * blocksPerHead;
-    tiling.set_queryBlocksPerHead(blocksPerHead);
-    tiling.set_taskCount(static_cast<uint32_t>(tasks));
+    tiling.set_philoxRows(plan.philoxRows);
+    tiling.set_queryBlocksPerHead(launch.queryBlocksPerHead);
+    tiling.set_taskCount(launch.taskCount);
     tiling.set_scale(1.0f / std::sqrt(static_cast<float>(headDim)));
-
-    // One launch block = one cube core and its two vector cores; no more blocks than two tasks each can use.
-    auto platform = platform_ascendc::PlatformAscendC(context->GetPlatformInfo());
-    const uint64_t cubeCores = platform.GetCoreNumAic();
-    const uint32_t blocks = static_cast<uint32_t>(tasks < 2 * cubeCores ? gf_host::CeilDiv(tasks, 2) : cubeCores);
-    const uint32_t vectorCores = 2 * (blocks > 0 ? blocks : 1);
-    tiling.set_coreCount(vectorCores);
-
-    tiling.set_scoresWorkspaceBytes(gf_plan::AlignUp(br * bc * 4, gf_plan::kWorkspaceAlign));
-    tiling.set_probsWorkspaceBytes(gf_plan::AlignUp(br * bc * element, gf_plan::kWorkspaceAlign));
+    tiling.set_coreCount(launch.vectorCores);
+    tiling.set_scoresWorkspaceBytes(launch.scoresWorkspaceBytes);
+    tiling.set_probsWorkspaceBytes(launch.probsWorkspaceBytes);
     tiling.set_workspaceBytesPerCore(plan.workspaceBytesPerCore);
     tiling.set_scratchBytes(plan.scratchBytes);
 
@@ -92,9 +87,9 @@ ge::graphStatus TilingFunc(gert::TilingContext* context)
         return gf_host::Refuse(kOp, "the Matmul API found no tiling for the attention tiles");
     }
 
-    context->SetBlockDim(blocks > 0 ? blocks : 1);
+    context->SetBlockDim(launch.blockDim);
     gf_host::Store(context, tiling);
-    gf_host::SetWorkspace(context, platform, static_cast<uint64_t>(vectorCores) * plan.workspaceBytesPerCore);
+    gf_host::SetWorkspace(context, platform, launch.workspaceBytes);
     return ge::GRAPH_SUCCESS;
 }
 

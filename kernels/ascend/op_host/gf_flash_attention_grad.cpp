@@ -46,8 +46,11 @@ ge::graphStatus TilingFunc(gert::TilingContext* context)
         return gf_host::Refuse(kOp, "query, key and value must be float16 or bfloat16");
     }
     const uint32_t element = 2;
-    const gf_plan::AttentionPlan plan =
-        gf_plan::PlanAttention(headDim, element, true, [](uint32_t, uint32_t) { return 0u; });
+    auto platform = platform_ascendc::PlatformAscendC(context->GetPlatformInfo());
+    const gf_plan::AttentionLaunch launch =
+        gf_plan::PlanAttentionLaunch(batch, heads, length, headDim, element, true,
+                                     static_cast<uint32_t>(platform.GetCoreNumAic()), [](uint32_t, uint32_t) { return 0u; });
+    const gf_plan::AttentionPlan& plan = launch.plan;
     if (!plan.fits) {
         return gf_host::Refuse(kOp, "head_dim too large for the Unified Buffer even with 16-row query blocks");
     }
@@ -61,29 +64,19 @@ ge::graphStatus TilingFunc(gert::TilingContext* context)
     tiling.set_headDim(headDim);
     tiling.set_queryBlock(br);
     tiling.set_keyBlock(bc);
-    const uint32_t queryBlocks = gf_host::CeilDiv(length, br);
-    const uint32_t keyBlocks = gf_host::CeilDiv(length, bc);
-    const uint64_t pairs = static_cast<uint64_t>(batch) * heads;
-    tiling.set_queryBlocksPerHead(queryBlocks);
-    tiling.set_keyBlocksPerHead(keyBlocks);
-    tiling.set_keyTaskCount(static_cast<uint32_t>(pairs * keyBlocks));
-    tiling.set_queryTaskCount(static_cast<uint32_t>(pairs * queryBlocks));
-    // A key task walks every query block with four tile products (S, dP, dV, dK); a query task walks every key
-    // block with three (S, dP, dQ). Weighting the split by these keeps the cores' work even.
-    tiling.set_keyTaskCost(4 * queryBlocks);
-    tiling.set_queryTaskCost(3 * keyBlocks);
+    tiling.set_philoxRows(plan.philoxRows);
+    tiling.set_queryBlocksPerHead(launch.queryBlocksPerHead);
+    tiling.set_keyBlocksPerHead(launch.keyBlocksPerHead);
+    tiling.set_keyTaskCount(launch.keyTaskCount);
+    tiling.set_queryTaskCount(launch.queryTaskCount);
+    // Cost-weighted split (gf::CostSplitBegin) keeps the cores' work even: see gf_plan::PlanAttentionLaunch.
+    tiling.set_keyTaskCost(launch.keyTaskCost);
+    tiling.set_queryTaskCost(launch.queryTaskCost);
     tiling.set_scale(1.0f / std::sqrt(static_cast<float>(headDim)));
-
-    auto platform = platform_ascendc::PlatformAscendC(context->GetPlatformInfo());
-    const uint64_t cubeCores = platform.GetCoreNumAic();
-    const uint64_t tasks = pairs * (keyBlocks + queryBlocks);
-    const uint32_t blocks = static_cast<uint32_t>(tasks < 2 * cubeCores ? gf_host::CeilDiv(tasks, 2) : cubeCores);
-    const uint32_t vectorCores = 2 * (blocks > 0 ? blocks : 1);
-    tiling.set_coreCount(vectorCores);
-
-    tiling.set_scoresWorkspaceBytes(gf_plan::AlignUp(br * bc * 4, gf_plan::kWorkspaceAlign));
-    tiling.set_probsWorkspaceBytes(gf_plan::AlignUp(br * bc * element, gf_plan::kWorkspaceAlign));
-    tiling.set_keyAccumulatorBytes(gf_plan::AlignUp(bc * headDim * 4, gf_plan::kWorkspaceAlign));
+    tiling.set_coreCount(launch.vectorCores);
+    tiling.set_scoresWorkspaceBytes(launch.scoresWorkspaceBytes);
+    tiling.set_probsWorkspaceBytes(launch.probsWorkspaceBytes);
+    tiling.set_keyAccumulatorBytes(launch.keyAccumulatorBytes);
     tiling.set_workspaceBytesPerCore(plan.workspaceBytesPerCore);
 
     // Q_i K_j^T and dO_i V_j^T: Br x Bc x d (B transposed).  (P o Z)^T dO_i, (s dS)^T Q_i: Bc x d x Br (A
@@ -94,9 +87,9 @@ ge::graphStatus TilingFunc(gert::TilingContext* context)
         return gf_host::Refuse(kOp, "the Matmul API found no tiling for the attention tiles");
     }
 
-    context->SetBlockDim(blocks > 0 ? blocks : 1);
+    context->SetBlockDim(launch.blockDim);
     gf_host::Store(context, tiling);
-    gf_host::SetWorkspace(context, platform, static_cast<uint64_t>(vectorCores) * plan.workspaceBytesPerCore);
+    gf_host::SetWorkspace(context, platform, launch.workspaceBytes);
     return ge::GRAPH_SUCCESS;
 }
 

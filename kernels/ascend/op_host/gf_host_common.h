@@ -48,8 +48,6 @@ inline bool CubeTiling(const platform_ascendc::PlatformAscendC& platform, matmul
     return tiling.GetTiling(out) != -1;
 }
 
-inline uint32_t CeilDiv(uint64_t value, uint64_t unit) { return static_cast<uint32_t>((value + unit - 1) / unit); }
-
 template <typename TilingData>
 inline void Store(gert::TilingContext* context, TilingData& tiling)
 {

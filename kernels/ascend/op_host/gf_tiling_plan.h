@@ -38,6 +38,13 @@ constexpr uint32_t kQueryBlock = 64;
 constexpr uint32_t kKeyBlock = 128;
 constexpr uint32_t kMinQueryBlock = 16;
 
+// Attention dropout: the vector-unit Philox (op_kernel/gf_philox_lanes.h) keeps kPhiloxWordVectors word vectors of
+// philoxRows x Bc lanes (the kernel's gf::kPhiloxWordVectors; the test checks they agree); more rows per call
+// amortise the per-instruction cost over more lanes.
+constexpr uint32_t kPhiloxWordVectors = 11;
+constexpr uint32_t kMaxPhiloxRows = 8;
+constexpr uint32_t PhiloxUbBytes(uint32_t rows, uint32_t bc) { return kPhiloxWordVectors * rows * bc * 4; }
+
 constexpr uint32_t AlignUp(uint32_t value, uint32_t unit) { return (value + unit - 1) / unit * unit; }
 constexpr uint32_t CeilDiv(uint32_t value, uint32_t unit) { return (value + unit - 1) / unit; }
 
@@ -98,14 +105,16 @@ constexpr bool CubeTileFits(uint32_t m, uint32_t n, uint32_t k, uint32_t element
 struct AttentionPlan {
     uint32_t queryBlock = 0;
     uint32_t keyBlock = 0;
-    uint32_t ubBytes = 0;       // counted buffers, without the softmax scratch
+    uint32_t philoxRows = 0;    // rows of the probability tile per vector-Philox call
+    uint32_t ubBytes = 0;       // counted buffers and the Philox registers, without the softmax scratch
     uint32_t scratchBytes = 0;  // UB left for SoftmaxFlashV2 (forward only)
     uint32_t workspaceBytesPerCore = 0;
     bool fits = false;
 };
 
-// Largest query block (64, 32 or 16 rows) whose buffers fit; the forward also needs `minScratchBytes` of softmax
-// scratch for that block (the host passes GetSoftMaxFlashV2MinTmpSize of the br x bc tile through `minScratch`).
+// Largest query block (64, 32 or 16 rows) whose buffers fit, then as many Philox rows (8, 4, 2 or 1) as fit
+// besides; the forward also needs `minScratch` bytes of softmax scratch for that block (the host passes
+// GetSoftMaxFlashV2MinTmpSize of the br x bc tile) and gets whatever UB is left.
 template <typename MinScratch>
 constexpr AttentionPlan PlanAttention(uint32_t headDim, uint32_t element, bool backward, MinScratch minScratch)
 {
@@ -113,19 +122,23 @@ constexpr AttentionPlan PlanAttention(uint32_t headDim, uint32_t element, bool b
     plan.keyBlock = kKeyBlock;
     for (uint32_t br = kQueryBlock; br >= kMinQueryBlock; br /= 2) {
         const uint32_t bc = kKeyBlock;
-        const uint32_t ub = backward ? AttentionBackwardUbBytes(br, bc, headDim, element)
-                                     : AttentionForwardUbBytes(br, bc, headDim, element);
+        const uint32_t tiles = backward ? AttentionBackwardUbBytes(br, bc, headDim, element)
+                                        : AttentionForwardUbBytes(br, bc, headDim, element);
         const uint32_t scratchNeeded = backward ? 0 : minScratch(br, bc);
         const bool cubeFits = CubeTileFits(br, bc, headDim, element) && CubeTileFits(br, headDim, bc, element) &&
                               CubeTileFits(bc, headDim, br, element);
-        if (ub + scratchNeeded <= kUbUsableBytes && cubeFits) {
-            plan.queryBlock = br;
-            plan.ubBytes = ub;
-            plan.scratchBytes = backward ? 0 : kUbUsableBytes - ub;
-            plan.workspaceBytesPerCore = backward ? AttentionBackwardWorkspaceBytes(br, bc, headDim, element)
-                                                  : AttentionForwardWorkspaceBytes(br, bc, headDim, element);
-            plan.fits = true;
-            return plan;
+        for (uint32_t rows = kMaxPhiloxRows; rows >= 1 && cubeFits; rows /= 2) {
+            const uint32_t ub = tiles + PhiloxUbBytes(rows, bc);
+            if (ub + scratchNeeded <= kUbUsableBytes) {
+                plan.queryBlock = br;
+                plan.philoxRows = rows;
+                plan.ubBytes = ub;
+                plan.scratchBytes = backward ? 0 : kUbUsableBytes - ub;
+                plan.workspaceBytesPerCore = backward ? AttentionBackwardWorkspaceBytes(br, bc, headDim, element)
+                                                      : AttentionForwardWorkspaceBytes(br, bc, headDim, element);
+                plan.fits = true;
+                return plan;
+            }
         }
     }
     return plan;
@@ -136,6 +149,62 @@ constexpr AttentionPlan PlanAttention(uint32_t headDim, uint32_t element, bool b
 constexpr bool AttentionHeadDimSupported(uint32_t headDim)
 {
     return headDim >= 16 && headDim % 16 == 0 && headDim / kFloatsPerBlock <= kMaxRepeat;
+}
+
+// What the attention tiling functions store besides the Matmul / softmax API tilings, for one shape and a device
+// with `cubeCores` cube cores (two vector cores each): tile counts, task counts, task costs, the launch's block
+// count, and the GM workspace (ours; the host adds what the Ascend C libraries ask for).
+struct AttentionLaunch {
+    AttentionPlan plan;
+    uint32_t queryBlocksPerHead = 0;
+    uint32_t keyBlocksPerHead = 0;  // backward only
+    uint32_t taskCount = 0;         // forward: (cell, head, query block); backward: key tasks + query tasks
+    uint32_t keyTaskCount = 0;      // backward: (cell, head, key block), each walking every query block
+    uint32_t queryTaskCount = 0;    // backward: (cell, head, query block), each walking every key block
+    uint32_t keyTaskCost = 0;       // backward: tile products per key task (S, dP, dV, dK per query block)
+    uint32_t queryTaskCost = 0;     // backward: tile products per query task (S, dP, dQ per key block)
+    uint32_t blockDim = 0;          // launch blocks: one cube core + two vector cores each
+    uint32_t vectorCores = 0;       // 2 * blockDim: the cores the tasks are split over
+    uint32_t scoresWorkspaceBytes = 0;
+    uint32_t probsWorkspaceBytes = 0;
+    uint32_t keyAccumulatorBytes = 0;  // backward only
+    uint64_t workspaceBytes = 0;       // vectorCores slices of plan.workspaceBytesPerCore
+};
+
+template <typename MinScratch>
+constexpr AttentionLaunch PlanAttentionLaunch(uint32_t batch, uint32_t heads, uint32_t length, uint32_t headDim,
+                                              uint32_t element, bool backward, uint32_t cubeCores,
+                                              MinScratch minScratch)
+{
+    AttentionLaunch launch;
+    launch.plan = PlanAttention(headDim, element, backward, minScratch);
+    if (!launch.plan.fits) {
+        return launch;
+    }
+    const uint32_t br = launch.plan.queryBlock;
+    const uint32_t bc = launch.plan.keyBlock;
+    const uint32_t pairs = batch * heads;
+    launch.queryBlocksPerHead = CeilDiv(length, br);
+    if (backward) {
+        launch.keyBlocksPerHead = CeilDiv(length, bc);
+        launch.keyTaskCount = pairs * launch.keyBlocksPerHead;
+        launch.queryTaskCount = pairs * launch.queryBlocksPerHead;
+        launch.keyTaskCost = 4 * launch.queryBlocksPerHead;
+        launch.queryTaskCost = 3 * launch.keyBlocksPerHead;
+        launch.taskCount = launch.keyTaskCount + launch.queryTaskCount;
+        launch.keyAccumulatorBytes = AlignUp(bc * headDim * 4, kWorkspaceAlign);
+    } else {
+        launch.taskCount = pairs * launch.queryBlocksPerHead;
+    }
+    // No more blocks than two tasks each can use.
+    const uint32_t tasks = launch.taskCount;
+    launch.blockDim = tasks < 2 * cubeCores ? CeilDiv(tasks, 2) : cubeCores;
+    launch.blockDim = launch.blockDim > 0 ? launch.blockDim : 1;
+    launch.vectorCores = 2 * launch.blockDim;
+    launch.scoresWorkspaceBytes = AlignUp(br * bc * 4, kWorkspaceAlign);
+    launch.probsWorkspaceBytes = AlignUp(br * bc * element, kWorkspaceAlign);
+    launch.workspaceBytes = static_cast<uint64_t>(launch.vectorCores) * launch.plan.workspaceBytesPerCore;
+    return launch;
 }
 
 // ---- residual add + LayerNorm ----------------------------------------------------------------------------------
@@ -238,6 +307,29 @@ constexpr LayerNormPlan PlanLayerNorm(uint32_t h, uint32_t element, bool backwar
         }
     }
     return plan;
+}
+
+// What the LayerNorm tiling functions store, for `rows` rows of width h on a device with `vectorCores` vector cores.
+struct LayerNormLaunch {
+    LayerNormPlan plan;
+    uint32_t tileCount = 0;   // row tiles of plan.rowsPerTile rows
+    uint32_t sliceCount = 0;  // backward: column slices of plan.columnSlice columns
+    uint32_t coreCount = 0;   // vector cores launched: as many as the larger phase can use
+};
+
+constexpr LayerNormLaunch PlanLayerNormLaunch(uint32_t rows, uint32_t h, uint32_t element, bool backward,
+                                              uint32_t vectorCores)
+{
+    LayerNormLaunch launch;
+    launch.plan = PlanLayerNorm(h, element, backward);
+    if (!launch.plan.fits) {
+        return launch;
+    }
+    launch.tileCount = CeilDiv(rows, launch.plan.rowsPerTile);
+    launch.sliceCount = backward ? h / launch.plan.columnSlice : 0;
+    const uint32_t wanted = launch.tileCount > launch.sliceCount ? launch.tileCount : launch.sliceCount;
+    launch.coreCount = wanted < vectorCores ? (wanted > 0 ? wanted : 1) : vectorCores;
+    return launch;
 }
 
 }  // namespace gf_plan

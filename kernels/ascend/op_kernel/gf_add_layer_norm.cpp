@@ -10,6 +10,7 @@
 // the arithmetic of tile t (single-buffered only for rows too wide for two buffers in UB).
 #include "kernel_operator.h"
 
+#include "gf_task_split.h"
 #include "gf_tile_ops.h"
 
 namespace {
@@ -32,8 +33,8 @@ public:
         rowSlots_ = (tileRows_ + gf::kFloatsPerBlock - 1) / gf::kFloatsPerBlock * gf::kFloatsPerBlock;
         const uint32_t tiles = tiling->tileCount;
         const uint32_t core = AscendC::GetBlockIdx();
-        firstTile_ = static_cast<uint32_t>(static_cast<uint64_t>(tiles) * core / tiling->coreCount);
-        endTile_ = static_cast<uint32_t>(static_cast<uint64_t>(tiles) * (core + 1) / tiling->coreCount);
+        firstTile_ = static_cast<uint32_t>(gf::EvenSplitBegin(tiles, core, tiling->coreCount));
+        endTile_ = static_cast<uint32_t>(gf::EvenSplitBegin(tiles, core + 1, tiling->coreCount));
 
         xGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(x));
         residualGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(residual));

@@ -11,6 +11,7 @@
 // x, residual and dy a second time rather than passing partial sums between cores.
 #include "kernel_operator.h"
 
+#include "gf_task_split.h"
 #include "gf_tile_ops.h"
 
 namespace {
@@ -76,8 +77,8 @@ private:
         gf::WaitFor<HardEvent::MTE2_V>();
 
         const uint32_t tiles = tiling_->tileCount;
-        const uint32_t first = static_cast<uint32_t>(static_cast<uint64_t>(tiles) * core_ / tiling_->coreCount);
-        const uint32_t end = static_cast<uint32_t>(static_cast<uint64_t>(tiles) * (core_ + 1) / tiling_->coreCount);
+        const uint32_t first = static_cast<uint32_t>(gf::EvenSplitBegin(tiles, core_, tiling_->coreCount));
+        const uint32_t end = static_cast<uint32_t>(gf::EvenSplitBegin(tiles, core_ + 1, tiling_->coreCount));
         for (uint32_t t = first; t < end; ++t) {
             const uint32_t firstRow = t * rows_;
             const uint32_t rows = rowCount_ - firstRow < rows_ ? rowCount_ - firstRow : rows_;
@@ -219,8 +220,8 @@ private:
         pipe_->InitBuffer(sumsOutQueue_, 1, 2 * width_ * sizeof(float));
 
         const uint32_t slices = tiling_->sliceCount;
-        const uint32_t first = static_cast<uint32_t>(static_cast<uint64_t>(slices) * core_ / tiling_->coreCount);
-        const uint32_t end = static_cast<uint32_t>(static_cast<uint64_t>(slices) * (core_ + 1) / tiling_->coreCount);
+        const uint32_t first = static_cast<uint32_t>(gf::EvenSplitBegin(slices, core_, tiling_->coreCount));
+        const uint32_t end = static_cast<uint32_t>(gf::EvenSplitBegin(slices, core_ + 1, tiling_->coreCount));
         for (uint32_t slice = first; slice < end; ++slice) {
             const uint32_t firstColumn = slice * width_;
             LocalTensor<float> accumulator = accumulatorBuf_.Get<float>();
@@ -262,8 +263,9 @@ private:
                                      const AscendC::DataCopyExtParams& params)
     {
         if constexpr (sizeof(T) == 2) {
+            // GetPhyAddr() returns a pointer to const; GetPhyAddr(offset) the writable one SetGlobalBuffer takes.
             GlobalTensor<uint16_t> bits;
-            bits.SetGlobalBuffer(reinterpret_cast<__gm__ uint16_t*>(src.GetPhyAddr()));
+            bits.SetGlobalBuffer(reinterpret_cast<__gm__ uint16_t*>(src.GetPhyAddr(0)));
             const AscendC::DataCopyPadExtParams<uint16_t> noPadding = {false, 0, 0, 0};
             AscendC::DataCopyPad(dst.template ReinterpretCast<uint16_t>(), bits, params, noPadding);
         } else {

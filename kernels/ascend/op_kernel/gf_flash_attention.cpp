@@ -21,6 +21,8 @@
 #include "lib/matmul_intf.h"
 
 #include "gf_philox.h"
+#include "gf_philox_lanes.h"
+#include "gf_task_split.h"
 #include "gf_tile_ops.h"
 
 namespace {
@@ -86,6 +88,8 @@ public:
         pipe->InitBuffer(outQueue_, 1, br_ * headDim_ * sizeof(T));
         pipe->InitBuffer(statsBuf_, 6 * br_ * gf::kFloatsPerBlock * sizeof(float));
         pipe->InitBuffer(keyBuf_, 2 * bc_ * sizeof(float));
+        philoxRows_ = tiling->philoxRows;
+        pipe->InitBuffer(philoxBuf_, gf::kPhiloxWordVectors * philoxRows_ * bc_ * sizeof(int32_t));
         pipe->InitBuffer(scratchBuf_, tiling->scratchBytes);
 
         // Dropout parameters are tensors (a new seed every step without recompiling); read once by the scalar unit.
@@ -109,8 +113,8 @@ public:
         const uint32_t blocksPerHead = tiling_->queryBlocksPerHead;
         const uint32_t taskCount = tiling_->taskCount;
         const uint32_t cores = tiling_->coreCount;
-        const uint32_t first = static_cast<uint32_t>(static_cast<uint64_t>(taskCount) * core_ / cores);
-        const uint32_t end = static_cast<uint32_t>(static_cast<uint64_t>(taskCount) * (core_ + 1) / cores);
+        const uint32_t first = static_cast<uint32_t>(gf::EvenSplitBegin(taskCount, core_, cores));
+        const uint32_t end = static_cast<uint32_t>(gf::EvenSplitBegin(taskCount, core_ + 1, cores));
         uint32_t scannedCell = batch_;
         CellKeys keys;
         for (uint32_t task = first; task < end; ++task) {
@@ -198,7 +202,7 @@ private:
 
             // The normaliser l keeps the probabilities before dropout; only P V sees the mask.
             if (dropout_) {
-                DropProbabilities(scores, pair, firstRow, rows, keyStart, width);
+                DropProbabilities(scores, pair, firstRow, rows, keyStart);
             }
 
             // O_i = diag(exp(m_prev - m)) O_i + P_ij V_j
@@ -264,20 +268,20 @@ private:
         return bias;
     }
 
-    // P_ij o= Z_ij: the scalar unit zeroes the dropped probabilities (Philox per element, see gf_philox.h), then
-    // the vector unit scales the tile by 1 / (1 - p).
+    // P_ij o= Z_ij on the vector unit (gf_philox_lanes.h): the keep mask of philoxRows_ rows at a time multiplies
+    // the probabilities, then the kept ones are scaled by 1 / (1 - p).
     __aicore__ inline void DropProbabilities(const LocalTensor<float>& probs, uint32_t pair, uint32_t firstRow,
-                                             uint32_t rows, uint32_t keyStart, uint32_t width)
+                                             uint32_t rows, uint32_t keyStart)
     {
-        gf::WaitFor<HardEvent::V_S>();
-        for (uint32_t r = 0; r < rows; ++r) {
-            for (uint32_t c = 0; c < width; ++c) {
-                if (!gf::KeepProbability(keyStart + c, firstRow + r, pair, keyLo_, keyHi_, threshold_)) {
-                    probs.SetValue(r * bc_ + c, 0.0f);
-                }
-            }
+        gf::PhiloxRegisters<gf::VectorLanes> registers = gf::PhiloxRegistersIn(philoxBuf_, philoxRows_ * bc_);
+        for (uint32_t row = 0; row < rows; row += philoxRows_) {
+            const uint32_t chunk = rows - row < philoxRows_ ? rows - row : philoxRows_;
+            gf::VectorLanes lanes{static_cast<int32_t>(chunk * bc_)};
+            const LocalTensor<float> keep = gf::KeepMaskLanes(lanes, registers, pair, firstRow + row, chunk, keyStart,
+                                                              bc_, keyLo_, keyHi_, threshold_);
+            AscendC::Mul(probs[row * bc_], probs[row * bc_], keep, static_cast<int32_t>(chunk * bc_));
+            AscendC::PipeBarrier<PIPE_V>();
         }
-        gf::WaitFor<HardEvent::S_V>();
         AscendC::Muls(probs, probs, keepScale_, static_cast<int32_t>(br_ * bc_));
         AscendC::PipeBarrier<PIPE_V>();
     }
@@ -338,7 +342,7 @@ private:
     uint32_t batch_ = 0, heads_ = 0, length_ = 0, headDim_ = 0, br_ = 0, bc_ = 0, core_ = 0;
     float scale_ = 1.0f;
     bool dropout_ = false;
-    uint32_t keyLo_ = 0, keyHi_ = 0, threshold_ = 0;
+    uint32_t keyLo_ = 0, keyHi_ = 0, threshold_ = 0, philoxRows_ = 1;
     float keepScale_ = 1.0f;
 
     GlobalTensor<T> queryGm_, keyGm_, valueGm_, outGm_;
@@ -351,7 +355,7 @@ private:
     AscendC::TQue<AscendC::QuePosition::VECOUT, 1> probsQueue_;
     AscendC::TQue<AscendC::QuePosition::VECIN, 1> valuesQueue_;
     AscendC::TQue<AscendC::QuePosition::VECOUT, 1> outQueue_;
-    AscendC::TBuf<TPosition::VECCALC> outAccBuf_, statsBuf_, keyBuf_, scratchBuf_;
+    AscendC::TBuf<TPosition::VECCALC> outAccBuf_, statsBuf_, keyBuf_, philoxBuf_, scratchBuf_;
 };
 
 }  // namespace

@@ -21,6 +21,8 @@
 #include "lib/matmul_intf.h"
 
 #include "gf_philox.h"
+#include "gf_philox_lanes.h"
+#include "gf_task_split.h"
 #include "gf_tile_ops.h"
 
 namespace {
@@ -105,6 +107,8 @@ public:
         pipe->InitBuffer(outQueue_, 1, br_ * headDim_ * sizeof(T));
         pipe->InitBuffer(statsBuf_, 5 * br_ * gf::kFloatsPerBlock * sizeof(float));
         pipe->InitBuffer(keyBuf_, 2 * bc_ * sizeof(float));
+        philoxRows_ = tiling->philoxRows;
+        pipe->InitBuffer(philoxBuf_, gf::kPhiloxWordVectors * philoxRows_ * bc_ * sizeof(int32_t));
 
         GlobalTensor<int64_t> seedGm;
         seedGm.SetGlobalBuffer(reinterpret_cast<__gm__ int64_t*>(seed));
@@ -126,10 +130,9 @@ public:
         const uint64_t queryTasks = tiling_->queryTaskCount;
         const uint64_t keyCost = tiling_->keyTaskCost;
         const uint64_t queryCost = tiling_->queryTaskCost;
-        const uint64_t totalCost = keyTasks * keyCost + queryTasks * queryCost;
         const uint32_t cores = tiling_->coreCount;
-        const uint64_t first = FirstTaskFrom(totalCost * core_ / cores, keyTasks, keyCost, queryCost);
-        const uint64_t end = FirstTaskFrom(totalCost * (core_ + 1) / cores, keyTasks, keyCost, queryCost);
+        const uint64_t first = gf::CostSplitBegin(keyTasks, keyCost, queryTasks, queryCost, core_, cores);
+        const uint64_t end = gf::CostSplitBegin(keyTasks, keyCost, queryTasks, queryCost, core_ + 1, cores);
 
         uint32_t scannedCell = batch_;
         CellKeys keys;
@@ -156,18 +159,6 @@ public:
     }
 
 private:
-    // The first task whose cost range starts at or after `position` (task t starts at the sum of the costs of the
-    // tasks before it), so that consecutive cores get disjoint task ranges that cover everything.
-    __aicore__ static inline uint64_t FirstTaskFrom(uint64_t position, uint64_t keyTasks, uint64_t keyCost,
-                                                    uint64_t queryCost)
-    {
-        const uint64_t keySpan = keyTasks * keyCost;
-        if (position <= keySpan) {
-            return (position + keyCost - 1) / keyCost;
-        }
-        return keyTasks + (position - keySpan + queryCost - 1) / queryCost;
-    }
-
     __aicore__ inline CellKeys ScanCell(uint32_t cell)
     {
         CellKeys keys;
@@ -207,7 +198,7 @@ private:
                 AscendC::Cast(probsNarrow, probs, AscendC::RoundMode::CAST_RINT, static_cast<int32_t>(br_ * bc_));
                 AscendC::PipeBarrier<PIPE_V>();
                 if (dropout_) {
-                    DropMask(probsNarrow, true, grad, pair, firstRow, rows, keyStart, width);
+                    DropMask(probsNarrow, true, probs, grad, pair, firstRow, rows, keyStart);
                 }
                 ScoreGradient(grad, probs);
                 SendTile(probsQueue_, probsNarrow, probsWs_);
@@ -256,7 +247,7 @@ private:
             LocalTensor<float> grad = ProbabilityGradient(headOffset, firstRow, rows, keyStart, width);
             if (dropout_) {
                 LocalTensor<T> unused;
-                DropMask(unused, false, grad, pair, firstRow, rows, keyStart, width);
+                DropMask(unused, false, probs, grad, pair, firstRow, rows, keyStart);
             }
             ScoreGradient(grad, probs);
             scoresQueue_.FreeTensor(probs);
@@ -370,28 +361,28 @@ private:
         return grad;
     }
 
-    // Regenerates Z_ij (the forward's mask, same counters) on the scalar unit: zeroes dropped entries of dP (then
-    // dP o Z = dP * 1/(1-p)) and, with `withProbs`, of the narrow copy of P that goes to dV.
-    __aicore__ inline void DropMask(const LocalTensor<T>& probsNarrow, bool withProbs, const LocalTensor<float>& grad,
-                                    uint32_t pair, uint32_t firstRow, uint32_t rows, uint32_t keyStart,
-                                    uint32_t width)
+    // Regenerates Z_ij (the forward's mask, same counters) on the vector unit, philoxRows_ rows at a time:
+    // dP o Z = dP * keep * 1/(1-p) and, with `withProbs`, the narrow copy of P o keep that goes to dV (whose 1/(1-p)
+    // is applied once to the accumulated dV).
+    __aicore__ inline void DropMask(const LocalTensor<T>& probsNarrow, bool withProbs, const LocalTensor<float>& probs,
+                                    const LocalTensor<float>& grad, uint32_t pair, uint32_t firstRow, uint32_t rows,
+                                    uint32_t keyStart)
     {
-        LocalTensor<uint16_t> probsBits;
-        if (withProbs) {
-            probsBits = probsNarrow.template ReinterpretCast<uint16_t>();
-        }
-        gf::WaitFor<HardEvent::V_S>();
-        for (uint32_t r = 0; r < rows; ++r) {
-            for (uint32_t c = 0; c < width; ++c) {
-                if (!gf::KeepProbability(keyStart + c, firstRow + r, pair, keyLo_, keyHi_, threshold_)) {
-                    grad.SetValue(r * bc_ + c, 0.0f);
-                    if (withProbs) {
-                        probsBits.SetValue(r * bc_ + c, static_cast<uint16_t>(0));  // +0 in fp16 and bf16
-                    }
-                }
+        gf::PhiloxRegisters<gf::VectorLanes> registers = gf::PhiloxRegistersIn(philoxBuf_, philoxRows_ * bc_);
+        for (uint32_t row = 0; row < rows; row += philoxRows_) {
+            const uint32_t chunk = rows - row < philoxRows_ ? rows - row : philoxRows_;
+            const int32_t count = static_cast<int32_t>(chunk * bc_);
+            gf::VectorLanes lanes{count};
+            const LocalTensor<float> keep = gf::KeepMaskLanes(lanes, registers, pair, firstRow + row, chunk, keyStart,
+                                                              bc_, keyLo_, keyHi_, threshold_);
+            AscendC::Mul(grad[row * bc_], grad[row * bc_], keep, count);
+            if (withProbs) {
+                AscendC::Mul(keep, keep, probs[row * bc_], count);
+                AscendC::PipeBarrier<PIPE_V>();
+                AscendC::Cast(probsNarrow[row * bc_], keep, AscendC::RoundMode::CAST_RINT, count);
             }
+            AscendC::PipeBarrier<PIPE_V>();
         }
-        gf::WaitFor<HardEvent::S_V>();
         AscendC::Muls(grad, grad, keepScale_, static_cast<int32_t>(br_ * bc_));
         AscendC::PipeBarrier<PIPE_V>();
     }
@@ -484,7 +475,7 @@ private:
     uint32_t batch_ = 0, heads_ = 0, length_ = 0, headDim_ = 0, br_ = 0, bc_ = 0, core_ = 0;
     float scale_ = 1.0f;
     bool dropout_ = false;
-    uint32_t keyLo_ = 0, keyHi_ = 0, threshold_ = 0;
+    uint32_t keyLo_ = 0, keyHi_ = 0, threshold_ = 0, philoxRows_ = 1;
     float keepScale_ = 1.0f;
 
     GlobalTensor<T> queryGm_, keyGm_, valueGm_, outGm_, dOutGm_, dQueryGm_, dKeyGm_, dValueGm_;
@@ -495,7 +486,7 @@ private:
 
     AscendC::TQue<AscendC::QuePosition::VECIN, 1> scoresQueue_, gradQueue_, rowsInQueue_;
     AscendC::TQue<AscendC::QuePosition::VECOUT, 1> probsQueue_, scoreGradQueue_, outQueue_;
-    AscendC::TBuf<TPosition::VECCALC> rowsWorkBuf_, statsBuf_, keyBuf_;
+    AscendC::TBuf<TPosition::VECCALC> rowsWorkBuf_, statsBuf_, keyBuf_, philoxBuf_;
 };
 
 }  // namespace

@@ -8,6 +8,8 @@
 
 #include "kernel_operator.h"
 
+#include "gf_philox_lanes.h"
+
 namespace gf {
 
 using AscendC::LocalTensor;
@@ -136,13 +138,122 @@ __aicore__ inline void FillRowsFrom(const LocalTensor<float>& tile, uint32_t tot
     }
 }
 
+// The operations of gf_philox_lanes.h as Ascend C vector instructions on `count` 32-bit lanes in UB (count a
+// multiple of 64, so every instruction runs whole 256-byte repeats). Each waits for the one before it: the
+// generator is one long dependency chain.
+struct VectorLanes {
+    using Words = LocalTensor<int32_t>;
+    using Floats = LocalTensor<float>;
+    int32_t count;
+
+    __aicore__ inline void Done() const { AscendC::PipeBarrier<PIPE_V>(); }
+    __aicore__ inline void ShiftRight(const Words& d, const Words& a, uint32_t bits) const
+    {
+        AscendC::ShiftRight(d.ReinterpretCast<uint32_t>(), a.ReinterpretCast<uint32_t>(), bits, count);  // logical
+        Done();
+    }
+    __aicore__ inline void ShiftLeft(const Words& d, const Words& a, uint32_t bits) const
+    {
+        AscendC::ShiftLeft(d.ReinterpretCast<uint32_t>(), a.ReinterpretCast<uint32_t>(), bits, count);
+        Done();
+    }
+    __aicore__ inline void MulScalar(const Words& d, const Words& a, uint32_t multiplier) const
+    {
+        AscendC::Muls(d, a, static_cast<int32_t>(multiplier), count);  // low 32 bits of the product
+        Done();
+    }
+    __aicore__ inline void Add(const Words& d, const Words& a, const Words& b) const
+    {
+        AscendC::Add(d, a, b, count);
+        Done();
+    }
+    __aicore__ inline void Sub(const Words& d, const Words& a, const Words& b) const
+    {
+        AscendC::Sub(d, a, b, count);
+        Done();
+    }
+    // And / Or exist for 16-bit lanes only: on the uint16 view, both halves of every word at once.
+    __aicore__ inline void And(const Words& d, const Words& a, const Words& b) const
+    {
+        AscendC::And(d.ReinterpretCast<uint16_t>(), a.ReinterpretCast<uint16_t>(), b.ReinterpretCast<uint16_t>(),
+                     2 * count);
+        Done();
+    }
+    __aicore__ inline void Or(const Words& d, const Words& a, const Words& b) const
+    {
+        AscendC::Or(d.ReinterpretCast<uint16_t>(), a.ReinterpretCast<uint16_t>(), b.ReinterpretCast<uint16_t>(),
+                    2 * count);
+        Done();
+    }
+    __aicore__ inline void Fill(const Words& d, uint32_t value) const
+    {
+        AscendC::Duplicate(d, static_cast<int32_t>(value), count);
+        Done();
+    }
+    __aicore__ inline void FillRange(const Words& d, uint32_t offset, uint32_t value, uint32_t n) const
+    {
+        AscendC::Duplicate(d[offset], static_cast<int32_t>(value), static_cast<int32_t>(n));
+        Done();
+    }
+    __aicore__ inline void ColumnIndex(const Words& d, uint32_t offset, uint32_t first, uint32_t n) const
+    {
+        AscendC::CreateVecIndex(d[offset], static_cast<int32_t>(first), n);
+        Done();
+    }
+    __aicore__ inline Floats AsFloats(const Words& w) const { return w.ReinterpretCast<float>(); }
+    __aicore__ inline void ToFloat(const Floats& d, const Words& s) const
+    {
+        AscendC::Cast(d, s, AscendC::RoundMode::CAST_NONE, count);  // exact: the values are below 2^16
+        Done();
+    }
+    __aicore__ inline void AddsFloat(const Floats& d, const Floats& a, float s) const
+    {
+        AscendC::Adds(d, a, s, count);
+        Done();
+    }
+    __aicore__ inline void MulsFloat(const Floats& d, const Floats& a, float s) const
+    {
+        AscendC::Muls(d, a, s, count);
+        Done();
+    }
+    __aicore__ inline void AddFloat(const Floats& d, const Floats& a, const Floats& b) const
+    {
+        AscendC::Add(d, a, b, count);
+        Done();
+    }
+    __aicore__ inline void MaxsFloat(const Floats& d, const Floats& a, float s) const
+    {
+        AscendC::Maxs(d, a, s, count);
+        Done();
+    }
+    __aicore__ inline void MinsFloat(const Floats& d, const Floats& a, float s) const
+    {
+        AscendC::Mins(d, a, s, count);
+        Done();
+    }
+};
+
+// The Philox registers: kPhiloxWordVectors consecutive vectors of `lanes` words in `buffer`.
+__aicore__ inline PhiloxRegisters<VectorLanes> PhiloxRegistersIn(AscendC::TBuf<AscendC::TPosition::VECCALC>& buffer,
+                                                                 uint32_t lanes)
+{
+    const LocalTensor<int32_t> words = buffer.Get<int32_t>();
+    PhiloxRegisters<VectorLanes> r;
+    LocalTensor<int32_t>* all[] = {&r.c0, &r.c1, &r.c2, &r.c3, &r.high0, &r.high1, &r.t0, &r.t1, &r.t2, &r.t3, &r.key};
+    static_assert(sizeof(all) / sizeof(all[0]) == kPhiloxWordVectors, "one vector per register");
+    for (uint32_t i = 0; i < kPhiloxWordVectors; ++i) {
+        *all[i] = words[i * lanes];
+    }
+    return r;
+}
+
 // Scalar unit <-> vector unit and MTE3 -> scalar hand-offs that the compiler's automatic synchronisation cannot
 // see: UB written element by element (dropout) before vector instructions read it, and tiles copied to GM before
 // the cube core (another core) is told to read them.
 template <AscendC::HardEvent event>
 __aicore__ inline void WaitFor()
 {
-    const event_t id = static_cast<event_t>(AscendC::GetTPipePtr()->FetchEventID(event));
+    const event_t id = static_cast<event_t>(GetTPipePtr()->FetchEventID(event));
     AscendC::SetFlag<event>(id);
     AscendC::WaitFlag<event>(id);
 }
