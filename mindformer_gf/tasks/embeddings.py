@@ -32,10 +32,15 @@ from mindspore import Tensor, nn
 from mindformer_gf.data import corpus_lengths, read_cells
 from mindformer_gf.data.buckets import choose_bucket_widths
 from mindformer_gf.tasks.common import ensure_dir, open_dataset, special_token_ids
-from mindformer_gf.tasks.inference import run_forward
 from mindformer_gf.tasks.io import matplotlib_pyplot, save_figure, write_csv, write_npy
 from mindformer_gf.tasks.labels import column_values, filter_rows
-from mindformer_gf.tasks.sharded import ShardedInference, cell_costs, path_stamp
+from mindformer_gf.tasks.sharded import (
+    ShardedInference,
+    cell_costs,
+    dataset_location,
+    forward_share,
+    input_stamps,
+)
 from mindformer_gf.train.distributed import ParallelContext
 
 EMB_MODES = ("cell", "cls", "gene")
@@ -191,32 +196,20 @@ class EmbExtractor:
         forward = EmbeddingForward(encoder, n_layers + self.emb_layer, self.emb_mode)
         forward.set_train(False)
 
-        def embed_share(positions: np.ndarray, advance: Any) -> list[Any]:
-            cells = read_cells(dataset, rows[positions])
-            if self.emb_mode == "cls":
-                cls_id = special.get("<cls>")
-                if cls_id is None or any(c[0] != cls_id for c in cells):
-                    raise ValueError(
-                        "emb_mode 'cls' needs cells that start with <cls> (V2 tokenization, special_token=True); "
-                        "this dataset has none: use emb_mode 'cell' (mean over genes)"
-                    )
-            return run_forward(
-                forward,
-                cells,
-                self.forward_batch_size,
-                buckets,
-                extra_inputs=lambda ids, mask: [pool_weights(ids, mask, special_ids)],
-                pad_token_id=special.get("<pad>", 0),
-                progress=False,
-                on_batch=advance,
-            )
+        def check_cells(cells: list[np.ndarray]) -> None:
+            cls_id = special.get("<cls>")
+            if self.emb_mode == "cls" and (cls_id is None or any(c[0] != cls_id for c in cells)):
+                raise ValueError(
+                    "emb_mode 'cls' needs cells that start with <cls> (V2 tokenization, special_token=True); this "
+                    "dataset has none: use emb_mode 'cell' (mean over genes)"
+                )
 
         job = ShardedInference(
             cell_costs(lengths, "genes"),
             output_dir if output_dir is not None else ".",
             output_prefix,
             self.run_settings(model_dir, dataset),
-            inputs={"model": path_stamp(model_dir), "dataset": _dataset_stamp(dataset)},
+            inputs=input_stamps(model_dir, dataset),
             parallel=parallel,
             resume=self.resume,
             timeout=self.shard_timeout,
@@ -225,7 +218,18 @@ class EmbExtractor:
         )
         if job.parallel.distributed and output_dir is None:
             raise ValueError("embeddings on several ranks need an output_dir: the ranks exchange their shards there")
-        merged = job.run(embed_share)
+        merged = job.run(
+            forward_share(
+                forward,
+                dataset,
+                rows,
+                self.forward_batch_size,
+                buckets,
+                special.get("<pad>", 0),
+                extra_inputs=lambda ids, mask: [pool_weights(ids, mask, special_ids)],
+                check_cells=check_cells,
+            )
+        )
         if merged is None:
             return None  # another rank's share: rank 0 writes the files
         (outputs,) = merged
@@ -257,7 +261,7 @@ class EmbExtractor:
         return {
             "command": "embed",
             "model": None if model_dir is None else str(model_dir),
-            "dataset": _dataset_location(dataset),
+            "dataset": dataset_location(dataset),
             "emb_mode": self.emb_mode,
             "emb_layer": self.emb_layer,
             "emb_label": self.emb_label,
@@ -324,17 +328,6 @@ class EmbExtractor:
         if plot_style == "heatmap":
             return plot_heatmap(matrix, values, label, stem, f"{embs.mode} embeddings, layer {embs.layer}")
         raise ValueError(f"plot_style {plot_style!r} is not 'umap' or 'heatmap'")
-
-
-def _dataset_location(dataset: Any) -> str | None:
-    """Where the dataset's rows live: the directory it was loaded from (its Arrow files' folder)."""
-    files = getattr(dataset, "cache_files", None) or []
-    return str(Path(files[0]["filename"]).parent) if files else None
-
-
-def _dataset_stamp(dataset: Any) -> Any:
-    location = _dataset_location(dataset)
-    return path_stamp(location) if location else getattr(dataset, "_fingerprint", None)
 
 
 def _token_names(dataset: Any) -> dict[int, str]:

@@ -37,6 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from mindformer_gf.data import read_cells
+from mindformer_gf.data.buckets import LengthBuckets
+from mindformer_gf.tasks.inference import run_forward
 from mindformer_gf.tasks.io import atomic_path, read_json, write_json
 from mindformer_gf.train.distributed import ParallelContext, launched_context
 
@@ -68,6 +71,31 @@ def partition_by_cost(costs: Sequence[float] | np.ndarray, world_size: int) -> l
         owner[position] = rank
         loads[rank] += costs[position]
     return [np.flatnonzero(owner == rank) for rank in range(world_size)]
+
+
+def forward_share(
+    forward: Callable[..., Any],
+    dataset: Any,
+    rows: np.ndarray,
+    batch_size: int,
+    buckets: LengthBuckets,
+    pad_token_id: int = 0,
+    extra_inputs: Callable[[np.ndarray, np.ndarray], Sequence[np.ndarray]] | None = None,
+    check_cells: Callable[[list[np.ndarray]], None] | None = None,
+) -> Callable[[np.ndarray, Callable[[int], None]], Outputs]:
+    """The `compute` of a ShardedInference that runs `forward` (see `tasks.inference.run_forward`) over the dataset
+    rows `rows[positions]`. `buckets` must come from every cell's length, so that a cell gets the padded width of a
+    single process whichever rank holds it. `check_cells(cells)` may refuse a rank's cells before any forward."""
+
+    def compute(positions: np.ndarray, advance: Callable[[int], None]) -> Outputs:
+        cells = read_cells(dataset, np.asarray(rows)[positions])
+        if check_cells is not None:
+            check_cells(cells)
+        return run_forward(
+            forward, cells, batch_size, buckets, extra_inputs, pad_token_id, progress=False, on_batch=advance
+        )
+
+    return compute
 
 
 def merge_shards(total: int, shards: Sequence[tuple[np.ndarray, Outputs]]) -> Outputs:
@@ -112,6 +140,21 @@ def path_stamp(path: str | os.PathLike | None) -> list[Any] | None:
     root = Path(path)
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     return [[str(p.relative_to(root)) if p != root else p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def dataset_location(dataset: Any) -> str | None:
+    """Where a loaded dataset's rows live: the folder of its Arrow files (None for one built in memory)."""
+    files = getattr(dataset, "cache_files", None) or []
+    return str(Path(files[0]["filename"]).parent) if files else None
+
+
+def input_stamps(model_dir: str | os.PathLike | None, dataset: Any) -> dict[str, Any]:
+    """The identity of a pass's inputs for shard fingerprints: the model's and the dataset's files."""
+    location = dataset_location(dataset)
+    return {
+        "model": path_stamp(model_dir),
+        "dataset": path_stamp(location) if location else getattr(dataset, "_fingerprint", None),
+    }
 
 
 def save_shard(path: Path, positions: np.ndarray, outputs: Outputs, meta: Mapping[str, Any]) -> Path:

@@ -181,3 +181,42 @@ def test_resume_redoes_only_the_missing_shard_and_changed_settings_redo_everythi
     # the same shards under other settings are not reused
     results, _ = run_ranks(tmp_path, 2, work, resume=True, settings={"layer": 0})
     assert calls[0] == [shares[0].tolist()] * 2 and calls[1] == [shares[1].tolist()] * 2
+
+
+def test_classify_evaluation_on_two_ranks_writes_the_single_process_files(
+    tiny_config, pbmc_dataset_dir, tmp_path, monkeypatch
+):
+    """Ranks run one after another in this process: rank 0 alone (times out waiting), rank 1, rank 0 resumed."""
+    from task_helpers import quick_settings
+
+    import mindformer_gf.tasks.cell
+
+    monkeypatch.setattr(mindformer_gf.tasks.cell, "plot_confusion_matrix", lambda *a, **k: None)  # seconds each
+
+    from mindformer_gf.model import build_model
+    from mindformer_gf.tasks import CellClassifier
+    from mindformer_gf.train.checkpoint import save_model_dir
+
+    states = ["CD14+ Monocyte", "CD19+ B", "Dendritic"]
+    config = tiny_config.replace(id2label=dict(enumerate(states)), architectures=["BertForSequenceClassification"])
+    model_dir = save_model_dir(build_model(config, "BertForSequenceClassification", seed=3), tmp_path / "classifier")
+    # batches of 8: cells of both ranks share batches in the single process
+    settings = quick_settings().replace(forward_batch_size=8)
+    classifier = CellClassifier(state_key="cell_type", states=states, max_ncells=40, settings=settings)
+    single = classifier.evaluate_saved_model(model_dir, pbmc_dataset_dir, tmp_path / "single")
+    sharded = tmp_path / "sharded"
+
+    def evaluate(rank, **options):
+        return classifier.evaluate_saved_model(
+            model_dir, pbmc_dataset_dir, sharded, parallel=ParallelContext(rank, 2), **options
+        )
+
+    with pytest.raises(RankFailed, match="rank 1 made no progress"):
+        evaluate(0, shard_timeout=0.5)
+    assert evaluate(1, resume=True) is None
+    assert evaluate(0, resume=True) == single
+    for name in ("predictions.csv", "metrics.json"):
+        assert (sharded / name).read_bytes() == (tmp_path / "single" / name).read_bytes(), name
+    run = json.loads((sharded / "predictions_run.json").read_text())
+    assert run["world_size"] == 2 and sum(run["cells_per_rank"]) == 40 and run["resumed_ranks"] == [0, 1]
+    assert json.loads((tmp_path / "single" / "predictions_run.json").read_text())["cells_per_rank"] == [40]
