@@ -15,6 +15,9 @@ Strategies (every task): --strategy finetune (with --freeze-layers N), adapters 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 TRAINING_FLAGS = {
     # flag: (settings field, type, help)
@@ -180,17 +183,33 @@ def run_cell(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_cell(classifier, args: argparse.Namespace) -> int:
-    from mindformer_gf.tasks.sharded import RankFailed
+def sharded_rank(prog: str) -> Any:
+    """This process's ParallelContext under msrun (or the only process); None in msrun's scheduler process, which
+    has no share of the cells (the command then returns 0 at once)."""
     from mindformer_gf.train.distributed import launched_context
 
     try:
-        parallel = launched_context()
+        return launched_context()
     except RuntimeError as err:
-        raise SystemExit(f"gf classify: {err}") from None
-    if parallel is None:
-        return 0  # msrun's scheduler process: the workers do the work
+        raise SystemExit(f"{prog}: {err}") from None
+
+
+@contextmanager
+def rank_failures(prog: str) -> Iterator[None]:
+    """Another rank's failure (or stall) as one line."""
+    from mindformer_gf.tasks.sharded import RankFailed
+
     try:
+        yield
+    except RankFailed as err:
+        raise SystemExit(f"{prog}: {err}") from None
+
+
+def _evaluate_cell(classifier, args: argparse.Namespace) -> int:
+    parallel = sharded_rank("gf classify")
+    if parallel is None:
+        return 0
+    with rank_failures("gf classify"):
         metrics = classifier.evaluate_saved_model(
             args.model,
             args.dataset,
@@ -199,8 +218,6 @@ def _evaluate_cell(classifier, args: argparse.Namespace) -> int:
             shard_timeout=args.shard_timeout,
             parallel=parallel,
         )
-    except RankFailed as err:
-        raise SystemExit(f"gf classify: {err}") from None
     if metrics is None:
         print(f"rank {parallel.rank} of {parallel.world_size}: share predicted; rank 0 writes the files")
         return 0

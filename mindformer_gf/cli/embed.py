@@ -54,18 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mindformer_gf.cli.classify import _filters
-    from mindformer_gf.train.distributed import launched_context
+    from mindformer_gf.cli.classify import _filters, rank_failures, sharded_rank
 
-    try:
-        parallel = launched_context()
-    except RuntimeError as err:
-        raise SystemExit(f"gf embed: {err}") from None
+    parallel = sharded_rank("gf embed")
     if parallel is None:
-        return 0  # msrun's scheduler process: the workers embed the cells
+        return 0
 
     from mindformer_gf.tasks import EmbExtractor
-    from mindformer_gf.tasks.sharded import RankFailed
 
     plots = [p.strip() for p in args.plot.split(",") if p.strip()]
     unknown = sorted(set(plots) - {"umap", "heatmap"})
@@ -88,10 +83,8 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         shard_timeout=args.shard_timeout,
     )
-    try:
+    with rank_failures("gf embed"):
         embs = extractor.extract_embs(args.model, args.dataset, args.output_dir, args.prefix, parallel=parallel)
-    except RankFailed as err:
-        raise SystemExit(f"gf embed: {err}") from None
     if embs is None:
         print(f"rank {parallel.rank} of {parallel.world_size}: share embedded; rank 0 writes the files")
         return 0

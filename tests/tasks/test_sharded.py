@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from mindformer_gf.cli import main
 from mindformer_gf.tasks.sharded import (
     RankFailed,
     ShardedInference,
@@ -93,7 +94,7 @@ def square_rows(positions, advance, calls=None, fail=None):
     return [LENGTHS[positions].astype(np.float64) ** 2, [np.arange(LENGTHS[i]) for i in positions]]
 
 
-def run_ranks(tmp_path, world, work, resume=False, timeout=30.0, ranks=None, settings=None):
+def run_ranks(tmp_path, world, work, resume=False, timeout=30.0, ranks=None, settings=None, progress=False):
     """Each rank of `ranks` (default all) in a thread; rank 0 starts first, so every other rank finds this launch.
     Returns {rank: outputs or the exception}, and the jobs."""
     results, jobs = {}, {}
@@ -107,7 +108,7 @@ def run_ranks(tmp_path, world, work, resume=False, timeout=30.0, ranks=None, set
             parallel=ParallelContext(rank, world),
             resume=resume,
             timeout=timeout,
-            progress=False,
+            progress=progress,
         )
         jobs[rank] = job
         try:
@@ -129,9 +130,19 @@ def run_ranks(tmp_path, world, work, resume=False, timeout=30.0, ranks=None, set
     return results, jobs
 
 
-def test_three_ranks_merge_to_the_single_process_result_and_record_the_run(tmp_path):
+def test_three_ranks_merge_to_the_single_process_result_and_record_the_run(tmp_path, capsys):
     single = square_rows(np.arange(LENGTHS.size), lambda n: None)
-    results, jobs = run_ranks(tmp_path, 3, lambda rank, positions, advance: square_rows(positions, advance))
+
+    def work(rank, positions, advance):
+        if rank == 0:  # let the others finish first: rank 0's bar must count their cells too
+            while not (tmp_path / "emb_shards" / "rank00002-of-00003.npz").exists():
+                time.sleep(0.01)
+        return square_rows(positions, advance)
+
+    results, jobs = run_ranks(tmp_path, 3, work, progress=True)
+    # one bar, rank 0's, over all cells; the other ranks printed their progress lines
+    assert jobs[0]._bar.n == jobs[0]._bar.total == LENGTHS.size and jobs[1]._bar.disable
+    assert "rank 1: 4/4 cells" in capsys.readouterr().out
     assert results[1] is None and results[2] is None
     merged = results[0]
     np.testing.assert_array_equal(merged[0], single[0])
@@ -186,7 +197,8 @@ def test_resume_redoes_only_the_missing_shard_and_changed_settings_redo_everythi
 def test_classify_evaluation_on_two_ranks_writes_the_single_process_files(
     tiny_config, pbmc_dataset_dir, tmp_path, monkeypatch
 ):
-    """Ranks run one after another in this process: rank 0 alone (times out waiting), rank 1, rank 0 resumed."""
+    """One process through `gf classify cell --evaluate`; then two ranks one after another in this process: rank 0
+    alone (times out waiting for rank 1), rank 1, rank 0 resumed."""
     from task_helpers import quick_settings
 
     import mindformer_gf.tasks.cell
@@ -203,7 +215,9 @@ def test_classify_evaluation_on_two_ranks_writes_the_single_process_files(
     # batches of 8: cells of both ranks share batches in the single process
     settings = quick_settings().replace(forward_batch_size=8)
     classifier = CellClassifier(state_key="cell_type", states=states, max_ncells=40, settings=settings)
-    single = classifier.evaluate_saved_model(model_dir, pbmc_dataset_dir, tmp_path / "single")
+    arguments = ["--dataset", str(pbmc_dataset_dir), "--model", str(model_dir), "--label", "cell_type"]
+    arguments += ["--states", ",".join(states), "--max-cells", "40", "--num-buckets", "1", "--forward-batch-size", "8"]
+    assert main(["classify", "cell", "--evaluate", *arguments, "--output-dir", str(tmp_path / "single")]) == 0
     sharded = tmp_path / "sharded"
 
     def evaluate(rank, **options):
@@ -214,7 +228,7 @@ def test_classify_evaluation_on_two_ranks_writes_the_single_process_files(
     with pytest.raises(RankFailed, match="rank 1 made no progress"):
         evaluate(0, shard_timeout=0.5)
     assert evaluate(1, resume=True) is None
-    assert evaluate(0, resume=True) == single
+    assert evaluate(0, resume=True)["n"] == 40
     for name in ("predictions.csv", "metrics.json"):
         assert (sharded / name).read_bytes() == (tmp_path / "single" / name).read_bytes(), name
     run = json.loads((sharded / "predictions_run.json").read_text())
