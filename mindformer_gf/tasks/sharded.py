@@ -287,23 +287,27 @@ class ShardedInference:
             self.nonce = uuid.uuid4().hex
             write_json(
                 self.shard_dir / "launch.json",
-                {"nonce": self.nonce, "host": socket.gethostname(), "ppid": os.getppid(), "time": time.time()},
+                {"nonce": self.nonce, "host": socket.gethostname(), "time": time.time()},
             )
         self._marker(self.parallel.rank, "error").unlink(missing_ok=True)
 
     def _current_nonce(self, wait: bool = True) -> str:
-        """The nonce of this launch: on rank 0's machine the launch.json written under the same msrun (same parent
-        process); elsewhere whatever launch.json holds (machines are started together). "" if not yet and not
-        `wait`."""
+        """The nonce of this launch. On rank 0's machine: a launch.json written after this process started (msrun
+        starts every worker before any of them has imported MindSpore; an earlier launch wrote its file before).
+        On other machines: whatever launch.json holds (the machines are started together). "" if there is none yet
+        and not `wait`."""
         if self.nonce:
             return self.nonce
+        import psutil
+
+        started = psutil.Process().create_time()
         deadline = time.monotonic() + (self.timeout if wait else 0.0)
         while True:
             try:
                 launch = read_json(self.shard_dir / "launch.json")
             except (OSError, ValueError):
                 launch = None
-            if launch and (launch["host"] != socket.gethostname() or launch["ppid"] == os.getppid()):
+            if launch and (launch["host"] != socket.gethostname() or launch["time"] >= started):
                 self.nonce = launch["nonce"]
                 return self.nonce
             if not wait:

@@ -20,7 +20,18 @@ from mindformer_gf.data import corpus_lengths
 from mindformer_gf.tasks.sharded import partition_by_cost
 
 GF = Path(sys.executable).with_name("gf")
-CELLS = 60
+CELLS = 40
+
+
+def cells_of_varied_length(pbmc_dataset, path: Path) -> Path:
+    """CELLS of the shipped cells (64 genes each), three kept whole and the others cut to 8..16 genes: the shares
+    of 2 ranks then hold equal genes but unequal numbers of cells (18 and 22)."""
+    lengths = np.where(np.arange(CELLS) % 17 == 0, 64, 8 + np.arange(CELLS) % 9)
+    subset = pbmc_dataset.select(range(CELLS)).map(
+        lambda cell, i: {"input_ids": cell["input_ids"][: lengths[i]], "length": int(lengths[i])}, with_indices=True
+    )
+    subset.save_to_disk(str(path))
+    return path
 
 
 def free_port() -> int:
@@ -59,10 +70,11 @@ def msrun_embed(arguments: list[str], cwd: Path) -> tuple[subprocess.CompletedPr
 
 @pytest.mark.skipif(shutil.which("msrun") is None or not GF.exists(), reason="msrun or the gf command is missing")
 def test_two_msrun_workers_equal_one_process_and_resume_after_a_failed_rank(
-    tiny_model_dir, pbmc_dataset_dir, pbmc_dataset, tmp_path, monkeypatch
+    tiny_model_dir, pbmc_dataset, tmp_path, monkeypatch
 ):
-    arguments = ["--dataset", str(pbmc_dataset_dir), "--model", str(tiny_model_dir), "--label", "cell_type"]
-    arguments += ["--max-cells", str(CELLS), "--batch-size", "8", "--no-progress", "--device", "CPU"]
+    dataset = cells_of_varied_length(pbmc_dataset, tmp_path / "cells.dataset")
+    arguments = ["--dataset", str(dataset), "--model", str(tiny_model_dir), "--label", "cell_type"]
+    arguments += ["--batch-size", "8", "--no-progress", "--device", "CPU"]
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     assert main(["embed", *arguments, "--output-dir", str(single)]) == 0
 
@@ -96,9 +108,11 @@ def test_two_msrun_workers_equal_one_process_and_resume_after_a_failed_rank(
     alone = json.loads((single / "embeddings_run.json").read_text())
     assert np.load(single / "embeddings.npy").shape[0] == CELLS
     assert alone["world_size"] == 1 and alone["cells_per_rank"] == [CELLS]
-    dataset_rows = np.loadtxt(single / "embeddings.csv", delimiter=",", skiprows=1, usecols=0, dtype=int)
-    shares = partition_by_cost(corpus_lengths(pbmc_dataset)[dataset_rows], 2)
+    from datasets import load_from_disk
+
+    shares = partition_by_cost(corpus_lengths(load_from_disk(str(dataset))), 2)
     assert run["world_size"] == 2 and run["cells_per_rank"] == [s.size for s in shares]
+    assert run["cells_per_rank"] == [18, 22]  # balanced by genes, not by count
     assert sum(run["cells_per_rank"]) == CELLS and len(run["seconds_per_rank"]) == 2
     assert run["resumed_ranks"] == [0] and run["settings"] == alone["settings"]
     assert "rank 1: " in text  # rank 1's progress lines went to its log
