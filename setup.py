@@ -67,6 +67,7 @@ setup(
         "scipy>=1.10",
         "safetensors>=0.4",
         "tqdm>=4.65",
+        "psutil>=5.6",  # already a MindSpore requirement; process start times for sharded inference
         "pyyaml>=6.0",
         "anndata>=0.10",
         "loompy>=3.0.7",

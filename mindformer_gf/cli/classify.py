@@ -4,6 +4,7 @@
         --split 0.7,0.15,0.15 --epochs 10 --lr 5e-5 --freeze-layers 2
     gf classify cell ... --folds 5 --group-by patient          # 5 stratified folds, no patient in two folds
     gf classify cell ... --label n_genes --regression          # numeric target: one-output head, MSE
+    gf classify cell --evaluate --model out/model ...          # score a fine-tuned model on every selected cell
     gf classify gene --dataset pbmc.dataset --model pretrained --output-dir out \\
         --gene-labels dosage_sens_tf_labels.csv --folds 5
     gf classify multitask --dataset pbmc.dataset --model pretrained --output-dir out --tasks cell_type,phase \\
@@ -14,6 +15,9 @@ Strategies (every task): --strategy finetune (with --freeze-layers N), adapters 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 TRAINING_FLAGS = {
     # flag: (settings field, type, help)
@@ -78,6 +82,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cell.add_argument("--folds", type=int, default=0, help="k stratified folds instead of one split")
     cell.add_argument("--group-by", default=None, help="column (e.g. patient) whose groups never straddle splits")
     cell.add_argument("--regression", action="store_true", help="predict the numeric column --label (MSE)")
+    evaluation = cell.add_argument_group("evaluation only (shards over the ranks under msrun)")
+    evaluation.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="--model is a fine-tuned classifier: predict and score every selected cell, no training",
+    )
+    evaluation.add_argument("--resume", action="store_true", help="keep the shards of an interrupted --evaluate run")
+    evaluation.add_argument(
+        "--shard-timeout", type=float, default=1800.0, help="fail when a rank shows no progress this long (s)"
+    )
     cell.set_defaults(run=run_cell)
 
     gene = kinds.add_parser("gene", help="gene classification with k folds over genes")
@@ -152,6 +166,8 @@ def run_cell(args: argparse.Namespace) -> int:
         regression=args.regression,
         settings=_settings(args),
     )
+    if args.evaluate:
+        return _evaluate_cell(classifier, args)
     result = classifier.run(
         args.dataset, args.model, args.output_dir, _fractions(args.split), args.folds, args.group_by
     )
@@ -164,6 +180,49 @@ def run_cell(args: argparse.Namespace) -> int:
     if "pooled" in result.summary:
         print(f"all folds pooled: {_brief(result.summary['pooled'])}")
     print(f"outputs in {result.output_dir}")
+    return 0
+
+
+def sharded_rank(prog: str) -> Any:
+    """This process's ParallelContext under msrun (or the only process); None in msrun's scheduler process, which
+    has no share of the cells (the command then returns 0 at once)."""
+    from mindformer_gf.train.distributed import launched_context
+
+    try:
+        return launched_context()
+    except RuntimeError as err:
+        raise SystemExit(f"{prog}: {err}") from None
+
+
+@contextmanager
+def rank_failures(prog: str) -> Iterator[None]:
+    """Another rank's failure (or stall) as one line."""
+    from mindformer_gf.tasks.sharded import RankFailed
+
+    try:
+        yield
+    except RankFailed as err:
+        raise SystemExit(f"{prog}: {err}") from None
+
+
+def _evaluate_cell(classifier, args: argparse.Namespace) -> int:
+    parallel = sharded_rank("gf classify")
+    if parallel is None:
+        return 0
+    with rank_failures("gf classify"):
+        metrics = classifier.evaluate_saved_model(
+            args.model,
+            args.dataset,
+            args.output_dir,
+            resume=args.resume,
+            shard_timeout=args.shard_timeout,
+            parallel=parallel,
+        )
+    if metrics is None:
+        print(f"rank {parallel.rank} of {parallel.world_size}: share predicted; rank 0 writes the files")
+        return 0
+    print(f"evaluated: {_brief(metrics)}")
+    print(f"outputs in {args.output_dir}")
     return 0
 
 

@@ -3,6 +3,10 @@
 gf embed --dataset pbmc.dataset --model model_dir --output-dir out --label cell_type --plot umap,heatmap
 gf embed ... --mode gene --layer 0          # per-gene embeddings from the last layer
 gf embed ... --summary exact_mean           # also the mean embedding of each cell_type
+
+On every device (one process per device, each embedding a share of the cells; rank 0 writes the files):
+msrun --worker_num=8 --local_worker_num=8 --master_addr=127.0.0.1 --master_port=8118 --log_dir=logs --join=True \
+      $(which gf) embed --dataset pbmc.dataset --model model_dir --output-dir out     # add --resume after a failure
 """
 
 from __future__ import annotations
@@ -37,11 +41,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, CPU or Ascend")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--resume", action="store_true", help="under msrun: keep the shards of an interrupted run, redo the rest"
+    )
+    parser.add_argument(
+        "--shard-timeout",
+        type=float,
+        default=1800.0,
+        help="under msrun: fail when a rank shows no progress for this many seconds (default 1800)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mindformer_gf.cli.classify import _filters
+    from mindformer_gf.cli.classify import _filters, rank_failures, sharded_rank
+
+    parallel = sharded_rank("gf embed")
+    if parallel is None:
+        return 0
+
     from mindformer_gf.tasks import EmbExtractor
 
     plots = [p.strip() for p in args.plot.split(",") if p.strip()]
@@ -62,8 +80,14 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
         device=args.device,
+        resume=args.resume,
+        shard_timeout=args.shard_timeout,
     )
-    embs = extractor.extract_embs(args.model, args.dataset, args.output_dir, args.prefix)
+    with rank_failures("gf embed"):
+        embs = extractor.extract_embs(args.model, args.dataset, args.output_dir, args.prefix, parallel=parallel)
+    if embs is None:
+        print(f"rank {parallel.rank} of {parallel.world_size}: share embedded; rank 0 writes the files")
+        return 0
     files = list(embs.files)
     for style in plots:
         for label in args.label:

@@ -49,7 +49,9 @@ from mindformer_gf.tasks.metrics import (
     softmax,
     summarise_folds,
 )
+from mindformer_gf.tasks.sharded import ShardedInference, cell_costs, dataset_location, forward_share, input_stamps
 from mindformer_gf.tasks.splits import Split, k_fold_splits, split_by_fractions
+from mindformer_gf.train.distributed import ParallelContext
 
 logger = logging.getLogger("mindformer_gf.tasks")
 
@@ -296,9 +298,17 @@ class CellClassifier:
         dataset: Any,
         output_dir: str | os.PathLike,
         prepared: PreparedCells | None = None,
-    ) -> dict[str, Any]:
+        resume: bool = False,
+        shard_timeout: float = 1800.0,
+        parallel: ParallelContext | None = None,
+    ) -> dict[str, Any] | None:
         """Evaluate a saved fine-tuned model (a `model/` directory written by `train`) on all prepared cells of
-        `dataset`, with the model's own label map; writes predictions, metrics and plots into `output_dir`."""
+        `dataset`, with the model's own label map; writes predictions, metrics, plots and `predictions_run.json`
+        into `output_dir`.
+
+        Under msrun every rank predicts a share of the cells (`mindformer_gf.tasks.sharded`); rank 0 returns the
+        metrics and writes the files, the other ranks return None. `resume` keeps the shards of an interrupted
+        run."""
         from mindformer_gf.tasks.models import load_task_model, read_task
 
         settings = self.settings
@@ -320,9 +330,38 @@ class CellClassifier:
             )
         lengths = np.asarray(dataset.with_format("numpy")["length"])[prepared.indices]
         buckets = bucket_widths(lengths, settings, model.config.max_position_embeddings)
-        (logits,) = forward_outputs(model, dataset, prepared.indices, settings, buckets, "evaluate", pad_id)
-        positions = np.arange(prepared.indices.size)
         out = ensure_dir(output_dir)
+        model.set_train(False)
+        job = ShardedInference(
+            cell_costs(lengths, "genes"),
+            out,
+            "predictions",
+            {
+                "command": "classify cell --evaluate",
+                "model": str(model_dir),
+                "dataset": dataset_location(dataset),
+                "state_key": self.state_key,
+                "states": self.states,
+                "filter_data": self.filter_data,
+                "max_ncells": self.max_ncells,
+                "regression": self.regression,
+                "forward_batch_size": settings.forward_batch_size,
+                "num_buckets": settings.num_buckets,
+                "seed": settings.seed,
+                "device": settings.device,
+            },
+            inputs=input_stamps(model_dir, dataset),
+            parallel=parallel,
+            resume=resume,
+            timeout=shard_timeout,
+            progress=settings.progress_bar,
+            desc="evaluate",
+        )
+        merged = job.run(forward_share(model, dataset, prepared.indices, settings.forward_batch_size, buckets, pad_id))
+        if merged is None:
+            return None  # another rank's share: rank 0 writes the files
+        (logits,) = merged
+        positions = np.arange(prepared.indices.size)
         if self.regression:
             scale = task.get("target_scale") or {"mean": 0.0, "std": 1.0}
             predicted = TargetScale(scale["mean"], scale["std"]).inverse(logits[:, 0])
@@ -333,6 +372,7 @@ class CellClassifier:
             names = [prepared.id2label[i] for i in range(len(prepared.id2label))]
             metrics = classification_metrics(prepared.labels, probabilities, names)
             self._write_evaluation(out, dataset, prepared, positions, metrics, probabilities)
+        job.finish([out / "predictions.csv", out / "metrics.json"])
         return metrics
 
     # ---- the whole job -------------------------------------------------------------------------------------------

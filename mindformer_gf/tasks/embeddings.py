@@ -12,6 +12,8 @@
 - rows come back in INPUT order (the reference shuffles them); inference batches are sorted by length and padded
   to a few fixed widths internally.
 - `summary_stat`: "exact_mean" / "exact_median" (or "mean" / "median": also exact here) per label value.
+- under `msrun` each rank embeds its share of the cells and rank 0 writes the same files as one process
+  (`mindformer_gf.tasks.sharded`); every run also writes `{prefix}_run.json` (settings, ranks, seconds).
 """
 
 from __future__ import annotations
@@ -27,12 +29,19 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn
 
-from mindformer_gf.data import read_cells
+from mindformer_gf.data import corpus_lengths, read_cells
 from mindformer_gf.data.buckets import choose_bucket_widths
 from mindformer_gf.tasks.common import ensure_dir, open_dataset, special_token_ids
-from mindformer_gf.tasks.inference import run_forward
 from mindformer_gf.tasks.io import matplotlib_pyplot, save_figure, write_csv, write_npy
 from mindformer_gf.tasks.labels import column_values, filter_rows
+from mindformer_gf.tasks.sharded import (
+    ShardedInference,
+    cell_costs,
+    dataset_location,
+    forward_share,
+    input_stamps,
+)
+from mindformer_gf.train.distributed import ParallelContext
 
 EMB_MODES = ("cell", "cls", "gene")
 SUMMARY_STATS = (None, "mean", "median", "exact_mean", "exact_median")
@@ -118,6 +127,8 @@ class EmbExtractor:
         seed: int = 0,
         progress: bool = True,
         device: str = "auto",
+        resume: bool = False,
+        shard_timeout: float = 1800.0,
     ) -> None:
         if emb_mode not in EMB_MODES:
             raise ValueError(f"emb_mode {emb_mode!r} is not one of {EMB_MODES}")
@@ -139,6 +150,9 @@ class EmbExtractor:
         self.seed = seed
         self.progress = progress
         self.device = device
+        # under msrun: keep the shards an interrupted run finished; fail when a rank shows no progress this long
+        self.resume = resume
+        self.shard_timeout = shard_timeout
 
     def select_rows(self, dataset: Any) -> np.ndarray:
         """Dataset rows to embed, ascending: the filtered cells, subsampled to `max_ncells` (reproducibly)."""
@@ -154,9 +168,14 @@ class EmbExtractor:
         output_dir: str | os.PathLike | None = None,
         output_prefix: str = "embeddings",
         encoder: nn.Cell | None = None,
-    ) -> Embeddings:
-        """Embed the selected cells; writes `{prefix}.csv` (metadata columns then one column per dimension) and
-        `{prefix}.npy` when `output_dir` is given, and with `summary_stat` `{prefix}_{stat}_by_{label}.csv`."""
+        parallel: ParallelContext | None = None,
+    ) -> Embeddings | None:
+        """Embed the selected cells; writes `{prefix}.csv` (metadata columns then one column per dimension),
+        `{prefix}.npy` and `{prefix}_run.json` when `output_dir` is given, and with `summary_stat`
+        `{prefix}_{stat}_by_{label}.csv`.
+
+        Under msrun (or with `parallel` of several ranks) every rank embeds its share; rank 0 returns all the
+        embeddings and writes the files, the other ranks return None."""
         import pandas as pd
 
         from mindformer_gf.tasks.finetune import prepare_device
@@ -171,29 +190,51 @@ class EmbExtractor:
         special = special_token_ids(dataset)
         special_ids = sorted(set(special.values()))
         rows = self.select_rows(dataset)
-        cells = read_cells(dataset, rows)
-        if self.emb_mode == "cls":
+        lengths = corpus_lengths(dataset)[rows]
+        # widths from every selected cell, not a rank's share: each cell gets the padding of a single process
+        buckets = choose_bucket_widths(lengths, self.num_buckets, config.max_position_embeddings)
+        forward = EmbeddingForward(encoder, n_layers + self.emb_layer, self.emb_mode)
+        forward.set_train(False)
+
+        def check_cells(cells: list[np.ndarray]) -> None:
             cls_id = special.get("<cls>")
-            if cls_id is None or any(c[0] != cls_id for c in cells):
+            if self.emb_mode == "cls" and (cls_id is None or any(c[0] != cls_id for c in cells)):
                 raise ValueError(
                     "emb_mode 'cls' needs cells that start with <cls> (V2 tokenization, special_token=True); this "
                     "dataset has none: use emb_mode 'cell' (mean over genes)"
                 )
-        lengths = np.asarray([len(c) for c in cells])
-        buckets = choose_bucket_widths(lengths, self.num_buckets, config.max_position_embeddings)
-        forward = EmbeddingForward(encoder, n_layers + self.emb_layer, self.emb_mode)
-        forward.set_train(False)
-        (outputs,) = run_forward(
-            forward,
-            cells,
-            self.forward_batch_size,
-            buckets,
-            extra_inputs=lambda ids, mask: [pool_weights(ids, mask, special_ids)],
-            pad_token_id=special.get("<pad>", 0),
+
+        job = ShardedInference(
+            cell_costs(lengths, "genes"),
+            output_dir if output_dir is not None else ".",
+            output_prefix,
+            self.run_settings(model_dir, dataset),
+            inputs=input_stamps(model_dir, dataset),
+            parallel=parallel,
+            resume=self.resume,
+            timeout=self.shard_timeout,
             progress=self.progress,
             desc=f"{self.emb_mode} embeddings",
         )
+        if job.parallel.distributed and output_dir is None:
+            raise ValueError("embeddings on several ranks need an output_dir: the ranks exchange their shards there")
+        merged = job.run(
+            forward_share(
+                forward,
+                dataset,
+                rows,
+                self.forward_batch_size,
+                buckets,
+                special.get("<pad>", 0),
+                extra_inputs=lambda ids, mask: [pool_weights(ids, mask, special_ids)],
+                check_cells=check_cells,
+            )
+        )
+        if merged is None:
+            return None  # another rank's share: rank 0 writes the files
+        (outputs,) = merged
         if self.emb_mode == "gene":
+            cells = read_cells(dataset, rows)
             matrix, meta = self._gene_embeddings(cells, outputs, special_ids, dataset)
         else:
             matrix = np.asarray(outputs, np.float32)
@@ -212,7 +253,26 @@ class EmbExtractor:
                     frame.index.name = label
                     stat = self.summary_stat.replace("exact_", "")
                     embs.files.append(write_csv(out / f"{output_prefix}_{stat}_by_{label}.csv", frame, index=True))
+            embs.files.append(job.finish(embs.files))
         return embs
+
+    def run_settings(self, model_dir: str | os.PathLike | None, dataset: Any) -> dict[str, Any]:
+        """What `{prefix}_run.json` records of this extraction (and what a resumed shard must match)."""
+        return {
+            "command": "embed",
+            "model": None if model_dir is None else str(model_dir),
+            "dataset": dataset_location(dataset),
+            "emb_mode": self.emb_mode,
+            "emb_layer": self.emb_layer,
+            "emb_label": self.emb_label,
+            "filter_data": self.filter_data,
+            "max_ncells": self.max_ncells,
+            "forward_batch_size": self.forward_batch_size,
+            "summary_stat": self.summary_stat,
+            "num_buckets": self.num_buckets,
+            "seed": self.seed,
+            "device": self.device,
+        }
 
     @staticmethod
     def _gene_embeddings(

@@ -43,11 +43,13 @@ def run_forward(
     pad_token_id: int = 0,
     progress: bool = True,
     desc: str = "forward",
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[Any]:
     """Outputs of `forward` for every cell, in input order.
 
     Every batch has exactly `batch_size` rows (missing rows are padding) and a width from `buckets`, so the graph
-    is compiled once per width. `extra_inputs(input_ids, attention_mask)` supplies further arrays per batch.
+    is compiled once per width. `extra_inputs(input_ids, attention_mask)` supplies further arrays per batch;
+    `on_batch(n)` hears of every n cells done (a progress bar kept elsewhere, e.g. over several ranks).
     Returns one entry per output of `forward`: an array [n_cells, ...] for per-cell outputs, or a list of arrays
     trimmed to each cell's length for per-token outputs.
     """
@@ -84,4 +86,6 @@ def run_forward(
                 else:
                     results[k][positions] = array[: positions.size]
             bar.update(positions.size)
+            if on_batch is not None:
+                on_batch(int(positions.size))
     return results

@@ -71,3 +71,19 @@ def init_distributed() -> ParallelContext:
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=False)
     _CONTEXT = ParallelContext(rank=get_rank(), world_size=get_group_size())
     return _CONTEXT
+
+
+def launched_context() -> ParallelContext | None:
+    """This process's rank and world size as msrun assigned them, WITHOUT joining the collective group: for work
+    whose ranks never communicate (inference, each rank its own share). The joined group's context once
+    `init_distributed` ran; None in msrun's scheduler process, which has no share of the work."""
+    if _CONTEXT is not None:
+        return _CONTEXT
+    if not launched_by_msrun():
+        return ParallelContext()
+    if os.environ["MS_ROLE"] == "MS_SCHED":
+        return None
+    if "RANK_ID" not in os.environ:
+        # msrun numbers the workers itself only on one machine or when told each machine's index
+        raise RuntimeError("msrun over several machines needs --node_rank=<machine index> on each machine")
+    return ParallelContext(rank=int(os.environ["RANK_ID"]), world_size=int(os.environ["MS_WORKER_NUM"]))

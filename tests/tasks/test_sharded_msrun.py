@@ -1,0 +1,119 @@
+"""`gf embed` on 2 msrun workers equals one process bit for bit, records the split, surfaces a failing rank and
+resumes an interrupted run redoing only the missing shard. Two msrun launches in all (each costs ~15 s)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mindformer_gf
+from mindformer_gf.cli import main
+from mindformer_gf.data import corpus_lengths
+from mindformer_gf.tasks.sharded import partition_by_cost
+
+GF = Path(sys.executable).with_name("gf")
+CELLS = 40
+
+
+def cells_of_varied_length(pbmc_dataset, path: Path) -> Path:
+    """CELLS of the shipped cells (64 genes each), three kept whole and the others cut to 8..16 genes: the shares
+    of 2 ranks then hold equal genes but unequal numbers of cells (18 and 22)."""
+    lengths = np.where(np.arange(CELLS) % 17 == 0, 64, 8 + np.arange(CELLS) % 9)
+    subset = pbmc_dataset.select(range(CELLS)).map(
+        lambda cell, i: {"input_ids": cell["input_ids"][: lengths[i]], "length": int(lengths[i])}, with_indices=True
+    )
+    subset.save_to_disk(str(path))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def msrun_embed(arguments: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, str]:
+    """`gf embed` on 2 CPU workers; returns the result and msrun's output with every worker's log."""
+    root = str(Path(mindformer_gf.__file__).parents[1])
+    env = {
+        **os.environ,
+        "PATH": str(GF.parent) + os.pathsep + os.environ.get("PATH", ""),
+        "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
+    logs = cwd / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    command = [
+        "msrun",
+        "--worker_num=2",
+        "--local_worker_num=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        f"--log_dir={logs}",
+        "--join=True",
+        str(GF),
+        "embed",
+        *arguments,
+    ]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
+    text = completed.stdout + completed.stderr + "".join(p.read_text() for p in sorted(logs.glob("*.log")))
+    return completed, text
+
+
+@pytest.mark.skipif(shutil.which("msrun") is None or not GF.exists(), reason="msrun or the gf command is missing")
+def test_two_msrun_workers_equal_one_process_and_resume_after_a_failed_rank(
+    tiny_model_dir, pbmc_dataset, tmp_path, monkeypatch
+):
+    dataset = cells_of_varied_length(pbmc_dataset, tmp_path / "cells.dataset")
+    arguments = ["--dataset", str(dataset), "--model", str(tiny_model_dir), "--label", "cell_type"]
+    arguments += ["--batch-size", "8", "--no-progress", "--device", "CPU"]
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert main(["embed", *arguments, "--output-dir", str(single)]) == 0
+
+    # an interrupted run: rank 0 of 2 (msrun's environment, in this process) writes its shard, rank 1 never runs
+    with monkeypatch.context() as env:
+        env.setenv("MS_ROLE", "MS_WORKER")
+        env.setenv("MS_WORKER_NUM", "2")
+        env.setenv("RANK_ID", "0")
+        with pytest.raises(SystemExit, match="rank 1 made no progress for 1 s"):
+            main(["embed", *arguments, "--output-dir", str(sharded), "--shard-timeout", "1"])
+    shards = sharded / "embeddings_shards"
+    assert (shards / "rank00000-of-00002.npz").exists()
+    assert not (sharded / "embeddings.csv").exists()
+
+    # resumed, but rank 1 cannot write its shard (a directory is in the way): the run fails with rank 1's error
+    (shards / "rank00001-of-00002.npz").mkdir()
+    completed, text = msrun_embed([*arguments, "--output-dir", str(sharded), "--resume"], tmp_path)
+    assert completed.returncode != 0, text[-3000:]
+    assert "IsADirectoryError" in text and "rank00001-of-00002.npz" in text
+    marker = json.loads((shards / "rank00001.error.json").read_text())
+    assert marker["message"].startswith("IsADirectoryError")
+    assert not (sharded / "embeddings.csv").exists()
+
+    # resumed again: rank 0's shard is kept, rank 1's share is computed, rank 0 merges
+    (shards / "rank00001-of-00002.npz").rmdir()
+    completed, text = msrun_embed([*arguments, "--output-dir", str(sharded), "--resume"], tmp_path)
+    assert completed.returncode == 0, text[-3000:]
+    for name in ("embeddings.npy", "embeddings.csv"):
+        assert (sharded / name).read_bytes() == (single / name).read_bytes(), name
+    run = json.loads((sharded / "embeddings_run.json").read_text())
+    alone = json.loads((single / "embeddings_run.json").read_text())
+    assert np.load(single / "embeddings.npy").shape[0] == CELLS
+    assert alone["world_size"] == 1 and alone["cells_per_rank"] == [CELLS]
+    from datasets import load_from_disk
+
+    shares = partition_by_cost(corpus_lengths(load_from_disk(str(dataset))), 2)
+    assert run["world_size"] == 2 and run["cells_per_rank"] == [s.size for s in shares]
+    assert run["cells_per_rank"] == [18, 22]  # balanced by genes, not by count
+    assert sum(run["cells_per_rank"]) == CELLS and len(run["seconds_per_rank"]) == 2
+    assert run["resumed_ranks"] == [0] and run["settings"] == alone["settings"]
+    assert "rank 1: " in text  # rank 1's progress lines went to its log
+    assert not shards.exists()
