@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import argparse
 
+from mindformer_gf.train.schedule import SCHEDULES
+
 TRAINING_FLAGS = {
     # flag: (settings field, type, help)
     "epochs": ("num_epochs", float, "training epochs (fractions allowed)"),
     "batch-size": ("batch_size", int, "cells per training batch (reference: 12)"),
     "lr": ("learning_rate", float, "peak learning rate"),
-    "schedule": ("lr_schedule", str, "linear, cosine, polynomial (power 1, to 1e-7) or constant"),
+    "schedule": ("lr_schedule", str, "the reference's lr_scheduler_type (transformers' schedules)"),
+    "polynomial-power": ("polynomial_power", float, "power of the polynomial schedule (default 1)"),
+    "lr-end": ("lr_end", float, "final learning rate of the polynomial schedule (default 1e-7)"),
     "warmup-steps": ("warmup_steps", int, "linear warmup steps"),
     "warmup-ratio": ("warmup_ratio", float, "warmup as a fraction of all steps (overrides --warmup-steps)"),
     "weight-decay": ("weight_decay", float, "AdamW weight decay (not on biases and LayerNorm)"),
@@ -36,7 +40,7 @@ TRAINING_FLAGS = {
 
 
 CHOICES = {
-    "lr_schedule": ("linear", "cosine", "polynomial", "constant"),
+    "lr_schedule": SCHEDULES,
     "strategy": ("finetune", "adapters", "extra_layer"),
     "device": ("auto", "CPU", "Ascend"),
 }

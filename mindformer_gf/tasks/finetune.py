@@ -1,7 +1,7 @@
 """Fine-tuning runs for every task, on the package's generic training loop (`mindformer_gf.train.Trainer`).
 
 `fit(model, objective, source, settings, output_dir, evaluate)` trains with the reference's options (epochs, batch
-size, learning rate, linear / cosine / polynomial / constant schedule with warmup, weight decay, seed), writes a
+size, learning rate, transformers' schedules (`lr_scheduler_type`) with warmup, weight decay, seed), writes a
 checkpoint at every evaluation point (once per epoch by default), then scores each checkpoint with `evaluate()`
 (validation metrics) and loads the best one (macro-F1, or -MSE for regression). Outputs under `output_dir`:
 `metrics.csv` (the loop's: training loss, accuracy, learning rate, cells/s, ...), `eval_history.csv` (validation
@@ -23,10 +23,9 @@ import numpy as np
 
 from mindformer_gf.tasks.io import matplotlib_pyplot, save_figure, write_csv
 from mindformer_gf.tasks.metrics import selection_score
+from mindformer_gf.train.schedule import SCHEDULES
 
 logger = logging.getLogger("mindformer_gf.tasks")
-
-SCHEDULES = ("linear", "cosine", "polynomial", "constant")
 
 
 @dataclass
@@ -41,9 +40,11 @@ class FineTuneSettings:
     warmup_steps: int = 500
     # when set, warmup is this fraction of all steps (overrides warmup_steps; handy for small data)
     warmup_ratio: float | None = None
-    # "polynomial" decays as (1 - progress)^power to lr_end (transformers' get_polynomial_decay_schedule_with_warmup)
+    # "polynomial" decays as (1 - progress)^power to lr_end (transformers' get_polynomial_decay_schedule_with_warmup);
+    # "cosine_with_restarts" runs num_cycles cosines (transformers' defaults)
     polynomial_power: float = 1.0
     lr_end: float = 1e-7
+    num_cycles: int = 1
     weight_decay: float = 0.001
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -71,10 +72,9 @@ class FineTuneSettings:
             raise ValueError("num_epochs must be > 0, batch_size and forward_batch_size >= 1")
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.lr_schedule == "polynomial" and self.polynomial_power != 1.0:
-            raise NotImplementedError(
-                "lr_schedule 'polynomial' is supported with power 1.0 (the reference's default: a linear decay to "
-                f"lr_end); power {self.polynomial_power} needs a polynomial schedule in mindformer_gf.train.schedule"
+        if not self.polynomial_power > 0 or self.num_cycles < 1:
+            raise ValueError(
+                f"polynomial_power must be > 0 and num_cycles >= 1, got {self.polynomial_power} and {self.num_cycles}"
             )
         if self.freeze_layers < 0 or self.adapter_size < 1 or self.evals_per_epoch < 1:
             raise ValueError("freeze_layers must be >= 0, adapter_size and evals_per_epoch >= 1")
@@ -87,12 +87,16 @@ class FineTuneSettings:
         return FineTuneSettings(**{**asdict(self), **changes})
 
 
-def schedule_for_trainer(settings: FineTuneSettings) -> tuple[str, float]:
-    """(schedule name, min_lr_ratio) for the training loop. Polynomial decay of power 1 to lr_end is exactly the
-    loop's linear schedule ending at lr_end / peak."""
-    if settings.lr_schedule == "polynomial":
-        return "linear", min(1.0, settings.lr_end / settings.learning_rate)
-    return settings.lr_schedule, 0.0
+def schedule_for_trainer(settings: FineTuneSettings) -> dict[str, Any]:
+    """The training loop's schedule settings (TrainSettings fields). Polynomial decay ends at lr_end, which the loop
+    expresses as a fraction of the peak."""
+    min_ratio = min(1.0, settings.lr_end / settings.learning_rate) if settings.lr_schedule == "polynomial" else 0.0
+    return {
+        "lr_schedule": settings.lr_schedule,
+        "min_lr_ratio": min_ratio,
+        "lr_power": settings.polynomial_power,
+        "lr_num_cycles": settings.num_cycles,
+    }
 
 
 @dataclass
@@ -134,15 +138,13 @@ def fit(
         logger.warning(
             "warmup of %d steps covers the whole run of %d steps: the learning rate never peaks", warmup, total
         )
-    schedule, min_ratio = schedule_for_trainer(settings)
     train_settings = TrainSettings(
         output_dir=str(output_dir),
         max_steps=total,
         batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
-        lr_schedule=schedule,
         warmup_steps=warmup,
-        min_lr_ratio=min_ratio,
+        **schedule_for_trainer(settings),
         weight_decay=settings.weight_decay,
         max_grad_norm=settings.max_grad_norm,
         device=settings.device,

@@ -244,6 +244,8 @@ class Trainer:
             self.total_steps,
             self.settings.lr_schedule,
             self.settings.min_lr_ratio,
+            self.settings.lr_power,
+            self.settings.lr_num_cycles,
         )
         stats, norm, applied = self.apply_step(Tensor(lr, ms.float32), Tensor(1.0 / scale, ms.float32))
         applied = bool(applied.asnumpy())
@@ -410,6 +412,8 @@ class Trainer:
                 self.total_steps,
                 self.settings.lr_schedule,
                 self.settings.min_lr_ratio,
+                self.settings.lr_power,
+                self.settings.lr_num_cycles,
             ),
             "grad_norm": norm,
             "loss_scale": self.loss_scale.scale,
