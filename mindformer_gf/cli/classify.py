@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 
+from mindformer_gf.cli import UsageError
 from mindformer_gf.train.schedule import SCHEDULES
 
 TRAINING_FLAGS = {
@@ -124,7 +125,7 @@ def _filters(pairs: list[str]) -> dict[str, list[str]]:
     for pair in pairs:
         column, sep, values = pair.partition("=")
         if not sep or not column or not values:
-            raise SystemExit(f"gf classify: --filter expects COLUMN=V1,V2, got {pair!r}")
+            raise UsageError(f"--filter expects COLUMN=V1,V2, got {pair!r}")
         filters[column] = values.split(",")
     return filters
 
@@ -133,9 +134,9 @@ def _fractions(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise SystemExit(f"gf classify: --split expects three fractions like 0.8,0.1,0.1, got {text!r}") from None
+        raise UsageError(f"--split expects three fractions like 0.8,0.1,0.1, got {text!r}") from None
     if len(values) != 3:
-        raise SystemExit(f"gf classify: --split expects three fractions like 0.8,0.1,0.1, got {text!r}")
+        raise UsageError(f"--split expects three fractions like 0.8,0.1,0.1, got {text!r}")
     return values
 
 

@@ -41,15 +41,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mindformer_gf.cli import UsageError
     from mindformer_gf.cli.classify import _filters
     from mindformer_gf.tasks import EmbExtractor
 
     plots = [p.strip() for p in args.plot.split(",") if p.strip()]
     unknown = sorted(set(plots) - {"umap", "heatmap"})
     if unknown:
-        raise SystemExit(f"gf embed: --plot takes umap and/or heatmap, got {unknown}")
+        raise UsageError(f"--plot takes umap and/or heatmap, got {unknown}")
     if plots and not args.label:
-        raise SystemExit("gf embed: --plot needs --label COLUMN to colour the cells by")
+        raise UsageError("--plot needs --label COLUMN to colour the cells by")
     extractor = EmbExtractor(
         emb_mode=args.mode,
         emb_layer=args.layer,
