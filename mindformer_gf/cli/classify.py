@@ -8,6 +8,7 @@
         --gene-labels dosage_sens_tf_labels.csv --folds 5
     gf classify multitask --dataset pbmc.dataset --model pretrained --output-dir out --tasks cell_type,phase \\
         --pooling attention
+    gf classify cell ... --search-trials 20             # Optuna search (the reference's n_hyperopt_trials)
 Strategies (every task): --strategy finetune (with --freeze-layers N), adapters (--adapter-size), extra_layer.
 """
 
@@ -61,6 +62,15 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
             f"--{flag}", dest=dest, type=kind, default=None, help=help_text, choices=CHOICES.get(dest)
         )
     training.add_argument("--keep-checkpoints", action="store_true", help="keep every evaluated checkpoint")
+    search = parser.add_argument_group("hyperparameter search (Optuna; the reference's n_hyperopt_trials)")
+    search.add_argument(
+        "--search-trials", type=int, default=0, metavar="N", help="search N trials by validation macro-F1 (0: none)"
+    )
+    search.add_argument(
+        "--search-space",
+        metavar="JSON",
+        help='search space file {setting: {"type": "float"|"int"|"categorical", ...}} (default: the reference\'s)',
+    )
     training.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -140,6 +150,31 @@ def _fractions(text: str) -> tuple[float, float, float]:
     return values
 
 
+def _search(args: argparse.Namespace) -> dict[str, object]:
+    """run()'s search arguments: trials and the space read from --search-space."""
+    space = None
+    if args.search_space:
+        import json
+
+        with open(args.search_space, encoding="utf-8") as handle:
+            try:
+                space = json.load(handle)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"--search-space {args.search_space}: not JSON ({err})") from None
+    if args.search_trials < 0:
+        raise UsageError(f"--search-trials must be >= 0, got {args.search_trials}")
+    return {"n_hyperopt_trials": args.search_trials, "search_space": space}
+
+
+def _print_search(result: object) -> None:
+    search = getattr(result, "search", None)
+    if search is not None:
+        print(
+            f"search: best of {len(search.trials)} trials is trial {search.best_trial} (validation score "
+            f"{search.best_score:.4f}): {search.best_params}; see {search.files[0].parent}"
+        )
+
+
 def _csv_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
@@ -158,8 +193,9 @@ def run_cell(args: argparse.Namespace) -> int:
         settings=_settings(args),
     )
     result = classifier.run(
-        args.dataset, args.model, args.output_dir, _fractions(args.split), args.folds, args.group_by
+        args.dataset, args.model, args.output_dir, _fractions(args.split), args.folds, args.group_by, **_search(args)
     )
+    _print_search(result)
     for run in result.runs:
         print(f"{run.name}: test {_brief(run.test_metrics)}; model {run.model_dir}")
     if "folds" in result.summary:
@@ -188,7 +224,8 @@ def run_gene(args: argparse.Namespace) -> int:
         token_dictionary_file=args.token_dictionary,
         settings=_settings(args, **_gene_defaults(args)),
     )
-    result = classifier.run(args.dataset, args.model, args.output_dir)
+    result = classifier.run(args.dataset, args.model, args.output_dir, **_search(args))
+    _print_search(result)
     for fold in result.summary["folds"]:
         print(f"fold {fold['fold']}: {fold['test_genes']} test genes, {fold['test_occurrences']} occurrences")
     print(f"overall (gene occurrences): {_brief(result.summary['overall'])}")
@@ -218,7 +255,10 @@ def run_multitask(args: argparse.Namespace) -> int:
         max_ncells=args.max_cells,
         settings=_settings(args),
     )
-    result = classifier.run(args.dataset, args.model, args.output_dir, _fractions(args.split), args.group_by)
+    result = classifier.run(
+        args.dataset, args.model, args.output_dir, _fractions(args.split), args.group_by, **_search(args)
+    )
+    _print_search(result)
     for task, metrics in result.test_metrics.items():
         print(f"{task}: test {_brief(metrics)}")
     print(f"model {result.model_dir}; outputs in {result.output_dir}")

@@ -2,8 +2,9 @@
 
 `fit(model, objective, source, settings, output_dir, evaluate)` trains with the reference's options (epochs, batch
 size, learning rate, transformers' schedules (`lr_scheduler_type`) with warmup, weight decay, seed), writes a
-checkpoint at every evaluation point (once per epoch by default), then scores each checkpoint with `evaluate()`
-(validation metrics) and loads the best one (macro-F1, or -MSE for regression). Outputs under `output_dir`:
+checkpoint at every evaluation point (once per epoch by default), scores each checkpoint with `evaluate()`
+(validation metrics) as training goes, and loads the best one at the end (macro-F1, or -MSE for regression).
+Outputs under `output_dir`:
 `metrics.csv` (the loop's: training loss, accuracy, learning rate, cells/s, ...), `eval_history.csv` (validation
 metrics per checkpoint), `loss_curve.png` (training loss and the validation score), `train_config.json`.
 """
@@ -48,6 +49,9 @@ class FineTuneSettings:
     weight_decay: float = 0.001
     max_grad_norm: float = 1.0
     seed: int = 0
+    # seed of the cell selection and splits when it must differ from `seed` (a hyperparameter search varies `seed`
+    # per trial but keeps every trial on the same split); None: `seed`
+    split_seed: int | None = None
     # what trains: "finetune" (with freeze_layers), "adapters", "extra_layer" (see mindformer_gf.tasks.models)
     strategy: str = "finetune"
     freeze_layers: int = 0
@@ -78,6 +82,11 @@ class FineTuneSettings:
             )
         if self.freeze_layers < 0 or self.adapter_size < 1 or self.evals_per_epoch < 1:
             raise ValueError("freeze_layers must be >= 0, adapter_size and evals_per_epoch >= 1")
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of cell selection and splits."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def replace(self, **changes: Any) -> FineTuneSettings:
         known = {f.name for f in fields(self)}
@@ -156,25 +165,37 @@ def fit(
         progress_bar=settings.progress_bar,
     )
     config = {**asdict(train_settings), "fine_tuning": asdict(settings), **(run_config or {})}
-    started = time.perf_counter()
-    trainer = Trainer(model, objective, source, train_settings, run_config=config)
-    result = trainer.train()
     history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"path": None, "metrics": None, "score": -math.inf}
+
+    def score_checkpoint(step: int, path: Path) -> None:
+        """Validation metrics of the weights just saved, while training runs (so that a hyperparameter search can
+        stop a bad trial early: `report_intermediate`)."""
+        from mindformer_gf.tasks.search import report_intermediate
+
+        metrics = evaluate()
+        history.append({"step": step, "epoch": round(step / steps_per_epoch, 3), **_scalars(metrics)})
+        score = selection_score(metrics)
+        logger.info("checkpoint step %d: validation %s", step, _scalars(metrics))
+        if score > best["score"]:
+            best.update(path=path, metrics=metrics, score=score)
+        report_intermediate(score)
+
+    started = time.perf_counter()
+    trainer = Trainer(
+        model,
+        objective,
+        source,
+        train_settings,
+        run_config=config,
+        on_checkpoint=score_checkpoint if evaluate is not None else None,
+    )
+    result = trainer.train()
     checkpoints = list_checkpoints(output_dir / "checkpoints")
     if not checkpoints:
         raise RuntimeError(f"training wrote no checkpoint under {output_dir / 'checkpoints'}")
-    best_path, best_metrics, best_score = checkpoints[-1], None, -math.inf
+    best_path, best_metrics = best["path"] or checkpoints[-1], best["metrics"]
     if evaluate is not None:
-        for path in checkpoints:
-            weights, _, state = load_checkpoint(path)
-            model.load_weights(weights)
-            metrics = evaluate()
-            step = int(state["step"])
-            history.append({"step": step, "epoch": round(step / steps_per_epoch, 3), **_scalars(metrics)})
-            score = selection_score(metrics)
-            logger.info("checkpoint step %d: validation %s", step, _scalars(metrics))
-            if score > best_score:
-                best_path, best_metrics, best_score = path, metrics, score
         write_csv(output_dir / "eval_history.csv", _frame(history))
     weights, _, state = load_checkpoint(best_path)
     model.load_weights(weights)

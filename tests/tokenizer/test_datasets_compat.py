@@ -66,11 +66,12 @@ def _run(command: list[str], what: str, **options) -> subprocess.CompletedProces
 
 
 @pytest.fixture(scope="session")
-def old_datasets(request) -> dict[str, tuple[str, dict[str, str]]]:
+def old_datasets(request, tmp_path_factory) -> dict[str, tuple[str, dict[str, str]]]:
     """{version label: (python, environment)} of the old `datasets` installs, built once into pytest's cache."""
     if os.environ.get("GF_SKIP_OLD_DATASETS", "") not in ("", "0"):
         pytest.skip("GF_SKIP_OLD_DATASETS is set: not checking our datasets with datasets 3.6 and 2.12")
-    root = Path(request.config.cache.mkdir("old-datasets-env"))
+    cache = request.config.cache  # None under -p no:cacheprovider: then built for this session only
+    root = Path(cache.mkdir("old-datasets-env")) if cache else tmp_path_factory.mktemp("cache") / "old-datasets-env"
     ready = root / "ready.json"
     if not (ready.is_file() and ready.read_text() == ENV_SPEC):
         building = root.parent / f".old-datasets-env.building-{uuid.uuid4().hex[:8]}"
