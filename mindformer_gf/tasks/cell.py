@@ -356,17 +356,15 @@ class CellClassifier:
         With `n_hyperopt_trials`, a hyperparameter search (mindformer_gf.tasks.search) over that many trials; the
         result is the best trial's, with the search in `.search`."""
         if n_hyperopt_trials:
-            from mindformer_gf.tasks.search import search_hyperparameters
+            from mindformer_gf.tasks.search import best_trial_result
 
-            search = search_hyperparameters(
+            return best_trial_result(
                 self,
                 lambda task, trial_dir: task.run(dataset, model_dir, trial_dir, split_sizes, n_folds, group_by),
                 n_hyperopt_trials,
                 output_dir,
                 search_space,
             )
-            search.best_result.search = search
-            return search.best_result
         out = ensure_dir(output_dir)
         dataset = open_dataset(dataset)
         prepared = self.prepare_data(dataset, out)

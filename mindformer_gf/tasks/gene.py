@@ -161,17 +161,15 @@ class GeneClassifier:
         """Train and test one model per fold of genes. With `n_hyperopt_trials`, a hyperparameter search scored on
         the folds' held-out genes (as the reference does); the best trial's result, with the search in `.search`."""
         if n_hyperopt_trials:
-            from mindformer_gf.tasks.search import search_hyperparameters
+            from mindformer_gf.tasks.search import best_trial_result
 
-            search = search_hyperparameters(
+            return best_trial_result(
                 self,
                 lambda task, trial_dir: task.run(dataset, model_dir, trial_dir),
                 n_hyperopt_trials,
                 output_dir,
                 search_space,
             )
-            search.best_result.search = search
-            return search.best_result
         settings = self.settings
         prepare_device(settings.device)
         config = model_config_of(model_dir)

@@ -176,17 +176,15 @@ class MultitaskClassifier:
         from mindformer_gf.tasks.models import MultitaskObjective, save_task_model
 
         if n_hyperopt_trials:
-            from mindformer_gf.tasks.search import search_hyperparameters
+            from mindformer_gf.tasks.search import best_trial_result
 
-            search = search_hyperparameters(
+            return best_trial_result(
                 self,
                 lambda task, trial_dir: task.run(dataset, model_dir, trial_dir, split_sizes, group_by),
                 n_hyperopt_trials,
                 output_dir,
                 search_space,
             )
-            search.best_result.search = search
-            return search.best_result
 
         started = time.perf_counter()
         settings = self.settings

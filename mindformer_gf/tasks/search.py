@@ -222,6 +222,19 @@ def search_hyperparameters(
     return SearchResult(best.number, float(best.value), settings, dict(best.params), best_dir, result, frame, files)
 
 
+def best_trial_result(
+    task: Any,
+    run_trial: Callable[[Any, Path], Any],
+    n_trials: int,
+    output_dir: str | os.PathLike,
+    search_space: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Any:
+    """What a task's `run(..., n_hyperopt_trials=N)` returns: the best trial's result, with the search in `.search`."""
+    search = search_hyperparameters(task, run_trial, n_trials, output_dir, search_space)
+    search.best_result.search = search
+    return search.best_result
+
+
 def _describe(params: Mapping[str, Any]) -> str:
     def text(value: Any) -> str:
         if isinstance(value, float):
