@@ -70,17 +70,21 @@ def old_datasets(request, tmp_path_factory) -> dict[str, tuple[str, dict[str, st
     """{version label: (python, environment)} of the old `datasets` installs, built once into pytest's cache."""
     if os.environ.get("GF_SKIP_OLD_DATASETS", "") not in ("", "0"):
         pytest.skip("GF_SKIP_OLD_DATASETS is set: not checking our datasets with datasets 3.6 and 2.12")
-    cache = request.config.cache  # None under -p no:cacheprovider: then built for this session only
+    cache = getattr(request.config, "cache", None)  # none under -p no:cacheprovider: built for this session only
     root = Path(cache.mkdir("old-datasets-env")) if cache else tmp_path_factory.mktemp("cache") / "old-datasets-env"
     ready = root / "ready.json"
     if not (ready.is_file() and ready.read_text() == ENV_SPEC):
         building = root.parent / f".old-datasets-env.building-{uuid.uuid4().hex[:8]}"
-        _run([sys.executable, "-m", "venv", "--without-pip", str(building / "venv")], "creating a virtual environment")
-        pip = [sys.executable, "-m", "pip", "--python", str(building / "venv" / "bin" / "python"), "install", "-q"]
-        hint = "installing old datasets from PyPI (needs network; set GF_SKIP_OLD_DATASETS=1 to skip this check)"
-        _run([*pip, *BASE_REQUIREMENTS], hint)
-        # the oldest version beside it, on top of the same dependencies (its pins would not resolve with 3.6's)
-        _run([*pip, "--no-deps", "--target", str(building / "oldest"), OLDEST], hint)
+        try:
+            _run([sys.executable, "-m", "venv", "--without-pip", str(building / "venv")], "creating a virtual env")
+            pip = [sys.executable, "-m", "pip", "--python", str(building / "venv" / "bin" / "python"), "install", "-q"]
+            hint = "installing old datasets from PyPI (needs network; set GF_SKIP_OLD_DATASETS=1 to skip this check)"
+            _run([*pip, *BASE_REQUIREMENTS], hint)
+            # the oldest version beside it, on top of the same dependencies (its pins would not resolve with 3.6's)
+            _run([*pip, "--no-deps", "--target", str(building / "oldest"), OLDEST], hint)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
         (building / "ready.json").write_text(ENV_SPEC)
         shutil.rmtree(root, ignore_errors=True)
         os.replace(building, root)
