@@ -9,22 +9,26 @@
         --gene-labels dosage_sens_tf_labels.csv --folds 5
     gf classify multitask --dataset pbmc.dataset --model pretrained --output-dir out --tasks cell_type,phase \\
         --pooling attention
+    gf classify cell ... --search-trials 20             # Optuna search (the reference's n_hyperopt_trials)
 Strategies (every task): --strategy finetune (with --freeze-layers N), adapters (--adapter-size), extra_layer.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
+
+from mindformer_gf.cli import UsageError
+from mindformer_gf.train.schedule import SCHEDULES
 
 TRAINING_FLAGS = {
     # flag: (settings field, type, help)
     "epochs": ("num_epochs", float, "training epochs (fractions allowed)"),
     "batch-size": ("batch_size", int, "cells per training batch (reference: 12)"),
     "lr": ("learning_rate", float, "peak learning rate"),
-    "schedule": ("lr_schedule", str, "linear, cosine, polynomial (power 1, to 1e-7) or constant"),
+    "schedule": ("lr_schedule", str, "the reference's lr_scheduler_type (transformers' schedules)"),
+    "polynomial-power": ("polynomial_power", float, "power of the polynomial schedule (default 1)"),
+    "lr-end": ("lr_end", float, "final learning rate of the polynomial schedule (default 1e-7)"),
     "warmup-steps": ("warmup_steps", int, "linear warmup steps"),
     "warmup-ratio": ("warmup_ratio", float, "warmup as a fraction of all steps (overrides --warmup-steps)"),
     "weight-decay": ("weight_decay", float, "AdamW weight decay (not on biases and LayerNorm)"),
@@ -40,7 +44,7 @@ TRAINING_FLAGS = {
 
 
 CHOICES = {
-    "lr_schedule": ("linear", "cosine", "polynomial", "constant"),
+    "lr_schedule": SCHEDULES,
     "strategy": ("finetune", "adapters", "extra_layer"),
     "device": ("auto", "CPU", "Ascend"),
 }
@@ -60,6 +64,15 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
             f"--{flag}", dest=dest, type=kind, default=None, help=help_text, choices=CHOICES.get(dest)
         )
     training.add_argument("--keep-checkpoints", action="store_true", help="keep every evaluated checkpoint")
+    search = parser.add_argument_group("hyperparameter search (Optuna; the reference's n_hyperopt_trials)")
+    search.add_argument(
+        "--search-trials", type=int, default=0, metavar="N", help="search N trials by validation macro-F1 (0: none)"
+    )
+    search.add_argument(
+        "--search-space",
+        metavar="JSON",
+        help='search space file {setting: {"type": "float"|"int"|"categorical", ...}} (default: the reference\'s)',
+    )
     training.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -134,7 +147,7 @@ def _filters(pairs: list[str]) -> dict[str, list[str]]:
     for pair in pairs:
         column, sep, values = pair.partition("=")
         if not sep or not column or not values:
-            raise SystemExit(f"gf classify: --filter expects COLUMN=V1,V2, got {pair!r}")
+            raise UsageError(f"--filter expects COLUMN=V1,V2, got {pair!r}")
         filters[column] = values.split(",")
     return filters
 
@@ -143,10 +156,35 @@ def _fractions(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise SystemExit(f"gf classify: --split expects three fractions like 0.8,0.1,0.1, got {text!r}") from None
+        raise UsageError(f"--split expects three fractions like 0.8,0.1,0.1, got {text!r}") from None
     if len(values) != 3:
-        raise SystemExit(f"gf classify: --split expects three fractions like 0.8,0.1,0.1, got {text!r}")
+        raise UsageError(f"--split expects three fractions like 0.8,0.1,0.1, got {text!r}")
     return values
+
+
+def _search(args: argparse.Namespace) -> dict[str, object]:
+    """run()'s search arguments: trials and the space read from --search-space."""
+    space = None
+    if args.search_space:
+        import json
+
+        with open(args.search_space, encoding="utf-8") as handle:
+            try:
+                space = json.load(handle)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"--search-space {args.search_space}: not JSON ({err})") from None
+    if args.search_trials < 0:
+        raise UsageError(f"--search-trials must be >= 0, got {args.search_trials}")
+    return {"n_hyperopt_trials": args.search_trials, "search_space": space}
+
+
+def _print_search(result: object) -> None:
+    search = getattr(result, "search", None)
+    if search is not None:
+        print(
+            f"search: best of {len(search.trials)} trials is trial {search.best_trial} (validation score "
+            f"{search.best_score:.4f}): {search.best_params}; see {search.files[0].parent}"
+        )
 
 
 def _csv_list(text: str) -> list[str]:
@@ -169,8 +207,9 @@ def run_cell(args: argparse.Namespace) -> int:
     if args.evaluate:
         return _evaluate_cell(classifier, args)
     result = classifier.run(
-        args.dataset, args.model, args.output_dir, _fractions(args.split), args.folds, args.group_by
+        args.dataset, args.model, args.output_dir, _fractions(args.split), args.folds, args.group_by, **_search(args)
     )
+    _print_search(result)
     for run in result.runs:
         print(f"{run.name}: test {_brief(run.test_metrics)}; model {run.model_dir}")
     if "folds" in result.summary:
@@ -183,41 +222,27 @@ def run_cell(args: argparse.Namespace) -> int:
     return 0
 
 
-def sharded_rank(prog: str) -> Any:
+def sharded_rank() -> Any:
     """This process's ParallelContext under msrun (or the only process); None in msrun's scheduler process, which
-    has no share of the cells (the command then returns 0 at once)."""
+    has no share of the cells (the command then returns 0 at once). A bad launch or another rank's failure is a
+    mindformer_gf error, which `gf` reports as one line."""
     from mindformer_gf.train.distributed import launched_context
 
-    try:
-        return launched_context()
-    except RuntimeError as err:
-        raise SystemExit(f"{prog}: {err}") from None
-
-
-@contextmanager
-def rank_failures(prog: str) -> Iterator[None]:
-    """Another rank's failure (or stall) as one line."""
-    from mindformer_gf.tasks.sharded import RankFailed
-
-    try:
-        yield
-    except RankFailed as err:
-        raise SystemExit(f"{prog}: {err}") from None
+    return launched_context()
 
 
 def _evaluate_cell(classifier, args: argparse.Namespace) -> int:
-    parallel = sharded_rank("gf classify")
+    parallel = sharded_rank()
     if parallel is None:
         return 0
-    with rank_failures("gf classify"):
-        metrics = classifier.evaluate_saved_model(
-            args.model,
-            args.dataset,
-            args.output_dir,
-            resume=args.resume,
-            shard_timeout=args.shard_timeout,
-            parallel=parallel,
-        )
+    metrics = classifier.evaluate_saved_model(
+        args.model,
+        args.dataset,
+        args.output_dir,
+        resume=args.resume,
+        shard_timeout=args.shard_timeout,
+        parallel=parallel,
+    )
     if metrics is None:
         print(f"rank {parallel.rank} of {parallel.world_size}: share predicted; rank 0 writes the files")
         return 0
@@ -242,7 +267,8 @@ def run_gene(args: argparse.Namespace) -> int:
         token_dictionary_file=args.token_dictionary,
         settings=_settings(args, **_gene_defaults(args)),
     )
-    result = classifier.run(args.dataset, args.model, args.output_dir)
+    result = classifier.run(args.dataset, args.model, args.output_dir, **_search(args))
+    _print_search(result)
     for fold in result.summary["folds"]:
         print(f"fold {fold['fold']}: {fold['test_genes']} test genes, {fold['test_occurrences']} occurrences")
     print(f"overall (gene occurrences): {_brief(result.summary['overall'])}")
@@ -272,7 +298,10 @@ def run_multitask(args: argparse.Namespace) -> int:
         max_ncells=args.max_cells,
         settings=_settings(args),
     )
-    result = classifier.run(args.dataset, args.model, args.output_dir, _fractions(args.split), args.group_by)
+    result = classifier.run(
+        args.dataset, args.model, args.output_dir, _fractions(args.split), args.group_by, **_search(args)
+    )
+    _print_search(result)
     for task, metrics in result.test_metrics.items():
         print(f"{task}: test {_brief(metrics)}")
     print(f"model {result.model_dir}; outputs in {result.output_dir}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from mindformer_gf.config import ARCHITECTURES
 
@@ -64,33 +63,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mindformer_gf.convert import convert
-    from mindformer_gf.safe_pickle import UnsafePickleError
 
     if args.verify:
         import mindspore as ms
 
         # --verify runs the model; the package runs its models in graph mode (MindSpore's default is PyNative).
         ms.set_context(mode=ms.GRAPH_MODE)
-    try:
-        report = convert(
-            args.src,
-            args.dst,
-            to=args.to,
-            format=args.format,
-            dtype=args.dtype,
-            architecture=args.architecture,
-            num_labels=args.num_labels,
-            allow_missing=args.allow_missing,
-            seed=args.seed,
-            force=args.force,
-            verify=args.verify,
-            tolerance=args.tolerance,
-            progress=not args.quiet,
-        )
-    # CheckpointError and ConfigError are ValueErrors; OSError covers a missing source, an existing destination and
-    # an unwritable one. Each message names the problem and the fix, so no traceback is shown.
-    except (ValueError, OSError, UnsafePickleError) as err:
-        print(f"gf convert: error: {err}", file=sys.stderr)
-        return 1
+    # CheckpointError and ConfigError are ValueErrors, a missing source or an existing destination OSErrors: `gf`
+    # (mindformer_gf.cli.main) turns them into one line naming the problem and the fix.
+    report = convert(
+        args.src,
+        args.dst,
+        to=args.to,
+        format=args.format,
+        dtype=args.dtype,
+        architecture=args.architecture,
+        num_labels=args.num_labels,
+        allow_missing=args.allow_missing,
+        seed=args.seed,
+        force=args.force,
+        verify=args.verify,
+        tolerance=args.tolerance,
+        progress=not args.quiet,
+    )
     print("\n".join(report.lines()))
     return 0

@@ -54,9 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mindformer_gf.cli.classify import _filters, rank_failures, sharded_rank
+    from mindformer_gf.cli import UsageError
+    from mindformer_gf.cli.classify import _filters, sharded_rank
 
-    parallel = sharded_rank("gf embed")
+    parallel = sharded_rank()
     if parallel is None:
         return 0
 
@@ -65,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
     plots = [p.strip() for p in args.plot.split(",") if p.strip()]
     unknown = sorted(set(plots) - {"umap", "heatmap"})
     if unknown:
-        raise SystemExit(f"gf embed: --plot takes umap and/or heatmap, got {unknown}")
+        raise UsageError(f"--plot takes umap and/or heatmap, got {unknown}")
     if plots and not args.label:
-        raise SystemExit("gf embed: --plot needs --label COLUMN to colour the cells by")
+        raise UsageError("--plot needs --label COLUMN to colour the cells by")
     extractor = EmbExtractor(
         emb_mode=args.mode,
         emb_layer=args.layer,
@@ -83,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         shard_timeout=args.shard_timeout,
     )
-    with rank_failures("gf embed"):
-        embs = extractor.extract_embs(args.model, args.dataset, args.output_dir, args.prefix, parallel=parallel)
+    embs = extractor.extract_embs(args.model, args.dataset, args.output_dir, args.prefix, parallel=parallel)
     if embs is None:
         print(f"rank {parallel.rank} of {parallel.world_size}: share embedded; rank 0 writes the files")
         return 0

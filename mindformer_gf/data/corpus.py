@@ -100,12 +100,13 @@ def compact_vocabulary(source: str | os.PathLike, target: str | os.PathLike) -> 
     the dictionary's ~25,000: a small model on a small corpus trains in seconds."""
     from datasets import Dataset, load_from_disk
 
+    from mindformer_gf.tokenizer.writer import save_dataset
+
     dataset = load_from_disk(str(source))
     cells = [np.asarray(c) for c in dataset["input_ids"]]
     genes = np.unique(np.concatenate(cells))
     renumber = np.zeros(genes.max() + 1, np.int64)
     renumber[genes] = np.arange(2, genes.size + 2)
-    Dataset.from_dict(
-        {"input_ids": [renumber[c].tolist() for c in cells], "length": [c.size for c in cells]}
-    ).save_to_disk(str(target))
+    compact = Dataset.from_dict({"input_ids": [renumber[c].tolist() for c in cells], "length": [c.size for c in cells]})
+    save_dataset(compact, target, overwrite=True)
     return Path(target), int(genes.size + 2)

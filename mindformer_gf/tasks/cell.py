@@ -76,6 +76,8 @@ class CellTaskResult:
     output_dir: Path
     prepared: PreparedCells
     splits: list[Split] = field(default_factory=list)
+    # with n_hyperopt_trials: the search (this result is its best trial's)
+    search: Any = None
 
     @property
     def test_metrics(self) -> dict[str, Any] | None:
@@ -118,7 +120,9 @@ class CellClassifier:
         `prepared_cells.csv` (dataset row, state, label id) into `output_dir` when given."""
         dataset = open_dataset(dataset)
         if self.regression:
-            prepared = prepare_targets(dataset, self.state_key, self.filter_data, self.max_ncells, self.settings.seed)
+            prepared = prepare_targets(
+                dataset, self.state_key, self.filter_data, self.max_ncells, self.settings.data_seed
+            )
         else:
             prepared = prepare_cells(
                 dataset,
@@ -128,7 +132,7 @@ class CellClassifier:
                 self.rare_threshold,
                 self.max_ncells,
                 self.max_ncells_per_class,
-                self.settings.seed,
+                self.settings.data_seed,
             )
         if output_dir is not None:
             import pandas as pd
@@ -157,8 +161,8 @@ class CellClassifier:
         if group_by is not None:
             groups = column_values(open_dataset(dataset), group_by)[prepared.indices].astype(str)
         if n_folds and n_folds > 1:
-            return k_fold_splits(prepared.labels, n_folds, groups, valid_fraction, self.settings.seed)
-        return [split_by_fractions(prepared.labels, split_sizes, groups, self.settings.seed)]
+            return k_fold_splits(prepared.labels, n_folds, groups, valid_fraction, self.settings.data_seed)
+        return [split_by_fractions(prepared.labels, split_sizes, groups, self.settings.data_seed)]
 
     # ---- training and evaluation ---------------------------------------------------------------------------------
     def _architecture(self) -> str:
@@ -384,9 +388,23 @@ class CellClassifier:
         split_sizes: tuple[float, float, float] = (0.8, 0.1, 0.1),
         n_folds: int = 0,
         group_by: str | None = None,
+        n_hyperopt_trials: int = 0,
+        search_space: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> CellTaskResult:
         """Prepare, split (fractions or `n_folds` folds, grouped by `group_by`), train and evaluate every split;
-        `summary.json` holds each run's test metrics and, for folds, their mean, sd and the pooled predictions'."""
+        `summary.json` holds each run's test metrics and, for folds, their mean, sd and the pooled predictions'.
+        With `n_hyperopt_trials`, a hyperparameter search (mindformer_gf.tasks.search) over that many trials; the
+        result is the best trial's, with the search in `.search`."""
+        if n_hyperopt_trials:
+            from mindformer_gf.tasks.search import best_trial_result
+
+            return best_trial_result(
+                self,
+                lambda task, trial_dir: task.run(dataset, model_dir, trial_dir, split_sizes, n_folds, group_by),
+                n_hyperopt_trials,
+                output_dir,
+                search_space,
+            )
         out = ensure_dir(output_dir)
         dataset = open_dataset(dataset)
         prepared = self.prepare_data(dataset, out)

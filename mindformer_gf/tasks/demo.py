@@ -223,11 +223,12 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False,
 
     # 3. pretrain on the train + validation cells only
     def pretrain_model() -> Path:
+        from mindformer_gf.tokenizer.writer import save_dataset
         from mindformer_gf.train import PretrainSettings, pretrain, unigram_entropy
 
         pretrain_rows = np.sort(prepared.indices[np.concatenate([split.train, split.valid])])
         corpus = out / "data" / "pretrain_cells.dataset"
-        dataset.select(pretrain_rows).save_to_disk(str(corpus))
+        save_dataset(dataset.select(pretrain_rows), corpus, overwrite=True)
         result = pretrain(
             PretrainSettings(
                 dataset=str(corpus),

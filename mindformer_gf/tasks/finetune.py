@@ -1,9 +1,10 @@
 """Fine-tuning runs for every task, on the package's generic training loop (`mindformer_gf.train.Trainer`).
 
 `fit(model, objective, source, settings, output_dir, evaluate)` trains with the reference's options (epochs, batch
-size, learning rate, linear / cosine / polynomial / constant schedule with warmup, weight decay, seed), writes a
-checkpoint at every evaluation point (once per epoch by default), then scores each checkpoint with `evaluate()`
-(validation metrics) and loads the best one (macro-F1, or -MSE for regression). Outputs under `output_dir`:
+size, learning rate, transformers' schedules (`lr_scheduler_type`) with warmup, weight decay, seed), writes a
+checkpoint at every evaluation point (once per epoch by default), scores each checkpoint with `evaluate()`
+(validation metrics) as training goes, and loads the best one at the end (macro-F1, or -MSE for regression).
+Outputs under `output_dir`:
 `metrics.csv` (the loop's: training loss, accuracy, learning rate, cells/s, ...), `eval_history.csv` (validation
 metrics per checkpoint), `loss_curve.png` (training loss and the validation score), `train_config.json`.
 """
@@ -23,10 +24,9 @@ import numpy as np
 
 from mindformer_gf.tasks.io import matplotlib_pyplot, save_figure, write_csv
 from mindformer_gf.tasks.metrics import selection_score
+from mindformer_gf.train.schedule import SCHEDULES
 
 logger = logging.getLogger("mindformer_gf.tasks")
-
-SCHEDULES = ("linear", "cosine", "polynomial", "constant")
 
 
 @dataclass
@@ -41,12 +41,17 @@ class FineTuneSettings:
     warmup_steps: int = 500
     # when set, warmup is this fraction of all steps (overrides warmup_steps; handy for small data)
     warmup_ratio: float | None = None
-    # "polynomial" decays as (1 - progress)^power to lr_end (transformers' get_polynomial_decay_schedule_with_warmup)
+    # "polynomial" decays as (1 - progress)^power to lr_end (transformers' get_polynomial_decay_schedule_with_warmup);
+    # "cosine_with_restarts" runs num_cycles cosines (transformers' defaults)
     polynomial_power: float = 1.0
     lr_end: float = 1e-7
+    num_cycles: int = 1
     weight_decay: float = 0.001
     max_grad_norm: float = 1.0
     seed: int = 0
+    # seed of the cell selection and splits when it must differ from `seed` (a hyperparameter search varies `seed`
+    # per trial but keeps every trial on the same split); None: `seed`
+    split_seed: int | None = None
     # what trains: "finetune" (with freeze_layers), "adapters", "extra_layer" (see mindformer_gf.tasks.models)
     strategy: str = "finetune"
     freeze_layers: int = 0
@@ -71,13 +76,17 @@ class FineTuneSettings:
             raise ValueError("num_epochs must be > 0, batch_size and forward_batch_size >= 1")
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.lr_schedule == "polynomial" and self.polynomial_power != 1.0:
-            raise NotImplementedError(
-                "lr_schedule 'polynomial' is supported with power 1.0 (the reference's default: a linear decay to "
-                f"lr_end); power {self.polynomial_power} needs a polynomial schedule in mindformer_gf.train.schedule"
+        if not self.polynomial_power > 0 or self.num_cycles < 1:
+            raise ValueError(
+                f"polynomial_power must be > 0 and num_cycles >= 1, got {self.polynomial_power} and {self.num_cycles}"
             )
         if self.freeze_layers < 0 or self.adapter_size < 1 or self.evals_per_epoch < 1:
             raise ValueError("freeze_layers must be >= 0, adapter_size and evals_per_epoch >= 1")
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of cell selection and splits."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def replace(self, **changes: Any) -> FineTuneSettings:
         known = {f.name for f in fields(self)}
@@ -87,12 +96,16 @@ class FineTuneSettings:
         return FineTuneSettings(**{**asdict(self), **changes})
 
 
-def schedule_for_trainer(settings: FineTuneSettings) -> tuple[str, float]:
-    """(schedule name, min_lr_ratio) for the training loop. Polynomial decay of power 1 to lr_end is exactly the
-    loop's linear schedule ending at lr_end / peak."""
-    if settings.lr_schedule == "polynomial":
-        return "linear", min(1.0, settings.lr_end / settings.learning_rate)
-    return settings.lr_schedule, 0.0
+def schedule_for_trainer(settings: FineTuneSettings) -> dict[str, Any]:
+    """The training loop's schedule settings (TrainSettings fields). Polynomial decay ends at lr_end, which the loop
+    expresses as a fraction of the peak."""
+    min_ratio = min(1.0, settings.lr_end / settings.learning_rate) if settings.lr_schedule == "polynomial" else 0.0
+    return {
+        "lr_schedule": settings.lr_schedule,
+        "min_lr_ratio": min_ratio,
+        "lr_power": settings.polynomial_power,
+        "lr_num_cycles": settings.num_cycles,
+    }
 
 
 @dataclass
@@ -134,15 +147,13 @@ def fit(
         logger.warning(
             "warmup of %d steps covers the whole run of %d steps: the learning rate never peaks", warmup, total
         )
-    schedule, min_ratio = schedule_for_trainer(settings)
     train_settings = TrainSettings(
         output_dir=str(output_dir),
         max_steps=total,
         batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
-        lr_schedule=schedule,
         warmup_steps=warmup,
-        min_lr_ratio=min_ratio,
+        **schedule_for_trainer(settings),
         weight_decay=settings.weight_decay,
         max_grad_norm=settings.max_grad_norm,
         device=settings.device,
@@ -154,25 +165,37 @@ def fit(
         progress_bar=settings.progress_bar,
     )
     config = {**asdict(train_settings), "fine_tuning": asdict(settings), **(run_config or {})}
-    started = time.perf_counter()
-    trainer = Trainer(model, objective, source, train_settings, run_config=config)
-    result = trainer.train()
     history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"path": None, "metrics": None, "score": -math.inf}
+
+    def score_checkpoint(step: int, path: Path) -> None:
+        """Validation metrics of the weights just saved, while training runs (so that a hyperparameter search can
+        stop a bad trial early: `report_intermediate`)."""
+        from mindformer_gf.tasks.search import report_intermediate
+
+        metrics = evaluate()
+        history.append({"step": step, "epoch": round(step / steps_per_epoch, 3), **_scalars(metrics)})
+        score = selection_score(metrics)
+        logger.info("checkpoint step %d: validation %s", step, _scalars(metrics))
+        if score > best["score"]:
+            best.update(path=path, metrics=metrics, score=score)
+        report_intermediate(score)
+
+    started = time.perf_counter()
+    trainer = Trainer(
+        model,
+        objective,
+        source,
+        train_settings,
+        run_config=config,
+        on_checkpoint=score_checkpoint if evaluate is not None else None,
+    )
+    result = trainer.train()
     checkpoints = list_checkpoints(output_dir / "checkpoints")
     if not checkpoints:
         raise RuntimeError(f"training wrote no checkpoint under {output_dir / 'checkpoints'}")
-    best_path, best_metrics, best_score = checkpoints[-1], None, -math.inf
+    best_path, best_metrics = best["path"] or checkpoints[-1], best["metrics"]
     if evaluate is not None:
-        for path in checkpoints:
-            weights, _, state = load_checkpoint(path)
-            model.load_weights(weights)
-            metrics = evaluate()
-            step = int(state["step"])
-            history.append({"step": step, "epoch": round(step / steps_per_epoch, 3), **_scalars(metrics)})
-            score = selection_score(metrics)
-            logger.info("checkpoint step %d: validation %s", step, _scalars(metrics))
-            if score > best_score:
-                best_path, best_metrics, best_score = path, metrics, score
         write_csv(output_dir / "eval_history.csv", _frame(history))
     weights, _, state = load_checkpoint(best_path)
     model.load_weights(weights)

@@ -55,9 +55,11 @@ from mindformer_gf.tasks.metrics import (
     plot_fold_rocs,
     plot_metric_bars,
     regression_metrics,
+    selection_score,
     softmax,
     summarise_folds,
 )
+from mindformer_gf.tasks.search import report_intermediate
 from mindformer_gf.tasks.splits import gene_folds
 
 
@@ -90,6 +92,8 @@ class GeneTaskResult:
     summary: dict[str, Any]
     output_dir: Path
     genes: GeneLabels
+    # with n_hyperopt_trials: the search (this result is its best trial's)
+    search: Any = None
 
 
 class GeneClassifier:
@@ -136,7 +140,9 @@ class GeneClassifier:
         if holding.size == 0:
             raise ValueError("no cell holds any labelled gene: are the dataset and gene labels of the same species?")
         if self.max_ncells and holding.size > self.max_ncells:
-            holding = np.sort(np.random.default_rng(self.settings.seed).choice(holding, self.max_ncells, replace=False))
+            holding = np.sort(
+                np.random.default_rng(self.settings.data_seed).choice(holding, self.max_ncells, replace=False)
+            )
         rows, cells = rows[holding], [cells[i] for i in holding]
         present = np.isin(genes.tokens, np.unique(np.concatenate(cells)))
         absent = [g for g, p in zip(genes.genes, present, strict=True) if not p]
@@ -144,7 +150,26 @@ class GeneClassifier:
         genes.missing_genes = genes.missing_genes + absent
         return genes, rows, cells
 
-    def run(self, dataset: Any, model_dir: str | os.PathLike, output_dir: str | os.PathLike) -> GeneTaskResult:
+    def run(
+        self,
+        dataset: Any,
+        model_dir: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        n_hyperopt_trials: int = 0,
+        search_space: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> GeneTaskResult:
+        """Train and test one model per fold of genes. With `n_hyperopt_trials`, a hyperparameter search scored on
+        the folds' held-out genes (as the reference does); the best trial's result, with the search in `.search`."""
+        if n_hyperopt_trials:
+            from mindformer_gf.tasks.search import best_trial_result
+
+            return best_trial_result(
+                self,
+                lambda task, trial_dir: task.run(dataset, model_dir, trial_dir),
+                n_hyperopt_trials,
+                output_dir,
+                search_space,
+            )
         settings = self.settings
         prepare_device(settings.device)
         config = model_config_of(model_dir)
@@ -158,7 +183,7 @@ class GeneClassifier:
             f"gene task: {len(genes.genes)} labelled genes in {rows.size} cells"
             + (f" ({len(genes.missing_genes)} labelled genes not in the data)" if genes.missing_genes else "")
         )
-        folds = gene_folds(genes.labels, self.n_folds, settings.seed)
+        folds = gene_folds(genes.labels, self.n_folds, settings.data_seed)
         write_json(
             out / "gene_folds.json",
             {
@@ -186,6 +211,7 @@ class GeneClassifier:
             )
             fold_results.append(result)
             pooled.append(predictions)
+            report_intermediate(selection_score(result["metrics"]))  # a search may stop a bad trial here
         summary = self._summarise(fold_results, pooled, genes, out)
         write_json(out / "summary.json", summary)
         return GeneTaskResult(fold_results, summary, out, genes)

@@ -69,6 +69,8 @@ class MultitaskResult:
     data: MultitaskData
     split: Split
     seconds: float
+    # with n_hyperopt_trials: the search (this result is its best trial's)
+    search: Any = None
 
 
 class MultitaskClassifier:
@@ -120,7 +122,7 @@ class MultitaskClassifier:
             else:
                 keep &= np.asarray([v is not None and str(v) not in ("", "nan", "None") for v in column])
         if self.max_ncells and keep.sum() > self.max_ncells:
-            chosen = np.random.default_rng(self.settings.seed).choice(
+            chosen = np.random.default_rng(self.settings.data_seed).choice(
                 np.flatnonzero(keep), self.max_ncells, replace=False
             )
             keep = np.isin(np.arange(rows.size), chosen)
@@ -164,10 +166,25 @@ class MultitaskClassifier:
         output_dir: str | os.PathLike,
         split_sizes: tuple[float, float, float] = (0.8, 0.1, 0.1),
         group_by: str | None = None,
+        n_hyperopt_trials: int = 0,
+        search_space: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> MultitaskResult:
         """Split (stratified on the first classification task, grouped by `group_by`), train, pick the checkpoint
-        with the best mean validation macro-F1, evaluate every task on the test cells, save."""
+        with the best mean validation macro-F1, evaluate every task on the test cells, save. With
+        `n_hyperopt_trials`, a hyperparameter search (task weights included) whose best trial's result is returned,
+        with the search in `.search`."""
         from mindformer_gf.tasks.models import MultitaskObjective, save_task_model
+
+        if n_hyperopt_trials:
+            from mindformer_gf.tasks.search import best_trial_result
+
+            return best_trial_result(
+                self,
+                lambda task, trial_dir: task.run(dataset, model_dir, trial_dir, split_sizes, group_by),
+                n_hyperopt_trials,
+                output_dir,
+                search_space,
+            )
 
         started = time.perf_counter()
         settings = self.settings
@@ -184,7 +201,7 @@ class MultitaskClassifier:
         stratify_on = next((i for i, r in enumerate(data.regression) if not r), None)
         strata = data.labels[stratify_on] if stratify_on is not None else np.zeros(data.rows.size, np.int32)
         groups = None if group_by is None else column_values(dataset, group_by)[data.rows].astype(str)
-        split = split_by_fractions(strata, split_sizes, groups, settings.seed)
+        split = split_by_fractions(strata, split_sizes, groups, settings.data_seed)
         write_json(out / "splits.json", {"split": split.as_dict()})
         scales = [
             TargetScale.fit(lab[split.train]) if r else None

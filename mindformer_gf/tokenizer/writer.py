@@ -1,10 +1,16 @@
 """The tokenized dataset on disk: a Hugging Face `datasets` directory, as `Dataset.save_to_disk` lays it out.
 
-Workers write Arrow shards with `datasets`' own ArrowWriter into a temporary directory beside the output; at the end
-the shards are named `data-XXXXX-of-NNNNN.arrow`, `state.json` and `dataset_info.json` are written as save_to_disk
-writes them, and the directory is renamed to `{prefix}.dataset`. Writing the layout directly (instead of building a
-Dataset and calling save_to_disk) saves a second full copy of the data. `datasets.load_from_disk` reads the result,
-so does the reference package.
+Workers write Arrow shards (Arrow IPC streams, as `datasets` writes them) into a temporary directory beside the
+output; at the end the shards are named `data-XXXXX-of-NNNNN.arrow`, `state.json` and `dataset_info.json` are written
+as save_to_disk writes them, and the directory is renamed to `{prefix}.dataset`. Writing the layout directly (instead
+of building a Dataset and calling save_to_disk) saves a second full copy of the data. `save_dataset` writes any
+`datasets.Dataset` (a task's output) the same way.
+
+Readable by every `datasets` from 2.12 on (the reference allows any `datasets>=2.12`): the features are recorded (in
+`dataset_info.json` and in each shard's schema metadata) in the form all of them read. `datasets` 4 and later would
+record a list column as `List`, which 3.x and older refuse ("Feature type 'List' not found"); we write the older
+`Sequence`, which 4 and later still read as `List`. tests/tokenizer/test_datasets_compat.py opens our output with
+`datasets` 3.6 and 2.12 in a virtual environment of their own.
 
 `dataset_info.json`'s `description` holds a JSON record of the dictionary that produced the dataset (name, version,
 vocabulary size, token dictionary hash, special tokens); `check_dataset_matches_vocab` uses it to refuse a V1 dataset
@@ -50,15 +56,44 @@ def cells_table(cells: RankedCells, attributes: dict[str, pa.Array], schema: pa.
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def portable_features(schema: pa.Schema) -> dict[str, Any]:
+    """The `datasets` features of `schema` as a dictionary every `datasets` since 2.12 reads: list columns as
+    `Sequence` (a list of structs as `[{...}]`), never the `List` of datasets 4 and later."""
+    from datasets import Features
+
+    return _legacy_feature(Features.from_arrow_schema(pa.schema(list(schema))).to_dict())
+
+
+def _legacy_feature(feature: Any) -> Any:
+    if isinstance(feature, list):
+        return [_legacy_feature(item) for item in feature]
+    if not isinstance(feature, dict):
+        return feature
+    if feature.get("_type") != "List":
+        return {key: _legacy_feature(value) for key, value in feature.items()}
+    inner = _legacy_feature(feature["feature"])
+    length = feature.get("length", -1)
+    if isinstance(inner, dict) and "_type" not in inner and length == -1:
+        return [inner]  # a list of structs; Sequence({...}) would mean a struct of lists to the older readers
+    legacy = {"feature": inner, "_type": "Sequence"}
+    if length != -1:
+        legacy["length"] = length
+    return legacy
+
+
+def portable_schema(schema: pa.Schema) -> pa.Schema:
+    """`schema` with the `huggingface` metadata `datasets` reads its features from, in the portable form."""
+    features = json.dumps({"info": {"features": portable_features(schema)}})
+    return pa.schema(list(schema), metadata={"huggingface": features})
+
+
 class ShardWriter:
     """Appends tables to Arrow shards `{directory}/{stem}-NNNNN.arrow`, starting a new shard every ~500 MB."""
 
     def __init__(self, directory: Path, stem: str, schema: pa.Schema, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
-        from datasets import Features
-
         self.directory = directory
         self.stem = stem
-        self.features = Features.from_arrow_schema(schema)
+        self.schema = portable_schema(schema)
         self.max_shard_bytes = max_shard_bytes
         self.shards: list[tuple[str, int]] = []  # (file name, rows)
         self._writer: Any = None
@@ -66,22 +101,24 @@ class ShardWriter:
         self._rows = 0
 
     def write(self, table: pa.Table) -> None:
-        from datasets.arrow_writer import ArrowWriter
-
         if table.num_rows == 0:
             return
         if self._writer is not None and self._bytes >= self.max_shard_bytes:
             self._close_shard()
         if self._writer is None:
             name = f"{self.stem}-{len(self.shards):05d}.arrow"
-            self._writer = ArrowWriter(features=self.features, path=str(self.directory / name))
+            self._writer = pa.ipc.new_stream(str(self.directory / name), self.schema)
             self.shards.append((name, 0))
-        self._writer.write_table(table)
+        self._writer.write_table(table.replace_schema_metadata(self.schema.metadata))
         self._bytes += table.nbytes
         self._rows += table.num_rows
 
+    def write_empty(self) -> None:
+        """One shard of no rows (a dataset of no cells still has a schema)."""
+        self._writer = pa.ipc.new_stream(str(self.directory / f"{self.stem}-00000.arrow"), self.schema)
+        self.shards.append((f"{self.stem}-00000.arrow", 0))
+
     def _close_shard(self) -> None:
-        self._writer.finalize()
         self._writer.close()
         name, _ = self.shards[-1]
         self.shards[-1] = (name, self._rows)
@@ -104,19 +141,17 @@ def publish_dataset(
     temporary_dir: Path,
     shard_names: list[str],
     schema: pa.Schema,
-    metadata: dict[str, Any],
+    metadata: dict[str, Any] | str,
     final_dir: Path,
     overwrite: bool,
 ) -> Path:
-    """Lay the shards out as save_to_disk does, then rename `temporary_dir` to `final_dir`."""
-    from datasets import DatasetInfo, Features
-    from datasets.utils.py_utils import asdict  # save_to_disk's serialiser: leaves out fields at their defaults
-
+    """Lay the shards out as save_to_disk does, then rename `temporary_dir` to `final_dir`. `metadata` becomes the
+    info's description (a dictionary record as JSON)."""
     n_shards = len(shard_names)
     final_names = [f"data-{i:05d}-of-{n_shards:05d}.arrow" for i in range(n_shards)]
     for name, final_name in zip(shard_names, final_names, strict=True):
         os.replace(temporary_dir / name, temporary_dir / final_name)
-    description = json.dumps(metadata, sort_keys=True)
+    description = metadata if isinstance(metadata, str) else json.dumps(metadata, sort_keys=True)
     fingerprint = hashlib.sha256(
         (description + "".join(str((temporary_dir / n).stat().st_size) for n in final_names)).encode()
     ).hexdigest()[:16]
@@ -131,9 +166,11 @@ def publish_dataset(
     }
     with open(temporary_dir / "state.json", "w", encoding="utf-8") as handle:
         json.dump(state, handle, indent=2, sort_keys=True)
-    info = asdict(DatasetInfo(description=description, features=Features.from_arrow_schema(schema)))
+    # save_to_disk's DatasetInfo without the fields at their defaults; every field here exists since datasets 2.x
+    info = {"citation": "", "description": description, "features": portable_features(schema), "homepage": ""}
+    info["license"] = ""
     with open(temporary_dir / "dataset_info.json", "w", encoding="utf-8") as handle:
-        json.dump({key: info[key] for key in sorted(info)}, handle, indent=2)
+        json.dump(info, handle, indent=2)
     if final_dir.exists():
         if not overwrite:
             raise FileExistsError(f"{final_dir} appeared while tokenizing; pass force=True (--force) to replace it")
@@ -144,6 +181,31 @@ def publish_dataset(
     else:
         os.replace(temporary_dir, final_dir)
     return final_dir
+
+
+def save_dataset(dataset: Any, path: str | os.PathLike, overwrite: bool = False, rows_per_batch: int = 10_000) -> Path:
+    """Write a `datasets.Dataset` (its selected rows, e.g. after `select`) to the directory `path` in the layout of
+    `save_to_disk`, readable by every `datasets` since 2.12 (see the module's doc), keeping its description (the
+    tokenizer's dictionary record). Written under a temporary name, then renamed."""
+    final_dir = Path(path)
+    if final_dir.exists() and not overwrite:
+        raise FileExistsError(f"{final_dir} already exists; pass overwrite=True to replace it")
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    rows = dataset.with_format("arrow")
+    schema = pa.schema(list(dataset.features.arrow_schema))
+    temporary_dir = temporary_output_dir(final_dir)
+    try:
+        writer = ShardWriter(temporary_dir, "shard", schema)
+        for start in range(0, len(dataset), rows_per_batch):
+            writer.write(rows[start : start + rows_per_batch].cast(schema))
+        if len(dataset) == 0:
+            writer.write_empty()
+        shard_names = [name for name, _ in writer.close()]
+        description = getattr(dataset.info, "description", "") or ""
+        return publish_dataset(temporary_dir, shard_names, schema, description, final_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(temporary_dir, ignore_errors=True)
+        raise
 
 
 def read_dictionary_metadata(dataset_or_dir: Any) -> dict[str, Any] | None:

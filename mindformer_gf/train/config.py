@@ -35,6 +35,9 @@ class TrainSettings:
     lr_schedule: str = "linear"
     warmup_steps: int = 10_000
     min_lr_ratio: float = 0.0
+    # "polynomial": the power of the decay; "cosine_with_restarts": the number of cosines (transformers' defaults)
+    lr_power: float = 1.0
+    lr_num_cycles: int = 1
     weight_decay: float = 0.001
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -73,6 +76,8 @@ class TrainSettings:
             raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS}")
         if not self.learning_rate > 0 or self.weight_decay < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("learning_rate must be > 0, weight_decay >= 0 and min_lr_ratio in [0, 1]")
+        if not self.lr_power > 0 or self.lr_num_cycles < 1:
+            raise ValueError(f"lr_power must be > 0 and lr_num_cycles >= 1, got {self.lr_power}, {self.lr_num_cycles}")
 
 
 @dataclass

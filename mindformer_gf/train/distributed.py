@@ -34,6 +34,10 @@ def launched_by_msrun() -> bool:
     return os.environ.get("MS_ROLE") in ("MS_WORKER", "MS_SCHED") and "MS_WORKER_NUM" in os.environ
 
 
+class LaunchError(RuntimeError):
+    """msrun was started in a way this process cannot take its share from (reported as a user error)."""
+
+
 _CONTEXT: ParallelContext | None = None
 DEVICES = ("auto", "CPU", "Ascend")
 
@@ -85,5 +89,5 @@ def launched_context() -> ParallelContext | None:
         return None
     if "RANK_ID" not in os.environ:
         # msrun numbers the workers itself only on one machine or when told each machine's index
-        raise RuntimeError("msrun over several machines needs --node_rank=<machine index> on each machine")
+        raise LaunchError("msrun over several machines needs --node_rank=<machine index> on each machine")
     return ParallelContext(rank=int(os.environ["RANK_ID"]), world_size=int(os.environ["MS_WORKER_NUM"]))

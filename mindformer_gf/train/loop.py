@@ -27,6 +27,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,9 +115,12 @@ class Trainer:
         parallel: ParallelContext | None = None,
         run_config: dict[str, Any] | None = None,
         eval_source=None,
+        on_checkpoint: Callable[[int, Path], None] | None = None,
     ) -> None:
         settings.validate()
         self.eval_source = eval_source
+        # called with (step, checkpoint directory) after each checkpoint, e.g. to evaluate it while training runs
+        self.on_checkpoint = on_checkpoint
         self.model = model
         self.objective = objective
         self.source = source
@@ -244,6 +248,8 @@ class Trainer:
             self.total_steps,
             self.settings.lr_schedule,
             self.settings.min_lr_ratio,
+            self.settings.lr_power,
+            self.settings.lr_num_cycles,
         )
         stats, norm, applied = self.apply_step(Tensor(lr, ms.float32), Tensor(1.0 / scale, ms.float32))
         applied = bool(applied.asnumpy())
@@ -332,7 +338,11 @@ class Trainer:
                         "step %d eval loss %.4f accuracy %.4f", step, evaluation["loss"], evaluation["accuracy"]
                     )
                 if step % self.settings.save_every == 0 or step == self.total_steps or stop.raised is not None:
-                    last_checkpoint = self.save(step) or last_checkpoint
+                    saved = self.save(step)
+                    last_checkpoint = saved or last_checkpoint
+                    if saved is not None and self.on_checkpoint is not None:
+                        self.on_checkpoint(step, saved)
+                        self.model.set_train(True)
         if bar is not None:
             bar.close()
         if stop.raised is not None:
@@ -410,6 +420,8 @@ class Trainer:
                 self.total_steps,
                 self.settings.lr_schedule,
                 self.settings.min_lr_ratio,
+                self.settings.lr_power,
+                self.settings.lr_num_cycles,
             ),
             "grad_norm": norm,
             "loss_scale": self.loss_scale.scale,

@@ -109,20 +109,27 @@ def test_adapters_start_as_the_identity_and_are_counted(tiny_model_dir, tiny_con
     assert parameter_counts(model)["total"] == total + 2 * tiny_config.num_hidden_layers * per_adapter
 
 
-def test_polynomial_schedule_is_transformers_power_1_decay_to_lr_end():
+def test_polynomial_schedule_is_transformers_decay_to_lr_end():
     from mindformer_gf.tasks.finetune import schedule_for_trainer
     from mindformer_gf.train import learning_rate
 
-    settings = FineTuneSettings(learning_rate=8.04e-4, lr_schedule="polynomial", lr_end=1e-7)
-    schedule, min_ratio = schedule_for_trainer(settings)
-    warmup, total = 10, 100
-    for step in (0, 5, 10, 37, 99, 100):
-        if step < warmup:
-            expected = 8.04e-4 * step / warmup
-        else:
-            progress = (step - warmup) / (total - warmup)
-            expected = (8.04e-4 - 1e-7) * (1 - progress) + 1e-7  # get_polynomial_decay_schedule_with_warmup
-        got = learning_rate(step, settings.learning_rate, warmup, total, schedule, min_ratio)
-        assert got == pytest.approx(expected, rel=1e-9, abs=1e-15)
-    with pytest.raises(NotImplementedError, match="power 1.0"):
-        FineTuneSettings(lr_schedule="polynomial", polynomial_power=2.0).validate()
+    for power in (1.0, 2.0):
+        settings = FineTuneSettings(
+            learning_rate=8.04e-4, lr_schedule="polynomial", lr_end=1e-7, polynomial_power=power
+        )
+        loop = schedule_for_trainer(settings)
+        warmup, total = 10, 100
+        for step in (0, 5, 10, 37, 99, 100):
+            if step < warmup:
+                expected = 8.04e-4 * step / warmup
+            else:
+                progress = (step - warmup) / (total - warmup)
+                expected = (8.04e-4 - 1e-7) * (
+                    1 - progress
+                ) ** power + 1e-7  # get_polynomial_decay_schedule_with_warmup
+            got = learning_rate(
+                step, settings.learning_rate, warmup, total, loop["lr_schedule"], loop["min_lr_ratio"], loop["lr_power"]
+            )
+            assert got == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    with pytest.raises(ValueError, match="polynomial_power"):
+        FineTuneSettings(lr_schedule="polynomial", polynomial_power=0.0).validate()

@@ -12,23 +12,45 @@ from mindformer_gf.train import PretrainSettings, learning_rate, load_settings, 
 
 
 @pytest.mark.parametrize(
-    "schedule, factory",
+    "schedule, options",
     [
-        ("linear", transformers.get_linear_schedule_with_warmup),
-        ("cosine", transformers.get_cosine_schedule_with_warmup),
-        ("constant", lambda opt, w, t: transformers.get_constant_schedule_with_warmup(opt, w)),
+        ("linear", {}),
+        ("cosine", {}),
+        ("cosine_with_restarts", {"num_cycles": 1}),
+        ("cosine_with_restarts", {"num_cycles": 3}),
+        ("polynomial", {"power": 1.0}),
+        ("polynomial", {"power": 2.0}),
+        ("polynomial", {"power": 0.5}),
+        ("constant", {}),
+        ("constant_with_warmup", {}),
     ],
 )
-def test_schedules_match_transformers(schedule, factory):
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    scheduler = factory(optimizer, 10, 50)
-    for step in range(51):
+def test_schedules_match_transformers(schedule, options):
+    """Every `lr_scheduler_type` of the reference, step by step against transformers' get_scheduler."""
+    peak, warmup, total = 1e-3, 10, 50
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    specific = {}
+    if schedule == "polynomial":
+        specific = {"power": options["power"], "lr_end": 1e-7}
+    elif schedule == "cosine_with_restarts":
+        specific = {"num_cycles": options["num_cycles"]}
+    scheduler = transformers.get_scheduler(schedule, optimizer, warmup, total, scheduler_specific_kwargs=specific)
+    ours = {"min_ratio": 1e-7 / peak if schedule == "polynomial" else 0.0, **options}
+    for step in range(total + 1):
         expected = optimizer.param_groups[0]["lr"]
-        assert learning_rate(step, 1e-3, 10, 50, schedule) == pytest.approx(expected, abs=1e-12), step
+        assert learning_rate(step, peak, warmup, total, schedule, **ours) == pytest.approx(expected, abs=1e-12), step
         optimizer.step()
         scheduler.step()
     # past the end the rate stays at its floor (transformers' cosine would rise again)
-    assert learning_rate(70, 1e-3, 10, 50, schedule) == learning_rate(50, 1e-3, 10, 50, schedule)
+    assert learning_rate(70, peak, warmup, total, schedule, **ours) == learning_rate(
+        total, peak, warmup, total, schedule, **ours
+    )
+
+
+def test_polynomial_power_changes_the_curve():
+    # (1 - 0.5)^2 = 0.25 of the peak half way through the decay, against 0.5 for power 1
+    assert learning_rate(30, 1.0, 10, 50, "polynomial", power=2.0) == pytest.approx(0.25)
+    assert learning_rate(30, 1.0, 10, 50, "polynomial", power=1.0) == pytest.approx(0.5)
 
 
 def test_min_lr_ratio_floor():
