@@ -76,6 +76,7 @@ setup(
         "scikit-learn>=1.3",
         "matplotlib>=3.7",
         "umap-learn>=0.5.5",
+        "statsmodels>=0.14",
     ],
     extras_require={
         "test": ["pytest>=7.4", "ruff>=0.5", "torch==2.13.0", "transformers>=4.40"],
