@@ -9,6 +9,7 @@ layer), each original cell once, the perturbed copies in full batches across cel
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from mindspore import ops as msops
 from mindformer_gf.data.buckets import LengthBuckets
 from mindformer_gf.data.collate import pad_cells
 from mindformer_gf.tasks.embeddings import pool_weights
-from mindformer_gf.tasks.inference import run_forward
+from mindformer_gf.tasks.inference import length_sorted_batches
 from mindformer_gf.tasks.perturb.plan import Perturbation
 
 
@@ -54,21 +55,11 @@ def cosine(a: Tensor, b: Tensor) -> Tensor:
     return dot / msops.maximum(norms, 1e-8)
 
 
-class OriginalForward(nn.Cell):
-    """Per-token hidden states of the original cells at the used layer."""
-
-    def __init__(self, encoder: nn.Cell, layer_index: int) -> None:
-        super().__init__()
-        self.stopped = StoppedEncoder(encoder, layer_index)
-
-    def construct(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.stopped(input_ids, attention_mask)
-
-
 class PerturbedForward(nn.Cell):
-    """Perturbed copies -> (cell embedding [B, H] (mean over genes, or <cls>), mean per-gene cosine [B],
-    per-gene cosines [B, L]); `originals` [B, L, H] holds, at each compared position, the same gene's state in the
-    original cell."""
+    """Cells -> (cell embedding [B, H] (mean over genes, or <cls>), [mean per-gene cosine [B], per-gene cosines
+    [B, L],] hidden states [B, L, H]); `originals` [B, L, H] holds, at each compared position, the same gene's state
+    in the original cell. Original cells run through the same graph (nothing compared), so a run compiles one graph
+    per padded width."""
 
     def __init__(self, encoder: nn.Cell, layer_index: int, pooling: str, compare: bool) -> None:
         super().__init__()
@@ -85,10 +76,23 @@ class PerturbedForward(nn.Cell):
         else:
             embedding = masked_mean(hidden, pool)
         if not self.compare:
-            return (embedding,)
+            return embedding, hidden
         gene_cos = cosine(hidden, originals) * compared
         mean_cos = gene_cos.sum(1) / msops.maximum(compared.sum(1), 1.0)
-        return embedding, mean_cos, gene_cos
+        return embedding, mean_cos, gene_cos, hidden
+
+
+# One compiled forward per (encoder, layer, pooling, compare): runs on the same encoder object reuse the graphs.
+_FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def perturbed_forward(encoder: nn.Cell, layer_index: int, pooling: str, compare: bool) -> PerturbedForward:
+    cache = _FORWARDS.setdefault(encoder, {})
+    key = (int(layer_index), pooling, bool(compare))
+    if key not in cache:
+        cache[key] = PerturbedForward(encoder, layer_index, pooling, compare)
+        cache[key].set_train(False)
+    return cache[key]
 
 
 @dataclass
@@ -124,10 +128,7 @@ class PerturbationEngine:
         pad_token_id: int,
         special_ids: Sequence[int],
     ) -> None:
-        self.original_forward = OriginalForward(encoder, layer_index)
-        self.perturbed_forward = PerturbedForward(encoder, layer_index, pooling, compare)
-        self.original_forward.set_train(False)
-        self.perturbed_forward.set_train(False)
+        self.forward = perturbed_forward(encoder, layer_index, pooling, compare)
         self.pooling, self.compare = pooling, compare
         self.batch_size, self.buckets = int(batch_size), buckets
         self.pad_token_id, self.special_ids = int(pad_token_id), list(special_ids)
@@ -135,15 +136,30 @@ class PerturbationEngine:
 
     def original_states(self, cells: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Hidden states [n_i, hidden] of each cell, in input order."""
-        (states,) = run_forward(
-            self.original_forward,
-            cells,
-            self.batch_size,
-            self.buckets,
-            pad_token_id=self.pad_token_id,
-            progress=False,
-        )
+        states: list[np.ndarray] = [np.empty(0)] * len(cells)
+        lengths = np.asarray([len(c) for c in cells])
+        for width, positions in length_sorted_batches(lengths, self.buckets, self.batch_size):
+            hidden = self._forward(width, [cells[i] for i in positions], keep_hidden=True)[-1]
+            for row, i in enumerate(positions):
+                states[i] = hidden[row, : lengths[i]]
         return states
+
+    def _forward(
+        self, width: int, cells: Sequence[np.ndarray], compare_with: Sequence[Job] = (), keep_hidden: bool = False
+    ) -> list:
+        """The graph's outputs on one padded batch (the hidden states only with `keep_hidden`); `compare_with` (the
+        jobs of `cells`) fills the comparison inputs."""
+        ids, mask = pad_cells(cells, width, self.pad_token_id, rows=self.batch_size)
+        pool = pool_weights(ids, mask, self.special_ids)
+        originals = np.zeros((self.batch_size, width, self.hidden_size) if self.compare else (1, 1, 1), np.float32)
+        compared = np.zeros((self.batch_size, width) if self.compare else (1, 1), np.float32)
+        for row, job in enumerate(compare_with):
+            p = job.perturbation
+            n = p.tokens.size
+            compared[row, :n] = p.compared
+            originals[row, :n][p.compared] = job.original[p.source[p.compared]]
+        outputs = self.forward(Tensor(ids), Tensor(mask), Tensor(pool), Tensor(originals), Tensor(compared, ms.float32))
+        return [o.asnumpy() for o in outputs[:-1]] + [outputs[-1].asnumpy() if keep_hidden else None]
 
     def cell_embedding(self, cell: np.ndarray, states: np.ndarray) -> np.ndarray:
         """The original cell's embedding: <cls>, or the mean over its genes (every gene, special tokens excluded)."""
@@ -168,20 +184,7 @@ class PerturbationEngine:
                 yield from self._run_batch(width, queue)
 
     def _run_batch(self, width: int, jobs: list[Job]) -> Iterator[tuple[Job, PerturbationResult]]:
-        ids, mask = pad_cells([j.perturbation.tokens for j in jobs], width, self.pad_token_id, rows=self.batch_size)
-        pool = pool_weights(ids, mask, self.special_ids)
-        originals = np.zeros((self.batch_size, width, self.hidden_size) if self.compare else (1, 1, 1), np.float32)
-        compared = np.zeros((self.batch_size, width) if self.compare else (1, 1), np.float32)
-        if self.compare:
-            for row, job in enumerate(jobs):
-                p = job.perturbation
-                n = p.tokens.size
-                compared[row, :n] = p.compared
-                originals[row, :n][p.compared] = job.original[p.source[p.compared]]
-        outputs = self.perturbed_forward(
-            Tensor(ids), Tensor(mask), Tensor(pool), Tensor(originals), Tensor(compared, ms.float32)
-        )
-        arrays = [o.asnumpy() for o in outputs]
+        arrays = self._forward(width, [j.perturbation.tokens for j in jobs], jobs if self.compare else ())
         for row, job in enumerate(jobs):
             if self.compare:
                 p = job.perturbation

@@ -24,6 +24,7 @@ A group whose genes occur in different numbers across the cells works with any b
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -55,11 +56,24 @@ class GeneNames:
         self.id_to_name = {v: k for k, v in name_to_id.items()}
 
     @classmethod
+    @functools.lru_cache(maxsize=4)
+    def shipped(cls) -> GeneNames:
+        """The shipped V1 token and gene-name dictionaries (read once per process)."""
+        from mindformer_gf.tokenizer import load_gene_dictionaries
+
+        dictionaries = load_gene_dictionaries("V1", load_gene_names=True)
+        return cls(dictionaries.token, dictionaries.gene_names or {})
+
+    @classmethod
     def load(
         cls, dataset: Any = None, token_dictionary_file: str | None = None, gene_name_id_dictionary_file: str | None = None
     ) -> GeneNames:
         from mindformer_gf.tokenizer import read_dictionary_file
 
+        if token_dictionary_file is None and gene_name_id_dictionary_file is None:
+            if dataset is not None:
+                _check_shipped_dictionary(dataset)
+            return cls.shipped()
         if dataset is not None:
             from mindformer_gf.tasks.gene import token_dictionary_for
 
@@ -95,6 +109,19 @@ class GeneNames:
 
     def name_of(self, ensembl_id: str) -> str | None:
         return self.id_to_name.get(ensembl_id)
+
+
+def _check_shipped_dictionary(dataset: Any) -> None:
+    """The dataset, when it records its dictionary, was tokenized with the shipped V1 one."""
+    from mindformer_gf.tokenizer import read_dictionary_metadata, token_dictionary_sha256
+
+    record = read_dictionary_metadata(dataset) or {}
+    expected = record.get("dictionary", {}).get("token_dictionary_sha256")
+    if expected and expected != token_dictionary_sha256(GeneNames.shipped().token):
+        raise PerturbationInputError(
+            f"the dataset was tokenized with the dictionary '{record['dictionary'].get('name')}', not the shipped V1 "
+            "one: pass token_dictionary_file (gf perturb --token-dictionary) to map gene IDs to tokens"
+        )
 
 
 def get_state_embs(
@@ -326,16 +353,18 @@ class InSilicoPerturber:
         output_directory: str | os.PathLike,
         output_prefix: str,
         resume: bool = False,
+        encoder: Any = None,
     ) -> Path:
         """Perturb the selected cells; returns the table's directory `{output_directory}/{output_prefix}.parquet`
-        (plus `{output_prefix}.csv` with output_format="csv"). `resume=True` continues an interrupted run."""
+        (plus `{output_prefix}.csv` with output_format="csv"). `resume=True` continues an interrupted run; `encoder`
+        (the model directory's, already loaded) reuses its compiled graphs across runs."""
         from tqdm.auto import tqdm
 
         from mindformer_gf.tasks.embeddings import load_encoder
         from mindformer_gf.tasks.finetune import prepare_device
 
         prepare_device(self.device)
-        encoder = load_encoder(model_directory)
+        encoder = encoder if encoder is not None else load_encoder(model_directory)
         config = encoder.config
         dataset = open_dataset(input_data_file, config.vocab_size)
         special = special_token_ids(dataset)
