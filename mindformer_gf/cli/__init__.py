@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `gf --help` lists them.
-SUBCOMMANDS = ("demo", "convert", "tokenize", "pretrain", "classify", "embed")
+SUBCOMMANDS = ("demo", "convert", "tokenize", "pretrain", "classify", "embed", "perturb")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,6 +41,15 @@ def Classifier(classifier: str = "cell", **options: Any) -> CellClassifier | Gen
     raise ValueError(f"classifier must be 'cell' or 'gene', got {classifier!r}")
 
 
+def __getattr__(name: str) -> Any:
+    # the perturbation classes load lazily: importing the tasks must not pay for scipy.stats and statsmodels
+    if name in ("InSilicoPerturber", "InSilicoPerturberStats", "get_state_embs"):
+        from mindformer_gf.tasks import perturb
+
+        return getattr(perturb, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def run_demo(*args: Any, **kwargs: Any) -> Any:
     """The main job on the shipped PBMC cells (see mindformer_gf.tasks.demo)."""
     from mindformer_gf.tasks.demo import run_demo as _run_demo
@@ -58,6 +67,8 @@ __all__ = [
     "FineTuneSettings",
     "GeneClassifier",
     "GeneTaskResult",
+    "InSilicoPerturber",
+    "InSilicoPerturberStats",
     "MTLClassifier",
     "MultitaskClassifier",
     "MultitaskResult",

@@ -76,7 +76,9 @@ def cells(pbmc_dataset):
 
 
 @pytest.mark.parametrize("emb_layer", [-1, 0])
-def test_delete_all_is_the_mean_of_gene_matched_cosines(tiny_model_dir, tiny_config, tiny_weights, cells, tmp_path, emb_layer):
+def test_delete_all_is_the_mean_of_gene_matched_cosines(
+    tiny_model_dir, tiny_config, tiny_weights, cells, tmp_path, emb_layer
+):
     table = run(tiny_model_dir, cells, tmp_path, emb_mode="cell_and_gene", emb_layer=emb_layer, emb_label=["cell_type"])
     names = ensembl_names()
     layer = tiny_config.num_hidden_layers + emb_layer
@@ -98,7 +100,9 @@ def test_delete_all_is_the_mean_of_gene_matched_cosines(tiny_model_dir, tiny_con
     assert (table.cell_type.to_numpy() == np.asarray(cells["cell_type"])[table.cell]).all()
 
 
-def test_overexpress_inserts_the_group_in_front_for_every_cell(tiny_model_dir, tiny_config, tiny_weights, pbmc_dataset, tmp_path):
+def test_overexpress_inserts_the_group_in_front_for_every_cell(
+    tiny_model_dir, tiny_config, tiny_weights, pbmc_dataset, tmp_path
+):
     """A group whose genes occur 0, 1 or 2 times across the cells of one batch (the reference crashes there)."""
     dataset = short_dataset(pbmc_dataset)
     tokens = [np.asarray(c) for c in dataset["input_ids"]]
@@ -113,7 +117,9 @@ def test_overexpress_inserts_the_group_in_front_for_every_cell(tiny_model_dir, t
     assert set(table.cell) == set(range(len(ROWS)))  # cells lacking the genes are kept
     for row, cell in enumerate(tokens):
         rest = cell[~np.isin(cell, [a, b])]
-        perturbed = hidden(tiny_weights, tiny_config, np.concatenate([[a, b], rest])[: tiny_config.max_position_embeddings], layer)
+        perturbed = hidden(
+            tiny_weights, tiny_config, np.concatenate([[a, b], rest])[: tiny_config.max_position_embeddings], layer
+        )
         original = hidden(tiny_weights, tiny_config, cell, layer)[~np.isin(cell, [a, b])]
         expected = cos_rows(perturbed[2:], original).mean()
         value = table[(table.cell == row)].value.to_numpy()
@@ -166,6 +172,12 @@ def test_bad_input_each_has_its_own_message(tiny_model_dir, cells, tmp_path):
         run(tiny_model_dir, cells, tmp_path, cell_states_to_model=model, state_embs_dict={"a": [0], "b": [0]})
     model = {"state_key": "cell_type", "start_state": "Dendritic", "goal_state": "Martian"}
     with pytest.raises(PerturbationInputError, match=r"\['Martian'\] do not occur in column 'cell_type'"):
-        run(tiny_model_dir, cells, tmp_path, cell_states_to_model=model, state_embs_dict={"Dendritic": [0], "Martian": [0]})
+        run(
+            tiny_model_dir,
+            cells,
+            tmp_path,
+            cell_states_to_model=model,
+            state_embs_dict={"Dendritic": [0], "Martian": [0]},
+        )
     with pytest.raises(PerturbationInputError, match="state_embs_dict has no embedding"):
         InSilicoPerturber(cell_states_to_model=model, state_embs_dict={"Martian": [0]})

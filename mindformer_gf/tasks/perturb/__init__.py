@@ -10,5 +10,6 @@
 
 from mindformer_gf.tasks.perturb.output import PerturbationInputError, read_table
 from mindformer_gf.tasks.perturb.perturber import InSilicoPerturber, get_state_embs
+from mindformer_gf.tasks.perturb.stats import InSilicoPerturberStats
 
-__all__ = ["InSilicoPerturber", "PerturbationInputError", "get_state_embs", "read_table"]
+__all__ = ["InSilicoPerturber", "InSilicoPerturberStats", "PerturbationInputError", "get_state_embs", "read_table"]

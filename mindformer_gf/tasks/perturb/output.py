@@ -71,7 +71,9 @@ class ShardedTable:
         if resume and directory.is_dir():
             recorded = read_json(directory / RUN_FILE) if (directory / RUN_FILE).is_file() else None
             if recorded is not None and recorded != _jsonable(settings):
-                changed = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != _jsonable(settings).get(k))
+                changed = sorted(
+                    k for k in set(recorded) | set(settings) if recorded.get(k) != _jsonable(settings).get(k)
+                )
                 raise PerturbationInputError(
                     f"cannot resume {directory}: it was run with other settings ({', '.join(changed)}); use the same "
                     "arguments or a new output_prefix"

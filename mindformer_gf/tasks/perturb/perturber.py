@@ -66,7 +66,10 @@ class GeneNames:
 
     @classmethod
     def load(
-        cls, dataset: Any = None, token_dictionary_file: str | None = None, gene_name_id_dictionary_file: str | None = None
+        cls,
+        dataset: Any = None,
+        token_dictionary_file: str | None = None,
+        gene_name_id_dictionary_file: str | None = None,
     ) -> GeneNames:
         from mindformer_gf.tokenizer import read_dictionary_file
 
@@ -378,7 +381,9 @@ class InSilicoPerturber:
                 )
         for label in self.emb_label:
             if label not in dataset.column_names:
-                raise PerturbationInputError(f"no label column {label!r} in the dataset; columns: {dataset.column_names}")
+                raise PerturbationInputError(
+                    f"no label column {label!r} in the dataset; columns: {dataset.column_names}"
+                )
         names = GeneNames.load(dataset, self.token_dictionary_file, self.gene_name_id_dictionary_file)
         group, anchor = self.resolve_genes(names, dataset)
         rows = self.select_rows(dataset, names, group, anchor)
@@ -410,9 +415,12 @@ class InSilicoPerturber:
             special_ids,
         )
         context = _RunContext(self, engine, names, group, anchor, max_length, table, labels)
-        with tqdm(
-            total=int(sum(counts)), desc=f"{self.perturb_type}", unit="perturbed cell", disable=not self.progress
-        ) as bar, warnings.catch_warnings():
+        with (
+            tqdm(
+                total=int(sum(counts)), desc=f"{self.perturb_type}", unit="perturbed cell", disable=not self.progress
+            ) as bar,
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore", RuntimeWarning)
             for window in _windows(counts, self.forward_batch_size):
                 context.run_window(rows[window], [layouts[i] for i in window], [counts[i] for i in window], bar)
