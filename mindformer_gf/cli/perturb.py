@@ -47,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-buckets", type=int, default=4, help="padded widths (one graph compilation each)")
     parser.add_argument("--csv", action="store_true", help="also write OUTPUT_DIR/PREFIX.csv")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run (same arguments)")
+    parser.add_argument("--shard-cells", type=int, default=100, help="cells per written shard (default 100)")
     parser.add_argument("--token-dictionary", default=None, help="the dataset's token dictionary (default shipped V1)")
     parser.add_argument("--gene-names", default=None, help="symbol -> Ensembl ID dictionary (default shipped)")
     parser.add_argument("--device", default="auto", help="auto, CPU or Ascend")
@@ -139,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             emb_label=args.label,
             output_format="csv" if args.csv else "parquet",
             num_buckets=args.num_buckets,
+            shard_cells=args.shard_cells,
             progress=not args.no_progress,
             device=args.device,
         )

@@ -50,7 +50,7 @@ def cos(a, b):
 _ENCODERS = {}
 
 
-def run(model_dir, dataset, out, prefix="run", **options):
+def run(model_dir, dataset, out, prefix="run", resume=False, **options):
     """The perturber's table; runs share one loaded encoder, hence its compiled graphs (one per padded width)."""
     from mindformer_gf.tasks.embeddings import load_encoder
 
@@ -60,7 +60,7 @@ def run(model_dir, dataset, out, prefix="run", **options):
     if str(model_dir) not in _ENCODERS:
         _ENCODERS[str(model_dir)] = load_encoder(model_dir)
     encoder = _ENCODERS[str(model_dir)]
-    path = InSilicoPerturber(**options).perturb_data(model_dir, dataset, out, prefix, encoder=encoder)
+    path = InSilicoPerturber(**options).perturb_data(model_dir, dataset, out, prefix, resume=resume, encoder=encoder)
     return read_table(path)
 
 
@@ -181,3 +181,129 @@ def test_bad_input_each_has_its_own_message(tiny_model_dir, cells, tmp_path):
         )
     with pytest.raises(PerturbationInputError, match="state_embs_dict has no embedding"):
         InSilicoPerturber(cell_states_to_model=model, state_embs_dict={"Martian": [0]})
+
+
+def test_quartile_moves_worked_out_by_hand():
+    from mindformer_gf.tasks.perturb.plan import CellLayout, quartile_target, shift_rank
+
+    # 8 genes: quartile 1 = positions 0-1, 2 = 2-3, 3 = 4-5, 4 = 6-7; middles (2q - 1) * 8 // 8 = 1, 3, 5, 7
+    assert [quartile_target(p, 8, 1, "activate") for p in range(8)] == [0, 0, 1, 1, 3, 3, 5, 5]
+    assert [quartile_target(p, 8, 2, "inhibit") for p in range(8)] == [5, 5, 7, 7, 7, 7, 7, 7]
+    assert [quartile_target(p, 8, 3, "activate") for p in range(8)] == [0] * 6 + [1, 1]
+    layout = CellLayout.of(np.asarray([2, 10, 11, 12, 13, 14, 15, 16, 17, 3]), cls_id=2, eos_id=3)  # V2: <cls>, <eos>
+    moved = shift_rank(layout, 6, 1, "activate")  # gene 16 (quartile 4) to the middle of quartile 3
+    assert moved.tokens.tolist() == [2, 10, 11, 12, 13, 14, 16, 15, 17, 3]
+    assert moved.source.tolist() == [-1, 1, 2, 3, 4, 5, 7, 6, 8, -1]
+    assert moved.compared.tolist() == [False, True, True, True, True, True, False, True, True, False]
+    down = shift_rank(layout, 2, 2, "inhibit")  # gene 12 (quartile 2) to the middle of quartile 4: the end
+    assert down.tokens.tolist() == [2, 10, 11, 13, 14, 15, 16, 17, 12, 3]
+
+
+def test_activate_and_combos_against_the_reference(tiny_model_dir, tiny_config, tiny_weights, cells, tmp_path):
+    names = ensembl_names()
+    layer = tiny_config.num_hidden_layers - 1
+    tokens = np.asarray(cells[1]["input_ids"])
+    original = hidden(tiny_weights, tiny_config, tokens, layer)
+    one_cell = cells.select([1])
+    moved = run(tiny_model_dir, one_cell, tmp_path / "a", perturb_type="activate", perturb_rank_shift=1)
+    # gene at position 9 of 10 (quartile 1 + 36 // 10 = 4) -> middle of quartile 3: (5 * 10) // 8 = 6
+    order = [0, 1, 2, 3, 4, 5, 9, 6, 7, 8]
+    perturbed = hidden(tiny_weights, tiny_config, tokens[order], layer)
+    expected = np.mean([cos(perturbed[j], original[order[j]]) for j in range(10) if order[j] != 9])
+    value = moved[moved.perturbed == names[tokens[9]]].value.to_numpy()
+    np.testing.assert_allclose(value, [expected], rtol=1e-4, atol=1e-5)
+    assert len(moved) == 9  # activate skips the first gene, as the reference does
+
+    anchor = names[tokens[3]]
+    combos = run(tiny_model_dir, one_cell, tmp_path / "b", combos=1, anchor_gene=anchor)
+    assert len(combos) == 9 and all(p.startswith(anchor + "+") for p in combos.perturbed)
+    keep = ~np.isin(np.arange(10), [3, 7])
+    perturbed = hidden(tiny_weights, tiny_config, tokens[keep], layer)
+    value = combos[combos.perturbed == f"{anchor}+{names[tokens[7]]}"].value.to_numpy()
+    np.testing.assert_allclose(value, [cos_rows(perturbed, original[keep]).mean()], rtol=1e-4, atol=1e-5)
+
+
+def test_v2_cells_keep_cls_and_eos_in_place(tiny_model_dir, tiny_config, tiny_weights, tmp_path):
+    import json
+
+    from datasets import Dataset, DatasetInfo
+
+    cls_id, eos_id = 2, 3
+    rng = np.random.default_rng(0)
+    max_genes = tiny_config.max_position_embeddings - 2
+    cells = [[cls_id, *rng.choice(np.arange(10, 25000), n, replace=False).tolist(), eos_id] for n in (6, max_genes)]
+    record = {
+        "format": "mindformer_gf.tokenized_dataset",
+        "format_version": 1,
+        "dictionary": {
+            "vocab_size": tiny_config.vocab_size,
+            "special_tokens": {"<pad>": 0, "<mask>": 1, "<cls>": cls_id, "<eos>": eos_id},
+        },
+    }
+    dataset = Dataset.from_dict(
+        {"input_ids": cells, "length": [len(c) for c in cells]}, info=DatasetInfo(description=json.dumps(record))
+    )
+    names = ensembl_names()
+    layer = tiny_config.num_hidden_layers - 1
+    table = run(tiny_model_dir, dataset.select([0]), tmp_path / "a", emb_mode="cls_and_gene")
+    tokens = np.asarray(cells[0])
+    original = hidden(tiny_weights, tiny_config, tokens, layer)
+    perturbed = hidden(tiny_weights, tiny_config, np.delete(tokens, 3), layer)  # gene 3 (position 3)
+    mine = table[table.perturbed == names[tokens[3]]]
+    assert table.perturbed.nunique() == 6 and not set(table.affected) & {names[cls_id], names[eos_id]}
+    np.testing.assert_allclose(mine[mine.affected == "cell_emb"].value, [cos(perturbed[0], original[0])], rtol=1e-4)
+    genes = np.delete(np.arange(1, 7), 2)
+    np.testing.assert_allclose(
+        mine[mine.affected != "cell_emb"].value, cos_rows(perturbed[1:-1], original[genes]), rtol=1e-4, atol=1e-5
+    )
+    # overexpressing a gene no cell holds: the full cell loses its last gene, <eos> stays last
+    new = 24999
+    table = run(tiny_model_dir, dataset, tmp_path / "b", perturb_type="overexpress", genes_to_perturb=[names[new]])
+    tokens = np.asarray(cells[1])
+    grown = np.concatenate([[cls_id, new], tokens[1:-2], [eos_id]])
+    perturbed = hidden(tiny_weights, tiny_config, grown, layer)
+    original = hidden(tiny_weights, tiny_config, tokens, layer)
+    expected = cos_rows(perturbed[2:-1], original[1:-2]).mean()
+    np.testing.assert_allclose(table[table.cell == 1].value, [expected], rtol=1e-4, atol=1e-5)
+
+
+def test_gene_symbols_resolve_and_unknown_model_vocab_is_refused(tiny_config, cells, tmp_path):
+    from mindformer_gf.model import build_model
+    from mindformer_gf.tasks.perturb.perturber import GeneNames
+    from mindformer_gf.train.checkpoint import save_model_dir
+
+    names = GeneNames.shipped()
+    assert names.token_of("cd14") == names.token_of("CD14") == names.token[names.name_to_id["CD14"]]
+    v2 = tiny_config.replace(vocab_size=20275)
+    model_dir = save_model_dir(build_model(v2, "BertForMaskedLM", seed=1), tmp_path / "v2_model")
+    with pytest.raises(ValueError, match="vocabulary"):
+        InSilicoPerturber(progress=False).perturb_data(model_dir, cells, tmp_path, "x")
+
+
+def test_resume_continues_without_duplicates_and_the_cli(tiny_model_dir, cells, tmp_path, capsys):
+    from mindformer_gf.cli import main
+
+    dataset_dir = tmp_path / "cells.dataset"
+    cells.save_to_disk(str(dataset_dir))
+    argv = ["perturb", "--dataset", str(dataset_dir), "--model", str(tiny_model_dir), "--output-dir", str(tmp_path)]
+    argv += ["--prefix", "r", "--batch-size", "8", "--num-buckets", "1", "--shard-cells", "1", "--no-progress"]
+    assert main([*argv, "--label", "cell_type", "--csv"]) == 0
+    full = read_table(tmp_path / "r.parquet")
+    assert len(list((tmp_path / "r.parquet").glob("part-*.parquet"))) == len(ROWS)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "r.csv"), full, check_dtype=False)
+    with pytest.raises(SystemExit, match="r.parquet exists: pass resume=True"):
+        main([*argv, "--label", "cell_type"])
+    # an interrupted run: the last two shards never written
+    for part in sorted((tmp_path / "r.parquet").glob("part-*.parquet"))[-2:]:
+        part.unlink()
+    with pytest.raises(PerturbationInputError, match="other settings"):
+        run(tiny_model_dir, str(dataset_dir), tmp_path, "r", shard_cells=1, resume=True)
+    resumed = run(tiny_model_dir, str(dataset_dir), tmp_path, "r", shard_cells=1, emb_label=["cell_type"], resume=True)
+    key = ["cell", "perturbed", "affected"]
+    assert not resumed.duplicated(key).any()
+    pd.testing.assert_frame_equal(
+        resumed.sort_values(key).reset_index(drop=True), full.sort_values(key).reset_index(drop=True), atol=1e-6
+    )
+    assert main(["perturb-stats", "--input", str(tmp_path / "r.parquet"), "--output-dir", str(tmp_path),
+                 "--mode", "aggregate_gene_shifts", "--prefix", "s"]) == 0  # fmt: skip
+    assert pd.read_csv(tmp_path / "s.csv").N_Detections.sum() == len(full)
