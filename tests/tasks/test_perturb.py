@@ -307,3 +307,33 @@ def test_resume_continues_without_duplicates_and_the_cli(tiny_model_dir, cells, 
     assert main(["perturb-stats", "--input", str(tmp_path / "r.parquet"), "--output-dir", str(tmp_path),
                  "--mode", "aggregate_gene_shifts", "--prefix", "s"]) == 0  # fmt: skip
     assert pd.read_csv(tmp_path / "s.csv").N_Detections.sum() == len(full)
+
+
+def test_cell_selection_follows_the_reference_order(pbmc_dataset):
+    from mindformer_gf.tasks.perturb.perturber import GeneNames
+
+    dataset = short_dataset(pbmc_dataset, lengths=[4, 9, 6, 9, 7])
+    perturber = InSilicoPerturber(max_ncells=4, cell_inds_to_perturb={"start": 1, "end": 3})
+    rows = perturber.select_rows(dataset, GeneNames.shipped(), None, None)
+    shuffled = np.random.default_rng(42).permutation(5)[:4]  # datasets' shuffle(seed=42), then the first 4
+    lengths = np.asarray([4, 9, 6, 9, 7])[shuffled]
+    expected = shuffled[np.argsort(-lengths, kind="stable")][1:3]  # longest first, ties in shuffled order
+    assert rows.tolist() == expected.tolist()
+    filtered = InSilicoPerturber(filter_data={"cell_type": [dataset["cell_type"][2]]})
+    assert set(filtered.select_rows(dataset, GeneNames.shipped(), None, None)) == {
+        i for i, t in enumerate(dataset["cell_type"]) if t == dataset["cell_type"][2]
+    }
+
+
+def test_a_cell_classifier_directory_perturbs_like_its_encoder(tiny_model_dir, cells, tmp_path):
+    from mindformer_gf.pretrained import from_pretrained
+    from mindformer_gf.train.checkpoint import save_model_dir
+
+    with pytest.warns(UserWarning):
+        classifier = from_pretrained(tiny_model_dir, "BertForSequenceClassification", num_labels=3)
+    classifier_dir = save_model_dir(classifier, tmp_path / "classifier")
+    one_cell = cells.select([2])
+    mlm = run(tiny_model_dir, one_cell, tmp_path / "a")
+    table = InSilicoPerturber(model_type="CellClassifier", num_classes=3, progress=False, forward_batch_size=8)
+    table = read_table(table.perturb_data(classifier_dir, one_cell, tmp_path / "b", "run"))
+    np.testing.assert_allclose(table.value, mlm.value, rtol=1e-5, atol=1e-6)
