@@ -104,7 +104,7 @@ class GeneNames:
             return self.token[ensembl]
         raise PerturbationInputError(
             f"unknown gene {gene!r}: neither an Ensembl ID of the token dictionary nor a gene symbol of the name "
-            "dictionary (give Ensembl IDs such as ENSG00000141510, or pass gene_name_id_dictionary_file)"
+            "dictionary (give Ensembl IDs such as ENSG00000141510, or pass gene_name_id_dictionary_file / --gene-names)"
         )
 
     def id_of(self, token: int) -> str:

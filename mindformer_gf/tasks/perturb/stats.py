@@ -313,7 +313,9 @@ class InSilicoPerturberStats:
 # ---- plots ---------------------------------------------------------------------------------------------------------
 def _label(row: Any) -> str:
     name = row.get("Gene_name")
-    return str(name) if isinstance(name, str) and name else str(row.get("Ensembl_ID"))
+    label = str(name) if isinstance(name, str) and name else str(row.get("Ensembl_ID"))
+    cells = row.get("N_Detections")
+    return f"{label} ({cells})" if cells is not None and cells == cells else label
 
 
 def plot_stats(frame: Any, mode: str, stem: Path, top: int = 20) -> list[Path]:
@@ -349,7 +351,7 @@ def plot_stats(frame: Any, mode: str, stem: Path, top: int = 20) -> list[Path]:
     ranked.barh(range(len(shown))[::-1], shown[value].to_numpy(np.float64), color=colours)
     ranked.set_yticks(range(len(shown))[::-1], labels, fontsize=7)
     ranked.set_xlabel(value)
-    ranked.set_title(f"top {len(shown)}: {title} (red: significant / impact)")
+    ranked.set_title(f"top {len(shown)}: {title} (red: significant / impact; cells)", fontsize=10)
     if with_volcano:
         volcano = axes[0, 1]
         q = np.clip(frame[fdr].to_numpy(np.float64), 1e-300, 1)
