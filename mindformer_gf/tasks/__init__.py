@@ -11,6 +11,8 @@ Ascend with the same code, and writes files one can open (CSV, JSON, PNG/PDF, a 
 - `EmbExtractor(emb_mode, emb_layer, emb_label, ...)`.extract_embs / plot_embs   `gf embed`
 - `MultitaskClassifier(task_columns, ..., pooling)`.run(dataset, model_dir, out)    `gf classify multitask`
 - `Classifier(classifier="cell" | "gene", ...)`: the reference's entry point, returning one of the first two.
+- `InSilicoPerturber(...)`.perturb_data / `InSilicoPerturberStats(mode, ...)`.get_stats    `gf perturb`,
+  `gf perturb-stats` (mindformer_gf.tasks.perturb)
 
 `FineTuneSettings` carries the training options (epochs, batch size, learning rate, schedule and warmup, weight
 decay, seed) and the strategy: "finetune" with `freeze_layers`, "adapters" (bottleneck adapters, encoder frozen),

@@ -310,8 +310,7 @@ class InSilicoPerturber:
         rows = filter_rows(dataset, filters) if filters else np.arange(len(dataset))
         needed = [anchor] if anchor is not None else (group if self.perturb_type == "delete" else None)
         if needed:
-            cells = read_cells(dataset, rows)
-            has = np.asarray([np.isin(needed, c).all() for c in cells], bool)
+            has = np.asarray([np.isin(needed, c).all() for c in _cells_in_blocks(dataset, rows)], bool)
             if not has.any():
                 what = "anchor_gene" if anchor is not None else "genes_to_perturb"
                 ids = "+".join(names.id_of(t) for t in needed)
@@ -338,10 +337,12 @@ class InSilicoPerturber:
         if self.perturb_type != "overexpress":
             wanted += group or []
         if wanted:
-            import pyarrow.compute as pc
-
-            tokens = pc.list_flatten(dataset.with_format("arrow")[:].column("input_ids")).to_numpy()
-            absent = [names.id_of(t) for t in wanted if not np.any(tokens == t)]
+            found = np.zeros(len(wanted), bool)
+            for cell in _cells_in_blocks(dataset, np.arange(len(dataset))):
+                found |= np.isin(wanted, cell)
+                if found.all():
+                    break
+            absent = [names.id_of(t) for t, f in zip(wanted, found, strict=True) if not f]
             if absent:
                 raise PerturbationInputError(
                     f"gene(s) {absent} occur in no cell of the dataset: nothing to {self.perturb_type} (check the IDs)"
@@ -428,6 +429,12 @@ class InSilicoPerturber:
         if self.output_format == "csv":
             table.write_csv(out / f"{output_prefix}.csv")
         return table.directory
+
+
+def _cells_in_blocks(dataset: Any, rows: np.ndarray, block: int = 10_000) -> Iterator[np.ndarray]:
+    """The token arrays of `rows`, read `block` rows at a time (memory bounded on large corpora)."""
+    for start in range(0, len(rows), block):
+        yield from read_cells(dataset, rows[start : start + block])
 
 
 def _windows(counts: Sequence[int], batch_size: int, copies_per_window: int = 8) -> Iterator[list[int]]:
