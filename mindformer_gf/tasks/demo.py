@@ -298,7 +298,16 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False,
         return files
 
     clock.run("embeddings and plots", embed)
-    clock.run("in silico deletion toward another cell type", perturbation_stage, run.model_dir, dataset, out, progress)
+    clock.run(
+        "in silico deletion toward another cell type",
+        perturbation_stage,
+        run.model_dir,
+        dataset,
+        out,
+        progress,
+        n_cells=2 if quick else PERTURB_CELLS,
+        max_state_cells=60 if quick else None,
+    )
 
     test = run.test_metrics
     n_pretrain = int(split.train.size + split.valid.size)
@@ -337,10 +346,16 @@ PERTURB_START, PERTURB_GOAL, PERTURB_CELLS = "CD14+ Monocyte", "Dendritic", 5
 
 
 def perturbation_stage(
-    model_dir: str | os.PathLike, dataset: Any, out: Path, progress: bool = True, n_cells: int = PERTURB_CELLS
+    model_dir: str | os.PathLike,
+    dataset: Any,
+    out: Path,
+    progress: bool = True,
+    n_cells: int = PERTURB_CELLS,
+    max_state_cells: int | None = None,
 ) -> list[Path]:
     """`gf perturb` + `gf perturb-stats --mode goal_state_shift` on the fine-tuned model: every gene of `n_cells`
-    start-state cells deleted in turn, shifts toward the goal state's mean embedding, the top genes plotted."""
+    start-state cells deleted in turn, shifts toward the goal state's mean embedding (over at most
+    `max_state_cells` cells of each state), the top genes plotted."""
     import shutil
 
     from mindformer_gf.tasks.perturb import InSilicoPerturber, InSilicoPerturberStats, get_state_embs
@@ -348,7 +363,7 @@ def perturbation_stage(
     states = {"state_key": CELL_TYPE, "start_state": PERTURB_START, "goal_state": PERTURB_GOAL, "alt_states": []}
     target = out / "perturbation"
     shutil.rmtree(target / "delete_all.parquet", ignore_errors=True)  # a fresh run of the demo, not a resume
-    state_embs = get_state_embs(states, model_dir, dataset, max_ncells=None, progress=progress)
+    state_embs = get_state_embs(states, model_dir, dataset, max_ncells=max_state_cells, progress=progress)
     perturber = InSilicoPerturber(
         perturb_type="delete",
         genes_to_perturb="all",

@@ -160,6 +160,11 @@ def test_batch_size_and_buckets_do_not_change_results(tiny_model_dir, pbmc_datas
     one, many = one.sort_values(key).reset_index(drop=True), many.sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(one[key], many[key])
     np.testing.assert_allclose(one.value, many.value, rtol=1e-5, atol=1e-6)
+    # originals and perturbed copies share one graph per (batch size, padded width): two here, one width
+    from mindformer_gf.tasks.perturb.engine import perturbed_forward
+
+    forward = perturbed_forward(_ENCODERS[str(tiny_model_dir)], 1, "mean", True)
+    assert len(forward.compile_cache) == 2
 
 
 def test_bad_input_each_has_its_own_message(tiny_model_dir, cells, tmp_path):
@@ -276,7 +281,7 @@ def test_gene_symbols_resolve_and_unknown_model_vocab_is_refused(tiny_config, ce
     assert names.token_of("cd14") == names.token_of("CD14") == names.token[names.name_to_id["CD14"]]
     v2 = tiny_config.replace(vocab_size=20275)
     model_dir = save_model_dir(build_model(v2, "BertForMaskedLM", seed=1), tmp_path / "v2_model")
-    with pytest.raises(ValueError, match="vocabulary"):
+    with pytest.raises(ValueError, match="tokenized with the V1 dictionary .* but the model's vocabulary is V2"):
         InSilicoPerturber(progress=False).perturb_data(model_dir, cells, tmp_path, "x")
 
 
