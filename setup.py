@@ -78,6 +78,7 @@ setup(
         "matplotlib>=3.7",
         "umap-learn>=0.5.5",
         "optuna>=3.0",  # hyperparameter search of the fine-tuning tasks
+        "statsmodels>=0.14",  # FDR of the perturbation statistics
     ],
     extras_require={
         "test": ["pytest>=7.4", "ruff>=0.5", "torch==2.13.0", "transformers>=4.40"],

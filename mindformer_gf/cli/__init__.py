@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 # Subcommand modules, in the order `gf --help` lists them.
-SUBCOMMANDS = ("demo", "convert", "tokenize", "pretrain", "classify", "embed")
+SUBCOMMANDS = ("demo", "convert", "tokenize", "pretrain", "classify", "embed", "perturb")
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 

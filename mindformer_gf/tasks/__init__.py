@@ -11,6 +11,8 @@ Ascend with the same code, and writes files one can open (CSV, JSON, PNG/PDF, a 
 - `EmbExtractor(emb_mode, emb_layer, emb_label, ...)`.extract_embs / plot_embs   `gf embed`
 - `MultitaskClassifier(task_columns, ..., pooling)`.run(dataset, model_dir, out)    `gf classify multitask`
 - `Classifier(classifier="cell" | "gene", ...)`: the reference's entry point, returning one of the first two.
+- `InSilicoPerturber(...)`.perturb_data / `InSilicoPerturberStats(mode, ...)`.get_stats    `gf perturb`,
+  `gf perturb-stats` (mindformer_gf.tasks.perturb)
 
 `FineTuneSettings` carries the training options (epochs, batch size, learning rate, schedule and warmup, weight
 decay, seed) and the strategy: "finetune" with `freeze_layers`, "adapters" (bottleneck adapters, encoder frozen),
@@ -41,6 +43,15 @@ def Classifier(classifier: str = "cell", **options: Any) -> CellClassifier | Gen
     raise ValueError(f"classifier must be 'cell' or 'gene', got {classifier!r}")
 
 
+def __getattr__(name: str) -> Any:
+    # the perturbation classes load lazily: importing the tasks must not pay for scipy.stats and statsmodels
+    if name in ("InSilicoPerturber", "InSilicoPerturberStats", "get_state_embs"):
+        from mindformer_gf.tasks import perturb
+
+        return getattr(perturb, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def run_demo(*args: Any, **kwargs: Any) -> Any:
     """The main job on the shipped PBMC cells (see mindformer_gf.tasks.demo)."""
     from mindformer_gf.tasks.demo import run_demo as _run_demo
@@ -58,6 +69,8 @@ __all__ = [
     "FineTuneSettings",
     "GeneClassifier",
     "GeneTaskResult",
+    "InSilicoPerturber",
+    "InSilicoPerturberStats",
     "MTLClassifier",
     "MultitaskClassifier",
     "MultitaskResult",

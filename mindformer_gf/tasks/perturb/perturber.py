@@ -1,0 +1,530 @@
+"""`InSilicoPerturber`: the reference's in silico perturbation (delete, overexpress, inhibit, activate genes in a
+cell's rank encoding and measure how its embedding moves), with the reference's arguments and semantics.
+
+    from mindformer_gf.tasks import InSilicoPerturber
+    isp = InSilicoPerturber(perturb_type="delete", genes_to_perturb="all", emb_mode="cell", max_ncells=10,
+                            cell_states_to_model={"state_key": "cell_type", "start_state": "CD14+ Monocyte",
+                                                  "goal_state": "Dendritic", "alt_states": []},
+                            state_embs_dict=state_embs, emb_label=["cell_type"])
+    table = isp.perturb_data("model_dir", "pbmc.dataset", "out", "pbmc_delete")   # out/pbmc_delete.parquet/
+
+What is stored (the reference's semantics, checked against its outputs; output.py describes the table):
+- without `cell_states_to_model`, affected "cell_emb": the MEAN over the cell's non-perturbed genes of the cosine
+  between each gene's embedding in the perturbed cell and in the original (matched by gene, not position), not the
+  cosine of pooled embeddings; in the cls modes, the cosine of the two <cls> embeddings;
+- with `cell_states_to_model`, affected = each state s: cos(perturbed, s) - cos(original, s), where the original
+  embedding is the mean over ALL its genes (the perturbed ones included) and the perturbed one the mean over the
+  perturbed cell's genes; only cells of the start state are perturbed;
+- `emb_mode` "cell_and_gene" / "cls_and_gene" also stores, per affected gene, that gene's cosine.
+
+Faster than the reference by construction: no MLM logits, the encoder stops at `emb_layer`, each original cell runs
+once, perturbed copies share full batches across cells, and a few padded widths bound the graph compilations.
+A group whose genes occur in different numbers across the cells works with any batch size.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mindformer_gf.data import corpus_lengths, read_cells
+from mindformer_gf.data.buckets import choose_bucket_widths
+from mindformer_gf.tasks.common import ensure_dir, open_dataset, special_token_ids
+from mindformer_gf.tasks.labels import column_values, filter_rows
+from mindformer_gf.tasks.perturb.engine import Job, PerturbationEngine
+from mindformer_gf.tasks.perturb.output import PerturbationInputError, ShardedTable, table_dir
+from mindformer_gf.tasks.perturb.plan import PERTURB_TYPES, CellLayout, cell_perturbations, count_perturbations
+
+EMB_MODES = ("cell", "cls", "cell_and_gene", "cls_and_gene")
+MODEL_TYPES = ("Pretrained", "GeneClassifier", "CellClassifier", "MTLCellClassifier", "MTLCellClassifier-Quantized")
+SHUFFLE_SEED = 42  # the reference shuffles with seed 42 before taking max_ncells
+
+
+class GeneNames:
+    """Ensembl ID <-> token id (the dataset's token dictionary) and symbol -> Ensembl ID (the name dictionary)."""
+
+    def __init__(self, token_dictionary: Mapping[str, int], name_to_id: Mapping[str, str]) -> None:
+        self.token = {str(k): int(v) for k, v in token_dictionary.items()}
+        self.ensembl = {v: k for k, v in self.token.items()}
+        self.name_to_id = {str(k).upper(): str(v) for k, v in name_to_id.items()}
+        self.id_to_name = {v: k for k, v in name_to_id.items()}
+
+    @classmethod
+    @functools.lru_cache(maxsize=4)
+    def shipped(cls) -> GeneNames:
+        """The shipped V1 token and gene-name dictionaries (read once per process)."""
+        from mindformer_gf.tokenizer import load_gene_dictionaries
+
+        dictionaries = load_gene_dictionaries("V1", load_gene_names=True)
+        return cls(dictionaries.token, dictionaries.gene_names or {})
+
+    @classmethod
+    def load(
+        cls,
+        dataset: Any = None,
+        token_dictionary_file: str | None = None,
+        gene_name_id_dictionary_file: str | None = None,
+    ) -> GeneNames:
+        from mindformer_gf.tokenizer import read_dictionary_file
+
+        if token_dictionary_file is None and gene_name_id_dictionary_file is None:
+            if dataset is not None:
+                _check_shipped_dictionary(dataset)
+            return cls.shipped()
+        if dataset is not None:
+            from mindformer_gf.tasks.gene import token_dictionary_for
+
+            token = token_dictionary_for(dataset, token_dictionary_file)
+        elif token_dictionary_file is not None:
+            token = read_dictionary_file(token_dictionary_file, "token")[0]
+        else:
+            from mindformer_gf.tokenizer import load_gene_dictionaries
+
+            token = load_gene_dictionaries("V1").token
+        if gene_name_id_dictionary_file is None:
+            from mindformer_gf.tokenizer import load_gene_dictionaries
+
+            names = load_gene_dictionaries("V1", load_gene_names=True).gene_names or {}
+        else:
+            names = read_dictionary_file(gene_name_id_dictionary_file, "gene_name")[0]
+        return cls(token, names)
+
+    def token_of(self, gene: str) -> int:
+        """Token id of an Ensembl ID or a gene symbol; an unknown one is an input error naming it."""
+        if gene in self.token:
+            return self.token[gene]
+        ensembl = self.name_to_id.get(str(gene).upper())
+        if ensembl is not None and ensembl in self.token:
+            return self.token[ensembl]
+        raise PerturbationInputError(
+            f"unknown gene {gene!r}: neither an Ensembl ID of the token dictionary nor a gene symbol of the name "
+            "dictionary (give Ensembl IDs such as ENSG00000141510, or pass gene_name_id_dictionary_file / --gene-names)"
+        )
+
+    def id_of(self, token: int) -> str:
+        return self.ensembl.get(int(token), str(int(token)))
+
+    def name_of(self, ensembl_id: str) -> str | None:
+        return self.id_to_name.get(ensembl_id)
+
+
+def _check_shipped_dictionary(dataset: Any) -> None:
+    """The dataset, when it records its dictionary, was tokenized with the shipped V1 one."""
+    from mindformer_gf.tokenizer import read_dictionary_metadata, token_dictionary_sha256
+
+    record = read_dictionary_metadata(dataset) or {}
+    expected = record.get("dictionary", {}).get("token_dictionary_sha256")
+    if expected and expected != token_dictionary_sha256(GeneNames.shipped().token):
+        raise PerturbationInputError(
+            f"the dataset was tokenized with the dictionary '{record['dictionary'].get('name')}', not the shipped V1 "
+            "one: pass token_dictionary_file (gf perturb --token-dictionary) to map gene IDs to tokens"
+        )
+
+
+def get_state_embs(
+    cell_states_to_model: Mapping[str, Any],
+    model_directory: str | os.PathLike,
+    input_data_file: Any,
+    emb_mode: str = "cell",
+    emb_layer: int = -1,
+    max_ncells: int | None = 1000,
+    forward_batch_size: int = 32,
+    summary_stat: str = "exact_mean",
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """{state: mean embedding of that state's cells} for every state of `cell_states_to_model` (start, goal and
+    alt states), as the reference's `EmbExtractor.get_state_embs`; the `state_embs_dict` of InSilicoPerturber."""
+    from mindformer_gf.tasks.embeddings import EmbExtractor
+
+    states = possible_states(cell_states_to_model)
+    key = cell_states_to_model["state_key"]
+    extractor = EmbExtractor(
+        emb_mode="cls" if emb_mode.startswith("cls") else "cell",
+        emb_layer=emb_layer,
+        emb_label=[key],
+        filter_data={key: states},
+        max_ncells=max_ncells,
+        forward_batch_size=forward_batch_size,
+        summary_stat=summary_stat,
+        progress=progress,
+    )
+    embs = extractor.extract_embs(model_directory, input_data_file)
+    found = extractor.get_state_embs(embs, key)
+    missing = [s for s in states if s not in found]
+    if missing:
+        raise PerturbationInputError(f"no cell of state(s) {missing} in column {key!r}")
+    return {s: found[s] for s in states}
+
+
+def possible_states(cell_states_to_model: Mapping[str, Any]) -> list[str]:
+    alt = [s for s in (cell_states_to_model.get("alt_states") or []) if s is not None]
+    states = [cell_states_to_model["start_state"], cell_states_to_model["goal_state"], *alt]
+    return [str(s) for s in dict.fromkeys(states)]
+
+
+class InSilicoPerturber:
+    """The reference's InSilicoPerturber (see the module docstring for what is computed and stored).
+
+    Reference arguments: perturb_type, perturb_rank_shift, genes_to_perturb ("all" or a list of Ensembl IDs or
+    symbols, perturbed together), combos (0 / 1 with anchor_gene), anchor_gene, model_type, num_classes, emb_mode,
+    cell_emb_style, filter_data, cell_states_to_model, state_embs_dict, max_ncells, cell_inds_to_perturb, emb_layer,
+    forward_batch_size, nproc (unused), token_dictionary_file. This package adds: emb_label (columns carried into
+    the table), gene_name_id_dictionary_file, output_format ("parquet" or "csv": the CSV in addition),
+    num_buckets, shard_cells, progress, device.
+    """
+
+    def __init__(
+        self,
+        perturb_type: str = "delete",
+        perturb_rank_shift: int | None = None,
+        genes_to_perturb: str | Sequence[str] = "all",
+        combos: int = 0,
+        anchor_gene: str | None = None,
+        model_type: str = "Pretrained",
+        num_classes: int = 0,
+        emb_mode: str = "cell",
+        cell_emb_style: str = "mean_pool",
+        filter_data: Mapping[str, Sequence[Any]] | None = None,
+        cell_states_to_model: Mapping[str, Any] | None = None,
+        state_embs_dict: Mapping[str, Any] | None = None,
+        max_ncells: int | None = None,
+        cell_inds_to_perturb: str | Mapping[str, int] = "all",
+        emb_layer: int = -1,
+        forward_batch_size: int = 100,
+        nproc: int = 4,
+        token_dictionary_file: str | None = None,
+        gene_name_id_dictionary_file: str | None = None,
+        emb_label: Sequence[str] | None = None,
+        output_format: str = "parquet",
+        num_buckets: int = 4,
+        shard_cells: int = 100,
+        progress: bool = True,
+        device: str = "auto",
+    ) -> None:
+        def bad(message: str) -> PerturbationInputError:
+            return PerturbationInputError(message)
+
+        if perturb_type not in PERTURB_TYPES:
+            raise bad(f"perturb_type {perturb_type!r} is not one of {PERTURB_TYPES}")
+        if perturb_type in ("inhibit", "activate"):
+            if perturb_rank_shift not in (1, 2, 3):
+                raise bad(f"perturb_type {perturb_type!r} needs perturb_rank_shift 1, 2 or 3 (quartiles to move)")
+        if emb_mode not in EMB_MODES:
+            raise bad(f"emb_mode {emb_mode!r} is not one of {EMB_MODES}")
+        if cell_emb_style != "mean_pool":
+            raise bad(f"cell_emb_style {cell_emb_style!r}: only 'mean_pool' exists (as in the reference)")
+        if model_type not in MODEL_TYPES:
+            raise bad(f"model_type {model_type!r} is not one of {MODEL_TYPES}")
+        if emb_layer not in (-1, 0):
+            raise bad(f"emb_layer must be -1 (second-to-last layer) or 0 (last layer), got {emb_layer}")
+        if combos not in (0, 1):
+            raise bad(f"combos must be 0 or 1, got {combos}")
+        if combos == 1 and anchor_gene is None:
+            raise bad("combos=1 perturbs anchor_gene with each other gene: give anchor_gene")
+        if combos == 1 and genes_to_perturb != "all":
+            raise bad("combos=1 pairs anchor_gene with every other gene of each cell: set genes_to_perturb='all'")
+        if combos == 1 and perturb_type not in ("delete", "overexpress"):
+            raise bad("combos=1 works with perturb_type 'delete' or 'overexpress'")
+        if isinstance(genes_to_perturb, str):
+            if genes_to_perturb != "all":
+                genes_to_perturb = [genes_to_perturb]
+        else:
+            genes_to_perturb = [str(g) for g in genes_to_perturb]
+            if not genes_to_perturb:
+                raise bad("genes_to_perturb is empty: give 'all' or a list of genes")
+        if perturb_type in ("inhibit", "activate") and genes_to_perturb != "all" and len(genes_to_perturb) > 1:
+            raise bad(f"{perturb_type} moves one gene at a time: give genes_to_perturb='all' or a single gene")
+        if cell_states_to_model is not None:
+            for key in ("state_key", "start_state", "goal_state"):
+                if key not in cell_states_to_model:
+                    raise bad(f"cell_states_to_model needs {key!r} (state_key, start_state, goal_state, alt_states)")
+            if state_embs_dict is None:
+                raise bad("cell_states_to_model needs state_embs_dict (get_state_embs computes it)")
+            missing = [s for s in possible_states(cell_states_to_model) if s not in state_embs_dict]
+            if missing:
+                raise bad(f"state_embs_dict has no embedding for state(s) {missing}")
+        if output_format not in ("parquet", "csv"):
+            raise bad(f"output_format must be 'parquet' or 'csv', got {output_format!r}")
+        if cell_inds_to_perturb != "all" and not (
+            isinstance(cell_inds_to_perturb, Mapping) and {"start", "end"} <= set(cell_inds_to_perturb)
+        ):
+            raise bad("cell_inds_to_perturb must be 'all' or {'start': i, 'end': j}")
+        self.perturb_type = perturb_type
+        self.perturb_rank_shift = perturb_rank_shift
+        self.genes_to_perturb = genes_to_perturb
+        self.combos = combos
+        self.anchor_gene = anchor_gene
+        self.model_type, self.num_classes = model_type, num_classes
+        self.emb_mode = emb_mode
+        self.filter_data = dict(filter_data or {})
+        self.cell_states_to_model = dict(cell_states_to_model) if cell_states_to_model else None
+        self.state_embs_dict = (
+            {str(k): np.asarray(v, np.float64).reshape(-1) for k, v in state_embs_dict.items()}
+            if state_embs_dict is not None
+            else None
+        )
+        self.max_ncells = max_ncells
+        self.cell_inds_to_perturb = cell_inds_to_perturb
+        self.emb_layer = emb_layer
+        self.forward_batch_size = int(forward_batch_size)
+        self.token_dictionary_file = token_dictionary_file
+        self.gene_name_id_dictionary_file = gene_name_id_dictionary_file
+        self.emb_label = list(emb_label or [])
+        self.output_format = output_format
+        self.num_buckets, self.shard_cells = num_buckets, shard_cells
+        self.progress, self.device = progress, device
+
+    # ---- selection -------------------------------------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        """What a resumed run must share with the interrupted one."""
+        keys = (
+            "perturb_type perturb_rank_shift genes_to_perturb combos anchor_gene emb_mode filter_data "
+            "cell_states_to_model max_ncells cell_inds_to_perturb emb_layer emb_label"
+        ).split()
+        return {k: getattr(self, k) for k in keys}
+
+    def select_rows(self, dataset: Any, names: GeneNames, group: list[int] | None, anchor: int | None) -> np.ndarray:
+        """Dataset rows to perturb, in the reference's order: filtered, shuffled (seed 42), capped at max_ncells,
+        sorted by length descending (stable), then sliced by cell_inds_to_perturb."""
+        filters = dict(self.filter_data)
+        if self.cell_states_to_model is not None:
+            key, start = self.cell_states_to_model["state_key"], str(self.cell_states_to_model["start_state"])
+            if key not in dataset.column_names:
+                raise PerturbationInputError(
+                    f"the dataset has no state column {key!r} (cell_states_to_model['state_key']); columns: "
+                    f"{dataset.column_names}"
+                )
+            present = {str(v) for v in column_values(dataset, key)}
+            missing = [s for s in possible_states(self.cell_states_to_model) if s not in present]
+            if missing:
+                raise PerturbationInputError(
+                    f"state(s) {missing} do not occur in column {key!r} (values: {sorted(present)[:10]})"
+                )
+            filters[key] = [start]
+        rows = filter_rows(dataset, filters) if filters else np.arange(len(dataset))
+        needed = [anchor] if anchor is not None else (group if self.perturb_type == "delete" else None)
+        if needed:
+            has = np.asarray([np.isin(needed, c).all() for c in _cells_in_blocks(dataset, rows)], bool)
+            if not has.any():
+                what = "anchor_gene" if anchor is not None else "genes_to_perturb"
+                ids = "+".join(names.id_of(t) for t in needed)
+                raise PerturbationInputError(f"no selected cell holds {what} {ids}: check the gene and filter_data")
+            rows = rows[has]
+        order = np.random.default_rng(SHUFFLE_SEED).permutation(rows.size)
+        rows = rows[order]
+        if self.max_ncells is not None and rows.size > self.max_ncells:
+            rows = rows[: self.max_ncells]
+        lengths = corpus_lengths(dataset)[rows]
+        rows = rows[np.argsort(-lengths, kind="stable")]
+        if self.cell_inds_to_perturb != "all":
+            rows = rows[int(self.cell_inds_to_perturb["start"]) : int(self.cell_inds_to_perturb["end"])]
+        if rows.size == 0:
+            raise PerturbationInputError("no cell left to perturb after filter_data, max_ncells and cell_inds")
+        return rows
+
+    def resolve_genes(self, names: GeneNames, dataset: Any) -> tuple[list[int] | None, int | None]:
+        """(group token ids or None for "all", anchor token id or None); genes occurring in no cell are errors."""
+        group = None if self.genes_to_perturb == "all" else [names.token_of(g) for g in self.genes_to_perturb]
+        anchor = names.token_of(self.anchor_gene) if self.anchor_gene is not None else None
+        # overexpressing a gene no cell expresses is meaningful; deleting or moving one is not
+        wanted = [anchor] if anchor is not None else []
+        if self.perturb_type != "overexpress":
+            wanted += group or []
+        if wanted:
+            found = np.zeros(len(wanted), bool)
+            for cell in _cells_in_blocks(dataset, np.arange(len(dataset))):
+                found |= np.isin(wanted, cell)
+                if found.all():
+                    break
+            absent = [names.id_of(t) for t, f in zip(wanted, found, strict=True) if not f]
+            if absent:
+                raise PerturbationInputError(
+                    f"gene(s) {absent} occur in no cell of the dataset: nothing to {self.perturb_type} (check the IDs)"
+                )
+        return group, anchor
+
+    # ---- the run ---------------------------------------------------------------------------------------------------
+    def perturb_data(
+        self,
+        model_directory: str | os.PathLike,
+        input_data_file: Any,
+        output_directory: str | os.PathLike,
+        output_prefix: str,
+        resume: bool = False,
+        encoder: Any = None,
+    ) -> Path:
+        """Perturb the selected cells; returns the table's directory `{output_directory}/{output_prefix}.parquet`
+        (plus `{output_prefix}.csv` with output_format="csv"). `resume=True` continues an interrupted run; `encoder`
+        (the model directory's, already loaded) reuses its compiled graphs across runs."""
+        from tqdm.auto import tqdm
+
+        from mindformer_gf.tasks.embeddings import load_encoder
+        from mindformer_gf.tasks.finetune import prepare_device
+
+        prepare_device(self.device)
+        encoder = encoder if encoder is not None else load_encoder(model_directory)
+        config = encoder.config
+        dataset = open_dataset(input_data_file, config.vocab_size)
+        special = special_token_ids(dataset)
+        cls_id, eos_id = special.get("<cls>"), special.get("<eos>")
+        if self.emb_mode.startswith("cls"):
+            first = read_cells(dataset, [0])[0]
+            if cls_id is None or first.size == 0 or first[0] != cls_id:
+                raise PerturbationInputError(
+                    f"emb_mode {self.emb_mode!r} needs cells that start with <cls> (a V2 dataset); use emb_mode "
+                    f"'{self.emb_mode.replace('cls', 'cell')}'"
+                )
+        for label in self.emb_label:
+            if label not in dataset.column_names:
+                raise PerturbationInputError(
+                    f"no label column {label!r} in the dataset; columns: {dataset.column_names}"
+                )
+        names = GeneNames.load(dataset, self.token_dictionary_file, self.gene_name_id_dictionary_file)
+        group, anchor = self.resolve_genes(names, dataset)
+        rows = self.select_rows(dataset, names, group, anchor)
+
+        out = ensure_dir(output_directory)
+        table = ShardedTable(
+            table_dir(out, output_prefix), self.emb_label, self.settings(), resume, shard_cells=self.shard_cells
+        )
+        rows = np.asarray([r for r in rows if int(r) not in table.done], np.int64)
+        labels = {c: column_values(dataset, c) for c in self.emb_label}
+        special_ids = sorted(set(special.values()))
+        layouts = [CellLayout.of(c, cls_id, eos_id) for c in read_cells(dataset, rows)] if rows.size else []
+        counts = [count_perturbations(lay, self.perturb_type, group, anchor) for lay in layouts]
+        n_layers = config.num_hidden_layers
+        max_length = config.max_position_embeddings
+        lengths = corpus_lengths(dataset)[rows] if rows.size else np.asarray([1])
+        extra = len(group) if group is not None and self.perturb_type == "overexpress" else 1
+        buckets = choose_bucket_widths(np.minimum(lengths + extra, max_length), self.num_buckets, max_length)
+        states = self.cell_states_to_model is not None
+        compare = (not states and self.emb_mode == "cell") or self.emb_mode.endswith("_and_gene")
+        engine = PerturbationEngine(
+            encoder,
+            n_layers + self.emb_layer,
+            "cls" if self.emb_mode.startswith("cls") else "mean",
+            compare,
+            self.forward_batch_size,
+            buckets,
+            special.get("<pad>", 0),
+            special_ids,
+        )
+        context = _RunContext(self, engine, names, group, anchor, max_length, table, labels)
+        with (
+            tqdm(
+                total=int(sum(counts)), desc=f"{self.perturb_type}", unit="perturbed cell", disable=not self.progress
+            ) as bar,
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for window in _windows(counts, self.forward_batch_size):
+                context.run_window(rows[window], [layouts[i] for i in window], [counts[i] for i in window], bar)
+        table.flush()
+        if self.output_format == "csv":
+            table.write_csv(out / f"{output_prefix}.csv")
+        return table.directory
+
+
+def _cells_in_blocks(dataset: Any, rows: np.ndarray, block: int = 10_000) -> Iterator[np.ndarray]:
+    """The token arrays of `rows`, read `block` rows at a time (memory bounded on large corpora)."""
+    for start in range(0, len(rows), block):
+        yield from read_cells(dataset, rows[start : start + block])
+
+
+def _windows(counts: Sequence[int], batch_size: int, copies_per_window: int = 8) -> Iterator[list[int]]:
+    """Consecutive cells whose originals run together: enough cells for `copies_per_window` full batches of
+    perturbed copies (at most 256 cells)."""
+    window: list[int] = []
+    total = 0
+    for i, n in enumerate(counts):
+        window.append(i)
+        total += n
+        if total >= copies_per_window * batch_size or len(window) >= 256:
+            yield window
+            window, total = [], 0
+    if window:
+        yield window
+
+
+class _RunContext:
+    """The per-window work of perturb_data: originals once, perturbed copies through the engine, rows per cell."""
+
+    def __init__(self, perturber, engine, names, group, anchor, max_length, table, labels) -> None:
+        self.p, self.engine, self.names = perturber, engine, names
+        self.group, self.anchor, self.max_length = group, anchor, max_length
+        self.table, self.labels = table, labels
+        states = perturber.cell_states_to_model
+        self.states = possible_states(states) if states is not None else []
+        self.state_matrix = (
+            np.stack([perturber.state_embs_dict[s] for s in self.states]) if self.states else np.zeros((0, 1))
+        )
+
+    def state_cosines(self, embedding: np.ndarray) -> np.ndarray:
+        e = np.asarray(embedding, np.float64)
+        s = self.state_matrix
+        return s @ e / np.maximum(np.linalg.norm(s, axis=1) * np.linalg.norm(e), 1e-8)
+
+    def run_window(self, rows: np.ndarray, layouts: list[CellLayout], counts: list[int], bar) -> None:
+        p = self.p
+        cells = [np.concatenate([lay.head, lay.genes, lay.tail]) for lay in layouts]
+        originals = self.engine.original_states(cells)
+        original_embs = [self.engine.cell_embedding(c, h) for c, h in zip(cells, originals, strict=True)]
+        remaining = list(counts)
+        collected: dict[int, tuple[list, list, list]] = {k: ([], [], []) for k in range(len(cells))}
+        for k, n in enumerate(counts):
+            if n == 0:
+                self._finish(rows[k], collected[k])
+
+        def jobs() -> Iterator[Job]:
+            for k, layout in enumerate(layouts):
+                for perturbation in cell_perturbations(
+                    layout, p.perturb_type, self.group, self.anchor, p.perturb_rank_shift, self.max_length
+                ):
+                    yield Job(k, perturbation, originals[k])
+
+        for job, result in self.engine.run(jobs()):
+            k = job.key
+            perturbed, affected, values = collected[k]
+            pert = job.perturbation
+            label = "+".join(self.names.id_of(t) for t in pert.genes)
+            if self.states:
+                shifts = self.state_cosines(result.embedding) - self.state_cosines(original_embs[k])
+                perturbed += [label] * len(self.states)
+                affected += self.states
+                values += list(shifts)
+            elif p.emb_mode.startswith("cls"):
+                perturbed.append(label)
+                affected.append("cell_emb")
+                values.append(float(_cos(result.embedding, original_embs[k])))
+            else:
+                perturbed.append(label)
+                affected.append("cell_emb")
+                values.append(result.mean_cosine if pert.compared.any() else float("nan"))
+            if result.gene_cosines is not None and p.emb_mode.endswith("_and_gene"):
+                genes = pert.tokens[pert.compared]
+                perturbed += [label] * genes.size
+                affected += [self.names.id_of(t) for t in genes]
+                values += list(result.gene_cosines)
+            bar.update(1)
+            remaining[k] -= 1
+            if remaining[k] == 0:
+                self._finish(rows[k], collected.pop(k))
+
+    def _finish(self, row: int, collected: tuple[list, list, list]) -> None:
+        labels = {c: _plain(v[row]) for c, v in self.labels.items()}
+        self.table.add_cell(int(row), labels, *collected)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-8))
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
