@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from mindformer_gf.reference.bert import activation as reference_activation
 from mindformer_gf.config import GeneformerConfig
+from mindformer_gf.reference.bert import activation as reference_activation
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -43,8 +43,8 @@ def test_masked_lm_accuracy_equals_the_argmax_of_transformers_logits(tmp_path):
     from mindformer_gf.convert import convert_to_huggingface
     from mindformer_gf.data.masking import MaskingSpec, mask_batch
     from mindformer_gf.model import build_model
-    from mindformer_gf.train import MaskedLMObjective, Trainer, TrainSettings
     from mindformer_gf.pretrained import save_pretrained
+    from mindformer_gf.train import MaskedLMObjective, Trainer, TrainSettings
 
     # 10 genes: random weights then get some masked genes right and most wrong, so accuracy is strictly inside (0, 1)
     config = GeneformerConfig(
