@@ -15,6 +15,9 @@ from task_helpers import quick_settings
 from mindformer_gf.resources import geneformer_v1_path
 from mindformer_gf.tasks import FineTuneSettings, GeneClassifier
 
+# each test reads a fine-tuning run (a few dozen training steps)
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def gene_run(tiny_model_dir, pbmc_dataset_dir, tmp_path_factory):

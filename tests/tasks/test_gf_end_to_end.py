@@ -36,7 +36,7 @@ def saved_weights(model_dir: Path) -> tuple[dict[str, np.ndarray], GeneformerCon
 @pytest.fixture(scope="module")
 def toy_dataset_dir(pbmc_dataset, tmp_path_factory) -> Path:
     """The PBMC cells plus a learnable numeric target far from mean 0, sd 1: 100, or 140 for cells whose top-ranked
-    gene is one of the two most common top-ranked genes (what a standardised prediction left unscaled could never match)."""
+    gene is one of the two most common top-ranked genes (a prediction left standardised cannot pass for it)."""
     first = np.asarray([cell[0] for cell in pbmc_dataset["input_ids"]])
     common = np.isin(first, np.argsort(-np.bincount(first))[:2])
     target = np.where(common, 140.0, 100.0)
@@ -92,6 +92,7 @@ def test_gf_tokenize_ranks_genes_by_normalised_expression(pbmc_dataset, tmp_path
         assert dataset[row]["length"] == len(ranked)
 
 
+@pytest.mark.slow
 def test_gf_classify_cell_regression_predicts_on_the_targets_scale(cell_regression, toy_dataset_dir):
     out = cell_regression
     predictions = pd.read_csv(out / "predictions.csv")
@@ -113,6 +114,7 @@ def test_gf_classify_cell_regression_predicts_on_the_targets_scale(cell_regressi
     assert (out / "regression.png").is_file() and (out / "training" / "loss_curve.png").is_file()
 
 
+@pytest.mark.slow
 def test_gf_convert_exports_the_fine_tuned_model_to_transformers(cell_regression, toy_dataset_dir, tmp_path):
     import torch
     from datasets import load_from_disk
@@ -130,6 +132,7 @@ def test_gf_convert_exports_the_fine_tuned_model_to_transformers(cell_regression
     )
 
 
+@pytest.mark.slow
 def test_gf_classify_cell_with_folds_grouped_by_louvain(pbmc_dataset_dir, pbmc_dataset, tiny_model_dir, tmp_path):
     gf("classify", "cell", "--dataset", pbmc_dataset_dir, "--model", tiny_model_dir, "--output-dir", tmp_path,
        "--label", "cell_type", "--states", "Dendritic,CD14+ Monocyte", "--folds", 2, "--group-by", "louvain",
@@ -158,6 +161,7 @@ def test_gf_classify_cell_with_folds_grouped_by_louvain(pbmc_dataset_dir, pbmc_d
     assert (tmp_path / "confusion_matrix_all_folds.png").is_file()
 
 
+@pytest.mark.slow
 def test_gf_classify_gene_regression_predicts_on_the_targets_scale(
     pbmc_dataset_dir, pbmc_dataset, tiny_model_dir, tmp_path
 ):
@@ -192,6 +196,7 @@ def test_gf_classify_gene_regression_predicts_on_the_targets_scale(
     assert summary["overall"]["r2"] == pytest.approx(r2_score(pooled["true_value"], pooled["predicted_value"]))
 
 
+@pytest.mark.slow
 def test_gf_classify_multitask_writes_every_task(pbmc_dataset_dir, tiny_model_dir, tmp_path):
     gf("classify", "multitask", "--dataset", pbmc_dataset_dir, "--model", tiny_model_dir, "--output-dir", tmp_path,
        "--tasks", "cell_type,phase", "--task-weights", "1,0.5", "--filter", "cell_type=Dendritic,CD14+ Monocyte",
@@ -207,6 +212,7 @@ def test_gf_classify_multitask_writes_every_task(pbmc_dataset_dir, tiny_model_di
     assert (tmp_path / "multitask_metrics.png").is_file() and (tmp_path / "confusion_matrix_cell_type.png").is_file()
 
 
+@pytest.mark.slow
 def test_gf_embed_from_a_fine_tuned_model_with_plots_and_summary(cell_regression, toy_dataset_dir, tmp_path, capsys):
     """Cell embeddings (second-to-last layer) of the fine-tuned model's encoder: a mean pool of the reference's
     hidden states on the saved weights; UMAP and heatmap files; the per-cell-type means by pandas."""

@@ -42,6 +42,7 @@ def test_the_shared_encoder_is_loaded_from_the_pretrained_model(tiny_model_dir, 
     assert weights["heads.0.weight"].shape == (10, 32) and weights["heads.1.weight"].shape == (3, 32)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_per_task_metrics_equal_scikit_learn(multitask_run):
     result, out = multitask_run
     losses = pd.read_csv(out / "training" / "metrics.csv")["loss"].to_numpy()
@@ -61,6 +62,7 @@ def test_training_lowers_the_loss_and_per_task_metrics_equal_scikit_learn(multit
     assert (out / "multitask_metrics.png").is_file() and (out / "confusion_matrix_phase.png").is_file()
 
 
+@pytest.mark.slow
 def test_saved_multitask_model_rebuilds_with_its_heads(multitask_run, pbmc_dataset):
     from mindformer_gf.tasks.models import MultitaskModel, load_task_model
 
@@ -74,6 +76,7 @@ def test_saved_multitask_model_rebuilds_with_its_heads(multitask_run, pbmc_datas
     assert [names[i] for i in outputs[1].asnumpy().argmax(1)] == predictions["predicted_phase"].tolist()
 
 
+@pytest.mark.slow
 def test_regression_task_predictions_are_on_the_targets_scale(multitask_run, pbmc_dataset):
     """Recomputed from the saved model's output and the TRAINING cells' mean and sd of percent_mito."""
     from mindformer_gf.tasks.models import load_task_model
