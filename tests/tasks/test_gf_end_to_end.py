@@ -2,7 +2,8 @@
 PBMC cells and the tiny model of conftest.py, checked against oracles outside the code under test: predictions
 recomputed with the numpy reference from the saved weights and the training targets' mean and sd, metrics by
 scikit-learn, a ranking by hand, transformers on an exported model. `gf pretrain` and `gf convert` of Hugging Face
-checkpoints have their own end-to-end tests (tests/train/test_pretrain_run.py, tests/convert/test_convert_cli.py).
+checkpoints have their own end-to-end tests (tests/train/test_pretrain_run.py, tests/convert/test_convert_cli.py), and
+`gf classify multitask` is the run of tests/tasks/test_multitask_and_strategies.py.
 """
 
 from __future__ import annotations
@@ -194,22 +195,6 @@ def test_gf_classify_gene_regression_predicts_on_the_targets_scale(
     summary = json.loads((out / "summary.json").read_text())
     pooled = pd.read_csv(out / "predictions_all_folds.csv")
     assert summary["overall"]["r2"] == pytest.approx(r2_score(pooled["true_value"], pooled["predicted_value"]))
-
-
-@pytest.mark.slow
-def test_gf_classify_multitask_writes_every_task(pbmc_dataset_dir, tiny_model_dir, tmp_path):
-    gf("classify", "multitask", "--dataset", pbmc_dataset_dir, "--model", tiny_model_dir, "--output-dir", tmp_path,
-       "--tasks", "cell_type,phase", "--task-weights", "1,0.5", "--filter", "cell_type=Dendritic,CD14+ Monocyte",
-       "--max-cells", 120, "--epochs", 1,
-       "--split", "0.7,0.15,0.15", *QUICK)  # fmt: skip
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    predictions = pd.read_csv(tmp_path / "predictions.csv")
-    for task in ("cell_type", "phase"):
-        accuracy = accuracy_score(predictions[f"true_{task}"], predictions[f"predicted_{task}"])
-        assert metrics[task]["accuracy"] == pytest.approx(accuracy)
-    task = json.loads((tmp_path / "model" / "task.json").read_text())
-    assert task["task_weights"] == [1.0, 0.5] and task["pooling"] == "cls"
-    assert (tmp_path / "multitask_metrics.png").is_file() and (tmp_path / "confusion_matrix_cell_type.png").is_file()
 
 
 @pytest.mark.slow

@@ -18,17 +18,26 @@ from mindformer_gf.tasks import FineTuneSettings, MultitaskClassifier
 
 @pytest.fixture(scope="module")
 def multitask_run(tiny_model_dir, pbmc_dataset_dir, tmp_path_factory):
-    settings = quick_settings(num_epochs=3.0, learning_rate=2e-3)
+    """`gf classify multitask` from the command line (its end-to-end test), and the classifier it configures."""
+    from mindformer_gf.cli import main
+
+    out = tmp_path_factory.mktemp("multitask")
+    argv = (
+        f"classify multitask --dataset {pbmc_dataset_dir} --model {tiny_model_dir} --output-dir {out} "
+        "--tasks cell_type,phase,percent_mito --task-weights 1,0.5,0.5 --regression-tasks percent_mito "
+        "--pooling attention --max-cells 240 --split 0.7,0.15,0.15 --epochs 3 --lr 2e-3 "
+        "--warmup-steps 0 --num-buckets 1 --forward-batch-size 64 --no-progress"
+    )
+    assert main(argv.split()) == 0
     classifier = MultitaskClassifier(
         ["cell_type", "phase", "percent_mito"],
         task_weights=[1.0, 0.5, 0.5],
         regression_tasks=["percent_mito"],
         pooling="attention",
         max_ncells=240,
-        settings=settings,
+        settings=quick_settings(num_epochs=3.0, learning_rate=2e-3),
     )
-    out = tmp_path_factory.mktemp("multitask")
-    return classifier.run(pbmc_dataset_dir, tiny_model_dir, out, split_sizes=(0.7, 0.15, 0.15)), out
+    return classifier, out
 
 
 def test_the_shared_encoder_is_loaded_from_the_pretrained_model(tiny_model_dir, pbmc_dataset, tiny_weights):
@@ -44,7 +53,7 @@ def test_the_shared_encoder_is_loaded_from_the_pretrained_model(tiny_model_dir, 
 
 @pytest.mark.slow
 def test_training_lowers_the_loss_and_per_task_metrics_equal_scikit_learn(multitask_run):
-    result, out = multitask_run
+    _, out = multitask_run
     losses = pd.read_csv(out / "training" / "metrics.csv")["loss"].to_numpy()
     assert losses[-2:].mean() < losses[:2].mean()
     predictions = pd.read_csv(out / "predictions.csv")
@@ -60,14 +69,16 @@ def test_training_lowers_the_loss_and_per_task_metrics_equal_scikit_learn(multit
         r2_score(predictions["true_percent_mito"], predictions["predicted_percent_mito"])
     )
     assert (out / "multitask_metrics.png").is_file() and (out / "confusion_matrix_phase.png").is_file()
+    task = json.loads((out / "model" / "task.json").read_text())
+    assert task["task_weights"] == [1.0, 0.5, 0.5] and task["regression"] == [False, False, True]
 
 
 @pytest.mark.slow
 def test_saved_multitask_model_rebuilds_with_its_heads(multitask_run, pbmc_dataset):
     from mindformer_gf.tasks.models import MultitaskModel, load_task_model
 
-    result, out = multitask_run
-    model = load_task_model(result.model_dir)
+    _, out = multitask_run
+    model = load_task_model(out / "model")
     assert isinstance(model, MultitaskModel) and model.pooling == "attention"
     predictions = pd.read_csv(out / "predictions.csv").head(4)
     ids, mask = padded_rows(pbmc_dataset, predictions["dataset_row"].to_numpy())
@@ -81,14 +92,14 @@ def test_regression_task_predictions_are_on_the_targets_scale(multitask_run, pbm
     """Recomputed from the saved model's output and the TRAINING cells' mean and sd of percent_mito."""
     from mindformer_gf.tasks.models import load_task_model
 
-    result, out = multitask_run
+    classifier, out = multitask_run
     split = json.loads((out / "splits.json").read_text())["split"]
     percent_mito = np.asarray(pbmc_dataset["percent_mito"], np.float64)
-    train_values = percent_mito[result.data.rows[split["train"]]]
+    train_values = percent_mito[classifier.prepare_data(pbmc_dataset).rows[split["train"]]]
     mean, sd = train_values.mean(), train_values.std()
     predictions = pd.read_csv(out / "predictions.csv")
     ids, mask = padded_rows(pbmc_dataset, predictions["dataset_row"].to_numpy())
-    standardised = load_task_model(result.model_dir)(Tensor(ids), Tensor(mask))[2].asnumpy()[:, 0]
+    standardised = load_task_model(out / "model")(Tensor(ids), Tensor(mask))[2].asnumpy()[:, 0]
     assert sd < 0.1 and mean > 0.01  # so that a standardised prediction cannot pass for one on the target's scale
     np.testing.assert_allclose(predictions["predicted_percent_mito"], standardised * sd + mean, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(predictions["true_percent_mito"], percent_mito[predictions["dataset_row"]], rtol=1e-12)
