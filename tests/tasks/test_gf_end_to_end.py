@@ -1,9 +1,9 @@
 """Every `gf` command a user runs after pretraining, from the command line (`mindformer_gf.cli.main`), on the shipped
 PBMC cells and the tiny model of conftest.py, checked against oracles outside the code under test: predictions
 recomputed with the numpy reference from the saved weights and the training targets' mean and sd, metrics by
-scikit-learn, a ranking by hand, transformers on an exported model. `gf pretrain` and `gf convert` of Hugging Face
-checkpoints have their own end-to-end tests (tests/train/test_pretrain_run.py, tests/convert/test_convert_cli.py), and
-`gf classify multitask` is the run of tests/tasks/test_multitask_and_strategies.py.
+scikit-learn, a ranking by hand, transformers on an exported model. `gf pretrain` (options, checkpoints, compilations)
+and `gf convert` of Hugging Face checkpoints have their own tests (tests/train/test_pretrain_run.py,
+tests/convert/test_convert_cli.py), and `gf classify multitask` is the run of test_multitask_and_strategies.py.
 """
 
 from __future__ import annotations
@@ -91,6 +91,37 @@ def test_gf_tokenize_ranks_genes_by_normalised_expression(pbmc_dataset, tmp_path
         ranked = sorted(by_token, key=lambda t: (-by_token[t], t))[:64]
         assert dataset[row]["input_ids"] == ranked, row
         assert dataset[row]["length"] == len(ranked)
+
+
+@pytest.mark.slow
+def test_gf_pretrain_on_real_cells_then_gf_convert(pbmc_dataset_dir, pbmc_dataset, tmp_path):
+    """A few masked-gene steps on the PBMC cells from a random start (the first loss is that of a uniform guess over
+    the vocabulary), then `gf convert` of the result: transformers on the pretraining output and the reference on
+    the converted weights give the same logits."""
+    import torch
+    from transformers import BertForMaskedLM
+
+    run = tmp_path / "run"
+    gf("pretrain", "--dataset", pbmc_dataset_dir, "--output-dir", run, "--max-steps", 3, "--batch-size", 8,
+       "--max-cells", 48, "--num-buckets", 1, "--warmup-steps", 1, "--save-every", 3, "--log-every", 1,
+       "--set", "model_overrides={hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 1, "
+       "intermediate_size: 32, max_position_embeddings: 64}", "--no-progress")  # fmt: skip
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert metrics["step"].tolist() == [1, 2, 3] and metrics["skipped_steps"].iloc[-1] == 0
+    assert metrics["loss"].iloc[0] == pytest.approx(np.log(25426), abs=0.2)
+    assert ((metrics["accuracy"] >= 0) & (metrics["accuracy"] <= 1)).all()
+
+    # the pretrained model is written in Hugging Face's layout: transformers loads it as it is, and `gf convert`
+    # turns it into a MindSpore directory (--verify: the converted model against the reference on the source)
+    gf("convert", run / "model", tmp_path / "ms", "--verify", "--format", "safetensors", "--quiet")
+    weights, config = saved_weights(tmp_path / "ms")
+    hf = BertForMaskedLM.from_pretrained(run / "model").eval()
+    ids, mask = padded_rows(pbmc_dataset, np.asarray([0, 7]))
+    with torch.no_grad():
+        theirs = hf(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).logits.numpy()
+    expected, _ = reference.forward(weights, ids, mask, config, "BertForMaskedLM")
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(theirs[valid], expected[valid], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
