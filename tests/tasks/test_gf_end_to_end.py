@@ -3,7 +3,8 @@ PBMC cells and the tiny model of conftest.py, checked against oracles outside th
 recomputed with the numpy reference from the saved weights and the training targets' mean and sd, metrics by
 scikit-learn, a ranking by hand, transformers on an exported model. `gf pretrain` (options, checkpoints, compilations)
 and `gf convert` of Hugging Face checkpoints have their own tests (tests/train/test_pretrain_run.py,
-tests/convert/test_convert_cli.py), and `gf classify multitask` is the run of test_multitask_and_strategies.py.
+tests/convert/test_convert_cli.py); `gf classify multitask` and `gf classify gene` (classes) are the runs of
+test_multitask_and_strategies.py and test_gene_classification.py.
 """
 
 from __future__ import annotations
