@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Keep runs within the machine: 2 cores, no accelerator.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test lint bench clean ascend-check
+.PHONY: setup demo test test-fast lint bench clean ascend-check
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest -q tests
+
+# everyday subset: no training runs of the task tests, no demo, no msrun or real-data pretraining
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow" --ignore=tests/train/test_distributed.py --ignore=tests/train/test_real_data.py tests
 
 # Type-check the Ascend C operators against the public Ascend C headers (see kernels/ascend/README.md, "Type-check").
 ascend-check: setup

@@ -53,6 +53,25 @@ class DemoSettings:
     seed: int = 0
     model: dict = field(default_factory=lambda: dict(DEMO_MODEL))
     progress_bar: bool = True
+    # padded widths (one graph compilation each) of pretraining, fine-tuning and embedding
+    num_buckets: int = 3
+    # genes kept per cell (the top-ranked ones); None: every gene the tokenizer writes
+    genes_per_cell: int | None = None
+
+    @classmethod
+    def quick(cls, **changes: Any) -> DemoSettings:
+        """Every stage on tiny sizes (a one-layer model, 64 genes per cell, a few steps, one graph per stage): the
+        workflow end to end in well under a minute; the numbers mean nothing."""
+        model = dict(DEMO_MODEL, hidden_size=16, num_hidden_layers=1, num_attention_heads=1, intermediate_size=32)
+        model["max_position_embeddings"] = 64
+        quick = {
+            "pretrain_steps": 4,
+            "finetune_epochs": 0.5,
+            "model": model,
+            "num_buckets": 1,
+            "genes_per_cell": 64,
+        }
+        return cls(**{**quick, **changes})
 
 
 class StageClock:
@@ -112,10 +131,12 @@ def tokenize_pbmc68k(
     prefix: str,
     attributes: dict[str, str] | None = None,
     progress: bool = False,
+    genes_per_cell: int | None = None,
 ) -> Any:
     """The shipped pbmc68k_reduced cells (700) tokenized with the V1 dictionaries: the `TokenizeResult` of
     `output_dir/prefix.dataset`, read from the counts file `output_dir/prefix_counts.h5ad` (see `counts_h5ad`) it
-    writes first; `attributes` ({column of counts_h5ad: dataset column}) carries cell annotations over."""
+    writes first; `attributes` ({column of counts_h5ad: dataset column}) carries cell annotations over;
+    `genes_per_cell` keeps only each cell's top-ranked genes (default: the tokenizer's V1 limit, 2,048)."""
     from mindformer_gf.resources import example_cells_path
     from mindformer_gf.tokenizer import TokenizerWarning, tokenize
 
@@ -132,6 +153,7 @@ def tokenize_pbmc68k(
             gene_id="symbol",
             custom_attr_name_dict=attributes,
             progress=progress,
+            **({} if genes_per_cell is None else {"model_input_size": genes_per_cell}),
         )
 
 
@@ -166,10 +188,8 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False,
     """Run the demo into `output_dir`; `quick` shortens every stage (a smoke test, numbers meaningless)."""
     from mindformer_gf.resources import example_cells_path
 
-    settings = DemoSettings(output_dir=str(output_dir), progress_bar=progress)
-    if quick:
-        settings.pretrain_steps, settings.finetune_epochs = 20, 1.0
-        settings.model.update(hidden_size=32, num_hidden_layers=1, num_attention_heads=1, intermediate_size=64)
+    make = DemoSettings.quick if quick else DemoSettings
+    settings = make(output_dir=str(output_dir), progress_bar=progress)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not progress:
         from datasets.utils.logging import disable_progress_bar
@@ -186,7 +206,7 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False,
         from datasets import load_from_disk
 
         attributes = {"barcode": "barcode", CELL_TYPE: CELL_TYPE, "louvain": "louvain", "phase": "phase"}
-        result = tokenize_pbmc68k(out / "data", "pbmc68k", attributes, progress)
+        result = tokenize_pbmc68k(out / "data", "pbmc68k", attributes, progress, settings.genes_per_cell)
         dataset = load_from_disk(str(result.path))
         lengths = np.asarray(dataset["length"])
         genes = next(iter(result.files.values()))  # the one input file's counts
@@ -210,7 +230,7 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False,
         warmup_ratio=0.1,
         weight_decay=0.001,
         seed=settings.seed,
-        num_buckets=3,
+        num_buckets=settings.num_buckets,
         progress_bar=progress,
     )
     classifier = CellClassifier(state_key=CELL_TYPE, settings=finetune)
@@ -243,7 +263,7 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False,
                 lr_schedule="cosine",
                 min_lr_ratio=0.1,
                 warmup_steps=max(1, settings.pretrain_steps // 10),
-                num_buckets=3,
+                num_buckets=settings.num_buckets,
                 save_every=settings.pretrain_steps,
                 keep_last=1,
                 log_every=max(1, settings.pretrain_steps // 20),
@@ -287,7 +307,7 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False,
             emb_label=[CELL_TYPE, "louvain"],
             max_ncells=None,
             summary_stat="exact_mean",
-            num_buckets=3,
+            num_buckets=settings.num_buckets,
             seed=settings.seed,
             progress=progress,
         )

@@ -90,14 +90,36 @@ def test_classifier_from_a_masked_lm_checkpoint_initialises_its_head_fresh(tmp_p
     config_dict.pop("architectures")
     config_dict["num_hidden_layers"] = 2
     hf_mlm = save_hf_model(tmp_path, config_dict, "BertForMaskedLM", num_labels=2, seed=5)
-    with pytest.warns(UserWarning, match="bert.pooler.dense.weight"):
-        model = mindformer_gf.from_pretrained(tmp_path, architecture="BertForSequenceClassification")
-    encoder_weight = model.state_dict()["bert.encoder.layer.1.output.dense.weight"]
-    expected = hf_mlm.state_dict()["bert.encoder.layer.1.output.dense.weight"].numpy()
-    np.testing.assert_array_equal(encoder_weight, expected)
-    ids, mask = make_batch([12, 4], config_dict["vocab_size"])
+
+    def classifier(seed):
+        with pytest.warns(UserWarning, match="bert.pooler.dense.weight"):
+            return mindformer_gf.from_pretrained(
+                tmp_path, architecture="BertForSequenceClassification", seed=seed, num_labels=8
+            )
+
+    model = classifier(seed=3)
+    weights = model.state_dict()
+    for key, value in hf_mlm.state_dict().items():
+        if key.startswith("bert.") and not key.endswith("position_ids"):
+            np.testing.assert_array_equal(weights[key], value.numpy(), err_msg=key)
+    # the fresh head: N(0, initializer_range) weights (std within 10%: 2,048 and 65,536 draws), zero biases
+    config = GeneformerConfig.from_pretrained(tmp_path).replace(num_labels=8)
+    for key in ("classifier.weight", "bert.pooler.dense.weight"):
+        assert weights[key].std() == pytest.approx(config.initializer_range, rel=0.1), key
+        assert abs(weights[key].mean()) < 0.2 * config.initializer_range, key
+    np.testing.assert_array_equal(weights["classifier.bias"], 0)
+    np.testing.assert_array_equal(weights["bert.pooler.dense.bias"], 0)
+    # the same seed gives the same head, another seed another one
+    again, other = classifier(seed=3).state_dict(), classifier(seed=4).state_dict()
+    np.testing.assert_array_equal(again["classifier.weight"], weights["classifier.weight"])
+    np.testing.assert_array_equal(again["bert.pooler.dense.weight"], weights["bert.pooler.dense.weight"])
+    assert not np.array_equal(other["classifier.weight"], weights["classifier.weight"])
+    # the logits are the reference's on the model's own weights (encoder from the checkpoint, fresh head)
+    ids, mask = make_batch([12, 4, 30], config_dict["vocab_size"])
     (logits,) = model(Tensor(ids), Tensor(mask))
-    assert logits.shape == (2, 2) and np.isfinite(logits.asnumpy()).all()
+    expected, _ = reference.forward(weights, ids, mask, config, "BertForSequenceClassification")
+    assert logits.shape == (3, 8)
+    assert relative_error(logits.asnumpy(), expected) < 1e-5
 
 
 def test_v1_v2_vocabulary_mismatch_is_explained(tmp_path, v1_config_path):

@@ -16,6 +16,9 @@ from task_helpers import padded_rows, quick_settings
 
 from mindformer_gf.tasks import CellClassifier
 
+# each test reads a fine-tuning run (a few dozen training steps)
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def cell_run(tiny_model_dir, pbmc_dataset_dir, tmp_path_factory):

@@ -75,6 +75,7 @@ def test_written_csv_npy_and_exact_means(extracted, pbmc_dataset):
     np.testing.assert_allclose(medians["Dendritic"], np.median(dendritic.astype(np.float64), axis=0), rtol=1e-12)
 
 
+@pytest.mark.slow  # UMAP compiles its numba kernels on first use
 def test_umap_and_heatmap_are_written_as_png_and_pdf(extracted):
     extractor, embs, out = extracted
     written = extractor.plot_embs(embs, "umap", out, "pbmc", label="cell_type")

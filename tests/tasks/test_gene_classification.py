@@ -1,4 +1,4 @@
-"""Gene classification on real PBMC cells and the reference's dosage-sensitive TF labels, with the extra-layer
+"""`gf classify gene` on real PBMC cells and the reference's dosage-sensitive TF labels, with the extra-layer
 strategy: no gene is trained on and tested in one fold, only the new top layer and the head change, and the
 written metrics equal scikit-learn's on the written predictions."""
 
@@ -10,28 +10,47 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
-from task_helpers import quick_settings
 
 from mindformer_gf.resources import geneformer_v1_path
-from mindformer_gf.tasks import FineTuneSettings, GeneClassifier
+from mindformer_gf.tasks import FineTuneSettings
+
+# each test reads a fine-tuning run (a few dozen training steps)
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def gene_run(tiny_model_dir, pbmc_dataset_dir, tmp_path_factory):
-    settings = quick_settings(num_epochs=2.0, learning_rate=3e-3, strategy="extra_layer")
-    classifier = GeneClassifier(geneformer_v1_path("dosage_sens_tf_labels.csv"), n_folds=2, settings=settings)
+    """`gf classify gene` from the command line (its end-to-end test): (summary.json, output directory)."""
+    from mindformer_gf.cli import main
+
     out = tmp_path_factory.mktemp("gene")
-    return classifier.run(pbmc_dataset_dir, tiny_model_dir, out), out
+    argv = (
+        f"classify gene --dataset {pbmc_dataset_dir} --model {tiny_model_dir} --output-dir {out} "
+        f"--gene-labels {geneformer_v1_path('dosage_sens_tf_labels.csv')} --folds 2 --strategy extra_layer "
+        "--epochs 2 --lr 3e-3 --warmup-steps 0 --num-buckets 1 --forward-batch-size 64 --no-progress"
+    )
+    assert main(argv.split()) == 0
+    return json.loads((out / "summary.json").read_text()), out
 
 
-def test_no_gene_in_train_and_test_and_every_gene_tested_once(gene_run):
-    result, out = gene_run
+def labelled_genes_in_cells(dataset) -> list[str]:
+    """The label file's genes that occur in at least one cell, found here from the raw tables."""
+    from mindformer_gf.tokenizer import load_gene_dictionaries
+
+    token = load_gene_dictionaries("V1").token
+    labels = pd.read_csv(geneformer_v1_path("dosage_sens_tf_labels.csv"))
+    present = set(np.concatenate(dataset["input_ids"]).tolist())
+    return [g for g in labels.stack().unique() if token.get(g) in present]
+
+
+def test_no_gene_in_train_and_test_and_every_gene_tested_once(gene_run, pbmc_dataset):
+    _, out = gene_run
     folds = json.loads((out / "gene_folds.json").read_text())
     tested = []
     for fold in folds.values():
         assert not set(fold["train"]) & set(fold["test"])
         tested += fold["test"]
-    assert sorted(tested) == sorted(result.genes.genes)
+    assert sorted(tested) == sorted(labelled_genes_in_cells(pbmc_dataset))
     all_predictions = pd.read_csv(out / "predictions_all_folds.csv")
     for k, fold in enumerate(folds.values()):
         predicted_genes = set(all_predictions.loc[all_predictions["fold"] == k, "gene"])
@@ -39,7 +58,7 @@ def test_no_gene_in_train_and_test_and_every_gene_tested_once(gene_run):
 
 
 def test_predictions_are_the_test_genes_occurrences(gene_run, pbmc_dataset):
-    result, out = gene_run
+    summary, out = gene_run
     from mindformer_gf.tokenizer import load_gene_dictionaries
 
     token = load_gene_dictionaries("V1").token
@@ -53,7 +72,7 @@ def test_predictions_are_the_test_genes_occurrences(gene_run, pbmc_dataset):
 
 
 def test_metrics_per_fold_and_overall_equal_scikit_learn(gene_run):
-    result, out = gene_run
+    summary, out = gene_run
     names = ["dosage_insensitive", "dosage_sensitive"]
     for k in range(2):
         predictions = pd.read_csv(out / f"fold{k}" / "predictions.csv")
@@ -69,9 +88,9 @@ def test_metrics_per_fold_and_overall_equal_scikit_learn(gene_run):
             assert metrics["roc_auc"] == pytest.approx(roc_auc_score(y, predictions[f"p({names[1]})"]))
     pooled = pd.read_csv(out / "predictions_all_folds.csv")
     y = (pooled["true_label"] == names[1]).astype(int)
-    assert result.summary["overall"]["roc_auc"] == pytest.approx(roc_auc_score(y, pooled[f"p({names[1]})"]))
+    assert summary["overall"]["roc_auc"] == pytest.approx(roc_auc_score(y, pooled[f"p({names[1]})"]))
     per_gene = pooled.groupby("gene").agg({f"p({names[1]})": "mean", "true_label": "first"})
-    assert result.summary["per_gene"]["roc_auc"] == pytest.approx(
+    assert summary["per_gene"]["roc_auc"] == pytest.approx(
         roc_auc_score(per_gene["true_label"] == names[1], per_gene[f"p({names[1]})"])
     )
     assert (out / "gene_metrics.png").is_file() and (out / "roc_folds.png").is_file()
@@ -80,7 +99,7 @@ def test_metrics_per_fold_and_overall_equal_scikit_learn(gene_run):
 def test_extra_layer_trains_only_the_new_layer_and_the_head(gene_run, tiny_weights, tiny_config):
     from mindformer_gf.tasks.models import load_task_model
 
-    result, out = gene_run
+    summary, out = gene_run
     model = load_task_model(out / "fold0" / "model")
     assert model.config.num_hidden_layers == tiny_config.num_hidden_layers + 1
     weights = model.state_dict()
