@@ -311,6 +311,7 @@ def test_gf_demo_quick_runs_every_stage(tmp_path, capsys):
         "fine-tune cell classifier",
         "baseline: logistic regression on expression",
         "embeddings and plots",
+        "in silico deletion toward another cell type",
     ]
     predictions = pd.read_csv(tmp_path / "cell_classifier" / "predictions.csv")
     assert len(predictions) == summary["test_cells"] == 105
@@ -326,5 +327,13 @@ def test_gf_demo_quick_runs_every_stage(tmp_path, capsys):
     assert np.load(tmp_path / "embeddings" / "pbmc68k_cells.npy").shape == (700, 16)
     for name in ("pbmc68k_cells_umap_cell_type.png", "pbmc68k_cells_heatmap_cell_type.png"):
         assert (tmp_path / "embeddings" / name).stat().st_size > 1000
+    # in silico deletion: every gene of 2 CD14+ monocytes; each gene's shift toward the goal is its values' mean
+    shifts = pd.read_parquet(tmp_path / "perturbation" / "delete_all.parquet")
+    assert set(shifts["cell_type"]) == {"CD14+ Monocyte"} and shifts["cell"].nunique() == 2
+    toward_goal = shifts[shifts["affected"] == "Dendritic"].groupby("perturbed")["value"]
+    stats = pd.read_csv(tmp_path / "perturbation" / "goal_state_shift.csv").set_index("Ensembl_ID")
+    assert len(stats) == toward_goal.ngroups
+    np.testing.assert_allclose(stats.loc[toward_goal.mean().index, "Shift_to_goal_end"], toward_goal.mean(), rtol=1e-6)
+    assert (stats.loc[toward_goal.size().index, "N_Detections"] == toward_goal.size()).all()
     listing = capsys.readouterr().out
     assert "== files written under" in listing and "cell_classifier/predictions.csv" in listing
