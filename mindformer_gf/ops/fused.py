@@ -113,6 +113,12 @@ def _attention_backward_info(name: str) -> str:
     return reg.dtype_format(*formats).target("CPU").get_op_info()
 
 
+def _dropout_info(name: str) -> str:
+    reg = CustomRegOp(name).input(0, "x").input(1, "seed").input(2, "drop_probability").output(0, "y")
+    formats = (DataType.F32_Default, DataType.I64_Default, DataType.F32_Default, DataType.F32_Default)
+    return reg.dtype_format(*formats).target("CPU").get_op_info()
+
+
 def _layer_norm_info(name: str, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> str:
     reg = CustomRegOp(name)
     for index, input_name in enumerate(inputs):
@@ -126,7 +132,7 @@ def _custom(function: str, outputs: int, reg_info: str, bprop=None) -> ops.Custo
     return ops.Custom(
         f"{_require_library()}:{function}",
         out_shape=None,
-        out_dtype=(ms.float32,) * outputs,
+        out_dtype=ms.float32 if outputs == 1 else (ms.float32,) * outputs,
         func_type="aot",
         bprop=bprop,
         reg_info=reg_info,
@@ -161,6 +167,11 @@ def _add_layer_norm_bprop(x, residual, weight, bias, eps, out, dout):
     return dx, dx, d_weight, d_bias, ops.zeros_like(eps)
 
 
+def _dropout_bprop(x, seed, drop_probability, out, dout):
+    # y = x * factor(seed): the gradient is dy times the same factors, i.e. the same kernel on dy
+    return _kernels().dropout(dout, seed, drop_probability), ops.zeros_like(seed), ops.zeros_like(drop_probability)
+
+
 def _layer_norm_bprop(x, weight, bias, eps, out, dout):
     dx, d_weight, d_bias = _kernels().layer_norm_backward(dout[0], x, weight, out[1], out[2], dout[1], dout[2])
     return dx, d_weight, d_bias, ops.zeros_like(eps)
@@ -186,6 +197,7 @@ class _Kernels:
         self.attention_backward_sequence_major = _custom(
             "FlashAttentionBackwardBLHD", 3, _attention_backward_info("FlashAttentionBackwardBLHD")
         )
+        self.dropout = _custom("PhiloxDropout", 1, _dropout_info("PhiloxDropout"), _dropout_bprop)
         self.add_layer_norm_forward = _custom(
             "AddLayerNormForward",
             3,
@@ -316,6 +328,16 @@ def attention(
     return attention_with_lse(query, key, value, attention_mask, dropout_prob, training, dropout_seed, sequence_major)[
         0
     ]
+
+
+def dropout(x: ms.Tensor, drop_probability: float, seed: ms.Tensor) -> ms.Tensor:
+    """x * keep / (1 - p) with the keep mask of `mindformer_gf.reference.dropout.keep_mask` for `seed` (int64 [1]):
+    the attention kernel's Philox stream over x viewed as [outer, rows, columns]."""
+    dtype = x.dtype
+    y = _kernels().dropout(
+        _float32(x), ops.reshape(ops.cast(seed, ms.int64), (1,)), ms.Tensor([drop_probability], ms.float32)
+    )
+    return _like(y, dtype)
 
 
 def add_layer_norm(x: ms.Tensor, residual: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> ms.Tensor:
