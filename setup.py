@@ -74,6 +74,7 @@ setup(
         "datasets>=2.16",
         "pyarrow>=15",
         "scikit-learn>=1.3",
+        "threadpoolctl>=3.1",
         "matplotlib>=3.7",
         "umap-learn>=0.5.5",
     ],

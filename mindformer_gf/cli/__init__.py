@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from mindformer_gf.threads import add_threads_argument, apply_threads
+
 # Subcommand modules, in the order `gf --help` lists them.
 SUBCOMMANDS = ("demo", "convert", "tokenize", "pretrain", "classify", "embed")
 
@@ -22,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"mindformer_gf.cli.{name}").register(subparsers)
+        add_threads_argument(subparsers.choices[name])
     return parser
 
 
@@ -30,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()
+        return 2
+    try:
+        apply_threads(args.threads)
+    except ValueError as err:
+        print(f"gf {args.command}: {err}", file=sys.stderr)
         return 2
     try:
         return int(args.run(args) or 0)
