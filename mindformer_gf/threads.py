@@ -62,7 +62,10 @@ def apply_threads(requested: int | None = None) -> int:
     if _applied is None:
         from mindspore.device_context.cpu import op_tuning
 
-        op_tuning.threads_num(threads)
+        try:
+            op_tuning.threads_num(threads)
+        except RuntimeError:
+            pass  # the embedding program configured MindSpore's count itself: its choice stands
         _applied = threads
     return threads
 

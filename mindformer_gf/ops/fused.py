@@ -13,8 +13,11 @@ Attention dropout runs inside the kernel on the probabilities, from a counter-ba
 column), so the backward kernel regenerates it instead of storing it. The seed must differ between training steps
 and between layers. `attention(..., dropout_seed=None)` draws a fresh seed inside the graph on every call (one random
 op per layer), which needs nothing from the caller; a caller that wants reproducible masks passes an int64 tensor of
-shape [1] instead, e.g. `step * 2**32 + layer_index` fed as a network input each step (the low 32 bits become Philox
-key word 0, the high 32 bits key word 1).
+shape [1] instead (the low 32 bits become Philox key word 0, the high 32 bits key word 1); the model derives one per
+layer from the step seed it is fed (`mindformer_gf.model.dropout`).
+
+`dropout(x, p, seed)` (PhiloxDropout) drops activations with the same generator, x viewed as [outer, rows, columns]
+(`mindformer_gf.reference.dropout.keep_mask`); its backward is the same kernel on the incoming gradient.
 """
 
 from __future__ import annotations
