@@ -1,6 +1,6 @@
 """Data parallel with msrun: 2 CPU workers (MCCL) read disjoint shares of each step, start from identical weights,
 and end with identical weights equal to a single process running the same global batch (2 accumulation steps), with
-dropout on (Geneformer V2's 0.1) and the workers' run stopped after one step and resumed from rank 0's checkpoint:
+dropout on (Geneformer V1's 0.02) and the workers' run stopped after one step and resumed from rank 0's checkpoint:
 rank r's m-th micro-batch draws the masks of the single process's micro-batch r * M + m."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def free_port() -> int:
 @pytest.mark.skipif(shutil.which("msrun") is None, reason="msrun (MindSpore's launcher) is not on PATH")
 def test_two_workers_equal_single_process_over_the_same_global_batch(tiny_settings, tmp_path):
     steps, stop_at = 3, 1
-    dropout = {**TINY_MODEL, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+    dropout = {**TINY_MODEL, "hidden_dropout_prob": 0.02, "attention_probs_dropout_prob": 0.02}
     common = dict(max_steps=steps, batch_size=2, warmup_steps=1, learning_rate=1e-2, save_every=100)
     common.update(model_overrides=dropout, num_buckets=1)
     settings = tiny_settings(output_dir=str(tmp_path / "dp"), gradient_accumulation=1, **common)
