@@ -89,7 +89,7 @@ def test_sites_steps_and_micro_batches_draw_different_independent_masks():
         ref.keep_mask(ref.site_seed(seed, layer, site), p, shape)
         for seed in step_seeds
         for layer in range(2)
-        for site in ("attention_output", "ffn_output")
+        for site in ref.SITES
     ]
     n = masks[0].size
     low, high = binomial_bounds(n, 1 - p)
