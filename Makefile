@@ -5,8 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # msrun (data-parallel tests) starts plain `python`: the environment's bin must come first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-# Keep runs within the machine: 2 cores, no accelerator.
-export OMP_NUM_THREADS ?= 2
+# No thread pinning: every run uses the cores its process may run on (GF_THREADS or `--threads N` to change it).
 
 .PHONY: setup demo test test-fast lint bench clean ascend-check
 

@@ -75,6 +75,7 @@ setup(
         "datasets>=2.16",
         "pyarrow>=15",
         "scikit-learn>=1.3",
+        "threadpoolctl>=3.1",
         "matplotlib>=3.7",
         "umap-learn>=0.5.5",
         "optuna>=3.0",  # hyperparameter search of the fine-tuning tasks

@@ -1,4 +1,8 @@
-"""What every benchmark script shares: JSON-lines output and best-of-N timing."""
+"""What every benchmark script shares: the package's thread default, JSON-lines output and best-of-N timing.
+
+Importing this module sizes the thread pools as the `gf` commands do (every core the process may use, or
+GF_THREADS), before the script runs anything; every record says how many threads it ran with.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,14 @@ import json
 import time
 from collections.abc import Callable
 
+from mindformer_gf.threads import apply_threads
+
+THREADS = apply_threads()
+
 
 def emit(record: dict) -> None:
-    """One JSON line; the last line a script prints is its summary."""
-    print(json.dumps(record), flush=True)
+    """One JSON line with the thread count added; the last line a script prints is its summary."""
+    print(json.dumps({**record, "threads": THREADS}), flush=True)
 
 
 def best_seconds(fn: Callable[[], object], repeats: int) -> float:

@@ -18,6 +18,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from mindformer_gf.threads import add_threads_argument, apply_threads
+
 # Subcommand modules, in the order `gf --help` lists them.
 SUBCOMMANDS = ("demo", "convert", "tokenize", "pretrain", "classify", "embed", "perturb")
 
@@ -36,21 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"mindformer_gf.cli.{name}").register(subparsers)
-    _add_debug_flags(parser)
+    _add_common_flags(parser, top=True)
     return parser
 
 
-def _add_debug_flags(parser: argparse.ArgumentParser) -> None:
-    """`--debug` on `gf` and on every (sub)subcommand, and each parser's name recorded as `prog` for the error line.
-    The default is SUPPRESS so that a subcommand's parser does not reset a `gf --debug` given before it."""
+def _add_common_flags(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """`--debug` on `gf` and on every (sub)subcommand, `--threads` on every (sub)subcommand, and each parser's name
+    recorded as `prog` for the error line. The defaults are SUPPRESS so that a subcommand's parser does not reset a
+    value given before it."""
     parser.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error"
     )
+    if not top:
+        add_threads_argument(parser)
     parser.set_defaults(prog=parser.prog)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in dict.fromkeys(action.choices.values()):
-                _add_debug_flags(child)
+                _add_common_flags(child)
 
 
 def is_user_error(error: BaseException) -> bool:
@@ -104,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     prog = getattr(args, "prog", "gf")
     try:
+        try:
+            apply_threads(getattr(args, "threads", None))
+        except ValueError as err:
+            raise UsageError(str(err)) from None
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

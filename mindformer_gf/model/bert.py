@@ -9,6 +9,10 @@ Every model is called as `model(input_ids, attention_mask, output_hidden_states=
 tensors (mask 1 = gene, 0 = padding; padding on the right) and returns a tuple: the main output first (logits, or the
 last hidden state for BertModel), then, on request, the tuple of hidden states (embeddings output first, then each
 layer's output: `n_layers + 1` tensors, the tuple that `emb_layer` indexes).
+
+In training mode every dropout mask is a function of `dropout_seed` (int64 [1], a step seed of
+`mindformer_gf.reference.dropout`; the training loop passes one per micro-batch), the layer and the site; without
+one a fresh seed is drawn inside the graph, so masks differ from call to call but cannot be replayed.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from mindspore import ops as msops
 
 from mindformer_gf import ops
 from mindformer_gf.config import GeneformerConfig
+from mindformer_gf.model.dropout import SeededDropout, site_salt, site_seed
+from mindformer_gf.ops.fused import random_seed
 
 
 def _activation(name: str, x: Tensor) -> Tensor:
@@ -67,9 +73,9 @@ class BertEmbeddings(nn.Cell):
         self.position_embeddings = Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps, impl)
-        self.dropout = nn.Dropout(p=config.hidden_dropout_prob)
+        self.dropout = SeededDropout(config.hidden_dropout_prob, impl, 0, "embeddings")
 
-    def construct(self, input_ids: Tensor) -> Tensor:
+    def construct(self, input_ids: Tensor, dropout_seed: Tensor) -> Tensor:
         length = input_ids.shape[1]
         positions = msops.arange(0, length, dtype=ms.int32)
         # Geneformer never uses segments: token type is always 0, so its embedding is one row added everywhere.
@@ -77,11 +83,11 @@ class BertEmbeddings(nn.Cell):
         # call on a dynamic-length arange (parameter_eliminate error), which dynamic-shape training needs.
         x = self.word_embeddings(input_ids) + msops.gather(self.position_embeddings.weight, positions, 0)[None]
         x = x + self.token_type_embeddings.weight[0]
-        return self.dropout(self.LayerNorm(x))
+        return self.dropout(self.LayerNorm(x), dropout_seed)
 
 
 class BertSelfAttention(nn.Cell):
-    def __init__(self, config: GeneformerConfig, impl: str) -> None:
+    def __init__(self, config: GeneformerConfig, impl: str, layer: int) -> None:
         super().__init__()
         hidden = config.hidden_size
         self.num_heads = config.num_attention_heads
@@ -90,44 +96,46 @@ class BertSelfAttention(nn.Cell):
         self.key = nn.Dense(hidden, hidden)
         self.value = nn.Dense(hidden, hidden)
         self.dropout_prob = config.attention_probs_dropout_prob
+        self.dropout_salt = site_salt(layer, "attention")
         self.impl = impl
 
     def split_heads(self, x: Tensor) -> Tensor:
         batch, length = x.shape[0], x.shape[1]
         return x.reshape(batch, length, self.num_heads, self.head_dim)
 
-    def construct(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    def construct(self, hidden: Tensor, attention_mask: Tensor, dropout_seed: Tensor) -> Tensor:
         q = self.split_heads(self.query(hidden))
         k = self.split_heads(self.key(hidden))
         v = self.split_heads(self.value(hidden))
         # Sequence-major [B, L, H, D]: the fused CPU kernel reads the heads in place, no transposes (a copy each).
+        seed = site_seed(dropout_seed, self.dropout_salt) if self.training else None
         context = ops.attention(
-            q, k, v, attention_mask, self.dropout_prob, self.training, self.impl, sequence_major=True
+            q, k, v, attention_mask, self.dropout_prob, self.training, self.impl, seed, sequence_major=True
         )
         batch, length = hidden.shape[0], hidden.shape[1]
         return context.reshape(batch, length, self.num_heads * self.head_dim)
 
 
 class BertSelfOutput(nn.Cell):
-    def __init__(self, config: GeneformerConfig, impl: str) -> None:
+    def __init__(self, config: GeneformerConfig, impl: str, layer: int) -> None:
         super().__init__()
         self.dense = nn.Dense(config.hidden_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps, impl)
-        self.dropout = nn.Dropout(p=config.hidden_dropout_prob)
+        self.dropout = SeededDropout(config.hidden_dropout_prob, impl, layer, "attention_output")
 
-    def construct(self, context: Tensor, residual: Tensor) -> Tensor:
-        return self.LayerNorm.add_and_norm(self.dropout(self.dense(context)), residual)
+    def construct(self, context: Tensor, residual: Tensor, dropout_seed: Tensor) -> Tensor:
+        return self.LayerNorm.add_and_norm(self.dropout(self.dense(context), dropout_seed), residual)
 
 
 class BertAttention(nn.Cell):
-    def __init__(self, config: GeneformerConfig, impl: str) -> None:
+    def __init__(self, config: GeneformerConfig, impl: str, layer: int) -> None:
         super().__init__()
         # Named `self` because the Hugging Face key is `attention.self.query.weight`.
-        self.self = BertSelfAttention(config, impl)
-        self.output = BertSelfOutput(config, impl)
+        self.self = BertSelfAttention(config, impl, layer)
+        self.output = BertSelfOutput(config, impl, layer)
 
-    def construct(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.output(self.self(hidden, attention_mask), hidden)
+    def construct(self, hidden: Tensor, attention_mask: Tensor, dropout_seed: Tensor) -> Tensor:
+        return self.output(self.self(hidden, attention_mask, dropout_seed), hidden, dropout_seed)
 
 
 class BertIntermediate(nn.Cell):
@@ -141,37 +149,37 @@ class BertIntermediate(nn.Cell):
 
 
 class BertOutput(nn.Cell):
-    def __init__(self, config: GeneformerConfig, impl: str) -> None:
+    def __init__(self, config: GeneformerConfig, impl: str, layer: int) -> None:
         super().__init__()
         self.dense = nn.Dense(config.intermediate_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps, impl)
-        self.dropout = nn.Dropout(p=config.hidden_dropout_prob)
+        self.dropout = SeededDropout(config.hidden_dropout_prob, impl, layer, "ffn_output")
 
-    def construct(self, inner: Tensor, residual: Tensor) -> Tensor:
-        return self.LayerNorm.add_and_norm(self.dropout(self.dense(inner)), residual)
+    def construct(self, inner: Tensor, residual: Tensor, dropout_seed: Tensor) -> Tensor:
+        return self.LayerNorm.add_and_norm(self.dropout(self.dense(inner), dropout_seed), residual)
 
 
 class BertLayer(nn.Cell):
-    def __init__(self, config: GeneformerConfig, impl: str) -> None:
+    def __init__(self, config: GeneformerConfig, impl: str, layer: int) -> None:
         super().__init__()
-        self.attention = BertAttention(config, impl)
+        self.attention = BertAttention(config, impl, layer)
         self.intermediate = BertIntermediate(config)
-        self.output = BertOutput(config, impl)
+        self.output = BertOutput(config, impl, layer)
 
-    def construct(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
-        attended = self.attention(hidden, attention_mask)
-        return self.output(self.intermediate(attended), attended)
+    def construct(self, hidden: Tensor, attention_mask: Tensor, dropout_seed: Tensor) -> Tensor:
+        attended = self.attention(hidden, attention_mask, dropout_seed)
+        return self.output(self.intermediate(attended), attended, dropout_seed)
 
 
 class BertEncoder(nn.Cell):
     def __init__(self, config: GeneformerConfig, impl: str) -> None:
         super().__init__()
-        self.layer = nn.CellList([BertLayer(config, impl) for _ in range(config.num_hidden_layers)])
+        self.layer = nn.CellList([BertLayer(config, impl, index) for index in range(config.num_hidden_layers)])
 
-    def construct(self, hidden: Tensor, attention_mask: Tensor) -> tuple[Tensor, ...]:
+    def construct(self, hidden: Tensor, attention_mask: Tensor, dropout_seed: Tensor) -> tuple[Tensor, ...]:
         hidden_states = (hidden,)
         for layer in self.layer:
-            hidden = layer(hidden, attention_mask)
+            hidden = layer(hidden, attention_mask, dropout_seed)
             hidden_states = hidden_states + (hidden,)
         return hidden_states
 
@@ -249,17 +257,25 @@ class BertModel(GeneformerPreTrainedModel):
         if add_pooling_layer:
             self.pooler = BertPooler(config)
 
-    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, ...]:
+    def encode(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, dropout_seed: Tensor | None = None
+    ) -> tuple[Tensor, ...]:
         """All hidden states: embeddings output, then every layer's output."""
         self.check_length(input_ids)
         if attention_mask is None:
             attention_mask = msops.ones_like(input_ids)
-        return self.encoder(self.embeddings(input_ids), attention_mask)
+        if dropout_seed is None:
+            dropout_seed = random_seed() if self.training else msops.zeros((1,), ms.int64)
+        return self.encoder(self.embeddings(input_ids, dropout_seed), attention_mask, dropout_seed)
 
     def construct(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, output_hidden_states: bool = False
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        output_hidden_states: bool = False,
+        dropout_seed: Tensor | None = None,
     ) -> tuple:
-        hidden_states = self.encode(input_ids, attention_mask)
+        hidden_states = self.encode(input_ids, attention_mask, dropout_seed)
         if output_hidden_states:
             return hidden_states[-1], hidden_states
         return (hidden_states[-1],)
@@ -314,8 +330,9 @@ class BertForMaskedLM(GeneformerPreTrainedModel):
         attention_mask: Tensor | None = None,
         output_hidden_states: bool = False,
         masked_positions: Tensor | None = None,
+        dropout_seed: Tensor | None = None,
     ) -> tuple:
-        hidden_states = self.bert.encode(input_ids, attention_mask)
+        hidden_states = self.bert.encode(input_ids, attention_mask, dropout_seed)
         sequence_output = hidden_states[-1]
         if masked_positions is not None:
             sequence_output = msops.gather(sequence_output, masked_positions, 1, batch_dims=1)
@@ -334,17 +351,23 @@ class BertClassifier(GeneformerPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = BertModel(config, add_pooling_layer=self.add_pooling_layer)
-        self.dropout = nn.Dropout(p=config.classifier_dropout_prob)
+        self.dropout = SeededDropout(config.classifier_dropout_prob, self.impl, 0, "classifier")
         self.classifier = nn.Dense(config.hidden_size, config.num_labels)
 
     def features(self, sequence_output: Tensor) -> Tensor:
         return sequence_output
 
     def construct(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, output_hidden_states: bool = False
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        output_hidden_states: bool = False,
+        dropout_seed: Tensor | None = None,
     ) -> tuple:
-        hidden_states = self.bert.encode(input_ids, attention_mask)
-        logits = self.classifier(self.dropout(self.features(hidden_states[-1])))
+        if dropout_seed is None and self.training:
+            dropout_seed = random_seed()
+        hidden_states = self.bert.encode(input_ids, attention_mask, dropout_seed)
+        logits = self.classifier(self.dropout(self.features(hidden_states[-1]), dropout_seed))
         if output_hidden_states:
             return logits, hidden_states
         return (logits,)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from functools import cache
 
 import mindspore as ms
 
@@ -143,3 +144,30 @@ def add_layer_norm(
     if impl == "builtin":
         return ascend.add_layer_norm_ascend_builtin(x, residual, weight, bias, eps)
     return composed.add_layer_norm(x, residual, weight, bias, eps)
+
+
+def dropout(
+    x: ms.Tensor, drop_probability: float, training: bool, seed: ms.Tensor, impl: str = "composed"
+) -> ms.Tensor:
+    """Dropout on activations whose mask is a function of `seed` (int64 [1]) alone, so a training step can be
+    replayed: x * keep / (1 - p) in training with p > 0, else x.
+
+    fused on CPU: the attention kernel's Philox stream (`mindformer_gf.reference.dropout.keep_mask`, reproduced by
+    the numpy reference). On Ascend: MindSpore's DropoutExt, which takes the seed as an input too (a different mask
+    stream; not run in this project's tests, which have no Ascend device). composed on CPU: MindSpore's own dropout,
+    whose generator lives inside the compiled graph, so the seed is ignored and a resumed run is not exact.
+    """
+    if not training or drop_probability == 0.0:
+        return x
+    if ascend.graph_on_ascend():
+        return _dropout_ext()(x, drop_probability, ms.ops.reshape(seed, ()), ms.ops.zeros((), ms.int64))[0]
+    if impl == "fused":
+        return fused.dropout(x, drop_probability, seed)
+    return ms.ops.dropout(x, p=drop_probability, training=True)
+
+
+@cache
+def _dropout_ext():
+    from mindspore.ops.auto_generate import DropoutExt
+
+    return DropoutExt()

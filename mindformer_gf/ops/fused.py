@@ -13,8 +13,11 @@ Attention dropout runs inside the kernel on the probabilities, from a counter-ba
 column), so the backward kernel regenerates it instead of storing it. The seed must differ between training steps
 and between layers. `attention(..., dropout_seed=None)` draws a fresh seed inside the graph on every call (one random
 op per layer), which needs nothing from the caller; a caller that wants reproducible masks passes an int64 tensor of
-shape [1] instead, e.g. `step * 2**32 + layer_index` fed as a network input each step (the low 32 bits become Philox
-key word 0, the high 32 bits key word 1).
+shape [1] instead (the low 32 bits become Philox key word 0, the high 32 bits key word 1); the model derives one per
+layer from the step seed it is fed (`mindformer_gf.model.dropout`).
+
+`dropout(x, p, seed)` (PhiloxDropout) drops activations with the same generator, x viewed as [outer, rows, columns]
+(`mindformer_gf.reference.dropout.keep_mask`); its backward is the same kernel on the incoming gradient.
 """
 
 from __future__ import annotations
@@ -113,6 +116,12 @@ def _attention_backward_info(name: str) -> str:
     return reg.dtype_format(*formats).target("CPU").get_op_info()
 
 
+def _dropout_info(name: str) -> str:
+    reg = CustomRegOp(name).input(0, "x").input(1, "seed").input(2, "drop_probability").output(0, "y")
+    formats = (DataType.F32_Default, DataType.I64_Default, DataType.F32_Default, DataType.F32_Default)
+    return reg.dtype_format(*formats).target("CPU").get_op_info()
+
+
 def _layer_norm_info(name: str, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> str:
     reg = CustomRegOp(name)
     for index, input_name in enumerate(inputs):
@@ -126,7 +135,7 @@ def _custom(function: str, outputs: int, reg_info: str, bprop=None) -> ops.Custo
     return ops.Custom(
         f"{_require_library()}:{function}",
         out_shape=None,
-        out_dtype=(ms.float32,) * outputs,
+        out_dtype=ms.float32 if outputs == 1 else (ms.float32,) * outputs,
         func_type="aot",
         bprop=bprop,
         reg_info=reg_info,
@@ -161,6 +170,11 @@ def _add_layer_norm_bprop(x, residual, weight, bias, eps, out, dout):
     return dx, dx, d_weight, d_bias, ops.zeros_like(eps)
 
 
+def _dropout_bprop(x, seed, drop_probability, out, dout):
+    # y = x * factor(seed): the gradient is dy times the same factors, i.e. the same kernel on dy
+    return _kernels().dropout(dout, seed, drop_probability), ops.zeros_like(seed), ops.zeros_like(drop_probability)
+
+
 def _layer_norm_bprop(x, weight, bias, eps, out, dout):
     dx, d_weight, d_bias = _kernels().layer_norm_backward(dout[0], x, weight, out[1], out[2], dout[1], dout[2])
     return dx, d_weight, d_bias, ops.zeros_like(eps)
@@ -186,6 +200,7 @@ class _Kernels:
         self.attention_backward_sequence_major = _custom(
             "FlashAttentionBackwardBLHD", 3, _attention_backward_info("FlashAttentionBackwardBLHD")
         )
+        self.dropout = _custom("PhiloxDropout", 1, _dropout_info("PhiloxDropout"), _dropout_bprop)
         self.add_layer_norm_forward = _custom(
             "AddLayerNormForward",
             3,
@@ -316,6 +331,16 @@ def attention(
     return attention_with_lse(query, key, value, attention_mask, dropout_prob, training, dropout_seed, sequence_major)[
         0
     ]
+
+
+def dropout(x: ms.Tensor, drop_probability: float, seed: ms.Tensor) -> ms.Tensor:
+    """x * keep / (1 - p) with the keep mask of `mindformer_gf.reference.dropout.keep_mask` for `seed` (int64 [1]):
+    the attention kernel's Philox stream over x viewed as [outer, rows, columns]."""
+    dtype = x.dtype
+    y = _kernels().dropout(
+        _float32(x), ops.reshape(ops.cast(seed, ms.int64), (1,)), ms.Tensor([drop_probability], ms.float32)
+    )
+    return _like(y, dtype)
 
 
 def add_layer_norm(x: ms.Tensor, residual: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> ms.Tensor:

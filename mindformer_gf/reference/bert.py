@@ -12,6 +12,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from mindformer_gf.config import GeneformerConfig
+from mindformer_gf.reference.attention_dropout import attention_with_dropout
+from mindformer_gf.reference.dropout import dropout, site_seed
 
 Weights = Mapping[str, np.ndarray]
 
@@ -86,43 +88,75 @@ def merge_heads(x: np.ndarray) -> np.ndarray:
 
 
 # ---- the encoder --------------------------------------------------------------------------------------------------
-def embeddings(w: Weights, prefix: str, input_ids: np.ndarray, config: GeneformerConfig) -> np.ndarray:
-    """word + absolute position + token type 0 embeddings, then LayerNorm."""
+def hidden_dropout(x: np.ndarray, config: GeneformerConfig, seed: int | None, layer: int, site: str) -> np.ndarray:
+    """Training-mode dropout at one site (see `mindformer_gf.reference.dropout`); the identity when seed is None."""
+    if seed is None:
+        return x
+    return dropout(x, config.hidden_dropout_prob, site_seed(seed, layer, site))
+
+
+def embeddings(
+    w: Weights, prefix: str, input_ids: np.ndarray, config: GeneformerConfig, dropout_seed: int | None = None
+) -> np.ndarray:
+    """word + absolute position + token type 0 embeddings, then LayerNorm, then dropout (in training)."""
     p = prefix + "embeddings."
     length = input_ids.shape[1]
     x = w[p + "word_embeddings.weight"][input_ids]
     x = x + w[p + "position_embeddings.weight"][:length][None]
     x = x + w[p + "token_type_embeddings.weight"][0]
-    return layer_norm(x, w[p + "LayerNorm.weight"], w[p + "LayerNorm.bias"], config.layer_norm_eps)
+    x = layer_norm(x, w[p + "LayerNorm.weight"], w[p + "LayerNorm.bias"], config.layer_norm_eps)
+    return hidden_dropout(x, config, dropout_seed, 0, "embeddings")
 
 
 def encoder_layer(
-    w: Weights, prefix: str, x: np.ndarray, attention_mask: np.ndarray, config: GeneformerConfig
+    w: Weights,
+    prefix: str,
+    x: np.ndarray,
+    attention_mask: np.ndarray,
+    config: GeneformerConfig,
+    dropout_seed: int | None = None,
+    layer: int = 0,
 ) -> np.ndarray:
-    """One post-LN BERT layer: x <- LN(x + attn(x)); x <- LN(x + W2 act(W1 x))."""
+    """One post-LN BERT layer: x <- LN(x + drop(attn(x))); x <- LN(x + drop(W2 act(W1 x))).
+
+    With a `dropout_seed` (training), attention probabilities and both sub-layer outputs are dropped as the model
+    drops them at encoder layer `layer`."""
     eps, heads = config.layer_norm_eps, config.num_attention_heads
     a = prefix + "attention."
     q = split_heads(linear(x, w[a + "self.query.weight"], w[a + "self.query.bias"]), heads)
     k = split_heads(linear(x, w[a + "self.key.weight"], w[a + "self.key.bias"]), heads)
     v = split_heads(linear(x, w[a + "self.value.weight"], w[a + "self.value.bias"]), heads)
-    context = merge_heads(scaled_dot_product_attention(q, k, v, attention_mask))
+    if dropout_seed is None:
+        context = merge_heads(scaled_dot_product_attention(q, k, v, attention_mask))
+    else:
+        seed = site_seed(dropout_seed, layer, "attention")
+        probability = config.attention_probs_dropout_prob
+        context = merge_heads(attention_with_dropout(q, k, v, attention_mask, probability, seed))
     attended = linear(context, w[a + "output.dense.weight"], w[a + "output.dense.bias"])
+    attended = hidden_dropout(attended, config, dropout_seed, layer, "attention_output")
     x = add_layer_norm(attended, x, w[a + "output.LayerNorm.weight"], w[a + "output.LayerNorm.bias"], eps)
     inner = activation(
         config.hidden_act,
         linear(x, w[prefix + "intermediate.dense.weight"], w[prefix + "intermediate.dense.bias"]),
     )
     out = linear(inner, w[prefix + "output.dense.weight"], w[prefix + "output.dense.bias"])
+    out = hidden_dropout(out, config, dropout_seed, layer, "ffn_output")
     return add_layer_norm(out, x, w[prefix + "output.LayerNorm.weight"], w[prefix + "output.LayerNorm.bias"], eps)
 
 
 def encoder(
-    w: Weights, prefix: str, input_ids: np.ndarray, attention_mask: np.ndarray, config: GeneformerConfig
+    w: Weights,
+    prefix: str,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    config: GeneformerConfig,
+    dropout_seed: int | None = None,
 ) -> list[np.ndarray]:
     """Every hidden state: [embeddings output, layer 1 output, ..., layer N output] (N + 1 arrays)."""
-    hidden_states = [embeddings(w, prefix, input_ids, config)]
+    hidden_states = [embeddings(w, prefix, input_ids, config, dropout_seed)]
     for i in range(config.num_hidden_layers):
-        hidden_states.append(encoder_layer(w, f"{prefix}encoder.layer.{i}.", hidden_states[-1], attention_mask, config))
+        layer_prefix = f"{prefix}encoder.layer.{i}."
+        hidden_states.append(encoder_layer(w, layer_prefix, hidden_states[-1], attention_mask, config, dropout_seed, i))
     return hidden_states
 
 
@@ -149,30 +183,41 @@ def forward(
     config: GeneformerConfig,
     architecture: str | None = None,
     dtype: type = np.float64,
+    dropout_seed: int | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Run `architecture` (default: the config's) and return (main output, hidden states).
 
     Main output: MLM logits [B, L, vocab]; sequence logits [B, labels]; token logits [B, L, labels]; for BertModel
-    the last hidden state [B, L, hidden]. Dropout is the identity (inference).
+    the last hidden state [B, L, hidden]. Dropout is the identity (inference), unless `dropout_seed` (a step seed,
+    see `mindformer_gf.reference.dropout`) asks for a training-mode forward with the model's masks.
     """
     architecture = architecture or config.architecture
     w = {name: np.asarray(value, dtype=dtype) for name, value in weights.items()}
     input_ids = np.asarray(input_ids)
     mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
     prefix = "" if architecture == "BertModel" else "bert."
-    hidden_states = encoder(w, prefix, input_ids, mask, config)
+    hidden_states = encoder(w, prefix, input_ids, mask, config, dropout_seed)
     sequence_output = hidden_states[-1]
     if architecture == "BertForMaskedLM":
         output = masked_lm_logits(w, sequence_output, config, w["bert.embeddings.word_embeddings.weight"])
     elif architecture == "BertForSequenceClassification":
-        output = linear(pooler(w, prefix, sequence_output), w["classifier.weight"], w["classifier.bias"])
+        features = classifier_dropout(pooler(w, prefix, sequence_output), config, dropout_seed)
+        output = linear(features, w["classifier.weight"], w["classifier.bias"])
     elif architecture == "BertForTokenClassification":
-        output = linear(sequence_output, w["classifier.weight"], w["classifier.bias"])
+        features = classifier_dropout(sequence_output, config, dropout_seed)
+        output = linear(features, w["classifier.weight"], w["classifier.bias"])
     elif architecture == "BertModel":
         output = sequence_output
     else:
         raise ValueError(f"unknown architecture {architecture!r}")
     return output, hidden_states
+
+
+def classifier_dropout(features: np.ndarray, config: GeneformerConfig, dropout_seed: int | None) -> np.ndarray:
+    """Dropout before a classification head (`classifier_dropout`, else the hidden rate), in training."""
+    if dropout_seed is None:
+        return features
+    return dropout(features, config.classifier_dropout_prob, site_seed(dropout_seed, 0, "classifier"))
 
 
 # ---- losses -------------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from mindspore import ops as msops
 
 from mindformer_gf.config import GeneformerConfig
 from mindformer_gf.model import BertModel, GeneformerPreTrainedModel, build_model
+from mindformer_gf.model.dropout import SeededDropout
 from mindformer_gf.train.objectives import summed_cross_entropy
 from mindformer_gf.train.step import Objective
 
@@ -259,7 +260,7 @@ class MultitaskModel(GeneformerPreTrainedModel):
         self.task_sizes = tuple(int(n) for n in task_sizes)
         if pooling == "attention":
             self.attention_pool = AttentionPooling(hidden, std, rng)
-        self.dropout = nn.Dropout(p=encoder.config.classifier_dropout_prob)
+        self.dropout = SeededDropout(encoder.config.classifier_dropout_prob, encoder.impl, 0, "classifier")
         heads = []
         for size in self.task_sizes:
             head = nn.Dense(hidden, size)
@@ -272,13 +273,13 @@ class MultitaskModel(GeneformerPreTrainedModel):
             if name.startswith("bert.pooler."):
                 param.requires_grad = False
 
-    def construct(self, input_ids: Tensor, attention_mask: Tensor) -> tuple:
-        hidden = self.bert.encode(input_ids, attention_mask)[-1]
+    def construct(self, input_ids: Tensor, attention_mask: Tensor, dropout_seed: Tensor | None = None) -> tuple:
+        hidden = self.bert.encode(input_ids, attention_mask, dropout_seed)[-1]
         if self.pooling == "attention":
             pooled = self.attention_pool(hidden, attention_mask)
         else:
             pooled = hidden[:, 0]
-        pooled = self.dropout(pooled)
+        pooled = self.dropout(pooled, dropout_seed)
         outputs = ()
         for head in self.heads:
             outputs = outputs + (head(pooled),)
@@ -307,8 +308,8 @@ class RegressionObjective(Objective):
         super().__init__(auto_prefix=False)
         self.model = model
 
-    def construct(self, input_ids: Tensor, attention_mask: Tensor, targets: Tensor) -> tuple:
-        prediction = self.model(input_ids, attention_mask)[0][..., 0]
+    def construct(self, dropout_seed: Tensor, input_ids: Tensor, attention_mask: Tensor, targets: Tensor) -> tuple:
+        prediction = self.model(input_ids, attention_mask, False, dropout_seed)[0][..., 0]
         return summed_squared_error(prediction, targets)
 
 
@@ -327,8 +328,8 @@ class MultitaskObjective(Objective):
         self.n_classification = max(1, sum(1 for r in self.regression if not r))
         self.input_names = ("input_ids", "attention_mask") + tuple(f"labels_{t}" for t in range(len(self.weights)))
 
-    def construct(self, input_ids: Tensor, attention_mask: Tensor, *labels: Tensor) -> tuple:
-        outputs = self.model(input_ids, attention_mask)
+    def construct(self, dropout_seed: Tensor, input_ids: Tensor, attention_mask: Tensor, *labels: Tensor) -> tuple:
+        outputs = self.model(input_ids, attention_mask, dropout_seed)
         loss = msops.zeros((), ms.float32)
         correct = msops.zeros((), ms.float32)
         items = msops.zeros((), ms.float32)

@@ -11,11 +11,12 @@ loop with `ClassificationObjective` and a `PlannedBatches(plan, LabelledCollator
 
 Per step: every micro-batch of this rank goes through `MicroStep` (compiled once per batch shape, or once in all
 with `dynamic_shapes`), then `ApplyStep` (compiled once) reduces over ranks, normalises, checks finiteness, clips
-and updates. Exactness of `resume`: the data plan, masks and learning rate are functions of the step number; the
-checkpoint holds weights, AdamW moments and step count, loss-scale state and host RNG states. Dropout masks are the
-one exception: MindSpore's CPU dropout kernels keep their generator inside the compiled graph, where it cannot be
-saved, so a resumed run matches the uninterrupted one exactly only with dropout off (or a backend whose dropout
-takes a per-step seed).
+and updates. Exactness of `resume`: the data plan, MLM masks and learning rate are functions of the step number,
+and every dropout mask is a function of the step seed fed with each micro-batch (`reference.dropout.step_seed` of
+the run's seed, the step and the micro-batch's index in the step over all ranks), never of a generator inside the
+graph; the checkpoint holds weights, AdamW moments and step count, loss-scale state and host RNG states. So a
+resumed run repeats the uninterrupted one bit for bit (with the fused CPU backend; the composed backend's dropout is
+MindSpore's own, whose generator cannot be saved).
 
 SIGTERM (and SIGINT) finish the current step, write a checkpoint and return with `stopped_by_signal=True`.
 """
@@ -36,6 +37,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from mindformer_gf.reference.dropout import step_seed
 from mindformer_gf.train.checkpoint import (
     capture_rng_state,
     latest_checkpoint,
@@ -81,7 +83,8 @@ class EvalStep(nn.Cell):
         self.objective = objective
 
     def construct(self, *batch: Tensor) -> Tensor:
-        return ops.stack(self.objective(*batch))
+        # inference mode: dropout is off, the seed is not read
+        return ops.stack(self.objective(ops.zeros((1,), ms.int64), *batch))
 
 
 class _StopFlag:
@@ -234,13 +237,16 @@ class Trainer:
         scale = self.loss_scale.scale * self.sum_scale
         scale_tensor = Tensor(scale, ms.float32)
         graphs_before = len(self.micro_step.compile_cache) + len(self.apply_step.compile_cache)
-        for batch in batches:
+        for micro, batch in enumerate(batches):
             if self.settings.dynamic_shapes and not self._dynamic_declared:
-                self._declare_dynamic_inputs(self.micro_step, batch, (Tensor(shape=[], dtype=ms.float32),))
+                leading = (Tensor(shape=[], dtype=ms.float32), Tensor(shape=[1], dtype=ms.int64))
+                self._declare_dynamic_inputs(self.micro_step, batch, leading)
                 self._dynamic_declared = True
             inputs = [Tensor(batch[name]) for name in self.objective.input_names]
             self.batch_shapes.add(tuple((name, batch[name].shape) for name in self.objective.input_names))
-            self.micro_step(scale_tensor, *inputs)
+            # rank r's micro-batches are the r-th contiguous share of the step's: index them over all ranks
+            seed = step_seed(self.settings.seed, step, self.parallel.rank * len(batches) + micro)
+            self.micro_step(scale_tensor, Tensor([seed], ms.int64), *inputs)
         lr = learning_rate(
             step,
             self.settings.learning_rate,

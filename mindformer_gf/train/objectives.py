@@ -38,8 +38,10 @@ class MaskedLMObjective(Objective):
         super().__init__(auto_prefix=False)
         self.model = model
 
-    def construct(self, input_ids: Tensor, attention_mask: Tensor, masked_positions: Tensor, labels: Tensor) -> tuple:
-        logits = self.model(input_ids, attention_mask, False, masked_positions)[0]
+    def construct(
+        self, dropout_seed: Tensor, input_ids: Tensor, attention_mask: Tensor, masked_positions: Tensor, labels: Tensor
+    ) -> tuple:
+        logits = self.model(input_ids, attention_mask, False, masked_positions, dropout_seed)[0]
         return summed_cross_entropy(logits, labels)
 
 
@@ -53,6 +55,6 @@ class ClassificationObjective(Objective):
         super().__init__(auto_prefix=False)
         self.model = model
 
-    def construct(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple:
-        logits = self.model(input_ids, attention_mask)[0]
+    def construct(self, dropout_seed: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple:
+        logits = self.model(input_ids, attention_mask, False, dropout_seed)[0]
         return summed_cross_entropy(logits, labels)

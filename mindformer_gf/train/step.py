@@ -1,7 +1,7 @@
 """The two compiled graphs of a training step: accumulate one micro-batch, then apply the update.
 
-`MicroStep(objective, ...)(scale, *batch)` runs forward and backward of one micro-batch and adds its gradients
-and statistics into buffers. It is compiled once per batch shape (one per length bucket).
+`MicroStep(objective, ...)(scale, dropout_seed, *batch)` runs forward and backward of one micro-batch and adds its
+gradients and statistics into buffers. It is compiled once per batch shape (one per length bucket).
 
 `ApplyStep(...)(lr)` is compiled once: it sums buffers over data-parallel ranks (AllReduce), normalises by the
 global item count, checks that every gradient is finite, clips the global norm, runs AdamW (or skips it entirely
@@ -26,10 +26,13 @@ from mindformer_gf.train.optim import AdamW, flatten_gradients
 
 
 class Objective(nn.Cell):
-    """Base of training objectives: `construct(*batch) -> (loss_sum, item_count, *metric_sums)`, all fp32 scalars.
+    """Base of training objectives: `construct(dropout_seed, *batch) -> (loss_sum, item_count, *metric_sums)`, all
+    fp32 scalars.
 
-    `input_names` lists the batch arrays construct takes, in order; `metric_names` names the outputs after the
-    first two (e.g. "correct" for accuracy = correct / item_count).
+    `dropout_seed` (int64 [1]) is the micro-batch's step seed, to pass on to the model (`model(..., dropout_seed)`):
+    every dropout mask of the step is a function of it. `input_names` lists the batch arrays construct takes after
+    it, in order; `metric_names` names the outputs after the first two (e.g. "correct" for accuracy = correct /
+    item_count).
     """
 
     input_names: tuple[str, ...] = ()
@@ -41,8 +44,8 @@ class _ScaledObjective(nn.Cell):
         super().__init__(auto_prefix=False)
         self.objective = objective
 
-    def construct(self, scale: Tensor, *batch: Tensor) -> tuple:
-        stats = self.objective(*batch)
+    def construct(self, scale: Tensor, dropout_seed: Tensor, *batch: Tensor) -> tuple:
+        stats = self.objective(dropout_seed, *batch)
         return stats[0] * scale, ops.stack(stats)
 
 
@@ -57,8 +60,8 @@ class MicroStep(nn.Cell):
         self.stats_buffer = stats_buffer
         self.value_and_grad = ops.value_and_grad(self.scaled, None, self.weights, has_aux=True)
 
-    def construct(self, scale: Tensor, *batch: Tensor) -> Tensor:
-        (scaled_loss, stats), grads = self.value_and_grad(scale, *batch)
+    def construct(self, scale: Tensor, dropout_seed: Tensor, *batch: Tensor) -> Tensor:
+        (scaled_loss, stats), grads = self.value_and_grad(scale, dropout_seed, *batch)
         # keeps the loss output alive: dropping it makes the compiler warn about eliminated side effects
         stats = ops.depend(stats, scaled_loss)
         ops.assign_add(self.grad_buffer, flatten_gradients(grads))

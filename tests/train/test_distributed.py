@@ -1,5 +1,7 @@
 """Data parallel with msrun: 2 CPU workers (MCCL) read disjoint shares of each step, start from identical weights,
-and end with identical weights equal to a single process running the same global batch (2 accumulation steps)."""
+and end with identical weights equal to a single process running the same global batch (2 accumulation steps), with
+dropout on (Geneformer V1's 0.02) and the workers' run stopped after one step and resumed from rank 0's checkpoint:
+rank r's m-th micro-batch draws the masks of the single process's micro-batch r * M + m."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from train_helpers import TINY_MODEL
 
 from mindformer_gf.train import Trainer
 from mindformer_gf.train.objectives import MaskedLMObjective
@@ -29,8 +32,10 @@ def free_port() -> int:
 
 @pytest.mark.skipif(shutil.which("msrun") is None, reason="msrun (MindSpore's launcher) is not on PATH")
 def test_two_workers_equal_single_process_over_the_same_global_batch(tiny_settings, tmp_path):
-    steps = 3
+    steps, stop_at = 3, 1
+    dropout = {**TINY_MODEL, "hidden_dropout_prob": 0.02, "attention_probs_dropout_prob": 0.02}
     common = dict(max_steps=steps, batch_size=2, warmup_steps=1, learning_rate=1e-2, save_every=100)
+    common.update(model_overrides=dropout, num_buckets=1)
     settings = tiny_settings(output_dir=str(tmp_path / "dp"), gradient_accumulation=1, **common)
     settings_file = tmp_path / "settings.json"
     settings_file.write_text(json.dumps(vars(settings)))
@@ -49,6 +54,7 @@ def test_two_workers_equal_single_process_over_the_same_global_batch(tiny_settin
         str(WORKER),
         str(settings_file),
         str(out),
+        str(stop_at),
     ]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     logs = "\n".join(p.read_text()[-2000:] for p in sorted((tmp_path / "logs").glob("*.log")))

@@ -148,8 +148,8 @@ class PoisonedObjective(MaskedLMObjective):
 
     input_names = MaskedLMObjective.input_names + ("poison",)
 
-    def construct(self, input_ids, attention_mask, masked_positions, labels, poison):
-        loss_sum, count, correct = super().construct(input_ids, attention_mask, masked_positions, labels)
+    def construct(self, dropout_seed, input_ids, attention_mask, masked_positions, labels, poison):
+        loss_sum, count, correct = super().construct(dropout_seed, input_ids, attention_mask, masked_positions, labels)
         return loss_sum * poison[0], count, correct
 
 

@@ -1,0 +1,74 @@
+"""Every dropout mask of a training step, in numpy: the specification the model's dropout follows.
+
+A training step's randomness is a pure function of where it happens, never of a generator's hidden state:
+
+    step seed  = step_seed(run seed, step, micro-batch)           on the host, fed to the compiled graph as an input
+    site seed  = site_seed(step seed, layer, site)                inside the graph, with 32-bit integer mixing
+    keep mask  = keep_mask(site seed, p, shape)                   the attention kernel's Philox4x32-10 stream
+
+`micro-batch` counts the micro-batches of one optimisation step over all data-parallel ranks (rank r's m-th of M is
+r * M + m), so a run on N ranks draws the masks of one process accumulating N times as many micro-batches.
+`site` is one of SITES; `layer` is the encoder layer (0 for the embeddings and the classifier).
+
+keep_mask views an activation as [outer, rows, columns] (columns = last axis, rows = the one before, outer = the
+rest) and keeps x[o, r, c] iff word 0 of Philox4x32-10(counter = (c, r, o, 0), key = (seed mod 2^32, seed div
+2^32)) >= floor(p * 2^32): the attention-probability mask of `attention_dropout` for one head over a [rows, columns]
+matrix. What is kept is multiplied by 1 / (1 - p) in float32. Attention dropout uses `attention_dropout.keep_mask`
+itself, with the site seed of SITES["attention"].
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mindformer_gf.reference.attention_dropout import keep_mask as attention_keep_mask
+from mindformer_gf.reference.attention_dropout import keep_scale
+
+SITES = {"embeddings": 0, "attention": 1, "attention_output": 2, "ffn_output": 3, "classifier": 4}
+SITES_PER_LAYER = 8
+MIX_MULTIPLIER = 0x45D9F3B
+LOW32 = 0xFFFFFFFF
+
+
+def mix32(x: int) -> int:
+    """A bijection of 32-bit words with good avalanche (two multiply-xorshift rounds); the multiplier is below 2^27
+    so every product fits in a signed 64-bit integer, as it must in the graph's int64 arithmetic."""
+    x &= LOW32
+    x = (((x >> 16) ^ x) * MIX_MULTIPLIER) & LOW32
+    x = (((x >> 16) ^ x) * MIX_MULTIPLIER) & LOW32
+    return (x >> 16) ^ x
+
+
+def step_seed(run_seed: int, step: int, micro_batch: int) -> int:
+    """The seed of one micro-batch of one optimisation step, in [0, 2^63) (it travels as an int64)."""
+    words = np.random.SeedSequence([int(run_seed) & LOW32, int(step), int(micro_batch)]).generate_state(2, np.uint32)
+    return (int(words[1]) & 0x7FFFFFFF) << 32 | int(words[0])
+
+
+def site_code(layer: int, site: str) -> int:
+    return int(layer) * SITES_PER_LAYER + SITES[site]
+
+
+def site_seed(seed: int, layer: int, site: str) -> int:
+    """The Philox key (as one int64 in [0, 2^63)) of dropout site `site` of `layer` under step seed `seed`."""
+    low = mix32((int(seed) & LOW32) ^ mix32(site_code(layer, site)))
+    high = mix32((int(seed) >> 32) ^ low) & 0x7FFFFFFF
+    return high << 32 | low
+
+
+def keep_mask(seed: int, drop_probability: float, shape: tuple[int, ...]) -> np.ndarray:
+    """Boolean mask of `shape`: True where dropout with Philox key `seed` keeps the element."""
+    shape = tuple(int(n) for n in shape)
+    columns = shape[-1] if shape else 1
+    rows = shape[-2] if len(shape) >= 2 else 1
+    outer = math.prod(shape[:-2])
+    return attention_keep_mask(seed, drop_probability, outer, 1, rows, columns).reshape(shape)
+
+
+def dropout(x: np.ndarray, drop_probability: float, seed: int) -> np.ndarray:
+    """x * keep / (1 - p) (x itself when p = 0)."""
+    if drop_probability == 0.0:
+        return x
+    return x * keep_mask(seed, drop_probability, x.shape) * keep_scale(drop_probability)
