@@ -40,8 +40,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def msrun_embed(arguments: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, str]:
-    """`gf embed` on 2 CPU workers; returns the result and msrun's output with every worker's log."""
+def msrun_gf(command: str, arguments: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, str]:
+    """`gf COMMAND` on 2 CPU workers; returns the result and msrun's output with every worker's log."""
     root = str(Path(mindformer_gf.__file__).parents[1])
     env = {
         **os.environ,
@@ -60,7 +60,7 @@ def msrun_embed(arguments: list[str], cwd: Path) -> tuple[subprocess.CompletedPr
         f"--log_dir={logs}",
         "--join=True",
         str(GF),
-        "embed",
+        command,
         *arguments,
     ]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
@@ -92,7 +92,7 @@ def test_two_msrun_workers_equal_one_process_and_resume_after_a_failed_rank(
 
     # resumed, but rank 1 cannot write its shard (a directory is in the way): the run fails with rank 1's error
     (shards / "rank00001-of-00002.npz").mkdir()
-    completed, text = msrun_embed([*arguments, "--output-dir", str(sharded), "--resume"], tmp_path)
+    completed, text = msrun_gf("embed", [*arguments, "--output-dir", str(sharded), "--resume"], tmp_path)
     assert completed.returncode != 0, text[-3000:]
     assert "IsADirectoryError" in text and "rank00001-of-00002.npz" in text
     marker = json.loads((shards / "rank00001.error.json").read_text())
@@ -101,7 +101,7 @@ def test_two_msrun_workers_equal_one_process_and_resume_after_a_failed_rank(
 
     # resumed again: rank 0's shard is kept, rank 1's share is computed, rank 0 merges
     (shards / "rank00001-of-00002.npz").rmdir()
-    completed, text = msrun_embed([*arguments, "--output-dir", str(sharded), "--resume"], tmp_path)
+    completed, text = msrun_gf("embed", [*arguments, "--output-dir", str(sharded), "--resume"], tmp_path)
     assert completed.returncode == 0, text[-3000:]
     for name in ("embeddings.npy", "embeddings.csv"):
         assert (sharded / name).read_bytes() == (single / name).read_bytes(), name
