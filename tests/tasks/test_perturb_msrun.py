@@ -94,3 +94,33 @@ def test_two_msrun_workers_write_the_single_process_table_and_resume_cell_by_cel
     for table, out in ((single / "p.parquet", single), (sharded / "p.parquet", sharded)):
         assert main([*stats, "--input", str(table), "--output-dir", str(out)]) == 0
     assert (sharded / "s.csv").read_bytes() == (single / "s.csv").read_bytes()
+
+
+@pytest.mark.skipif(__import__("shutil").which("msrun") is None or not GF.exists(), reason="msrun or gf is missing")
+def test_gf_classify_cell_trains_data_parallel_on_two_msrun_workers(tiny_model_dir, pbmc_dataset_dir, tmp_path):
+    """Consistent with one process, not equal: the same cells, splits and outputs, while each step takes one batch
+    per rank (half the steps per epoch); rank 0 writes outputs that its saved model reproduces."""
+    arguments = ["cell", "--dataset", str(pbmc_dataset_dir), "--model", str(tiny_model_dir), "--label", "cell_type"]
+    arguments += ["--states", "CD14+ Monocyte,CD19+ B,Dendritic", "--max-cells", "64", "--epochs", "1"]
+    arguments += ["--batch-size", "8", "--num-buckets", "1", "--warmup-steps", "0", "--no-progress", "--device", "CPU"]
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert main(["classify", *arguments, "--output-dir", str(single)]) == 0
+    completed, text = msrun_gf("classify", [*arguments, "--output-dir", str(sharded)], tmp_path)
+    assert completed.returncode == 0, text[-3000:]
+    assert "rank 1 of 2: trained data parallel" in text
+    assert sorted(p.name for p in sharded.iterdir()) == sorted(p.name for p in single.iterdir())
+    for name in ("splits.json", "prepared_cells.csv", "label_map.json"):
+        assert (sharded / name).read_bytes() == (single / name).read_bytes(), name
+    n_train = len(json.loads((single / "splits.json").read_text())["split"]["train"])
+    steps = [pd.read_csv(out / "training" / "metrics.csv").step.max() for out in (single, sharded)]
+    assert steps == [-(-n_train // 8), -(-n_train // 16)]  # 8 cells a step alone, 8 per rank on 2 ranks
+    predictions = pd.read_csv(sharded / "predictions.csv")
+    alone = pd.read_csv(single / "predictions.csv")
+    pd.testing.assert_frame_equal(predictions[["dataset_row", "true_label"]], alone[["dataset_row", "true_label"]])
+    # rank 0's predictions are those of the model it saved (evaluated here by one process)
+    evaluated = tmp_path / "evaluated"
+    assert main(["classify", *arguments, "--evaluate", "--model", str(sharded / "model"), "--output-dir",
+                 str(evaluated)]) == 0  # fmt: skip
+    again = pd.read_csv(evaluated / "predictions.csv").set_index("dataset_row").loc[predictions.dataset_row]
+    probabilities = [c for c in predictions.columns if c.startswith("p(")]
+    np.testing.assert_allclose(again[probabilities].to_numpy(), predictions[probabilities].to_numpy(), atol=1e-6)
