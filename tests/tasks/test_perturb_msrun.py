@@ -9,20 +9,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from test_sharded_msrun import GF, msrun_gf
+from test_sharded_msrun import GF, msrun_gf, rank_env
 
 from mindformer_gf.cli import main
 from mindformer_gf.tasks.perturb import read_table
 from mindformer_gf.tasks.sharded import partition_by_cost
 
 LENGTHS = [14, 5, 9, 12, 6, 11, 7, 10, 8, 13]  # genes per cell: unequal shares by count, equal-ish by genes squared
-
-
-def rank_env(env, rank: int) -> None:
-    """msrun's environment of one worker of 2, set in this process."""
-    env.setenv("MS_ROLE", "MS_WORKER")
-    env.setenv("MS_WORKER_NUM", "2")
-    env.setenv("RANK_ID", str(rank))
 
 
 @pytest.mark.skipif(__import__("shutil").which("msrun") is None or not GF.exists(), reason="msrun or gf is missing")

@@ -34,6 +34,17 @@ def cells_of_varied_length(pbmc_dataset, path: Path) -> Path:
     return path
 
 
+def rank_env(env: pytest.MonkeyPatch, rank: int) -> None:
+    """msrun's environment of worker `rank` of 2, set in this process (and the process's rank forgotten: a training
+    test run earlier in this process has fixed it at one process)."""
+    from mindformer_gf.train import distributed
+
+    env.setenv("MS_ROLE", "MS_WORKER")
+    env.setenv("MS_WORKER_NUM", "2")
+    env.setenv("RANK_ID", str(rank))
+    env.setattr(distributed, "_CONTEXT", None)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -80,9 +91,7 @@ def test_two_msrun_workers_equal_one_process_and_resume_after_a_failed_rank(
 
     # an interrupted run: rank 0 of 2 (msrun's environment, in this process) writes its shard, rank 1 never runs
     with monkeypatch.context() as env:
-        env.setenv("MS_ROLE", "MS_WORKER")
-        env.setenv("MS_WORKER_NUM", "2")
-        env.setenv("RANK_ID", "0")
+        rank_env(env, 0)
         capsys.readouterr()
         assert main(["embed", *arguments, "--output-dir", str(sharded), "--shard-timeout", "1"]) == 1
         assert capsys.readouterr().err.startswith("gf embed: error: rank 1 made no progress for 1 s")

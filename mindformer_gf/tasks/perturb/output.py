@@ -6,7 +6,10 @@ temporary name and renamed into place, plus `_run.json` (the run's settings). Co
 label columns, `perturbed` (Ensembl IDs, "+"-joined for groups and combos), `affected` ("cell_emb", a state name,
 or the Ensembl ID of an affected gene), `value`.
 
-Resuming reads the cells already in the shards and skips them; a run with other settings is refused.
+Rows come cell by cell in the order the cells were selected, each cell's rows in the order of its perturbations, so
+the table does not depend on batching nor on how many ranks computed it. Resuming reads the cells already in the
+shards and skips them; a run with other settings is refused. Under msrun each rank writes such a table of its share
+(`{prefix}_shards/rank*.parquet/`) and rank 0 merges them with `ShardedTable.add_rows`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ What is stored (the reference's semantics, checked against its outputs; output.p
 
 Faster than the reference by construction: no MLM logits, the encoder stops at `emb_layer`, each original cell runs
 once, perturbed copies share full batches across cells, and a few padded widths bound the graph compilations.
-A group whose genes occur in different numbers across the cells works with any batch size.
+A group whose genes occur in different numbers across the cells works with any batch size. Under msrun each rank
+perturbs a share of the cells balanced by genes squared (`tasks.sharded`) and rank 0 merges the table.
 """
 
 from __future__ import annotations
