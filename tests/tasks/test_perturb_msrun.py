@@ -27,7 +27,7 @@ def test_two_msrun_workers_write_the_single_process_table_and_resume_cell_by_cel
         lambda cell, i: {"input_ids": cell["input_ids"][: LENGTHS[i]], "length": LENGTHS[i]}, with_indices=True
     ).save_to_disk(str(dataset))
     arguments = ["--dataset", str(dataset), "--model", str(tiny_model_dir), "--label", "cell_type"]
-    arguments += ["--emb-mode", "cell_and_gene", "--batch-size", "8", "--num-buckets", "2", "--shard-cells", "1"]
+    arguments += ["--emb-mode", "cell_and_gene", "--batch-size", "8", "--num-buckets", "2", "--shard-cells", "2"]
     arguments += ["--csv", "--no-progress", "--device", "CPU", "--prefix", "p"]
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     assert main(["perturb", *arguments, "--output-dir", str(single)]) == 0
@@ -43,9 +43,9 @@ def test_two_msrun_workers_write_the_single_process_table_and_resume_cell_by_cel
     shards = sharded / "p_shards"
     own = shards / "rank00000-of-00002.parquet"
     parts = sorted(own.glob("part-*.parquet"))
-    assert not (sharded / "p.parquet").exists() and len(parts) >= 3
-    # ... and rank 0 was killed before its last cell and its shard: that cell is redone, its other cells are kept
-    # (one kept cell's values are marked +1 here: the merged table shows they were taken, not recomputed)
+    assert not (sharded / "p.parquet").exists() and len(parts) == 3  # its 5 cells, 2 a part
+    # ... and rank 0 was killed before its last part and its shard: that cell is redone, its other cells are kept
+    # (the first part's values are marked +1 here: the merged table shows they were taken, not recomputed)
     (shards / "rank00000-of-00002.npz").unlink()
     parts[-1].unlink()
     marked = pd.read_parquet(parts[0])
@@ -56,12 +56,15 @@ def test_two_msrun_workers_write_the_single_process_table_and_resume_cell_by_cel
     assert completed.returncode == 0, text[-3000:]
     merged = read_table(sharded / "p.parquet")
     assert not merged.duplicated(["cell", "perturbed", "affected"]).any()
-    is_marked = (merged.cell == marked.cell[0]).to_numpy()
-    assert is_marked.sum() == len(marked)
+    is_marked = merged.cell.isin(marked.cell).to_numpy()
+    assert is_marked.sum() == len(marked) and marked.cell.nunique() == 2
     np.testing.assert_array_equal(merged.value[is_marked], expected.value[is_marked] + 1.0)
     # the rest: same rows, same order, same bits as one process
     pd.testing.assert_frame_equal(merged[~is_marked], expected[~is_marked], check_exact=True)
     pd.testing.assert_frame_equal(merged.drop(columns="value"), expected.drop(columns="value"))
+    # the same parts too: 2 cells each, in order
+    names = [sorted(p.name for p in (out / "p.parquet").glob("part-*")) for out in (single, sharded)]
+    assert names[0] == names[1] and len(names[0]) == 5
     csv, csv_alone = pd.read_csv(sharded / "p.csv"), pd.read_csv(single / "p.csv")
     pd.testing.assert_frame_equal(csv[~is_marked], csv_alone[~is_marked], check_exact=True)
     run = json.loads((sharded / "p_run.json").read_text())
@@ -75,10 +78,14 @@ def test_two_msrun_workers_write_the_single_process_table_and_resume_cell_by_cel
     assert run["resumed_ranks"] == [] and "rank 1: " in text  # rank 0 computed again, though cell by cell
 
     # perturb-stats: rank 0 alone writes (another rank returns at once), and the statistics equal one process's
-    # (the marked cell's true values put back: one cell per part)
-    for part in (sharded / "p.parquet").glob("part-*.parquet"):
-        if (pd.read_parquet(part).cell == marked.cell[0]).all():
-            expected[is_marked].to_parquet(part, index=False)
+    # (the marked cells' true values put back)
+    offset = 0
+    for part in sorted((sharded / "p.parquet").glob("part-*.parquet")):
+        rows = pd.read_parquet(part)
+        span = slice(offset, offset + len(rows))
+        rows["value"] = np.where(is_marked[span], expected.value.to_numpy()[span], rows.value)
+        rows.to_parquet(part, index=False)
+        offset += len(rows)
     stats = ["perturb-stats", "--mode", "aggregate_gene_shifts", "--prefix", "s"]
     with monkeypatch.context() as env:
         rank_env(env, 1)

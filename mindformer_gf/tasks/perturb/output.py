@@ -122,15 +122,11 @@ class ShardedTable:
         self.buffered_cells = 0
 
     def add_rows(self, frame: Any) -> None:
-        """Rows of whole cells (a DataFrame of this table's columns, each cell's rows together), written as parts
-        of `shard_cells` cells: how rank 0 merges the ranks' tables."""
+        """Rows of whole cells (a DataFrame of this table's columns) as one part: how rank 0 merges the ranks'
+        tables."""
         self.flush()
-        cells = frame["cell"].to_numpy()
-        starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])  # first row of each cell
-        for first in range(0, starts.size, self.shard_cells):
-            end = starts[first + self.shard_cells] if first + self.shard_cells < starts.size else cells.size
-            self._write_part(frame.iloc[starts[first] : end].reset_index(drop=True))
-            self.done.update(int(c) for c in np.unique(cells[starts[first] : end]))
+        self._write_part(frame.reset_index(drop=True))
+        self.done.update(int(c) for c in np.unique(frame["cell"].to_numpy()))
 
     def _write_part(self, frame: Any) -> None:
         frame = frame.astype({"cell": np.int64, "value": np.float64})

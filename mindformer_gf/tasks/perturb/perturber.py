@@ -47,7 +47,6 @@ from mindformer_gf.tasks.perturb.output import (
     ShardedTable,
     finished_cells,
     jsonable,
-    read_table,
     table_dir,
 )
 from mindformer_gf.tasks.perturb.plan import PERTURB_TYPES, CellLayout, cell_perturbations, count_perturbations
@@ -486,8 +485,17 @@ class InSilicoPerturber:
         if job.run(compute) is None:
             return None  # another rank's share: rank 0 merges
         if job.parallel.distributed:
+            import pandas as pd
+
             table = ShardedTable(final_dir, self.emb_label, self.settings(), resume, shard_cells=self.shard_cells)
-            table.add_rows(merge_rank_tables(job, rows))
+            cells: list[Any] = []
+            for cell_rows in merged_rank_tables(job, rows):
+                cells.append(cell_rows)
+                if len(cells) == self.shard_cells:
+                    table.add_rows(pd.concat(cells))
+                    cells = []
+            if cells:
+                table.add_rows(pd.concat(cells))
         else:
             (table,) = written
         return self._write_outputs(table, out, output_prefix, job)
@@ -505,16 +513,29 @@ def rank_table_dir(job: ShardedInference, rank: int) -> Path:
     return job.shard_dir / f"rank{rank:05d}-of-{job.parallel.world_size:05d}.parquet"
 
 
-def merge_rank_tables(job: ShardedInference, rows: np.ndarray) -> Any:
-    """Rank 0: the rows of every rank's table, cells in the order of `rows` (the order of one process), each cell's
-    rows as its rank wrote them."""
+def merged_rank_tables(job: ShardedInference, rows: np.ndarray) -> Iterator[Any]:
+    """Rank 0: the rows of each cell (a DataFrame, as its rank wrote them) in the order of `rows`, the order of one
+    process. A part is read when its first cell is due and dropped once its last one is out: memory holds a few
+    parts, not the table."""
     import pandas as pd
+    import pyarrow.parquet as pq
 
-    frames = [read_table(rank_table_dir(job, r)) for r in range(job.parallel.world_size) if job.shares[r].size]
-    frame = pd.concat(frames, ignore_index=True)
-    position = pd.Series(np.arange(rows.size), index=rows)
-    order = np.argsort(position.loc[frame["cell"].to_numpy()].to_numpy(), kind="stable")
-    return frame.iloc[order].reset_index(drop=True)
+    where: dict[int, Path] = {}
+    for rank in range(job.parallel.world_size):
+        if job.shares[rank].size:
+            for part in sorted(rank_table_dir(job, rank).glob("part-*.parquet")):
+                where.update((int(c), part) for c in pq.read_table(part, columns=["cell"]).column(0).to_numpy())
+    open_parts: dict[Path, dict[int, Any]] = {}
+    for row in rows:
+        part = where.get(int(row))
+        if part is None:
+            continue  # a cell without perturbations has no rows
+        if part not in open_parts:
+            frame = pd.read_parquet(part)
+            open_parts[part] = {int(c): cell for c, cell in frame.groupby("cell", sort=False)}
+        yield open_parts[part].pop(int(row))
+        if not open_parts[part]:
+            del open_parts[part]
 
 
 def read_json_or_none(path: Path) -> Any:
