@@ -242,7 +242,10 @@ def data_parallel(run: Callable[[argparse.Namespace], int]) -> Callable[[argpars
         if getattr(args, "evaluate", False) or not launched_by_msrun():
             return run(args)  # --evaluate shards the cells itself
         if os.environ.get("MS_ROLE") == "MS_SCHED":
-            init_distributed()  # msrun's scheduler: the cluster's meta server while the workers train
+            try:
+                init_distributed()  # msrun's scheduler: the cluster's meta server while the workers train
+            except RuntimeError:
+                return 1  # a worker failed or vanished: its own log says why
             return 0
         if args.search_trials:
             raise UsageError(

@@ -1,6 +1,7 @@
-"""`gf perturb` on 2 msrun workers writes the table of one process (same rows, same order, values bit for bit on the
-CPU), resumes an interrupted run cell by cell without duplicates, and `gf perturb-stats` on it gives the single
-process's statistics. One msrun launch (rank 0 of the interrupted run runs in this process)."""
+"""`gf perturb` and `gf classify` on 2 msrun workers (one launch each). Perturbation writes the table of one process
+(same rows, same order, same parts, values bit for bit on the CPU), resumes an interrupted run cell by cell without
+duplicates (rank 0 of the interrupted run runs in this process), and `gf perturb-stats` on it gives the single
+process's statistics. Classification trains data parallel, consistent with one process."""
 
 from __future__ import annotations
 
