@@ -16,6 +16,13 @@ Strategies (every task): --strategy finetune (with --freeze-layers N), adapters 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from mindformer_gf.cli import UsageError
@@ -105,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluation.add_argument(
         "--shard-timeout", type=float, default=1800.0, help="fail when a rank shows no progress this long (s)"
     )
-    cell.set_defaults(run=run_cell)
+    cell.set_defaults(run=data_parallel(run_cell))
 
     gene = kinds.add_parser("gene", help="gene classification with k folds over genes")
     _add_common(gene)
@@ -117,7 +124,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     labels.add_argument("--gene-values", help="per-gene numbers (CSV gene,value or JSON) for gene regression")
     gene.add_argument("--folds", type=int, default=5, help="folds over genes (default 5)")
     gene.add_argument("--token-dictionary", default=None, help="token dictionary of the dataset (default shipped V1)")
-    gene.set_defaults(run=run_gene)
+    gene.set_defaults(run=data_parallel(run_gene))
 
     multi = kinds.add_parser("multitask", help="several cell labels at once: shared encoder, one head per task")
     _add_common(multi)
@@ -127,7 +134,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     multi.add_argument("--pooling", choices=("cls", "attention"), default="cls", help="position 0 or attention")
     multi.add_argument("--split", default="0.8,0.1,0.1", help="train,valid,test fractions")
     multi.add_argument("--group-by", default=None, help="column whose groups never straddle splits")
-    multi.set_defaults(run=run_multitask)
+    multi.set_defaults(run=data_parallel(run_multitask))
 
 
 def _settings(args: argparse.Namespace, **defaults: object):
@@ -220,6 +227,45 @@ def run_cell(args: argparse.Namespace) -> int:
         print(f"all folds pooled: {_brief(result.summary['pooled'])}")
     print(f"outputs in {result.output_dir}")
     return 0
+
+
+def data_parallel(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`run` (a training command) under msrun: every rank trains, data parallel (the step source plans one
+    micro-batch per rank); rank 0 alone scores the checkpoints, predicts the test cells and writes every output.
+    The other ranks run the same commands in step with it (their collective operations must match) and write
+    into a scratch directory that is removed. A single process runs `run` as it is."""
+
+    @functools.wraps(run)
+    def on_every_rank(args: argparse.Namespace) -> int:
+        from mindformer_gf.train.distributed import init_distributed, launched_by_msrun
+
+        if getattr(args, "evaluate", False) or not launched_by_msrun():
+            return run(args)  # --evaluate shards the cells itself
+        if os.environ.get("MS_ROLE") == "MS_SCHED":
+            try:
+                init_distributed()  # msrun's scheduler: the cluster's meta server while the workers train
+            except RuntimeError:
+                return 1  # a worker failed or vanished: its own log says why
+            return 0
+        if args.search_trials:
+            raise UsageError(
+                "--search-trials runs on one device (trials are pruned on rank 0's scores): search without msrun, "
+                "then train the chosen settings under msrun"
+            )
+        parallel = init_distributed()
+        if parallel.is_main:
+            return run(args)
+        scratch = tempfile.mkdtemp(prefix=f"gf-classify-rank{parallel.rank}-")
+        args.output_dir, args.no_progress = scratch, True
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                run(args)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        print(f"rank {parallel.rank} of {parallel.world_size}: trained data parallel; rank 0 writes the outputs")
+        return 0
+
+    return on_every_rank
 
 
 def sharded_rank() -> Any:

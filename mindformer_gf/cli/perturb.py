@@ -6,6 +6,8 @@ gf perturb --dataset pbmc.dataset --model model_dir --output-dir isp --prefix de
 gf perturb ... --perturb-type overexpress --genes CD14,ENSG00000105369       # one group, perturbed together
 gf perturb ... --perturb-type delete --anchor-gene CD14                      # combos=1: the anchor + each gene
 gf perturb ... --resume                                                      # continue an interrupted run
+msrun --worker_num=8 --local_worker_num=8 --master_addr=127.0.0.1 --master_port=8118 --log_dir=logs --join=True \
+    $(which gf) perturb ...          # each device a share of the cells (genes squared); rank 0 merges the table
 gf perturb-stats --input isp/delete_all.parquet --output-dir isp --prefix stats --mode goal_state_shift \\
     --state-key cell_type --start-state "CD14+ Monocyte" --goal-state Dendritic
 """
@@ -47,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-buckets", type=int, default=4, help="padded widths (one graph compilation each)")
     parser.add_argument("--csv", action="store_true", help="also write OUTPUT_DIR/PREFIX.csv")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run (same arguments)")
+    parser.add_argument(
+        "--shard-timeout", type=float, default=1800.0, help="under msrun: fail when a rank shows no progress this long"
+    )
     parser.add_argument("--shard-cells", type=int, default=100, help="cells per written shard (default 100)")
     parser.add_argument("--token-dictionary", default=None, help="the dataset's token dictionary (default shipped V1)")
     parser.add_argument("--gene-names", default=None, help="symbol -> Ensembl ID dictionary (default shipped)")
@@ -105,8 +110,12 @@ def _genes(text: str) -> str | list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mindformer_gf.cli.classify import sharded_rank
     from mindformer_gf.tasks.perturb import InSilicoPerturber, get_state_embs
 
+    parallel = sharded_rank()
+    if parallel is None:
+        return 0
     states = _states(args, "perturb")
     cell_inds = "all"
     if args.cell_inds:
@@ -119,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         if states is not None:
             state_embs = get_state_embs(
                 states, args.model, args.dataset, emb_mode=args.emb_mode, emb_layer=args.layer,
-                progress=not args.no_progress,
+                progress=not args.no_progress and parallel.is_main,
             )  # fmt: skip
         perturber = InSilicoPerturber(
             perturb_type=args.perturb_type,
@@ -144,16 +153,26 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             device=args.device,
         )
-        path = perturber.perturb_data(args.model, args.dataset, args.output_dir, args.prefix, resume=args.resume)
+        path = perturber.perturb_data(
+            args.model, args.dataset, args.output_dir, args.prefix, resume=args.resume, parallel=parallel,
+            shard_timeout=args.shard_timeout,
+        )  # fmt: skip
     except (ValueError, KeyError, FileNotFoundError) as err:
         raise SystemExit(f"gf perturb: {_message(err)}") from None
+    if path is None:
+        print(f"rank {parallel.rank} of {parallel.world_size}: share perturbed; rank 0 writes the table")
+        return 0
     print(f"perturbation table: {path}")
     return 0
 
 
 def run_stats(args: argparse.Namespace) -> int:
+    from mindformer_gf.cli.classify import sharded_rank
     from mindformer_gf.tasks.perturb import InSilicoPerturberStats
 
+    parallel = sharded_rank()
+    if parallel is None or not parallel.is_main:
+        return 0  # seconds of pandas on one table: rank 0 alone computes and writes it (under msrun)
     try:
         stats = InSilicoPerturberStats(
             mode=args.mode,

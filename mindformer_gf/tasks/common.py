@@ -130,8 +130,14 @@ def training_source(
     task_labels: Sequence[np.ndarray] | None = None,
     pad_token_id: int = 0,
 ) -> PlannedBatches:
-    """The loop's step source over all rows of `dataset` (already the training subset), with one kind of label."""
-    plan = LengthGroupedPlan(corpus_lengths(dataset), buckets, settings.batch_size, 1, settings.seed)
+    """The loop's step source over all rows of `dataset` (already the training subset), with one kind of label.
+
+    Under msrun each step takes one micro-batch per rank (data parallel, as pretraining): `batch_size` cells per
+    rank, so a step sees batch_size x ranks cells and an epoch has that many times fewer steps."""
+    from mindformer_gf.train.distributed import init_distributed
+
+    group_size = init_distributed().world_size
+    plan = LengthGroupedPlan(corpus_lengths(dataset), buckets, settings.batch_size, group_size, settings.seed)
     batch = settings.batch_size
     if task_labels is not None:
         collator = MultiLabelCollator(dataset, batch, task_labels, pad_token_id)

@@ -191,6 +191,20 @@ def fit(
         on_checkpoint=score_checkpoint if evaluate is not None else None,
     )
     result = trainer.train()
+    if not trainer.parallel.is_main:
+        # another rank of a data-parallel run (msrun): rank 0 alone scores the checkpoints and writes the outputs;
+        # this rank keeps its last weights and stays in step with rank 0 for the runs that follow
+        model.set_train(False)
+        return FitResult(
+            best_step=result.steps,
+            best_metrics=None,
+            history=[],
+            total_steps=result.steps,
+            steps_per_epoch=steps_per_epoch,
+            final_loss=result.final_loss,
+            losses=result.losses,
+            output_dir=output_dir,
+        )
     checkpoints = list_checkpoints(output_dir / "checkpoints")
     if not checkpoints:
         raise RuntimeError(f"training wrote no checkpoint under {output_dir / 'checkpoints'}")

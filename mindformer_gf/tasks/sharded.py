@@ -269,6 +269,9 @@ class ShardedInference:
             self.seconds[0] = time.perf_counter() - started
             return outputs
         self._start_launch()
+        if not self.parallel.is_main:
+            # `compute` may write into the shard directory (a rank's own table): only once rank 0 has cleared it
+            self._current_nonce()
         with self._progress_bar():
             own = self._compute_own_shard(compute)
             if not self.parallel.is_main:

@@ -234,3 +234,19 @@ def test_classify_evaluation_on_two_ranks_writes_the_single_process_files(
     run = json.loads((sharded / "predictions_run.json").read_text())
     assert run["world_size"] == 2 and sum(run["cells_per_rank"]) == 40 and run["resumed_ranks"] == [0, 1]
     assert json.loads((tmp_path / "single" / "predictions_run.json").read_text())["cells_per_rank"] == [40]
+
+
+def test_classify_search_under_msrun_is_one_line_and_msrun_scheduler_of_perturb_stats_does_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    from test_sharded_msrun import rank_env
+
+    with monkeypatch.context() as env:
+        rank_env(env, 0)
+        argv = ["classify", "cell", "--dataset", "d", "--model", "m", "--output-dir", str(tmp_path), "--label", "x"]
+        assert main([*argv, "--search-trials", "3"]) == 2
+        err = capsys.readouterr().err
+        assert "--search-trials runs on one device" in err and "Traceback" not in err
+        env.setenv("MS_ROLE", "MS_SCHED")  # msrun's scheduler process: no share of the table, returns at once
+        assert main(["perturb-stats", "--input", str(tmp_path / "none.parquet"), "--output-dir", str(tmp_path)]) == 0
+    assert not any(tmp_path.iterdir())

@@ -34,14 +34,25 @@ def cells_of_varied_length(pbmc_dataset, path: Path) -> Path:
     return path
 
 
+def rank_env(env: pytest.MonkeyPatch, rank: int) -> None:
+    """msrun's environment of worker `rank` of 2, set in this process (and the process's rank forgotten: a training
+    test run earlier in this process has fixed it at one process)."""
+    from mindformer_gf.train import distributed
+
+    env.setenv("MS_ROLE", "MS_WORKER")
+    env.setenv("MS_WORKER_NUM", "2")
+    env.setenv("RANK_ID", str(rank))
+    env.setattr(distributed, "_CONTEXT", None)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def msrun_embed(arguments: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, str]:
-    """`gf embed` on 2 CPU workers; returns the result and msrun's output with every worker's log."""
+def msrun_gf(command: str, arguments: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, str]:
+    """`gf COMMAND` on 2 CPU workers; returns the result and msrun's output with every worker's log."""
     root = str(Path(mindformer_gf.__file__).parents[1])
     env = {
         **os.environ,
@@ -60,7 +71,7 @@ def msrun_embed(arguments: list[str], cwd: Path) -> tuple[subprocess.CompletedPr
         f"--log_dir={logs}",
         "--join=True",
         str(GF),
-        "embed",
+        command,
         *arguments,
     ]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
@@ -80,9 +91,7 @@ def test_two_msrun_workers_equal_one_process_and_resume_after_a_failed_rank(
 
     # an interrupted run: rank 0 of 2 (msrun's environment, in this process) writes its shard, rank 1 never runs
     with monkeypatch.context() as env:
-        env.setenv("MS_ROLE", "MS_WORKER")
-        env.setenv("MS_WORKER_NUM", "2")
-        env.setenv("RANK_ID", "0")
+        rank_env(env, 0)
         capsys.readouterr()
         assert main(["embed", *arguments, "--output-dir", str(sharded), "--shard-timeout", "1"]) == 1
         assert capsys.readouterr().err.startswith("gf embed: error: rank 1 made no progress for 1 s")
@@ -92,7 +101,7 @@ def test_two_msrun_workers_equal_one_process_and_resume_after_a_failed_rank(
 
     # resumed, but rank 1 cannot write its shard (a directory is in the way): the run fails with rank 1's error
     (shards / "rank00001-of-00002.npz").mkdir()
-    completed, text = msrun_embed([*arguments, "--output-dir", str(sharded), "--resume"], tmp_path)
+    completed, text = msrun_gf("embed", [*arguments, "--output-dir", str(sharded), "--resume"], tmp_path)
     assert completed.returncode != 0, text[-3000:]
     assert "IsADirectoryError" in text and "rank00001-of-00002.npz" in text
     marker = json.loads((shards / "rank00001.error.json").read_text())
@@ -101,7 +110,7 @@ def test_two_msrun_workers_equal_one_process_and_resume_after_a_failed_rank(
 
     # resumed again: rank 0's shard is kept, rank 1's share is computed, rank 0 merges
     (shards / "rank00001-of-00002.npz").rmdir()
-    completed, text = msrun_embed([*arguments, "--output-dir", str(sharded), "--resume"], tmp_path)
+    completed, text = msrun_gf("embed", [*arguments, "--output-dir", str(sharded), "--resume"], tmp_path)
     assert completed.returncode == 0, text[-3000:]
     for name in ("embeddings.npy", "embeddings.csv"):
         assert (sharded / name).read_bytes() == (single / name).read_bytes(), name

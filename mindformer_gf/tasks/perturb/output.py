@@ -6,7 +6,10 @@ temporary name and renamed into place, plus `_run.json` (the run's settings). Co
 label columns, `perturbed` (Ensembl IDs, "+"-joined for groups and combos), `affected` ("cell_emb", a state name,
 or the Ensembl ID of an affected gene), `value`.
 
-Resuming reads the cells already in the shards and skips them; a run with other settings is refused.
+Rows come cell by cell in the order the cells were selected, each cell's rows in the order of its perturbations, so
+the table does not depend on batching nor on how many ranks computed it. Resuming reads the cells already in the
+shards and skips them; a run with other settings is refused. Under msrun each rank writes such a table of its share
+(`{prefix}_shards/rank*.parquet/`) and rank 0 merges them with `ShardedTable.add_rows`.
 """
 
 from __future__ import annotations
@@ -46,6 +49,31 @@ def read_table(path: str | os.PathLike) -> Any:
     return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
 
 
+def finished_cells(directory: Path, settings: dict[str, Any], resume: bool) -> set[int]:
+    """The cells (dataset rows) already in the table at `directory`, read without writing anything; refuses an
+    existing table without `resume` and one run with other settings."""
+    if directory.exists() and not resume:
+        raise PerturbationInputError(
+            f"{directory} exists: pass resume=True (gf perturb --resume) to continue that run, or another "
+            "output_prefix / output_dir"
+        )
+    done: set[int] = set()
+    if not (resume and directory.is_dir()):
+        return done
+    recorded = read_json(directory / RUN_FILE) if (directory / RUN_FILE).is_file() else None
+    if recorded is not None and recorded != jsonable(settings):
+        changed = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != jsonable(settings).get(k))
+        raise PerturbationInputError(
+            f"cannot resume {directory}: it was run with other settings ({', '.join(changed)}); use the same "
+            "arguments or a new output_prefix"
+        )
+    import pyarrow.parquet as pq
+
+    for part in sorted(directory.glob("part-*.parquet")):
+        done.update(int(c) for c in np.unique(pq.read_table(part, columns=["cell"]).column(0).to_numpy()))
+    return done
+
+
 class ShardedTable:
     """Rows of finished cells, buffered and written as a new shard every `shard_cells` cells or `shard_seconds`."""
 
@@ -61,29 +89,10 @@ class ShardedTable:
         self.directory = directory
         self.label_columns = list(label_columns)
         self.shard_cells, self.shard_seconds = shard_cells, shard_seconds
-        self.done: set[int] = set()
+        self.done = finished_cells(directory, settings, resume)
         existing = sorted(directory.glob("part-*.parquet")) if directory.is_dir() else []
-        if directory.exists() and not resume:
-            raise PerturbationInputError(
-                f"{directory} exists: pass resume=True (gf perturb --resume) to continue that run, or another "
-                "output_prefix / output_dir"
-            )
-        if resume and directory.is_dir():
-            recorded = read_json(directory / RUN_FILE) if (directory / RUN_FILE).is_file() else None
-            if recorded is not None and recorded != _jsonable(settings):
-                changed = sorted(
-                    k for k in set(recorded) | set(settings) if recorded.get(k) != _jsonable(settings).get(k)
-                )
-                raise PerturbationInputError(
-                    f"cannot resume {directory}: it was run with other settings ({', '.join(changed)}); use the same "
-                    "arguments or a new output_prefix"
-                )
-            import pyarrow.parquet as pq
-
-            for part in existing:
-                self.done.update(int(c) for c in np.unique(pq.read_table(part, columns=["cell"]).column(0).to_numpy()))
         directory.mkdir(parents=True, exist_ok=True)
-        write_json(directory / RUN_FILE, _jsonable(settings))
+        write_json(directory / RUN_FILE, jsonable(settings))
         self.next_part = 1 + max((int(p.stem.split("-")[1]) for p in existing), default=-1)
         self.buffer: dict[str, list] = {c: [] for c in ("cell", *self.label_columns, *CORE_COLUMNS)}
         self.buffered_cells = 0
@@ -108,23 +117,31 @@ class ShardedTable:
             return
         import pandas as pd
 
-        frame = pd.DataFrame(self.buffer)
-        frame["cell"] = frame["cell"].astype(np.int64)
-        frame["value"] = frame["value"].astype(np.float64)
+        self._write_part(pd.DataFrame(self.buffer))
+        self.buffer = {c: [] for c in self.buffer}
+        self.buffered_cells = 0
+
+    def add_rows(self, frame: Any) -> None:
+        """Rows of whole cells (a DataFrame of this table's columns) as one part: how rank 0 merges the ranks'
+        tables."""
+        self.flush()
+        self._write_part(frame.reset_index(drop=True))
+        self.done.update(int(c) for c in np.unique(frame["cell"].to_numpy()))
+
+    def _write_part(self, frame: Any) -> None:
+        frame = frame.astype({"cell": np.int64, "value": np.float64})
         path = self.directory / f"part-{self.next_part:05d}.parquet"
         with atomic_path(path) as tmp:
             frame.to_parquet(tmp, index=False)
         self.parts.append(path)
         self.next_part += 1
-        self.buffer = {c: [] for c in self.buffer}
-        self.buffered_cells = 0
         self.last_write = time.monotonic()
 
     def write_csv(self, path: Path) -> Path:
         return write_csv(path, read_table(self.directory))
 
 
-def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
+def jsonable(settings: dict[str, Any]) -> dict[str, Any]:
     import json
 
     return json.loads(json.dumps(settings, default=str))

@@ -19,15 +19,17 @@ What is stored (the reference's semantics, checked against its outputs; output.p
 
 Faster than the reference by construction: no MLM logits, the encoder stops at `emb_layer`, each original cell runs
 once, perturbed copies share full batches across cells, and a few padded widths bound the graph compilations.
-A group whose genes occur in different numbers across the cells works with any batch size.
+A group whose genes occur in different numbers across the cells works with any batch size. Under msrun each rank
+perturbs a share of the cells balanced by genes squared (`tasks.sharded`) and rank 0 merges the table.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import shutil
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +38,20 @@ import numpy as np
 from mindformer_gf.data import corpus_lengths, read_cells
 from mindformer_gf.data.buckets import choose_bucket_widths
 from mindformer_gf.tasks.common import ensure_dir, open_dataset, special_token_ids
+from mindformer_gf.tasks.io import read_json
 from mindformer_gf.tasks.labels import column_values, filter_rows
 from mindformer_gf.tasks.perturb.engine import Job, PerturbationEngine
-from mindformer_gf.tasks.perturb.output import PerturbationInputError, ShardedTable, table_dir
+from mindformer_gf.tasks.perturb.output import (
+    RUN_FILE,
+    PerturbationInputError,
+    ShardedTable,
+    finished_cells,
+    jsonable,
+    table_dir,
+)
 from mindformer_gf.tasks.perturb.plan import PERTURB_TYPES, CellLayout, cell_perturbations, count_perturbations
+from mindformer_gf.tasks.sharded import ShardedInference, cell_costs, input_stamps
+from mindformer_gf.train.distributed import ParallelContext, launched_context
 
 EMB_MODES = ("cell", "cls", "cell_and_gene", "cls_and_gene")
 MODEL_TYPES = ("Pretrained", "GeneClassifier", "CellClassifier", "MTLCellClassifier", "MTLCellClassifier-Quantized")
@@ -154,7 +166,8 @@ def get_state_embs(
         summary_stat=summary_stat,
         progress=progress,
     )
-    embs = extractor.extract_embs(model_directory, input_data_file)
+    # whole on every rank under msrun: each rank's share of the perturbation needs every state
+    embs = extractor.extract_embs(model_directory, input_data_file, parallel=ParallelContext())
     found = extractor.get_state_embs(embs, key)
     missing = [s for s in states if s not in found]
     if missing:
@@ -358,12 +371,17 @@ class InSilicoPerturber:
         output_prefix: str,
         resume: bool = False,
         encoder: Any = None,
-    ) -> Path:
+        parallel: ParallelContext | None = None,
+        shard_timeout: float = 1800.0,
+    ) -> Path | None:
         """Perturb the selected cells; returns the table's directory `{output_directory}/{output_prefix}.parquet`
-        (plus `{output_prefix}.csv` with output_format="csv"). `resume=True` continues an interrupted run; `encoder`
-        (the model directory's, already loaded) reuses its compiled graphs across runs."""
-        from tqdm.auto import tqdm
+        (plus `{output_prefix}.csv` with output_format="csv", and `{output_prefix}_run.json`: settings, ranks,
+        seconds). `resume=True` continues an interrupted run; `encoder` (the model directory's, already loaded)
+        reuses its compiled graphs across runs.
 
+        Under msrun (or with `parallel` of several ranks) each rank perturbs a share of the cells balanced by genes
+        squared into its own table under `{output_prefix}_shards/`; rank 0 merges them into the table one process
+        writes (same rows, same order) and returns its directory, the other ranks return None."""
         from mindformer_gf.tasks.embeddings import load_encoder
         from mindformer_gf.tasks.finetune import prepare_device
 
@@ -387,48 +405,144 @@ class InSilicoPerturber:
                 )
         names = GeneNames.load(dataset, self.token_dictionary_file, self.gene_name_id_dictionary_file)
         group, anchor = self.resolve_genes(names, dataset)
-        rows = self.select_rows(dataset, names, group, anchor)
+        selected = self.select_rows(dataset, names, group, anchor)
 
         out = ensure_dir(output_directory)
-        table = ShardedTable(
-            table_dir(out, output_prefix), self.emb_label, self.settings(), resume, shard_cells=self.shard_cells
-        )
-        rows = np.asarray([r for r in rows if int(r) not in table.done], np.int64)
-        labels = {c: column_values(dataset, c) for c in self.emb_label}
-        special_ids = sorted(set(special.values()))
-        layouts = [CellLayout.of(c, cls_id, eos_id) for c in read_cells(dataset, rows)] if rows.size else []
-        counts = [count_perturbations(lay, self.perturb_type, group, anchor) for lay in layouts]
-        n_layers = config.num_hidden_layers
+        final_dir = table_dir(out, output_prefix)
+        # read only: under msrun every rank skips the same finished cells, and rank 0 alone writes the table
+        done = finished_cells(final_dir, self.settings(), resume)
+        rows = np.asarray([r for r in selected if int(r) not in done], np.int64)
         max_length = config.max_position_embeddings
-        lengths = corpus_lengths(dataset)[rows] if rows.size else np.asarray([1])
+        # widths from every selected cell, not a rank's share nor what is left: a cell gets the same padding always
         extra = len(group) if group is not None and self.perturb_type == "overexpress" else 1
-        buckets = choose_bucket_widths(np.minimum(lengths + extra, max_length), self.num_buckets, max_length)
+        lengths = corpus_lengths(dataset)
+        buckets = choose_bucket_widths(np.minimum(lengths[selected] + extra, max_length), self.num_buckets, max_length)
         states = self.cell_states_to_model is not None
         compare = (not states and self.emb_mode == "cell") or self.emb_mode.endswith("_and_gene")
         engine = PerturbationEngine(
             encoder,
-            n_layers + self.emb_layer,
+            config.num_hidden_layers + self.emb_layer,
             "cls" if self.emb_mode.startswith("cls") else "mean",
             compare,
             self.forward_batch_size,
             buckets,
             special.get("<pad>", 0),
-            special_ids,
+            sorted(set(special.values())),
         )
-        context = _RunContext(self, engine, names, group, anchor, max_length, table, labels)
-        with (
-            tqdm(
-                total=int(sum(counts)), desc=f"{self.perturb_type}", unit="perturbed cell", disable=not self.progress
-            ) as bar,
-            warnings.catch_warnings(),
-        ):
-            warnings.simplefilter("ignore", RuntimeWarning)
-            for window in _windows(counts, self.forward_batch_size):
-                context.run_window(rows[window], [layouts[i] for i in window], [counts[i] for i in window], bar)
-        table.flush()
+        labels = {c: column_values(dataset, c) for c in self.emb_label}
+        context = _RunContext(self, engine, names, group, anchor, max_length, labels)
+        parallel = parallel or launched_context()
+        if parallel is None:
+            raise RuntimeError("msrun's scheduler process has no share of the cells: return before perturbing")
+        if rows.size == 0:  # a resumed run that had finished
+            if not parallel.is_main:
+                return None
+            table = ShardedTable(final_dir, self.emb_label, self.settings(), True)
+            return self._write_outputs(table, out, output_prefix)
+        job = ShardedInference(
+            cell_costs(lengths[rows], "genes_squared"),
+            out,
+            output_prefix,
+            self.settings(),
+            inputs=input_stamps(model_directory, dataset),
+            cost_model="genes_squared",
+            parallel=parallel,
+            resume=resume,
+            timeout=shard_timeout,
+            progress=self.progress,
+            desc=self.perturb_type,
+        )
+
+        written: list[ShardedTable] = []
+
+        def rank_table() -> ShardedTable:
+            """One process writes the table itself; a rank of several writes its own (per-cell resume within the
+            share), kept until rank 0 has merged it."""
+            if not job.parallel.distributed:
+                written.append(ShardedTable(final_dir, self.emb_label, self.settings(), resume, self.shard_cells))
+                return written[0]
+            own = rank_table_dir(job, job.parallel.rank)
+            settings = {**self.settings(), "fingerprint": job.fingerprint}
+            if own.exists() and (not resume or read_json_or_none(own / RUN_FILE) != jsonable(settings)):
+                shutil.rmtree(own)  # another launch's cells
+            return ShardedTable(own, self.emb_label, settings, True, shard_cells=self.shard_cells)
+
+        def compute(positions: np.ndarray, advance: Callable[[int], None]) -> list[np.ndarray]:
+            table = rank_table()
+            share = rows[positions]
+            todo = np.asarray([r for r in share if int(r) not in table.done], np.int64)
+            advance(share.size - todo.size)
+            layouts = [CellLayout.of(c, cls_id, eos_id) for c in read_cells(dataset, todo)] if todo.size else []
+            counts = [count_perturbations(lay, self.perturb_type, group, anchor) for lay in layouts]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                for window in _windows(counts, self.forward_batch_size):
+                    context.run_window(table, todo[window], [layouts[i] for i in window], [counts[i] for i in window])
+                    advance(len(window))
+            table.flush()
+            return [share]
+
+        if job.run(compute) is None:
+            return None  # another rank's share: rank 0 merges
+        if job.parallel.distributed:
+            import pandas as pd
+
+            table = ShardedTable(final_dir, self.emb_label, self.settings(), resume, shard_cells=self.shard_cells)
+            cells: list[Any] = []
+            for cell_rows in merged_rank_tables(job, rows):
+                cells.append(cell_rows)
+                if len(cells) == self.shard_cells:
+                    table.add_rows(pd.concat(cells))
+                    cells = []
+            if cells:
+                table.add_rows(pd.concat(cells))
+        else:
+            (table,) = written
+        return self._write_outputs(table, out, output_prefix, job)
+
+    def _write_outputs(self, table: ShardedTable, out: Path, prefix: str, job: Any = None) -> Path:
+        files = [table.directory]
         if self.output_format == "csv":
-            table.write_csv(out / f"{output_prefix}.csv")
+            files.append(table.write_csv(out / f"{prefix}.csv"))
+        if job is not None:
+            job.finish(files)
         return table.directory
+
+
+def rank_table_dir(job: ShardedInference, rank: int) -> Path:
+    return job.shard_dir / f"rank{rank:05d}-of-{job.parallel.world_size:05d}.parquet"
+
+
+def merged_rank_tables(job: ShardedInference, rows: np.ndarray) -> Iterator[Any]:
+    """Rank 0: the rows of each cell (a DataFrame, as its rank wrote them) in the order of `rows`, the order of one
+    process. A part is read when its first cell is due and dropped once its last one is out: memory holds a few
+    parts, not the table."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    where: dict[int, Path] = {}
+    for rank in range(job.parallel.world_size):
+        if job.shares[rank].size:
+            for part in sorted(rank_table_dir(job, rank).glob("part-*.parquet")):
+                where.update((int(c), part) for c in pq.read_table(part, columns=["cell"]).column(0).to_numpy())
+    open_parts: dict[Path, dict[int, Any]] = {}
+    for row in rows:
+        part = where.get(int(row))
+        if part is None:
+            continue  # a cell without perturbations has no rows
+        if part not in open_parts:
+            frame = pd.read_parquet(part)
+            open_parts[part] = {int(c): cell for c, cell in frame.groupby("cell", sort=False)}
+        yield open_parts[part].pop(int(row))
+        if not open_parts[part]:
+            del open_parts[part]
+
+
+def read_json_or_none(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
 
 
 def _cells_in_blocks(dataset: Any, rows: np.ndarray, block: int = 10_000) -> Iterator[np.ndarray]:
@@ -455,10 +569,10 @@ def _windows(counts: Sequence[int], batch_size: int, copies_per_window: int = 8)
 class _RunContext:
     """The per-window work of perturb_data: originals once, perturbed copies through the engine, rows per cell."""
 
-    def __init__(self, perturber, engine, names, group, anchor, max_length, table, labels) -> None:
+    def __init__(self, perturber, engine, names, group, anchor, max_length, labels) -> None:
         self.p, self.engine, self.names = perturber, engine, names
         self.group, self.anchor, self.max_length = group, anchor, max_length
-        self.table, self.labels = table, labels
+        self.labels = labels
         states = perturber.cell_states_to_model
         self.states = possible_states(states) if states is not None else []
         self.state_matrix = (
@@ -470,27 +584,27 @@ class _RunContext:
         s = self.state_matrix
         return s @ e / np.maximum(np.linalg.norm(s, axis=1) * np.linalg.norm(e), 1e-8)
 
-    def run_window(self, rows: np.ndarray, layouts: list[CellLayout], counts: list[int], bar) -> None:
+    def run_window(self, table: ShardedTable, rows: np.ndarray, layouts: list[CellLayout], counts: list[int]) -> None:
+        """Perturb the cells of one window and add their rows to `table`: cells in window order, each cell's rows in
+        the order of its perturbations (whatever order the batches finish in, so rows never depend on the batching)."""
         p = self.p
         cells = [np.concatenate([lay.head, lay.genes, lay.tail]) for lay in layouts]
         originals = self.engine.original_states(cells)
         original_embs = [self.engine.cell_embedding(c, h) for c, h in zip(cells, originals, strict=True)]
-        remaining = list(counts)
-        collected: dict[int, tuple[list, list, list]] = {k: ([], [], []) for k in range(len(cells))}
-        for k, n in enumerate(counts):
-            if n == 0:
-                self._finish(rows[k], collected[k])
+        results: list[dict[int, tuple[list, list, list]]] = [{} for _ in cells]
 
         def jobs() -> Iterator[Job]:
             for k, layout in enumerate(layouts):
-                for perturbation in cell_perturbations(
-                    layout, p.perturb_type, self.group, self.anchor, p.perturb_rank_shift, self.max_length
+                for index, perturbation in enumerate(
+                    cell_perturbations(
+                        layout, p.perturb_type, self.group, self.anchor, p.perturb_rank_shift, self.max_length
+                    )
                 ):
-                    yield Job(k, perturbation, originals[k])
+                    yield Job((k, index), perturbation, originals[k])
 
         for job, result in self.engine.run(jobs()):
-            k = job.key
-            perturbed, affected, values = collected[k]
+            k, index = job.key
+            perturbed, affected, values = results[k].setdefault(index, ([], [], []))
             pert = job.perturbation
             label = "+".join(self.names.id_of(t) for t in pert.genes)
             if self.states:
@@ -511,14 +625,11 @@ class _RunContext:
                 perturbed += [label] * genes.size
                 affected += [self.names.id_of(t) for t in genes]
                 values += list(result.gene_cosines)
-            bar.update(1)
-            remaining[k] -= 1
-            if remaining[k] == 0:
-                self._finish(rows[k], collected.pop(k))
-
-    def _finish(self, row: int, collected: tuple[list, list, list]) -> None:
-        labels = {c: _plain(v[row]) for c, v in self.labels.items()}
-        self.table.add_cell(int(row), labels, *collected)
+        for k, row in enumerate(rows):
+            assert len(results[k]) == counts[k], "every perturbation of the cell ran once"
+            ordered = [results[k][i] for i in sorted(results[k])]
+            labels = {c: _plain(v[row]) for c, v in self.labels.items()}
+            table.add_cell(int(row), labels, *(sum((part[j] for part in ordered), []) for j in range(3)))
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:

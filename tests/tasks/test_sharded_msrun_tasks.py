@@ -1,0 +1,127 @@
+"""`gf perturb` and `gf classify` on 2 msrun workers (one launch each). Perturbation writes the table of one process
+(same rows, same order, same parts, values bit for bit on the CPU), resumes an interrupted run cell by cell without
+duplicates (rank 0 of the interrupted run runs in this process), and `gf perturb-stats` on it gives the single
+process's statistics. Classification trains data parallel, consistent with one process."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_sharded_msrun import GF, msrun_gf, rank_env
+
+from mindformer_gf.cli import main
+from mindformer_gf.tasks.perturb import read_table
+from mindformer_gf.tasks.sharded import partition_by_cost
+
+LENGTHS = [14, 5, 9, 12, 6, 11, 7, 10, 8, 13]  # genes per cell: unequal shares by count, equal-ish by genes squared
+
+
+@pytest.mark.skipif(__import__("shutil").which("msrun") is None or not GF.exists(), reason="msrun or gf is missing")
+def test_two_msrun_workers_write_the_single_process_table_and_resume_cell_by_cell(
+    tiny_model_dir, pbmc_dataset, tmp_path, monkeypatch, capsys
+):
+    dataset = tmp_path / "cells.dataset"
+    pbmc_dataset.select(range(len(LENGTHS))).map(
+        lambda cell, i: {"input_ids": cell["input_ids"][: LENGTHS[i]], "length": LENGTHS[i]}, with_indices=True
+    ).save_to_disk(str(dataset))
+    arguments = ["--dataset", str(dataset), "--model", str(tiny_model_dir), "--label", "cell_type"]
+    arguments += ["--emb-mode", "cell_and_gene", "--batch-size", "8", "--num-buckets", "2", "--shard-cells", "2"]
+    arguments += ["--csv", "--no-progress", "--device", "CPU", "--prefix", "p"]
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert main(["perturb", *arguments, "--output-dir", str(single)]) == 0
+    expected = read_table(single / "p.parquet")
+    assert expected.cell.unique().tolist() == sorted(range(len(LENGTHS)), key=lambda i: -LENGTHS[i])  # input order
+
+    # interrupted: rank 0 of 2 (in this process) perturbs its share, rank 1 never runs
+    with monkeypatch.context() as env:
+        rank_env(env, 0)
+        capsys.readouterr()
+        assert main(["perturb", *arguments, "--output-dir", str(sharded), "--shard-timeout", "1"]) == 1
+        assert capsys.readouterr().err.startswith("gf perturb: error: rank 1 made no progress for 1 s")
+    shards = sharded / "p_shards"
+    own = shards / "rank00000-of-00002.parquet"
+    parts = sorted(own.glob("part-*.parquet"))
+    assert not (sharded / "p.parquet").exists() and len(parts) == 3  # its 5 cells, 2 a part
+    # ... and rank 0 was killed before its last part and its shard: that cell is redone, its other cells are kept
+    # (the first part's values are marked +1 here: the merged table shows they were taken, not recomputed)
+    (shards / "rank00000-of-00002.npz").unlink()
+    parts[-1].unlink()
+    marked = pd.read_parquet(parts[0])
+    marked["value"] += 1.0
+    marked.to_parquet(parts[0], index=False)
+
+    completed, text = msrun_gf("perturb", [*arguments, "--output-dir", str(sharded), "--resume"], tmp_path)
+    assert completed.returncode == 0, text[-3000:]
+    merged = read_table(sharded / "p.parquet")
+    assert not merged.duplicated(["cell", "perturbed", "affected"]).any()
+    is_marked = merged.cell.isin(marked.cell).to_numpy()
+    assert is_marked.sum() == len(marked) and marked.cell.nunique() == 2
+    np.testing.assert_array_equal(merged.value[is_marked], expected.value[is_marked] + 1.0)
+    # the rest: same rows, same order, same bits as one process
+    pd.testing.assert_frame_equal(merged[~is_marked], expected[~is_marked], check_exact=True)
+    pd.testing.assert_frame_equal(merged.drop(columns="value"), expected.drop(columns="value"))
+    # the same parts too: 2 cells each, in order
+    names = [sorted(p.name for p in (out / "p.parquet").glob("part-*")) for out in (single, sharded)]
+    assert names[0] == names[1] and len(names[0]) == 5
+    csv, csv_alone = pd.read_csv(sharded / "p.csv"), pd.read_csv(single / "p.csv")
+    pd.testing.assert_frame_equal(csv[~is_marked], csv_alone[~is_marked], check_exact=True)
+    run = json.loads((sharded / "p_run.json").read_text())
+    alone = json.loads((single / "p_run.json").read_text())
+    order = sorted(range(len(LENGTHS)), key=lambda i: -LENGTHS[i])
+    shares = partition_by_cost(np.asarray(LENGTHS, float)[order] ** 2, 2)
+    assert alone["world_size"] == 1 and alone["cells_per_rank"] == [len(LENGTHS)]
+    assert run["world_size"] == 2 and run["cells_per_rank"] == [s.size for s in shares]
+    assert run["cost_model"] == "genes_squared" and run["settings"] == alone["settings"]
+    assert not shards.exists()
+    assert run["resumed_ranks"] == [] and "rank 1: " in text  # rank 0 computed again, though cell by cell
+
+    # perturb-stats: rank 0 alone writes (another rank returns at once), and the statistics equal one process's
+    # (the marked cells' true values put back)
+    offset = 0
+    for part in sorted((sharded / "p.parquet").glob("part-*.parquet")):
+        rows = pd.read_parquet(part)
+        span = slice(offset, offset + len(rows))
+        rows["value"] = np.where(is_marked[span], expected.value.to_numpy()[span], rows.value)
+        rows.to_parquet(part, index=False)
+        offset += len(rows)
+    stats = ["perturb-stats", "--mode", "aggregate_gene_shifts", "--prefix", "s"]
+    with monkeypatch.context() as env:
+        rank_env(env, 1)
+        assert main([*stats, "--input", str(sharded / "p.parquet"), "--output-dir", str(sharded)]) == 0
+    assert not (sharded / "s.csv").exists()
+    for table, out in ((single / "p.parquet", single), (sharded / "p.parquet", sharded)):
+        assert main([*stats, "--input", str(table), "--output-dir", str(out)]) == 0
+    assert (sharded / "s.csv").read_bytes() == (single / "s.csv").read_bytes()
+
+
+@pytest.mark.skipif(__import__("shutil").which("msrun") is None or not GF.exists(), reason="msrun or gf is missing")
+def test_gf_classify_cell_trains_data_parallel_on_two_msrun_workers(tiny_model_dir, pbmc_dataset_dir, tmp_path):
+    """Consistent with one process, not equal: the same cells, splits and outputs, while each step takes one batch
+    per rank (half the steps per epoch); rank 0 writes outputs that its saved model reproduces."""
+    arguments = ["cell", "--dataset", str(pbmc_dataset_dir), "--model", str(tiny_model_dir), "--label", "cell_type"]
+    arguments += ["--states", "CD14+ Monocyte,CD19+ B,Dendritic", "--max-cells", "64", "--epochs", "1"]
+    arguments += ["--batch-size", "8", "--num-buckets", "1", "--warmup-steps", "0", "--no-progress", "--device", "CPU"]
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert main(["classify", *arguments, "--output-dir", str(single)]) == 0
+    completed, text = msrun_gf("classify", [*arguments, "--output-dir", str(sharded)], tmp_path)
+    assert completed.returncode == 0, text[-3000:]
+    assert "rank 1 of 2: trained data parallel" in text
+    assert sorted(p.name for p in sharded.iterdir()) == sorted(p.name for p in single.iterdir())
+    for name in ("splits.json", "prepared_cells.csv", "label_map.json"):
+        assert (sharded / name).read_bytes() == (single / name).read_bytes(), name
+    n_train = len(json.loads((single / "splits.json").read_text())["split"]["train"])
+    steps = [pd.read_csv(out / "training" / "metrics.csv").step.max() for out in (single, sharded)]
+    assert steps == [-(-n_train // 8), -(-n_train // 16)]  # 8 cells a step alone, 8 per rank on 2 ranks
+    predictions = pd.read_csv(sharded / "predictions.csv")
+    alone = pd.read_csv(single / "predictions.csv")
+    pd.testing.assert_frame_equal(predictions[["dataset_row", "true_label"]], alone[["dataset_row", "true_label"]])
+    # rank 0's predictions are those of the model it saved (evaluated here by one process)
+    evaluated = tmp_path / "evaluated"
+    assert main(["classify", *arguments, "--evaluate", "--model", str(sharded / "model"), "--output-dir",
+                 str(evaluated)]) == 0  # fmt: skip
+    again = pd.read_csv(evaluated / "predictions.csv").set_index("dataset_row").loc[predictions.dataset_row]
+    probabilities = [c for c in predictions.columns if c.startswith("p(")]
+    np.testing.assert_allclose(again[probabilities].to_numpy(), predictions[probabilities].to_numpy(), atol=1e-6)
