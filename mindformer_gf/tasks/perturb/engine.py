@@ -36,9 +36,10 @@ class StoppedEncoder(nn.Cell):
         self.layer_index = int(layer_index)
 
     def construct(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        hidden = self.embeddings(input_ids)
+        seed = msops.zeros((1,), ms.int64)  # inference: the model is in eval mode, no dropout draws from it
+        hidden = self.embeddings(input_ids, seed)
         for i in range(self.layer_index):
-            hidden = self.layers[i](hidden, attention_mask)
+            hidden = self.layers[i](hidden, attention_mask, seed)
         return hidden
 
 
