@@ -4,22 +4,17 @@ resumes an interrupted run redoing only the missing shard. Two msrun launches in
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from msrun_helpers import GF, msrun_gf
 
-import mindformer_gf
 from mindformer_gf.cli import main
 from mindformer_gf.data import corpus_lengths
 from mindformer_gf.tasks.sharded import partition_by_cost
 
-GF = Path(sys.executable).with_name("gf")
 CELLS = 40
 
 
@@ -43,40 +38,6 @@ def rank_env(env: pytest.MonkeyPatch, rank: int) -> None:
     env.setenv("MS_WORKER_NUM", "2")
     env.setenv("RANK_ID", str(rank))
     env.setattr(distributed, "_CONTEXT", None)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def msrun_gf(command: str, arguments: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, str]:
-    """`gf COMMAND` on 2 CPU workers; returns the result and msrun's output with every worker's log."""
-    root = str(Path(mindformer_gf.__file__).parents[1])
-    env = {
-        **os.environ,
-        "PATH": str(GF.parent) + os.pathsep + os.environ.get("PATH", ""),
-        "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "OMP_NUM_THREADS": "1",
-    }
-    logs = cwd / "logs"
-    shutil.rmtree(logs, ignore_errors=True)
-    command = [
-        "msrun",
-        "--worker_num=2",
-        "--local_worker_num=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        f"--log_dir={logs}",
-        "--join=True",
-        str(GF),
-        command,
-        *arguments,
-    ]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
-    text = completed.stdout + completed.stderr + "".join(p.read_text() for p in sorted(logs.glob("*.log")))
-    return completed, text
 
 
 @pytest.mark.skipif(shutil.which("msrun") is None or not GF.exists(), reason="msrun or the gf command is missing")

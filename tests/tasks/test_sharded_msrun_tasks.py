@@ -10,7 +10,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from test_sharded_msrun import GF, msrun_gf, rank_env
+from msrun_helpers import GF, msrun_gf
+from test_sharded_msrun import rank_env
 
 from mindformer_gf.cli import main
 from mindformer_gf.tasks.perturb import read_table

@@ -6,15 +6,12 @@ rank r's m-th micro-batch draws the masks of the single process's micro-batch r 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from msrun_helpers import msrun
 from train_helpers import TINY_MODEL
 
 from mindformer_gf.train import Trainer
@@ -22,12 +19,6 @@ from mindformer_gf.train.objectives import MaskedLMObjective
 from mindformer_gf.train.pretrain import build_pretraining_data, build_pretraining_model
 
 WORKER = Path(__file__).with_name("dp_worker.py")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.skipif(shutil.which("msrun") is None, reason="msrun (MindSpore's launcher) is not on PATH")
@@ -41,24 +32,8 @@ def test_two_workers_equal_single_process_over_the_same_global_batch(tiny_settin
     settings_file.write_text(json.dumps(vars(settings)))
     out = tmp_path / "out"
     out.mkdir()
-    venv_bin = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""), "OMP_NUM_THREADS": "1"}
-    command = [
-        "msrun",
-        "--worker_num=2",
-        "--local_worker_num=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        f"--log_dir={tmp_path / 'logs'}",
-        "--join=True",
-        str(WORKER),
-        str(settings_file),
-        str(out),
-        str(stop_at),
-    ]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    logs = "\n".join(p.read_text()[-2000:] for p in sorted((tmp_path / "logs").glob("*.log")))
-    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:] + logs
+    completed, text = msrun([str(WORKER), str(settings_file), str(out), str(stop_at)], tmp_path)
+    assert completed.returncode == 0, text[-6000:]
     ranks = [dict(np.load(out / f"rank{r}.npz")) for r in range(2)]
     assert all(int(r["world_size"]) == 2 for r in ranks)
 
