@@ -91,6 +91,11 @@ def open_mindspore_weights(directory: str | os.PathLike) -> ModelWeights:
     directory = Path(directory)
     _check_directory(directory)
     path = mindspore_weights_file(directory)
+    if path is None and any((directory / name).is_file() for name, _, _ in HF_LAYOUTS):
+        raise CheckpointError(
+            f"{directory} already is a Hugging Face model directory (as gf pretrain writes model/): transformers and "
+            "mindformer_gf.from_pretrained load it as it is; `gf convert SRC DST` makes a MindSpore checkpoint of it"
+        )
     if path is None:
         raise CheckpointError(
             f"{directory} is not a MindSpore model directory: it has none of {sorted(MINDSPORE_WEIGHTS.values())}. "

@@ -155,8 +155,13 @@ def test_a_missing_source_is_named(tmp_path):
 
 
 def test_directions_are_not_mixed_up(tmp_path, mlm_dir):
-    with pytest.raises(CheckpointError, match="is not a MindSpore model directory.*gf convert SRC DST"):
+    with pytest.raises(CheckpointError, match="already is a Hugging Face model directory.*gf convert SRC DST"):
         convert_to_huggingface(mlm_dir, tmp_path / "back", progress=False)
+    empty = tmp_path / "config_only"
+    empty.mkdir()
+    (empty / "config.json").write_bytes((mlm_dir / "config.json").read_bytes())
+    with pytest.raises(CheckpointError, match="is not a MindSpore model directory.*gf convert SRC DST"):
+        convert_to_huggingface(empty, tmp_path / "back", progress=False)
     convert_to_mindspore(mlm_dir, tmp_path / "ms", progress=False)
     with pytest.raises(CheckpointError, match="is a MindSpore model directory.*--to huggingface"):
         convert_to_mindspore(tmp_path / "ms", tmp_path / "ms2", progress=False)
