@@ -63,7 +63,8 @@ setup(
     cmdclass={"build_ext": BuildNativeKernels},
     install_requires=[
         "mindspore>=2.10.0",
-        # MindSpore 2.10 is built against numpy 1.x (numpy 2 breaks its bf16 and first eager op); pyarrow 22+ needs numpy 2.
+        # MindSpore 2.10 is built against numpy 1.x (under numpy 2 its bf16 and first eager op fail); pyarrow 22+
+        # needs numpy 2.
         "numpy>=1.24,<2",
         "scipy>=1.10",
         "safetensors>=0.4",
