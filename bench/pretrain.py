@@ -6,10 +6,10 @@ Geneformer paper: an input size of 2,048 fully covers 93% of its cells); 10x cel
 genes. Genes are random V1 token ids (speed does not depend on which genes).
 
 - ours: Geneformer-V1-10M in MindSpore graph mode, `attention_impl="auto"` (the fused CPU kernels when built),
-  `gf pretrain`'s default plan: one dynamic-shape graph, length buckets chosen from the distribution (8), cells
-  sorted by length within their bucket and every batch padded to its own longest cell (`--static-shapes`: every
-  batch padded to its bucket's width, one graph per width); compilation in untimed warm-up steps; logits only at
-  the masked positions, AdamW with clipping: `mindformer_gf.train.Trainer`.
+  `gf pretrain`'s default plan: length buckets chosen from the distribution (8 widths, one graph each), every batch
+  padded to its bucket's width (`--dynamic-shapes`: one dynamic-shape graph, cells sorted by length within their
+  bucket and every batch padded to its own longest cell); compilation in untimed warm-up steps; logits only at the
+  masked positions, AdamW with clipping: `mindformer_gf.train.Trainer`.
 - reference: `transformers.BertForMaskedLM` (torch, sdpa attention) with the reference's length-grouped sampling
   (shuffled megabatches of 50 batches, each sorted by length, every batch padded to its longest cell), 15% masking
   80/10/10, logits at every position, torch AdamW (weight decay 0.001 except biases/LayerNorm), clipping at 1.0.
@@ -139,7 +139,7 @@ def run_ours(
     num_buckets: int,
     seed: int,
     output_dir: str,
-    dynamic: bool = True,
+    dynamic: bool = False,
     repeats: int = 1,
 ) -> dict:
     """`repeats` timed passes over the cells after the warm-up; memory marks (MiB resident) along the way."""
@@ -388,7 +388,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=0, help="cap on timed steps (0: all cells / batch size)")
     parser.add_argument("--num-buckets", type=int, default=8)
-    parser.add_argument("--static-shapes", action="store_true", help="ours: pad to bucket widths, one graph per width")
+    parser.add_argument("--dynamic-shapes", action="store_true", help="ours: one graph, batches padded to longest")
     parser.add_argument("--fixed-length", type=int, default=0, help="every cell this long instead of the distribution")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="bench-pretrain-run", help="scratch directory for our run's metrics")
@@ -426,7 +426,7 @@ def main() -> None:
         args.num_buckets,
         args.seed,
         args.output_dir,
-        not args.static_shapes,
+        args.dynamic_shapes,
         args.repeats,
     )
     loads["after_ours"] = os.getloadavg()

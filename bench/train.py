@@ -35,7 +35,7 @@ def main() -> None:
     cells = draw_cells(lengths, config.vocab_size, args.seed)
     emit({"preset": "Geneformer-V1-10M", "batch_size": args.batch_size, "length": args.length, "steps": args.steps})
     loads = {"before_ours": os.getloadavg()}
-    ours = in_child_process(run_ours, config, cells, lengths, args.batch_size, 1, args.seed, args.output_dir, False)
+    ours = in_child_process(run_ours, config, cells, lengths, args.batch_size, 1, args.seed, args.output_dir)
     loads["after_ours"] = os.getloadavg()
     emit({"ours": ours})
     hf = in_child_process(run_reference, config, cells, lengths, args.batch_size, args.seed)

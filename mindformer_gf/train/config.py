@@ -83,10 +83,8 @@ class PretrainSettings(TrainSettings):
     # config.json fields overriding the model's (e.g. {"num_hidden_layers": 2} for a small test model)
     model_overrides: dict = dataclasses.field(default_factory=dict)
     attention_impl: str = "auto"
-    # pretraining sees every cell length: one graph for all of them, each batch padded to its own longest cell (less
-    # padding than the reference's length grouping; see mindformer_gf.data.sampler)
-    dynamic_shapes: bool = True
-    # pad every batch to its length bucket's width even with dynamic shapes (what a static-shape run feeds)
+    # with dynamic_shapes, each batch is padded to its own longest cell (less padding than the reference's length
+    # grouping; see mindformer_gf.data.sampler) unless this is set: then to its bucket's width, as a static run
     pad_to_bucket_width: bool = False
     mask_probability: float = 0.15
     num_buckets: int = 8
