@@ -63,7 +63,9 @@ setup(
     cmdclass={"build_ext": BuildNativeKernels},
     install_requires=[
         "mindspore>=2.10.0",
-        "numpy>=1.24",
+        # MindSpore 2.10 is built against numpy 1.x (under numpy 2 its bf16 and first eager op fail); pyarrow 22+
+        # needs numpy 2.
+        "numpy>=1.24,<2",
         "scipy>=1.10",
         "safetensors>=0.4",
         "tqdm>=4.65",
@@ -73,7 +75,7 @@ setup(
         "loompy>=3.0.7",
         "h5py>=3.8",
         "datasets>=2.16",
-        "pyarrow>=15",
+        "pyarrow>=15,<22",
         "scikit-learn>=1.3",
         "threadpoolctl>=3.1",
         "matplotlib>=3.7",

@@ -6,19 +6,22 @@ Geneformer paper: an input size of 2,048 fully covers 93% of its cells); 10x cel
 genes. Genes are random V1 token ids (speed does not depend on which genes).
 
 - ours: Geneformer-V1-10M in MindSpore graph mode, `attention_impl="auto"` (the fused CPU kernels when built),
-  length buckets chosen from the distribution (8 widths, compiled once each: warm-up steps, not timed), logits only
-  at the masked positions, AdamW with clipping: `mindformer_gf.train.Trainer`.
+  `gf pretrain`'s default plan: length buckets chosen from the distribution (8 widths, one graph each), every batch
+  padded to its bucket's width (`--dynamic-shapes`: one dynamic-shape graph, cells sorted by length within their
+  bucket and every batch padded to its own longest cell); compilation in untimed warm-up steps; logits only at the
+  masked positions, AdamW with clipping: `mindformer_gf.train.Trainer`.
 - reference: `transformers.BertForMaskedLM` (torch, sdpa attention) with the reference's length-grouped sampling
   (shuffled megabatches of 50 batches, each sorted by length, every batch padded to its longest cell), 15% masking
   80/10/10, logits at every position, torch AdamW (weight decay 0.001 except biases/LayerNorm), clipping at 1.0.
   One untimed warm-up step.
-Both: same batch size, dropout 0.02, fp32, one full pass over the same cells timed.
+Both: same batch size, dropout 0.02, fp32; `--repeats` full passes (epochs) over the same cells, each timed (the
+graphs and the allocator are warm after the first pass's warm-up). Each side runs in its own process.
 
-The machine may be shared: the load average before each side is printed with the results.
+The machine may be shared: the load average before and after each side is printed with the results.
 
-Prints JSON lines; the last one is the summary with `ours_cells_per_s`, `reference_cells_per_s`, `ratio` (ours /
-reference), `padding_waste` (ours, padded tokens / tokens fed) and the FLOP-based figures behind the README's
-Atlas 910B estimate.
+Prints JSON lines; the last one is the summary with `ours_cells_per_s`, `reference_cells_per_s` and `ratio` (ours /
+reference) as the median over the repeats with their range ([min, max]; the ratio's per repeat), `padding_waste`
+(ours, padded tokens / tokens fed) and the FLOP-based figures behind the README's Atlas 910B estimate.
 
 `--pbmc68k DIR` instead pretrains a small model on the shipped pbmc68k_reduced cells (full V1 vocabulary) and
 writes the loss curve and the unigram-baseline figure for the README into DIR.
@@ -46,6 +49,16 @@ def peak_rss_gib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def rss_mib() -> float:
+    """Resident memory of this process now."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def summarise(values: list[float]) -> dict:
+    return {"median": float(np.median(values)), "range": [float(min(values)), float(max(values))]}
 
 
 def in_child_process(function, *args):
@@ -79,10 +92,10 @@ def training_flops(config, length: int, masked: int, full_logits: bool) -> float
 
 # ---- ours ----------------------------------------------------------------------------------------------------------
 class WarmupThenPlan:
-    """Step source: first one warm-up batch per batch shape the plan uses (these steps compile the graphs), then
-    the plan's steps."""
+    """Step source: first one warm-up batch per graph the plan needs (one per batch shape, or one in all with dynamic
+    shapes: these steps compile), then the plan's steps. Records the resident memory when each step starts."""
 
-    def __init__(self, plan_source, collator) -> None:
+    def __init__(self, plan_source, collator, dynamic: bool) -> None:
         from mindformer_gf.data import MicroBatch
 
         plan = plan_source.plan
@@ -90,10 +103,13 @@ class WarmupThenPlan:
         for step in range(plan.steps_per_epoch):
             micro = plan.step(step)[0]
             first_of_width.setdefault(micro.width, micro)
+        if dynamic:
+            first_of_width = dict([max(first_of_width.items())])
         self.warmup = [
             MicroBatch(micro.cell_indices[:1], micro.bucket, width, epoch=10**6)
             for width, micro in first_of_width.items()
         ]
+        self.rss_mib_at_step: list[float] = []
         self.plan_source = plan_source
         self.collator = collator
         self.warmup_steps = len(self.warmup)
@@ -101,6 +117,7 @@ class WarmupThenPlan:
         self.items_per_batch = plan_source.items_per_batch
 
     def batches(self, step, rank=0, world_size=1):
+        self.rss_mib_at_step.append(rss_mib())
         if step < self.warmup_steps:
             return [self.collator(self.warmup[step])]
         return self.plan_source.batches(step - self.warmup_steps, rank, world_size)
@@ -114,7 +131,19 @@ class WarmupThenPlan:
         return {"bench": True}
 
 
-def run_ours(config, cells, lengths, batch_size: int, num_buckets: int, seed: int, output_dir: str) -> dict:
+def run_ours(
+    config,
+    cells,
+    lengths,
+    batch_size: int,
+    num_buckets: int,
+    seed: int,
+    output_dir: str,
+    dynamic: bool = False,
+    repeats: int = 1,
+) -> dict:
+    """`repeats` timed passes over the cells after the warm-up; memory marks (MiB resident) along the way."""
+    memory = {"start": rss_mib()}
     import mindspore as ms
     from datasets import Dataset
 
@@ -130,7 +159,9 @@ def run_ours(config, cells, lengths, batch_size: int, num_buckets: int, seed: in
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
+    memory["imports (MindSpore, datasets, ours)"] = rss_mib()
     model = build_model(config, "BertForMaskedLM", seed=seed)
+    memory["model built (weights)"] = rss_mib()
     # buckets from the length distribution (what a corpus' histogram gives), not from the few benchmark cells
     corpus_lengths = draw_lengths(100_000, seed + 7)
     buckets = choose_bucket_widths(corpus_lengths, num_buckets, MAX_LENGTH)
@@ -138,14 +169,15 @@ def run_ours(config, cells, lengths, batch_size: int, num_buckets: int, seed: in
     corpus_waste = LengthGroupedPlan(corpus_lengths, buckets, batch_size, 1, seed).padding_waste()
     spec = MaskingSpec(config.vocab_size, 1, (0, 1))
     dataset = Dataset.from_dict({"input_ids": [c.tolist() for c in cells], "length": lengths.tolist()})
-    plan = LengthGroupedPlan(lengths, buckets, batch_size, 1, seed)
+    plan = LengthGroupedPlan(lengths, buckets, batch_size, 1, seed, pad_to_longest=dynamic)
     collator = MaskedLMCollator(dataset, spec, batch_size, seed)
     items = batch_size * spec.mask_slots(buckets.max_width)
     source = PlannedBatches(plan, collator, items_per_batch=items)
-    steps = WarmupThenPlan(source, collator)
+    steps = WarmupThenPlan(source, collator, dynamic)
     settings = TrainSettings(
         output_dir=output_dir,
-        max_steps=steps.steps_per_epoch,
+        max_steps=steps.warmup_steps + repeats * plan.steps_per_epoch,
+        dynamic_shapes=dynamic,
         batch_size=batch_size,
         warmup_steps=10,
         device="CPU",
@@ -155,20 +187,30 @@ def run_ours(config, cells, lengths, batch_size: int, num_buckets: int, seed: in
     )
     trainer = Trainer(model, MaskedLMObjective(model), steps, settings)
     trainer.save = lambda step: None  # checkpoint writing is not what is measured
+    memory["trainer built (+ AdamW moments, gradient buffer)"] = rss_mib()
     result = trainer.train()
-    timed = [i for i, compiled in enumerate(result.step_compiled) if not compiled]
-    if any(i < steps.warmup_steps for i in timed) or any(result.step_compiled[steps.warmup_steps :]):
+    if any(result.step_compiled[steps.warmup_steps :]):
         raise RuntimeError("warm-up did not compile exactly the plan's shapes; the timing would include compilation")
-    seconds = sum(result.step_seconds[i] for i in timed)
+    marks = steps.rss_mib_at_step
+    memory["after the warm-up steps (graphs compiled and run once)"] = marks[steps.warmup_steps]
+    memory["after the timed steps"] = rss_mib()
+    memory["peak"] = peak_rss_gib() * 1024
+    passes = [
+        sum(result.step_seconds[steps.warmup_steps + r * plan.steps_per_epoch :][: plan.steps_per_epoch])
+        for r in range(repeats)
+    ]
     flops = 0.0
     for step in range(plan.steps_per_epoch):
         for micro in plan.step(step):
             flops += batch_size * training_flops(config, micro.width, spec.mask_slots(micro.width), False)
+    seconds = float(np.median(passes))
     return {
         "cells": int(lengths.size),
         "seconds": seconds,
         "cells_per_s": lengths.size / seconds,
-        "compile_seconds": sum(t for t, c in zip(result.step_seconds, result.step_compiled, strict=True) if c),
+        "cells_per_s_repeats": [lengths.size / t for t in passes],
+        "compile_seconds": sum(result.step_seconds[: steps.warmup_steps]),
+        "dynamic_shapes": dynamic,
         "bucket_widths": list(buckets.widths),
         "padding_waste": plan.padding_waste(),
         "corpus_padding_waste": corpus_waste,
@@ -176,6 +218,7 @@ def run_ours(config, cells, lengths, batch_size: int, num_buckets: int, seed: in
         "graph_compilations": result.compiled_graphs,
         "attention_impl": model.impl,
         "final_loss": result.final_loss,
+        "memory_mib": {k: round(v) for k, v in memory.items()},
         "peak_rss_gib": peak_rss_gib(),
     }
 
@@ -211,7 +254,7 @@ def reference_mask(ids, attention_mask, vocab_size: int, generator):
     return inputs, labels
 
 
-def run_reference(config, cells, lengths, batch_size: int, seed: int) -> dict:
+def run_reference(config, cells, lengths, batch_size: int, seed: int, repeats: int = 1) -> dict:
     import torch
     import transformers
 
@@ -246,19 +289,23 @@ def run_reference(config, cells, lengths, batch_size: int, seed: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    batches = megabatch_order(lengths, batch_size, seed)
-    step(batches[-1])  # warm-up (allocator, thread pools), not timed
-    padded = sum(int(lengths[b].max()) * b.size for b in batches)
-    flops = sum(b.size * training_flops(config, int(lengths[b].max()), 0, True) for b in batches)
-    start = time.perf_counter()
-    for batch in batches:
-        step(batch)
-    seconds = time.perf_counter() - start
+    epochs = [megabatch_order(lengths, batch_size, seed + r) for r in range(repeats)]
+    step(epochs[0][-1])  # warm-up (allocator, thread pools), not timed
+    padded = sum(int(lengths[b].max()) * b.size for batches in epochs for b in batches)
+    flops = sum(b.size * training_flops(config, int(lengths[b].max()), 0, True) for b in epochs[0])
+    passes = []
+    for batches in epochs:
+        start = time.perf_counter()
+        for batch in batches:
+            step(batch)
+        passes.append(time.perf_counter() - start)
+    seconds = float(np.median(passes))
     return {
         "cells": int(lengths.size),
         "seconds": seconds,
         "cells_per_s": lengths.size / seconds,
-        "padding_waste": 1.0 - lengths.sum() / padded,
+        "cells_per_s_repeats": [lengths.size / t for t in passes],
+        "padding_waste": 1.0 - repeats * lengths.sum() / padded,
         "gflops_per_s": flops / seconds / 1e9,
         "torch_threads": torch.get_num_threads(),
         "peak_rss_gib": peak_rss_gib(),
@@ -336,10 +383,12 @@ def run_pbmc68k(output_dir: str, steps: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cells", type=int, default=48, help="cells in the timed pass (default 48)")
+    parser.add_argument("--cells", type=int, default=200, help="cells in each timed pass (default 200)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per side (median and range)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=0, help="cap on timed steps (0: all cells / batch size)")
     parser.add_argument("--num-buckets", type=int, default=8)
+    parser.add_argument("--dynamic-shapes", action="store_true", help="ours: one graph, batches padded to longest")
     parser.add_argument("--fixed-length", type=int, default=0, help="every cell this long instead of the distribution")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="bench-pretrain-run", help="scratch directory for our run's metrics")
@@ -367,14 +416,25 @@ def main() -> None:
             "batch_size": args.batch_size,
         }
     )
-    emit({"load_average_before_ours": os.getloadavg()})
+    loads = {"before_ours": os.getloadavg()}
     ours = in_child_process(
-        run_ours, config, cells, lengths, args.batch_size, args.num_buckets, args.seed, args.output_dir
+        run_ours,
+        config,
+        cells,
+        lengths,
+        args.batch_size,
+        args.num_buckets,
+        args.seed,
+        args.output_dir,
+        args.dynamic_shapes,
+        args.repeats,
     )
+    loads["after_ours"] = os.getloadavg()
     emit({"ours": ours})
-    emit({"load_average_before_reference": os.getloadavg()})
-    reference = in_child_process(run_reference, config, cells, lengths, args.batch_size, args.seed)
+    reference = in_child_process(run_reference, config, cells, lengths, args.batch_size, args.seed, args.repeats)
+    loads["after_reference"] = os.getloadavg()
     emit({"reference": reference})
+    ratios = [a / b for a, b in zip(ours["cells_per_s_repeats"], reference["cells_per_s_repeats"], strict=True)]
 
     # per-chip estimate for Atlas 910B: FLOPs of a training step per 2048-gene cell (masked-only logits) at our
     # measured CPU efficiency (achieved / peak) applied to the chip's peak
@@ -383,9 +443,16 @@ def main() -> None:
     estimate = ASCEND_910B_PEAK_TFLOPS * 1e12 * efficiency / flops_2048
     emit(
         {
-            "ours_cells_per_s": ours["cells_per_s"],
-            "reference_cells_per_s": reference["cells_per_s"],
-            "ratio": ours["cells_per_s"] / reference["cells_per_s"],
+            "cells": int(count),
+            "repeats": args.repeats,
+            "ours_cells_per_s": summarise(ours["cells_per_s_repeats"]),
+            "reference_cells_per_s": summarise(reference["cells_per_s_repeats"]),
+            "ratio": summarise(ratios),
+            "load_averages": loads,
+            "dynamic_shapes": ours["dynamic_shapes"],
+            "graph_compilations": ours["graph_compilations"],
+            "ours_peak_mb": ours["peak_rss_gib"] * 1024,
+            "reference_peak_mb": reference["peak_rss_gib"] * 1024,
             "padding_waste": ours["padding_waste"],
             "corpus_padding_waste": ours["corpus_padding_waste"],
             "reference_padding_waste": reference["padding_waste"],

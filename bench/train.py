@@ -3,13 +3,16 @@
 The fixed-shape twin of bench/pretrain.py (which uses realistic varied lengths), sharing its two runners: ours is
 `mindformer_gf.train.Trainer` in graph mode (fused kernels when built, logits only at the masked positions), the
 reference is transformers' BertForMaskedLM with torch AdamW and logits at every position. Each side runs in its own
-process, so each peak resident memory is its own. JSON lines; the last one is the summary
-{"ours_cells_per_s", "hf_cells_per_s", "ratio", "ours_peak_mb", "hf_peak_mb"}.
+process, so each peak resident memory is its own. Ours uses a static-shape graph (one shape here; a dynamic-shape
+graph holds more memory on the CPU) and reports its resident memory at each stage (`memory_mib`). JSON lines; the
+last one is the summary {"ours_cells_per_s", "hf_cells_per_s", "ratio", "ours_peak_mb", "hf_peak_mb",
+"memory_ratio", "ours_memory_mib", "load_averages"}.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 import numpy as np
 from common import emit
@@ -31,9 +34,12 @@ def main() -> None:
     lengths = np.full(args.steps * args.batch_size, args.length, np.int64)
     cells = draw_cells(lengths, config.vocab_size, args.seed)
     emit({"preset": "Geneformer-V1-10M", "batch_size": args.batch_size, "length": args.length, "steps": args.steps})
+    loads = {"before_ours": os.getloadavg()}
     ours = in_child_process(run_ours, config, cells, lengths, args.batch_size, 1, args.seed, args.output_dir)
+    loads["after_ours"] = os.getloadavg()
     emit({"ours": ours})
     hf = in_child_process(run_reference, config, cells, lengths, args.batch_size, args.seed)
+    loads["after_hf"] = os.getloadavg()
     emit({"hf": hf})
     emit(
         {
@@ -42,7 +48,10 @@ def main() -> None:
             "ratio": ours["cells_per_s"] / hf["cells_per_s"],
             "ours_peak_mb": ours["peak_rss_gib"] * 1024,
             "hf_peak_mb": hf["peak_rss_gib"] * 1024,
+            "memory_ratio": ours["peak_rss_gib"] / hf["peak_rss_gib"],
+            "ours_memory_mib": ours["memory_mib"],
             "attention_impl": ours["attention_impl"],
+            "load_averages": loads,
         }
     )
 

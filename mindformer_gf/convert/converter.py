@@ -156,6 +156,27 @@ def _output_config(source_dir: Path, architecture: str, config: GeneformerConfig
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
+# Names transformers gives the weights' dtype in config.json ("torch_dtype" before 4.56, "dtype" since).
+CONFIG_DTYPE_KEYS = ("dtype", "torch_dtype")
+CONFIG_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+def _record_weights_dtype(config_path: Path, written: dict[str, int]) -> None:
+    """Make config.json name the dtype the weights were written in, when they all share one: transformers'
+    `from_pretrained(dtype="auto")` builds the model in the config's dtype, so a stale "float32" would widen
+    bfloat16 weights silently. The file is left byte for byte when it already says so."""
+    if len(written) != 1 or next(iter(written)) not in CONFIG_DTYPE_NAMES:
+        return
+    name = CONFIG_DTYPE_NAMES[next(iter(written))]
+    data = json.loads(config_path.read_bytes())
+    present = [key for key in CONFIG_DTYPE_KEYS if key in data]
+    if all(data[key] == name for key in present) and (present or name == "float32"):
+        return
+    for key in present or CONFIG_DTYPE_KEYS[:1]:
+        data[key] = name
+    config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 # ---- writing weights --------------------------------------------------------------------------------------------
 def _write_weights(
     plan: WeightPlan,
@@ -282,6 +303,7 @@ def convert_to_mindspore(
             written = _write_weights(
                 plan, fresh, staging / weights_file, format, target_dtype, {"format": "ms"}, progress
             )
+            _record_weights_dtype(staging / CONFIG, written)
             manifest = _manifest(
                 weights, "huggingface->mindspore", format, weights_file, plan, written, dtype, seed, progress
             )
@@ -331,6 +353,7 @@ def convert_to_huggingface(
             written = _write_weights(
                 plan, {}, staging / HF_SAFETENSORS, "safetensors", target_dtype, {"format": "pt"}, progress
             )
+            _record_weights_dtype(staging / CONFIG, written)
             report = ConversionReport(
                 source=src,
                 destination=dst,
@@ -377,6 +400,7 @@ def save_mindspore_model(
         config.save_pretrained(staging)
         weights_file = MINDSPORE_WEIGHTS[format]
         written = _write_weights(plan, {}, staging / weights_file, format, target_dtype, {"format": "ms"}, progress)
+        _record_weights_dtype(staging / CONFIG, written)
         from mindformer_gf import __version__
 
         manifest = {

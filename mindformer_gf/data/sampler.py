@@ -11,6 +11,12 @@ the next wider bucket (they fit), and the widest bucket's leftover forms one par
 padding. The groups are then shuffled. The number of steps per epoch depends only on the bucket sizes, so the plan
 of step s is `step(s)`, whatever happened before: resuming needs nothing but the step number, and a run on 1 device
 with group_size accumulation steps sees the very micro-batches that group_size devices see.
+
+`pad_to_longest=True` (for a model compiled with dynamic shapes, where a new width costs no compilation): each bucket's
+cells are ordered by length before they are cut into groups (equal lengths stay in shuffled order, so which cells
+share a batch still changes every epoch), and every micro-batch is padded to its own longest cell, as the reference's
+length-grouped sampler pads its batches. Sorting within the whole bucket instead of within the reference's
+megabatches of 50 batches puts cells of nearer lengths together, so the padding is lower than the reference's.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class LengthGroupedPlan:
         group_size: int = 1,
         seed: int = 0,
         shuffle: bool = True,
+        pad_to_longest: bool = False,
     ) -> None:
         if batch_size < 1 or group_size < 1:
             raise ValueError(f"batch_size and group_size must be positive, got {batch_size}, {group_size}")
@@ -56,6 +63,7 @@ class LengthGroupedPlan:
         self.group_size = int(group_size)
         self.seed = int(seed)
         self.shuffle = shuffle
+        self.pad_to_longest = pad_to_longest
         self._cached_epoch = lru_cache(maxsize=2)(self._epoch_groups)
         self.steps_per_epoch = len(self._cached_epoch(0))
 
@@ -69,6 +77,7 @@ class LengthGroupedPlan:
             "group_size": self.group_size,
             "seed": self.seed,
             "shuffle": self.shuffle,
+            "pad_to_longest": self.pad_to_longest,
         }
 
     def _epoch_groups(self, epoch: int) -> list[tuple[int, np.ndarray]]:
@@ -81,6 +90,9 @@ class LengthGroupedPlan:
         n_buckets = len(self.buckets.widths)
         for bucket in range(n_buckets):
             cells = np.concatenate([carried, order[self.bucket_of_cell[order] == bucket]])
+            if self.pad_to_longest:
+                # the cells carried up from the narrower bucket are shorter than this bucket's: the order stays sorted
+                cells = cells[np.argsort(self.lengths[cells], kind="stable")]
             full = (cells.size // per_step) * per_step
             groups += [(bucket, cells[i : i + per_step]) for i in range(0, full, per_step)]
             carried = cells[full:]
@@ -94,10 +106,15 @@ class LengthGroupedPlan:
         """The `group_size` micro-batches of optimisation step `step` (0-based, counting across epochs)."""
         epoch, index = divmod(int(step), self.steps_per_epoch)
         bucket, cells = self._cached_epoch(epoch)[index]
-        width = self.buckets.widths[bucket]
+        shares = [cells[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self.group_size)]
+        if not self.pad_to_longest:
+            width = self.buckets.widths[bucket]
+            return [MicroBatch(share, bucket, width, epoch) for share in shares]
+        # a micro-batch left empty by the partial group is all padding: it takes the group's width
+        group_width = max(1, int(self.lengths[cells].max()))
         return [
-            MicroBatch(cells[i * self.batch_size : (i + 1) * self.batch_size], bucket, width, epoch)
-            for i in range(self.group_size)
+            MicroBatch(share, bucket, int(self.lengths[share].max()) if share.size else group_width, epoch)
+            for share in shares
         ]
 
     def rank_share(self, step: int, rank: int, world_size: int) -> list[MicroBatch]:

@@ -88,6 +88,9 @@ class PretrainSettings(TrainSettings):
     # config.json fields overriding the model's (e.g. {"num_hidden_layers": 2} for a small test model)
     model_overrides: dict = dataclasses.field(default_factory=dict)
     attention_impl: str = "auto"
+    # with dynamic_shapes, each batch is padded to its own longest cell (less padding than the reference's length
+    # grouping; see mindformer_gf.data.sampler) unless this is set: then to its bucket's width, as a static run
+    pad_to_bucket_width: bool = False
     mask_probability: float = 0.15
     num_buckets: int = 8
     bucket_granularity: int = 64

@@ -74,9 +74,10 @@ def masked_lm_source(
     seed: int,
     pad_token_id: int,
     shuffle: bool = True,
+    pad_to_longest: bool = False,
 ) -> PlannedBatches:
     """Masked-gene-modelling batches of `dataset` in a length-grouped plan over `buckets`."""
-    plan = LengthGroupedPlan(corpus_lengths(dataset), buckets, batch_size, group_size, seed, shuffle)
+    plan = LengthGroupedPlan(corpus_lengths(dataset), buckets, batch_size, group_size, seed, shuffle, pad_to_longest)
     collator = MaskedLMCollator(dataset, spec, batch_size, seed, pad_token_id)
     return PlannedBatches(plan, collator, items_per_batch=batch_size * spec.mask_slots(buckets.max_width))
 
@@ -105,10 +106,16 @@ def build_pretraining_data(settings: PretrainSettings, model_config, group_size:
     buckets = choose_bucket_widths(
         all_lengths, settings.num_buckets, model_config.max_position_embeddings, settings.bucket_granularity
     )
-    source = masked_lm_source(dataset, spec, buckets, settings.batch_size, group_size, settings.seed, pad_id)
+    # a batch padded to its longest cell is a new shape: only a dynamic-shape graph takes it without compiling again
+    longest = settings.dynamic_shapes and not settings.pad_to_bucket_width
+    source = masked_lm_source(
+        dataset, spec, buckets, settings.batch_size, group_size, settings.seed, pad_id, pad_to_longest=longest
+    )
     eval_source = None
     if held_out is not None:
-        eval_source = masked_lm_source(held_out, spec, buckets, settings.batch_size, 1, settings.seed, pad_id, False)
+        eval_source = masked_lm_source(
+            held_out, spec, buckets, settings.batch_size, 1, settings.seed, pad_id, False, pad_to_longest=longest
+        )
     return PretrainingData(source, spec, source.plan.padding_waste(), buckets.widths, eval_source)
 
 

@@ -17,8 +17,11 @@ def test_one_graph_for_all_buckets_and_the_same_losses(tiny_settings, tmp_path, 
         return result
 
     monkeypatch.setattr(Trainer, "train", spy)
-    static = pretrain(tiny_settings(output_dir=str(tmp_path / "static"), max_steps=10))
-    dynamic = pretrain(tiny_settings(output_dir=str(tmp_path / "dynamic"), max_steps=10, dynamic_shapes=True))
+    static = pretrain(tiny_settings(output_dir=str(tmp_path / "static"), max_steps=10, dynamic_shapes=False))
+    # the static run's plan (batches padded to their bucket's width), fed to one dynamic-shape graph
+    dynamic = pretrain(
+        tiny_settings(output_dir=str(tmp_path / "dynamic"), max_steps=10, dynamic_shapes=True, pad_to_bucket_width=True)
+    )
     assert static.batch_shapes == dynamic.batch_shapes >= 2
     assert caches == {False: static.batch_shapes, True: 1}
     assert dynamic.compiled_graphs == 2
