@@ -3,11 +3,10 @@ in the test over each cell's gene positions; rows must come back in input order.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
+from task_helpers import V2_CLS, V2_EOS, v2_dataset
 
 from mindformer_gf import reference
 from mindformer_gf.tasks import EmbExtractor
@@ -109,22 +108,9 @@ def test_gene_embeddings_average_every_occurrence(tiny_model_dir, tiny_config, t
 
 def test_cls_and_eos_are_left_out_of_the_mean_and_cls_mode_reads_position_0(tiny_model_dir, tiny_config, tiny_weights):
     """A V2-style dataset (<cls> genes <eos>) whose record names the special tokens."""
-    from datasets import Dataset, DatasetInfo
-
-    cls_id, eos_id = 2, 3  # as V2 dictionaries number them
     rng = np.random.default_rng(0)
-    cells = [[cls_id, *rng.choice(np.arange(10, 25000), n, replace=False).tolist(), eos_id] for n in (5, 12, 30)]
-    record = {
-        "format": "mindformer_gf.tokenized_dataset",
-        "format_version": 1,
-        "dictionary": {
-            "vocab_size": tiny_config.vocab_size,
-            "special_tokens": {"<pad>": 0, "<mask>": 1, "<cls>": cls_id, "<eos>": eos_id},
-        },
-    }
-    dataset = Dataset.from_dict(
-        {"input_ids": cells, "length": [len(c) for c in cells]}, info=DatasetInfo(description=json.dumps(record))
-    )
+    cells = [[V2_CLS, *rng.choice(np.arange(10, 25000), n, replace=False).tolist(), V2_EOS] for n in (5, 12, 30)]
+    dataset = v2_dataset(cells, tiny_config.vocab_size)
     last = tiny_config.num_hidden_layers
     states = reference_hidden_states(tiny_weights, tiny_config, cells, last)
     cell_mode = EmbExtractor(emb_mode="cell", emb_layer=0, max_ncells=None, progress=False)

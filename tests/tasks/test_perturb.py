@@ -9,6 +9,7 @@ import copy
 import numpy as np
 import pandas as pd
 import pytest
+from task_helpers import V2_CLS, V2_EOS, v2_dataset
 
 from mindformer_gf import reference
 from mindformer_gf.tasks.perturb import InSilicoPerturber, PerturbationInputError, read_table
@@ -229,25 +230,11 @@ def test_activate_and_combos_against_the_reference(tiny_model_dir, tiny_config, 
 
 
 def test_v2_cells_keep_cls_and_eos_in_place(tiny_model_dir, tiny_config, tiny_weights, tmp_path):
-    import json
-
-    from datasets import Dataset, DatasetInfo
-
-    cls_id, eos_id = 2, 3
+    cls_id, eos_id = V2_CLS, V2_EOS
     rng = np.random.default_rng(0)
     max_genes = tiny_config.max_position_embeddings - 2
     cells = [[cls_id, *rng.choice(np.arange(10, 25000), n, replace=False).tolist(), eos_id] for n in (6, max_genes)]
-    record = {
-        "format": "mindformer_gf.tokenized_dataset",
-        "format_version": 1,
-        "dictionary": {
-            "vocab_size": tiny_config.vocab_size,
-            "special_tokens": {"<pad>": 0, "<mask>": 1, "<cls>": cls_id, "<eos>": eos_id},
-        },
-    }
-    dataset = Dataset.from_dict(
-        {"input_ids": cells, "length": [len(c) for c in cells]}, info=DatasetInfo(description=json.dumps(record))
-    )
+    dataset = v2_dataset(cells, tiny_config.vocab_size)
     names = ensembl_names()
     layer = tiny_config.num_hidden_layers - 1
     table = run(tiny_model_dir, dataset.select([0]), tmp_path / "a", emb_mode="cls_and_gene")
