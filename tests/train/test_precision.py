@@ -12,8 +12,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor, nn, ops
-from test_training_step import ListSource, PoisonedObjective, make_steps
-from train_helpers import TINY_MODEL
+from train_helpers import TINY_MODEL, ListSource, PoisonedObjective, make_steps
 
 from mindformer_gf import reference
 from mindformer_gf.config import GeneformerConfig

@@ -9,56 +9,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from train_helpers import SPECIAL_TOKENS, TINY_MODEL
+from train_helpers import TINY_MODEL, ListSource, PoisonedObjective, make_steps
 
-from mindformer_gf.data import MaskingSpec, mask_batch
 from mindformer_gf.pretrained import from_pretrained
 from mindformer_gf.train import MaskedLMObjective, Trainer, TrainSettings, decays_weight, learning_rate
 from mindformer_gf.train.precision import DynamicLossScale
-
-WIDTH = 32
-
-
-class ListSource:
-    """A step source over fixed micro-batches; remembers the weights seen when each step's batches are requested
-    (= the weights after the previous step)."""
-
-    def __init__(self, steps: list[list[dict]], model=None) -> None:
-        self.steps = steps
-        self.model = model
-        self.weights_before: dict[int, dict[str, np.ndarray]] = {}
-        self.steps_per_epoch = len(steps)
-        self.items_per_batch = 10
-
-    def batches(self, step, rank=0, world_size=1):
-        if self.model is not None:
-            self.weights_before[step] = {k: v.copy() for k, v in self.model.state_dict().items()}
-        return self.steps[step]
-
-    def step_tokens(self, step):
-        rows = [b["attention_mask"] for b in self.steps[step]]
-        return sum(r.shape[0] for r in rows), int(sum(r.sum() for r in rows)), int(sum(r.size for r in rows))
-
-    def fingerprint(self):
-        return {"steps": len(self.steps)}
-
-
-def make_steps(num_steps: int, rows_per_micro: int, poison_step: int | None = None) -> list[list[dict]]:
-    rng = np.random.default_rng(4)
-    spec = MaskingSpec(TINY_MODEL["vocab_size"], SPECIAL_TOKENS["<mask>"], tuple(SPECIAL_TOKENS.values()))
-    steps = []
-    for step in range(num_steps):
-        micro = []
-        for part in range(2):
-            lengths = rng.integers(5, WIDTH + 1, size=rows_per_micro)
-            cells = [rng.integers(2, TINY_MODEL["vocab_size"], size=n) for n in lengths]
-            index = [step * 100 + part * 10 + r for r in range(rows_per_micro)]
-            batch = mask_batch(cells, index, WIDTH, spec, seed=0, epoch=0)
-            if poison_step is not None:
-                batch["poison"] = np.array([np.inf if step == poison_step else 1.0], np.float32)
-            micro.append(batch)
-        steps.append(micro)
-    return steps
 
 
 def to_full_labels(batch: dict) -> np.ndarray:
@@ -141,16 +96,6 @@ def test_accumulated_steps_match_transformers_and_torch_adamw(hf_model_dir, tmp_
     hf_state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
     for name, value in ours.items():
         np.testing.assert_allclose(value, hf_state[name], rtol=1e-4, atol=2e-6, err_msg=name)
-
-
-class PoisonedObjective(MaskedLMObjective):
-    """The masked-LM loss times a per-batch factor: inf makes every gradient of that step non-finite."""
-
-    input_names = MaskedLMObjective.input_names + ("poison",)
-
-    def construct(self, dropout_seed, input_ids, attention_mask, masked_positions, labels, poison):
-        loss_sum, count, correct = super().construct(dropout_seed, input_ids, attention_mask, masked_positions, labels)
-        return loss_sum * poison[0], count, correct
 
 
 def test_non_finite_step_is_skipped_and_counted(tmp_path):
