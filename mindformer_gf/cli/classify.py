@@ -9,8 +9,13 @@
         --gene-labels dosage_sens_tf_labels.csv --folds 5
     gf classify multitask --dataset pbmc.dataset --model pretrained --output-dir out --tasks cell_type,phase \\
         --pooling attention
+    gf classify gene --evaluate --model out/fold0/model ...    # a fold's model on the labelled genes it never saw
+    gf classify multitask --evaluate --model out/model ...     # the model's tasks on every selected cell
     gf classify cell ... --search-trials 20             # Optuna search (the reference's n_hyperopt_trials)
 Strategies (every task): --strategy finetune (with --freeze-layers N), adapters (--adapter-size), extra_layer.
+Under msrun (one process per device): training is data parallel; every evaluation pass (validation cells at each
+checkpoint, test cells, --evaluate) is shared among the ranks by genes per cell, and rank 0 writes the files one
+process writes (`predictions_run.json` records the split). --output-dir must be seen by every machine.
 """
 
 from __future__ import annotations

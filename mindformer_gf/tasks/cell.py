@@ -8,7 +8,8 @@ validation macro-F1, evaluate on the test cells, save the model.
 
 Outputs in `out/`: `label_map.json`, `prepared_cells.csv`, `splits.json`, `summary.json`, and per split (or fold)
 a directory with `model/` (a MindSpore model directory; `gf convert --to huggingface out/split/model hf_dir`
-exports it), `predictions.csv`, `metrics.json`, `per_class.csv`, `confusion_matrix.png/.pdf`, `roc.png/.pdf`
+exports it), `predictions.csv`, `predictions_run.json` (how the test cells were shared among msrun's ranks),
+`metrics.json`, `per_class.csv`, `confusion_matrix.png/.pdf`, `roc.png/.pdf`
 (two classes), and `training/` (metrics.csv, loss_curve.png, eval_history.csv).
 """
 
@@ -30,6 +31,7 @@ from mindformer_gf.tasks.common import (
     build_model_for_task,
     dataset_for_model,
     ensure_dir,
+    evaluate_saved,
     load_saved_model,
     model_config_of,
     open_dataset,
@@ -57,7 +59,6 @@ from mindformer_gf.tasks.metrics import (
     softmax,
     summarise_folds,
 )
-from mindformer_gf.tasks.sharded import dataset_location, input_stamps
 from mindformer_gf.tasks.splits import Split, k_fold_splits, split_by_fractions
 from mindformer_gf.train.distributed import ParallelContext
 
@@ -143,16 +144,20 @@ class CellClassifier:
                 self.settings.data_seed,
             )
         if output_dir is not None:
-            import pandas as pd
-
-            out = ensure_dir(output_dir)
-            prepared.save_label_map(out / "label_map.json")
-            values = column_values(dataset, self.state_key)[prepared.indices]
-            frame = pd.DataFrame({"dataset_row": prepared.indices, self.state_key: values})
-            if not prepared.is_regression:
-                frame["label"] = prepared.labels
-            write_csv(out / "prepared_cells.csv", frame)
+            self.save_prepared(dataset, prepared, output_dir)
         return prepared
+
+    def save_prepared(self, dataset: Any, prepared: PreparedCells, output_dir: str | os.PathLike) -> None:
+        """`label_map.json` and `prepared_cells.csv` (dataset row, state, label id) in `output_dir`."""
+        import pandas as pd
+
+        out = ensure_dir(output_dir)
+        prepared.save_label_map(out / "label_map.json")
+        values = column_values(dataset, self.state_key)[prepared.indices]
+        frame = pd.DataFrame({"dataset_row": prepared.indices, self.state_key: values})
+        if not prepared.is_regression:
+            frame["label"] = prepared.labels
+        write_csv(out / "prepared_cells.csv", frame)
 
     def make_splits(
         self,
@@ -345,40 +350,34 @@ class CellClassifier:
             prepared = PreparedCells(prepared.indices, labels, id2label, prepared.state_key)
         lengths = np.asarray(dataset.with_format("numpy")["length"])[prepared.indices]
         buckets = bucket_widths(lengths, settings, model.config.max_position_embeddings)
-        out = ensure_dir(output_dir)
         record = {
             "command": "classify cell --evaluate",
-            "model": str(model_dir),
-            "dataset": dataset_location(dataset),
             "state_key": self.state_key,
             "states": self.states,
             "filter_data": self.filter_data,
             "max_ncells": self.max_ncells,
             "regression": self.regression,
-            "seed": settings.seed,
         }
-        merged, job = sharded_forward(
+        merged, job = evaluate_saved(
             model,
+            model_dir,
             dataset,
             prepared.indices,
             settings,
             buckets,
-            out,
-            "predictions",
+            output_dir,
             record,
             pad_id,
-            "evaluate",
-            inputs=input_stamps(model_dir, dataset),
-            parallel=parallel,
             resume=resume,
             timeout=shard_timeout,
+            parallel=parallel,
         )
         if merged is None:
             return None  # another rank's share: rank 0 writes the files
         scale = task.get("target_scale") or {"mean": 0.0, "std": 1.0}
         positions = np.arange(prepared.indices.size)
         metrics, outputs = self._score(prepared, positions, merged[0], TargetScale(scale["mean"], scale["std"]))
-        job.finish(self._write_evaluation(out, prepared, positions, metrics, outputs))
+        job.finish(self._write_evaluation(Path(output_dir), prepared, positions, metrics, outputs))
         return metrics
 
     # ---- the whole job -------------------------------------------------------------------------------------------
@@ -407,10 +406,14 @@ class CellClassifier:
                 output_dir,
                 search_space,
             )
-        out = ensure_dir(output_dir)
+        # what the input can get wrong (label column, states, split, groups, model directory) fails before any
+        # output exists
         dataset = open_dataset(dataset)
-        prepared = self.prepare_data(dataset, out)
+        prepared = self.prepare_data(dataset)
         splits = self.make_splits(dataset, prepared, split_sizes, n_folds, group_by)
+        model_config_of(model_dir)
+        out = ensure_dir(output_dir)
+        self.save_prepared(dataset, prepared, out)
         write_json(out / "splits.json", {s.name: s.as_dict() for s in splits})
         runs = []
         for split in splits:

@@ -24,7 +24,7 @@ from mindformer_gf.data.buckets import LengthBuckets, choose_bucket_widths
 from mindformer_gf.data.collate import collate, pad_cells
 from mindformer_gf.data.sampler import MicroBatch
 from mindformer_gf.tasks.finetune import FineTuneSettings
-from mindformer_gf.tasks.sharded import ShardedInference, cell_costs, forward_share
+from mindformer_gf.tasks.sharded import ShardedInference, cell_costs, dataset_location, forward_share, input_stamps
 
 logger = logging.getLogger("mindformer_gf.tasks")
 
@@ -237,6 +237,41 @@ def build_model_for_task(
     counts = parameter_counts(model)
     print(f"{settings.strategy}: {describe_parameter_counts(counts)}")
     return model
+
+
+def evaluate_saved(
+    model: Any,
+    model_dir: str | os.PathLike,
+    dataset: Any,
+    rows: np.ndarray,
+    settings: FineTuneSettings,
+    buckets: LengthBuckets,
+    output_dir: str | os.PathLike,
+    record: dict[str, Any],
+    pad_token_id: int = 0,
+    inputs: dict[str, Any] | None = None,
+    **job_options: Any,
+) -> tuple[list[Any] | None, ShardedInference]:
+    """`sharded_forward` of an `--evaluate` run: the saved model's (from `model_dir`) outputs on `rows` with
+    `predictions_run.json` to come in `output_dir`; shards fingerprinted by the model's and the dataset's files and
+    `inputs`. `job_options`: resume, timeout, parallel."""
+    record = {"model": str(model_dir), "dataset": dataset_location(dataset), **record, "seed": settings.seed}
+    stamps = {**input_stamps(model_dir, dataset), **(inputs or {})}
+    out = ensure_dir(output_dir)
+    return sharded_forward(
+        model,
+        dataset,
+        rows,
+        settings,
+        buckets,
+        out,
+        "predictions",
+        record,
+        pad_token_id,
+        "evaluate",
+        inputs=stamps,
+        **job_options,
+    )
 
 
 def load_saved_model(model_dir: str | os.PathLike, architecture: str) -> tuple[Any, dict[str, Any]]:

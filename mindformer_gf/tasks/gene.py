@@ -33,6 +33,7 @@ from mindformer_gf.tasks.common import (
     build_model_for_task,
     dataset_for_model,
     ensure_dir,
+    evaluate_saved,
     load_saved_model,
     model_config_of,
     sharded_forward,
@@ -62,7 +63,6 @@ from mindformer_gf.tasks.metrics import (
     summarise_folds,
 )
 from mindformer_gf.tasks.search import report_intermediate
-from mindformer_gf.tasks.sharded import dataset_location, input_stamps
 from mindformer_gf.tasks.splits import gene_folds
 from mindformer_gf.train.distributed import ParallelContext
 
@@ -260,34 +260,30 @@ class GeneClassifier:
             raise ValueError("every labelled gene in the cells is one the model was trained on: nothing to score")
         test_cells = cells_holding(cells, genes.tokens[test_genes])
         buckets = bucket_widths(np.asarray([len(c) for c in cells]), settings, model.config.max_position_embeddings)
-        out = ensure_dir(output_dir)
-        # in the shards' fingerprint: another label file matches no old shard
-        labels_record = (genes.labels if genes.targets is None else genes.targets).tolist()
+        gene_classes = self.gene_classes
         record = {
             "command": "classify gene --evaluate",
-            "model": str(model_dir),
-            "dataset": dataset_location(dataset),
-            "gene_classes": str(self.gene_classes) if isinstance(self.gene_classes, (str, os.PathLike)) else None,
+            "gene_classes": str(gene_classes) if isinstance(gene_classes, (str, os.PathLike)) else None,
             "filter_data": self.filter_data,
             "max_ncells": self.max_ncells,
             "regression": self.regression,
-            "seed": settings.seed,
         }
-        merged, job = sharded_forward(
+        # the genes' labels in the shards' fingerprint: another label file matches no old shard
+        labels = (genes.labels if genes.targets is None else genes.targets).tolist()
+        merged, job = evaluate_saved(
             model,
+            model_dir,
             dataset,
             rows[test_cells],
             settings,
             buckets,
-            out,
-            "predictions",
+            output_dir,
             record,
             pad_id,
-            "evaluate",
-            inputs={**input_stamps(model_dir, dataset), "genes": genes.genes, "labels": labels_record},
-            parallel=parallel,
+            inputs={"genes": genes.genes, "labels": labels},
             resume=resume,
             timeout=shard_timeout,
+            parallel=parallel,
         )
         if merged is None:
             return None  # another rank's share: rank 0 writes the files
@@ -295,6 +291,7 @@ class GeneClassifier:
         frame, metrics = self._score_occurrences(
             task.get("fold"), genes, rows, cells, test_cells, test_genes, merged[0], scale
         )
+        out = Path(output_dir)
         job.finish([write_csv(out / "predictions.csv", frame), write_json(out / "metrics.json", metrics)])
         return metrics
 

@@ -29,6 +29,7 @@ from mindformer_gf.tasks.common import (
     bucket_widths,
     dataset_for_model,
     ensure_dir,
+    evaluate_saved,
     model_config_of,
     sharded_forward,
     task_description,
@@ -46,7 +47,6 @@ from mindformer_gf.tasks.metrics import (
     softmax,
 )
 from mindformer_gf.tasks.models import POOLINGS
-from mindformer_gf.tasks.sharded import dataset_location, input_stamps
 from mindformer_gf.tasks.splits import Split, split_by_fractions
 from mindformer_gf.train.distributed import ParallelContext
 
@@ -347,37 +347,31 @@ class MultitaskClassifier:
         scales = [None if s is None else TargetScale(**s) for s in task["target_scales"]]
         lengths = np.asarray(dataset.with_format("numpy")["length"])[data.rows]
         buckets = bucket_widths(lengths, settings, model.config.max_position_embeddings)
-        out = ensure_dir(output_dir)
         record = {
             "command": "classify multitask --evaluate",
-            "model": str(model_dir),
-            "dataset": dataset_location(dataset),
             "tasks": data.tasks,
             "filter_data": self.filter_data,
             "max_ncells": self.max_ncells,
-            "seed": settings.seed,
         }
-        outputs, job = sharded_forward(
+        outputs, job = evaluate_saved(
             model,
+            model_dir,
             dataset,
             data.rows,
             settings,
             buckets,
-            out,
-            "predictions",
+            output_dir,
             record,
             pad_id,
-            "evaluate",
-            inputs=input_stamps(model_dir, dataset),
-            parallel=parallel,
             resume=resume,
             timeout=shard_timeout,
+            parallel=parallel,
         )
         if outputs is None:
             return None  # another rank's share: rank 0 writes the files
         positions = np.arange(data.rows.size)
         metrics, predictions = score_tasks(data, positions, outputs, scales)
-        job.finish(saved._write_evaluation(out, data, positions, metrics["tasks"], predictions))
+        job.finish(saved._write_evaluation(Path(output_dir), data, positions, metrics["tasks"], predictions))
         return metrics
 
 

@@ -56,3 +56,23 @@ def test_gf_embed_writes_rows_in_input_order(tiny_model_dir, pbmc_dataset_dir, p
     np.testing.assert_array_equal(frame["dataset_row"], expected_rows)
     assert np.load(tmp_path / "embeddings.npy").shape == (expected_rows.size, 32)
     assert f"{expected_rows.size} cell embeddings of 32 dimensions" in capsys.readouterr().out
+
+
+def test_classify_cell_with_bad_input_fails_in_one_line_and_writes_nothing(
+    pbmc_dataset_dir, tiny_model_dir, tmp_path, capsys
+):
+    """A label column the dataset lacks, a split that does not add up, a model directory that is not one: each
+    fails before the output directory exists (nothing half-written to clean up)."""
+    base = ["classify", "cell", "--dataset", str(pbmc_dataset_dir), "--no-progress"]
+    cases = [
+        (["--model", str(tiny_model_dir), "--label", "no_such_column"], "no_such_column"),
+        (["--model", str(tiny_model_dir), "--label", "cell_type", "--split", "0.5,0.1,0.1"], "split"),
+        (["--model", str(tmp_path / "no_model"), "--label", "cell_type"], "no_model"),
+    ]
+    for k, (arguments, named) in enumerate(cases):
+        out = tmp_path / f"out{k}"
+        capsys.readouterr()
+        assert main([*base, *arguments, "--output-dir", str(out)]) != 0
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("gf classify cell: error:") and named in error and "\n" not in error, error
+        assert not out.exists()
