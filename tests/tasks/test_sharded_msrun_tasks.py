@@ -1,7 +1,9 @@
 """`gf perturb` and `gf classify` on 2 msrun workers (one launch each). Perturbation writes the table of one process
 (same rows, same order, same parts, values bit for bit on the CPU), resumes an interrupted run cell by cell without
 duplicates (rank 0 of the interrupted run runs in this process), and `gf perturb-stats` on it gives the single
-process's statistics. Classification trains data parallel, consistent with one process."""
+process's statistics. Classification trains data parallel, consistent with one process, and shares its
+validation and test cells among the ranks: the test predictions are one process's `--evaluate` of the saved model,
+bit for bit."""
 
 from __future__ import annotations
 
