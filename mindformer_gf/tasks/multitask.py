@@ -192,18 +192,19 @@ class MultitaskClassifier:
         settings = self.settings
         prepare_device(settings.device)
         seed_everything(settings.seed)
-        out = ensure_dir(output_dir)
         config = model_config_of(model_dir)
         dataset, pad_id = dataset_for_model(dataset, config)
         data = self.prepare_data(dataset)
-        write_json(
-            out / "label_maps.json",
-            {t: {str(k): v for k, v in m.items()} for t, m in zip(data.tasks, data.id2labels, strict=True)},
-        )
         stratify_on = next((i for i, r in enumerate(data.regression) if not r), None)
         strata = data.labels[stratify_on] if stratify_on is not None else np.zeros(data.rows.size, np.int32)
         groups = None if group_by is None else column_values(dataset, group_by)[data.rows].astype(str)
         split = split_by_fractions(strata, split_sizes, groups, settings.data_seed)
+        # the input checked (columns, classes, split): only now does the output directory appear
+        out = ensure_dir(output_dir)
+        write_json(
+            out / "label_maps.json",
+            {t: {str(k): v for k, v in m.items()} for t, m in zip(data.tasks, data.id2labels, strict=True)},
+        )
         write_json(out / "splits.json", {"split": split.as_dict()})
         scales = [
             TargetScale.fit(lab[split.train]) if r else None
