@@ -9,8 +9,13 @@
         --gene-labels dosage_sens_tf_labels.csv --folds 5
     gf classify multitask --dataset pbmc.dataset --model pretrained --output-dir out --tasks cell_type,phase \\
         --pooling attention
+    gf classify gene --evaluate --model out/fold0/model ...    # a fold's model on the labelled genes it never saw
+    gf classify multitask --evaluate --model out/model ...     # the model's tasks on every selected cell
     gf classify cell ... --search-trials 20             # Optuna search (the reference's n_hyperopt_trials)
 Strategies (every task): --strategy finetune (with --freeze-layers N), adapters (--adapter-size), extra_layer.
+Under msrun (one process per device): training is data parallel; every evaluation pass (validation cells at each
+checkpoint, test cells, --evaluate) is shared among the ranks by genes per cell, and rank 0 writes the files one
+process writes (`predictions_run.json` records the split). --output-dir must be seen by every machine.
 """
 
 from __future__ import annotations
@@ -102,16 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cell.add_argument("--folds", type=int, default=0, help="k stratified folds instead of one split")
     cell.add_argument("--group-by", default=None, help="column (e.g. patient) whose groups never straddle splits")
     cell.add_argument("--regression", action="store_true", help="predict the numeric column --label (MSE)")
-    evaluation = cell.add_argument_group("evaluation only (shards over the ranks under msrun)")
-    evaluation.add_argument(
-        "--evaluate",
-        action="store_true",
-        help="--model is a fine-tuned classifier: predict and score every selected cell, no training",
-    )
-    evaluation.add_argument("--resume", action="store_true", help="keep the shards of an interrupted --evaluate run")
-    evaluation.add_argument(
-        "--shard-timeout", type=float, default=1800.0, help="fail when a rank shows no progress this long (s)"
-    )
+    _add_evaluation(cell, "a fine-tuned cell classifier: predict and score every selected cell")
     cell.set_defaults(run=data_parallel(run_cell))
 
     gene = kinds.add_parser("gene", help="gene classification with k folds over genes")
@@ -124,17 +120,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     labels.add_argument("--gene-values", help="per-gene numbers (CSV gene,value or JSON) for gene regression")
     gene.add_argument("--folds", type=int, default=5, help="folds over genes (default 5)")
     gene.add_argument("--token-dictionary", default=None, help="token dictionary of the dataset (default shipped V1)")
+    _add_evaluation(
+        gene, "a fold's fine-tuned gene model: score every occurrence of a labelled gene it was not trained on"
+    )
     gene.set_defaults(run=data_parallel(run_gene))
 
     multi = kinds.add_parser("multitask", help="several cell labels at once: shared encoder, one head per task")
     _add_common(multi)
-    multi.add_argument("--tasks", required=True, help="comma-separated dataset columns, one task each")
+    multi.add_argument(
+        "--tasks", help="comma-separated dataset columns, one task each (with --evaluate: default the model's)"
+    )
     multi.add_argument("--task-weights", default=None, help="comma-separated loss weights (default 1 each)")
     multi.add_argument("--regression-tasks", default="", help="comma-separated tasks that are numeric (MSE)")
     multi.add_argument("--pooling", choices=("cls", "attention"), default="cls", help="position 0 or attention")
     multi.add_argument("--split", default="0.8,0.1,0.1", help="train,valid,test fractions")
     multi.add_argument("--group-by", default=None, help="column whose groups never straddle splits")
+    _add_evaluation(multi, "a fine-tuned multitask model: predict and score every selected cell on its tasks")
     multi.set_defaults(run=data_parallel(run_multitask))
+
+
+def _add_evaluation(parser: argparse.ArgumentParser, what: str) -> None:
+    evaluation = parser.add_argument_group("evaluation only (shards over the ranks under msrun)")
+    evaluation.add_argument("--evaluate", action="store_true", help=f"--model is {what}; no training")
+    evaluation.add_argument("--resume", action="store_true", help="keep the shards of an interrupted --evaluate run")
+    evaluation.add_argument(
+        "--shard-timeout", type=float, default=1800.0, help="fail when a rank shows no progress this long (s)"
+    )
 
 
 def _settings(args: argparse.Namespace, **defaults: object):
@@ -212,7 +223,7 @@ def run_cell(args: argparse.Namespace) -> int:
         settings=_settings(args),
     )
     if args.evaluate:
-        return _evaluate_cell(classifier, args)
+        return _evaluate(classifier, args)
     result = classifier.run(
         args.dataset, args.model, args.output_dir, _fractions(args.split), args.folds, args.group_by, **_search(args)
     )
@@ -231,9 +242,11 @@ def run_cell(args: argparse.Namespace) -> int:
 
 def data_parallel(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """`run` (a training command) under msrun: every rank trains, data parallel (the step source plans one
-    micro-batch per rank); rank 0 alone scores the checkpoints, predicts the test cells and writes every output.
-    The other ranks run the same commands in step with it (their collective operations must match) and write
-    into a scratch directory that is removed. A single process runs `run` as it is."""
+    micro-batch per rank), and every rank predicts its share of the cells of each evaluation pass (the validation
+    cells at each checkpoint, the test cells with the chosen weights), as `--evaluate` does; rank 0 merges them,
+    scores, chooses the checkpoint and writes every output. The other ranks run the same commands in step with it
+    (their collective operations must match) and write their own outputs into a scratch directory that is removed;
+    their shards go beside rank 0's outputs. A single process runs `run` as it is."""
 
     @functools.wraps(run)
     def on_every_rank(args: argparse.Namespace) -> int:
@@ -255,14 +268,19 @@ def data_parallel(run: Callable[[argparse.Namespace], int]) -> Callable[[argpars
         parallel = init_distributed()
         if parallel.is_main:
             return run(args)
+        from mindformer_gf.tasks.sharded import shards_meet_in
+
         scratch = tempfile.mkdtemp(prefix=f"gf-classify-rank{parallel.rank}-")
-        args.output_dir, args.no_progress = scratch, True
+        output_dir, args.output_dir, args.no_progress = args.output_dir, scratch, True
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()), shards_meet_in(scratch, output_dir):
                 run(args)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        print(f"rank {parallel.rank} of {parallel.world_size}: trained data parallel; rank 0 writes the outputs")
+        print(
+            f"rank {parallel.rank} of {parallel.world_size}: trained data parallel and predicted its shares of the "
+            "evaluation cells; rank 0 writes the outputs"
+        )
         return 0
 
     return on_every_rank
@@ -277,7 +295,8 @@ def sharded_rank() -> Any:
     return launched_context()
 
 
-def _evaluate_cell(classifier, args: argparse.Namespace) -> int:
+def _evaluate(classifier, args: argparse.Namespace) -> int:
+    """`--evaluate`: the classifier scores the saved model `--model`, each rank its share of the cells."""
     parallel = sharded_rank()
     if parallel is None:
         return 0
@@ -292,7 +311,8 @@ def _evaluate_cell(classifier, args: argparse.Namespace) -> int:
     if metrics is None:
         print(f"rank {parallel.rank} of {parallel.world_size}: share predicted; rank 0 writes the files")
         return 0
-    print(f"evaluated: {_brief(metrics)}")
+    for task, task_metrics in metrics.get("tasks", {"evaluated": metrics}).items():
+        print(f"{task}: {_brief(task_metrics)}")
     print(f"outputs in {args.output_dir}")
     return 0
 
@@ -313,6 +333,8 @@ def run_gene(args: argparse.Namespace) -> int:
         token_dictionary_file=args.token_dictionary,
         settings=_settings(args, **_gene_defaults(args)),
     )
+    if args.evaluate:
+        return _evaluate(classifier, args)
     result = classifier.run(args.dataset, args.model, args.output_dir, **_search(args))
     _print_search(result)
     for fold in result.summary["folds"]:
@@ -334,9 +356,11 @@ def _gene_defaults(args: argparse.Namespace) -> dict[str, object]:
 def run_multitask(args: argparse.Namespace) -> int:
     from mindformer_gf.tasks import MultitaskClassifier
 
+    if args.tasks is None and not args.evaluate:
+        raise UsageError("--tasks is required: the dataset columns to learn, e.g. --tasks cell_type,phase")
     weights = [float(w) for w in _csv_list(args.task_weights)] if args.task_weights else None
     classifier = MultitaskClassifier(
-        _csv_list(args.tasks),
+        _csv_list(args.tasks) if args.tasks else _model_tasks(args.model),
         task_weights=weights,
         regression_tasks=_csv_list(args.regression_tasks),
         pooling=args.pooling,
@@ -344,6 +368,8 @@ def run_multitask(args: argparse.Namespace) -> int:
         max_ncells=args.max_cells,
         settings=_settings(args),
     )
+    if args.evaluate:
+        return _evaluate(classifier, args)
     result = classifier.run(
         args.dataset, args.model, args.output_dir, _fractions(args.split), args.group_by, **_search(args)
     )
@@ -352,6 +378,16 @@ def run_multitask(args: argparse.Namespace) -> int:
         print(f"{task}: test {_brief(metrics)}")
     print(f"model {result.model_dir}; outputs in {result.output_dir}")
     return 0
+
+
+def _model_tasks(model_dir: str) -> list[str]:
+    """The tasks a saved multitask model was trained on (its task.json)."""
+    from mindformer_gf.tasks.models import read_task
+
+    task = read_task(model_dir) or {}
+    if task.get("kind") != "multitask":
+        raise UsageError(f"--model {model_dir} is not a multitask model of gf classify multitask (no task.json)")
+    return list(task["tasks"])
 
 
 def _brief(metrics: dict | None) -> str:

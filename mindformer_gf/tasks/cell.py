@@ -8,7 +8,8 @@ validation macro-F1, evaluate on the test cells, save the model.
 
 Outputs in `out/`: `label_map.json`, `prepared_cells.csv`, `splits.json`, `summary.json`, and per split (or fold)
 a directory with `model/` (a MindSpore model directory; `gf convert --to huggingface out/split/model hf_dir`
-exports it), `predictions.csv`, `metrics.json`, `per_class.csv`, `confusion_matrix.png/.pdf`, `roc.png/.pdf`
+exports it), `predictions.csv`, `predictions_run.json` (how the test cells were shared among msrun's ranks),
+`metrics.json`, `per_class.csv`, `confusion_matrix.png/.pdf`, `roc.png/.pdf`
 (two classes), and `training/` (metrics.csv, loss_curve.png, eval_history.csv).
 """
 
@@ -30,16 +31,25 @@ from mindformer_gf.tasks.common import (
     build_model_for_task,
     dataset_for_model,
     ensure_dir,
-    forward_outputs,
+    evaluate_saved,
+    load_saved_model,
     model_config_of,
     open_dataset,
+    sharded_forward,
     task_description,
     training_source,
     validation,
 )
 from mindformer_gf.tasks.finetune import FineTuneSettings, fit, prepare_device, seed_everything
 from mindformer_gf.tasks.io import write_csv, write_json
-from mindformer_gf.tasks.labels import ALL_STATES, PreparedCells, column_values, prepare_cells, prepare_targets
+from mindformer_gf.tasks.labels import (
+    ALL_STATES,
+    PreparedCells,
+    column_values,
+    prepare_cells,
+    prepare_targets,
+    to_model_classes,
+)
 from mindformer_gf.tasks.metrics import (
     classification_metrics,
     plot_confusion_matrix,
@@ -49,7 +59,6 @@ from mindformer_gf.tasks.metrics import (
     softmax,
     summarise_folds,
 )
-from mindformer_gf.tasks.sharded import ShardedInference, cell_costs, dataset_location, forward_share, input_stamps
 from mindformer_gf.tasks.splits import Split, k_fold_splits, split_by_fractions
 from mindformer_gf.train.distributed import ParallelContext
 
@@ -135,16 +144,20 @@ class CellClassifier:
                 self.settings.data_seed,
             )
         if output_dir is not None:
-            import pandas as pd
-
-            out = ensure_dir(output_dir)
-            prepared.save_label_map(out / "label_map.json")
-            values = column_values(dataset, self.state_key)[prepared.indices]
-            frame = pd.DataFrame({"dataset_row": prepared.indices, self.state_key: values})
-            if not prepared.is_regression:
-                frame["label"] = prepared.labels
-            write_csv(out / "prepared_cells.csv", frame)
+            self.save_prepared(dataset, prepared, output_dir)
         return prepared
+
+    def save_prepared(self, dataset: Any, prepared: PreparedCells, output_dir: str | os.PathLike) -> None:
+        """`label_map.json` and `prepared_cells.csv` (dataset row, state, label id) in `output_dir`."""
+        import pandas as pd
+
+        out = ensure_dir(output_dir)
+        prepared.save_label_map(out / "label_map.json")
+        values = column_values(dataset, self.state_key)[prepared.indices]
+        frame = pd.DataFrame({"dataset_row": prepared.indices, self.state_key: values})
+        if not prepared.is_regression:
+            frame["label"] = prepared.labels
+        write_csv(out / "prepared_cells.csv", frame)
 
     def make_splits(
         self,
@@ -215,14 +228,16 @@ class CellClassifier:
             )
             objective = ClassificationObjective(model)
 
-        def evaluate_positions(positions: np.ndarray, desc: str) -> tuple[dict[str, Any], np.ndarray]:
-            (logits,) = forward_outputs(model, dataset, prepared.indices[positions], settings, buckets, desc, pad_id)
-            if self.regression:
-                predicted = scale.inverse(logits[:, 0])
-                return regression_metrics(prepared.targets[positions], predicted), predicted
-            probabilities = softmax(logits.astype(np.float64))
-            names = [prepared.id2label[i] for i in range(prepared.num_classes)]
-            return classification_metrics(prepared.labels[positions], probabilities, names), probabilities
+        def evaluate_positions(positions: np.ndarray, desc: str) -> tuple[dict[str, Any] | None, Any, Any]:
+            """(metrics, predictions, the sharded pass) of the cells at `positions`; (None, None, pass) on the ranks
+            other than 0 of a data-parallel run. The test predictions' record goes beside them."""
+            where, prefix = (out, "predictions") if desc == "test" else (out / "training", "validation")
+            record = {"command": "classify cell", "pass": desc, "split": split.name, "model": str(model_dir)}
+            rows = prepared.indices[positions]
+            merged, job = sharded_forward(model, dataset, rows, settings, buckets, where, prefix, record, pad_id, desc)
+            if merged is None:
+                return None, None, job
+            return (*self._score(prepared, positions, merged[0], scale), job)
 
         evaluate = validation(evaluate_positions, split.valid)
         run = fit(
@@ -236,8 +251,9 @@ class CellClassifier:
         )
         test_metrics = None
         if split.test.size:
-            test_metrics, outputs = evaluate_positions(split.test, "test")
-            self._write_evaluation(out, dataset, prepared, split.test, test_metrics, outputs)
+            test_metrics, outputs, job = evaluate_positions(split.test, "test")
+            if test_metrics is not None:
+                job.finish(self._write_evaluation(out, prepared, split.test, test_metrics, outputs))
         task = task_description(
             "cell_regression" if self.regression else "cell_classification",
             settings,
@@ -260,15 +276,27 @@ class CellClassifier:
             seconds=time.perf_counter() - started,
         )
 
+    def _score(
+        self, prepared: PreparedCells, positions: np.ndarray, logits: np.ndarray, scale: TargetScale | None
+    ) -> tuple[dict[str, Any], np.ndarray]:
+        """(metrics, predictions) of the cells at `positions` from the model's outputs: values on the target's scale
+        (regression) or class probabilities."""
+        if self.regression:
+            predicted = (scale or TargetScale(0.0, 1.0)).inverse(logits[:, 0])
+            return regression_metrics(prepared.targets[positions], predicted), predicted
+        probabilities = softmax(logits.astype(np.float64))
+        names = [prepared.id2label[i] for i in range(prepared.num_classes)]
+        return classification_metrics(prepared.labels[positions], probabilities, names), probabilities
+
     def _write_evaluation(
         self,
         out: Path,
-        dataset: Any,
         prepared: PreparedCells,
         positions: np.ndarray,
         metrics: dict[str, Any],
         outputs: np.ndarray,
-    ) -> None:
+    ) -> list[Path]:
+        """predictions.csv, metrics.json and the plots; returns the first two."""
         import pandas as pd
 
         rows = prepared.indices[positions]
@@ -293,8 +321,7 @@ class CellClassifier:
             )
             if len(names) == 2:
                 plot_roc(prepared.labels[positions], outputs[:, 1], names[1], out / "roc", f"{self.state_key} (test)")
-        write_csv(out / "predictions.csv", frame)
-        write_json(out / "metrics.json", metrics)
+        return [write_csv(out / "predictions.csv", frame), write_json(out / "metrics.json", metrics)]
 
     def evaluate_saved_model(
         self,
@@ -313,70 +340,44 @@ class CellClassifier:
         Under msrun every rank predicts a share of the cells (`mindformer_gf.tasks.sharded`); rank 0 returns the
         metrics and writes the files, the other ranks return None. `resume` keeps the shards of an interrupted
         run."""
-        from mindformer_gf.tasks.models import load_task_model, read_task
-
         settings = self.settings
         prepare_device(settings.device)
-        task = read_task(model_dir) or {}
-        model = load_task_model(model_dir) if task else _plain_classifier(model_dir)
+        model, task = load_saved_model(model_dir, "BertForSequenceClassification")
         dataset, pad_id = dataset_for_model(dataset, model.config)
         prepared = prepared or self.prepare_data(dataset)
         if not self.regression:
-            model_labels = {v: k for k, v in model.config.id2label.items()}
-            unknown = sorted(set(prepared.id2label.values()) - set(model_labels))
-            if unknown:
-                raise ValueError(f"states {unknown} are not classes of the model ({sorted(model_labels)})")
-            prepared = PreparedCells(
-                prepared.indices,
-                np.asarray([model_labels[prepared.id2label[i]] for i in prepared.labels], np.int32),
-                dict(model.config.id2label),
-                prepared.state_key,
-            )
+            labels, id2label = to_model_classes(prepared.labels, prepared.id2label, model.config.id2label)
+            prepared = PreparedCells(prepared.indices, labels, id2label, prepared.state_key)
         lengths = np.asarray(dataset.with_format("numpy")["length"])[prepared.indices]
         buckets = bucket_widths(lengths, settings, model.config.max_position_embeddings)
-        out = ensure_dir(output_dir)
-        model.set_train(False)
-        job = ShardedInference(
-            cell_costs(lengths, "genes"),
-            out,
-            "predictions",
-            {
-                "command": "classify cell --evaluate",
-                "model": str(model_dir),
-                "dataset": dataset_location(dataset),
-                "state_key": self.state_key,
-                "states": self.states,
-                "filter_data": self.filter_data,
-                "max_ncells": self.max_ncells,
-                "regression": self.regression,
-                "forward_batch_size": settings.forward_batch_size,
-                "num_buckets": settings.num_buckets,
-                "seed": settings.seed,
-                "device": settings.device,
-            },
-            inputs=input_stamps(model_dir, dataset),
-            parallel=parallel,
+        record = {
+            "command": "classify cell --evaluate",
+            "state_key": self.state_key,
+            "states": self.states,
+            "filter_data": self.filter_data,
+            "max_ncells": self.max_ncells,
+            "regression": self.regression,
+        }
+        merged, job = evaluate_saved(
+            model,
+            model_dir,
+            dataset,
+            prepared.indices,
+            settings,
+            buckets,
+            output_dir,
+            record,
+            pad_id,
             resume=resume,
             timeout=shard_timeout,
-            progress=settings.progress_bar,
-            desc="evaluate",
+            parallel=parallel,
         )
-        merged = job.run(forward_share(model, dataset, prepared.indices, settings.forward_batch_size, buckets, pad_id))
         if merged is None:
             return None  # another rank's share: rank 0 writes the files
-        (logits,) = merged
+        scale = task.get("target_scale") or {"mean": 0.0, "std": 1.0}
         positions = np.arange(prepared.indices.size)
-        if self.regression:
-            scale = task.get("target_scale") or {"mean": 0.0, "std": 1.0}
-            predicted = TargetScale(scale["mean"], scale["std"]).inverse(logits[:, 0])
-            metrics = regression_metrics(prepared.targets, predicted)
-            self._write_evaluation(out, dataset, prepared, positions, metrics, predicted)
-        else:
-            probabilities = softmax(logits.astype(np.float64))
-            names = [prepared.id2label[i] for i in range(len(prepared.id2label))]
-            metrics = classification_metrics(prepared.labels, probabilities, names)
-            self._write_evaluation(out, dataset, prepared, positions, metrics, probabilities)
-        job.finish([out / "predictions.csv", out / "metrics.json"])
+        metrics, outputs = self._score(prepared, positions, merged[0], TargetScale(scale["mean"], scale["std"]))
+        job.finish(self._write_evaluation(Path(output_dir), prepared, positions, metrics, outputs))
         return metrics
 
     # ---- the whole job -------------------------------------------------------------------------------------------
@@ -405,10 +406,14 @@ class CellClassifier:
                 output_dir,
                 search_space,
             )
-        out = ensure_dir(output_dir)
+        # what the input can get wrong (label column, states, split, groups, model directory) fails before any
+        # output exists
         dataset = open_dataset(dataset)
-        prepared = self.prepare_data(dataset, out)
+        prepared = self.prepare_data(dataset)
         splits = self.make_splits(dataset, prepared, split_sizes, n_folds, group_by)
+        model_config_of(model_dir)
+        out = ensure_dir(output_dir)
+        self.save_prepared(dataset, prepared, out)
         write_json(out / "splits.json", {s.name: s.as_dict() for s in splits})
         runs = []
         for split in splits:
@@ -456,10 +461,3 @@ class CellClassifier:
                     f"all folds: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}",
                 )
         return summary
-
-
-def _plain_classifier(model_dir: str | os.PathLike) -> Any:
-    """A saved sequence classifier without task.json (e.g. converted from Hugging Face)."""
-    from mindformer_gf.pretrained import from_pretrained
-
-    return from_pretrained(model_dir, "BertForSequenceClassification")

@@ -1,5 +1,5 @@
-"""Plumbing shared by the tasks: datasets in, step sources for the training loop, forward passes for evaluation,
-model construction with a strategy, and regression target scaling."""
+"""Plumbing shared by the tasks: datasets in, step sources for the training loop, forward passes for evaluation
+(sharded over the ranks under msrun), model construction with a strategy, and regression target scaling."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from mindformer_gf.data.buckets import LengthBuckets, choose_bucket_widths
 from mindformer_gf.data.collate import collate, pad_cells
 from mindformer_gf.data.sampler import MicroBatch
 from mindformer_gf.tasks.finetune import FineTuneSettings
-from mindformer_gf.tasks.inference import run_forward
+from mindformer_gf.tasks.sharded import ShardedInference, cell_costs, dataset_location, forward_share, input_stamps
 
 logger = logging.getLogger("mindformer_gf.tasks")
 
@@ -60,13 +60,20 @@ def dataset_for_model(dataset: Any, config: Any) -> tuple[Any, int]:
 
 
 def validation(
-    evaluate_positions: Callable[[np.ndarray, str], tuple[dict[str, Any], Any]], valid: np.ndarray
-) -> Callable[[], dict[str, Any]] | None:
-    """The `evaluate` of `fit()`: the metrics on the validation cells `valid`; None without any, so that fit keeps
-    the last checkpoint instead of choosing on nothing."""
+    evaluate_positions: Callable[[np.ndarray, str], tuple[dict[str, Any] | None, Any, ShardedInference]],
+    valid: np.ndarray,
+) -> Callable[[], dict[str, Any] | None] | None:
+    """The `evaluate` of `fit()`: the metrics on the validation cells `valid` (None on the ranks other than 0 of a
+    sharded pass); None without any cells, so that fit keeps the last checkpoint instead of choosing on nothing."""
     if not valid.size:
         return None
-    return lambda: evaluate_positions(valid, "validation")[0]
+
+    def evaluate() -> dict[str, Any] | None:
+        metrics, _, job = evaluate_positions(valid, "validation")
+        job.remove_shards()
+        return metrics
+
+    return evaluate
 
 
 def bucket_widths(lengths: np.ndarray, settings: FineTuneSettings, max_length: int) -> LengthBuckets:
@@ -150,28 +157,42 @@ def training_source(
     return PlannedBatches(plan, collator, items_per_batch=items)
 
 
-def forward_outputs(
+def sharded_forward(
     model: Any,
     dataset: Any,
-    rows: np.ndarray | None,
+    rows: np.ndarray,
     settings: FineTuneSettings,
     buckets: LengthBuckets,
-    desc: str = "evaluate",
+    output_dir: str | os.PathLike,
+    prefix: str,
+    record: dict[str, Any],
     pad_token_id: int = 0,
-) -> list[Any]:
-    """The model's outputs on dataset rows `rows` (all when None), in that order, in inference mode."""
+    desc: str = "evaluate",
+    **job_options: Any,
+) -> tuple[list[Any] | None, ShardedInference]:
+    """The model's outputs on dataset rows `rows`, in that order, in inference mode: each rank of an msrun launch
+    computes a share of the rows (balanced by genes), rank 0 gets every row's (the other ranks None). `record` (the
+    pass's settings) goes into `{prefix}_run.json` beside the outputs in `output_dir` when rank 0 calls
+    `job.finish(files)` after writing them (or `job.remove_shards()` for a pass without a record). `job_options`:
+    ShardedInference's (inputs, resume, timeout, parallel)."""
     model.set_train(False)
-    rows = np.arange(len(dataset)) if rows is None else np.asarray(rows)
-    cells = read_cells(dataset, rows)
-    return run_forward(
-        model,
-        cells,
-        settings.forward_batch_size,
-        buckets,
-        pad_token_id=pad_token_id,
+    rows = np.asarray(rows)
+    job = ShardedInference(
+        cell_costs(corpus_lengths(dataset)[rows], "genes"),
+        output_dir,
+        prefix,
+        {
+            **record,
+            "forward_batch_size": settings.forward_batch_size,
+            "num_buckets": settings.num_buckets,
+            "device": settings.device,
+        },
         progress=settings.progress_bar,
         desc=desc,
+        **job_options,
     )
+    forward = forward_share(model, dataset, rows, settings.forward_batch_size, buckets, pad_token_id)
+    return job.run(forward), job
 
 
 @dataclass
@@ -216,6 +237,54 @@ def build_model_for_task(
     counts = parameter_counts(model)
     print(f"{settings.strategy}: {describe_parameter_counts(counts)}")
     return model
+
+
+def evaluate_saved(
+    model: Any,
+    model_dir: str | os.PathLike,
+    dataset: Any,
+    rows: np.ndarray,
+    settings: FineTuneSettings,
+    buckets: LengthBuckets,
+    output_dir: str | os.PathLike,
+    record: dict[str, Any],
+    pad_token_id: int = 0,
+    inputs: dict[str, Any] | None = None,
+    **job_options: Any,
+) -> tuple[list[Any] | None, ShardedInference]:
+    """`sharded_forward` of an `--evaluate` run: the saved model's (from `model_dir`) outputs on `rows` with
+    `predictions_run.json` to come in `output_dir`; shards fingerprinted by the model's and the dataset's files and
+    `inputs`. `job_options`: resume, timeout, parallel."""
+    record = {"model": str(model_dir), "dataset": dataset_location(dataset), **record, "seed": settings.seed}
+    stamps = {**input_stamps(model_dir, dataset), **(inputs or {})}
+    out = ensure_dir(output_dir)
+    return sharded_forward(
+        model,
+        dataset,
+        rows,
+        settings,
+        buckets,
+        out,
+        "predictions",
+        record,
+        pad_token_id,
+        "evaluate",
+        inputs=stamps,
+        **job_options,
+    )
+
+
+def load_saved_model(model_dir: str | os.PathLike, architecture: str) -> tuple[Any, dict[str, Any]]:
+    """A saved fine-tuned model ready for inference and its task description (`task.json`); a model without one
+    (e.g. converted from Hugging Face) is loaded as `architecture`, with an empty description."""
+    from mindformer_gf.tasks.models import load_task_model, read_task
+
+    task = read_task(model_dir)
+    if task is not None:
+        return load_task_model(model_dir), task
+    from mindformer_gf.pretrained import from_pretrained
+
+    return from_pretrained(model_dir, architecture), {}
 
 
 def task_description(kind: str, settings: FineTuneSettings, **fields: Any) -> dict[str, Any]:

@@ -4,6 +4,8 @@
 size, learning rate, transformers' schedules (`lr_scheduler_type`) with warmup, weight decay, seed), writes a
 checkpoint at every evaluation point (once per epoch by default), scores each checkpoint with `evaluate()`
 (validation metrics) as training goes, and loads the best one at the end (macro-F1, or -MSE for regression).
+Under msrun (data parallel) every rank predicts a share of the validation cells, rank 0 scores and chooses, and
+every rank ends with the chosen weights.
 Outputs under `output_dir`:
 `metrics.csv` (the loop's: training loss, accuracy, learning rate, cells/s, ...), `eval_history.csv` (validation
 metrics per checkpoint), `loss_curve.png` (training loss and the validation score), `train_config.json`.
@@ -136,6 +138,7 @@ def fit(
 
     from mindformer_gf.train import Trainer, TrainSettings
     from mindformer_gf.train.checkpoint import list_checkpoints, load_checkpoint
+    from mindformer_gf.train.distributed import broadcast_weights
 
     settings.validate()
     output_dir = Path(output_dir)
@@ -168,12 +171,15 @@ def fit(
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"path": None, "metrics": None, "score": -math.inf}
 
-    def score_checkpoint(step: int, path: Path) -> None:
+    def score_checkpoint(step: int, path: Path | None) -> None:
         """Validation metrics of the weights just saved, while training runs (so that a hyperparameter search can
-        stop a bad trial early: `report_intermediate`)."""
+        stop a bad trial early: `report_intermediate`). Every rank of a data-parallel run predicts its share of the
+        validation cells; rank 0 alone scores (the others' `evaluate()` is None)."""
         from mindformer_gf.tasks.search import report_intermediate
 
         metrics = evaluate()
+        if metrics is None:
+            return
         history.append({"step": step, "epoch": round(step / steps_per_epoch, 3), **_scalars(metrics)})
         score = selection_score(metrics)
         logger.info("checkpoint step %d: validation %s", step, _scalars(metrics))
@@ -191,10 +197,21 @@ def fit(
         on_checkpoint=score_checkpoint if evaluate is not None else None,
     )
     result = trainer.train()
+    if trainer.parallel.is_main:
+        checkpoints = list_checkpoints(output_dir / "checkpoints")
+        if not checkpoints:
+            raise RuntimeError(f"training wrote no checkpoint under {output_dir / 'checkpoints'}")
+        best_path, best_metrics = best["path"] or checkpoints[-1], best["metrics"]
+        if evaluate is not None:
+            write_csv(output_dir / "eval_history.csv", _frame(history))
+        weights, _, state = load_checkpoint(best_path)
+        model.load_weights(weights)
+    # a data-parallel run (msrun): rank 0 chose the checkpoint; every rank takes its weights, so that the passes
+    # that follow (the test cells' predictions) shard over the ranks
+    broadcast_weights(model)
+    model.set_train(False)
     if not trainer.parallel.is_main:
-        # another rank of a data-parallel run (msrun): rank 0 alone scores the checkpoints and writes the outputs;
-        # this rank keeps its last weights and stays in step with rank 0 for the runs that follow
-        model.set_train(False)
+        # rank 0 alone writes the outputs; this rank stays in step with it for the runs that follow
         return FitResult(
             best_step=result.steps,
             best_metrics=None,
@@ -205,15 +222,6 @@ def fit(
             losses=result.losses,
             output_dir=output_dir,
         )
-    checkpoints = list_checkpoints(output_dir / "checkpoints")
-    if not checkpoints:
-        raise RuntimeError(f"training wrote no checkpoint under {output_dir / 'checkpoints'}")
-    best_path, best_metrics = best["path"] or checkpoints[-1], best["metrics"]
-    if evaluate is not None:
-        write_csv(output_dir / "eval_history.csv", _frame(history))
-    weights, _, state = load_checkpoint(best_path)
-    model.load_weights(weights)
-    model.set_train(False)
     if not settings.keep_checkpoints:
         shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
     try:

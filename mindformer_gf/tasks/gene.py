@@ -33,8 +33,10 @@ from mindformer_gf.tasks.common import (
     build_model_for_task,
     dataset_for_model,
     ensure_dir,
-    forward_outputs,
+    evaluate_saved,
+    load_saved_model,
     model_config_of,
+    sharded_forward,
     task_description,
     training_source,
 )
@@ -48,6 +50,7 @@ from mindformer_gf.tasks.labels import (
     gene_values_for_tokens,
     read_gene_classes,
     read_gene_values,
+    to_model_classes,
     token_label_arrays,
 )
 from mindformer_gf.tasks.metrics import (
@@ -61,6 +64,7 @@ from mindformer_gf.tasks.metrics import (
 )
 from mindformer_gf.tasks.search import report_intermediate
 from mindformer_gf.tasks.splits import gene_folds
+from mindformer_gf.train.distributed import ParallelContext
 
 
 def token_dictionary_for(dataset: Any, token_dictionary_file: str | os.PathLike | None = None) -> dict[str, int]:
@@ -209,12 +213,87 @@ class GeneClassifier:
                 pad_id,
                 settings,
             )
+            if result is None:
+                continue  # another rank of a data-parallel run (msrun): rank 0 scores the folds
             fold_results.append(result)
             pooled.append(predictions)
             report_intermediate(selection_score(result["metrics"]))  # a search may stop a bad trial here
+        if not fold_results:
+            return GeneTaskResult([], {"folds": [], "overall": None, "per_gene": None}, out, genes)
         summary = self._summarise(fold_results, pooled, genes, out)
         write_json(out / "summary.json", summary)
         return GeneTaskResult(fold_results, summary, out, genes)
+
+    def evaluate_saved_model(
+        self,
+        model_dir: str | os.PathLike,
+        dataset: Any,
+        output_dir: str | os.PathLike,
+        resume: bool = False,
+        shard_timeout: float = 1800.0,
+        parallel: ParallelContext | None = None,
+    ) -> dict[str, Any] | None:
+        """Score a saved fine-tuned gene model (a fold's `model/` directory) on `dataset`: every occurrence of a
+        labelled gene the model was not trained on (its task.json's `train_genes`; all of them for a model without
+        one), in the cells holding one, classes matched by name. Writes `predictions.csv` and `metrics.json` as a
+        training run writes for a fold's test genes, and `predictions_run.json`, into `output_dir`; on the same data
+        and labels, a fold's model reproduces the fold's test predictions.
+
+        Under msrun every rank predicts a share of the cells; rank 0 returns the metrics and writes the files, the
+        other ranks return None. `resume` keeps the shards of an interrupted run."""
+        settings = self.settings
+        prepare_device(settings.device)
+        model, task = load_saved_model(model_dir, "BertForTokenClassification")
+        if task and task.get("kind") not in ("gene_classification", "gene_regression"):
+            raise ValueError(f"{model_dir} is a {task.get('kind')} model, not a gene classifier")
+        if task and (task["kind"] == "gene_regression") != self.regression:
+            wanted = "--gene-values (gene_values)" if not self.regression else "--gene-labels (gene_classes)"
+            raise ValueError(f"{model_dir} is a {task['kind']} model: pass {wanted}")
+        dataset, pad_id = dataset_for_model(dataset, model.config)
+        genes, rows, cells = self.prepare_data(dataset)
+        if not self.regression:
+            labels, id2label = to_model_classes(genes.labels, genes.id2label, model.config.id2label, "gene classes")
+            genes = GeneLabels(genes.genes, genes.tokens, labels, id2label, genes.missing_genes)
+        trained = set(task.get("train_genes", []))
+        test_genes = np.flatnonzero([g not in trained for g in genes.genes])
+        if test_genes.size == 0:
+            raise ValueError("every labelled gene in the cells is one the model was trained on: nothing to score")
+        test_cells = cells_holding(cells, genes.tokens[test_genes])
+        buckets = bucket_widths(np.asarray([len(c) for c in cells]), settings, model.config.max_position_embeddings)
+        gene_classes = self.gene_classes
+        record = {
+            "command": "classify gene --evaluate",
+            "gene_classes": str(gene_classes) if isinstance(gene_classes, (str, os.PathLike)) else None,
+            "filter_data": self.filter_data,
+            "max_ncells": self.max_ncells,
+            "regression": self.regression,
+        }
+        # the genes' labels in the shards' fingerprint: another label file matches no old shard
+        labels = (genes.labels if genes.targets is None else genes.targets).tolist()
+        merged, job = evaluate_saved(
+            model,
+            model_dir,
+            dataset,
+            rows[test_cells],
+            settings,
+            buckets,
+            output_dir,
+            record,
+            pad_id,
+            inputs={"genes": genes.genes, "labels": labels},
+            resume=resume,
+            timeout=shard_timeout,
+            parallel=parallel,
+        )
+        if merged is None:
+            return None  # another rank's share: rank 0 writes the files
+        scale = TargetScale(**task["target_scale"]) if task.get("target_scale") else None
+        frame, metrics = self._score_occurrences(
+            task.get("fold"), genes, rows, cells, test_cells, test_genes, merged[0], scale
+        )
+        out = Path(output_dir)
+        job.finish([write_csv(out / "predictions.csv", frame), write_json(out / "metrics.json", metrics)])
+        return metrics
 
     def _run_fold(
         self,
@@ -230,9 +309,9 @@ class GeneClassifier:
         out: Path,
         pad_id: int,
         settings: FineTuneSettings,
-    ) -> tuple[dict[str, Any], Any]:
-        import pandas as pd
-
+    ) -> tuple[dict[str, Any] | None, Any]:
+        """One fold: train, predict the test genes' occurrences, save; (None, None) on the ranks other than 0 of a
+        data-parallel run."""
         started = time.perf_counter()
         out = ensure_dir(out)
         id2label = {0: "value"} if self.regression else genes.id2label
@@ -268,7 +347,57 @@ class GeneClassifier:
             None,
             run_config={"task": "gene", "fold": k, "model": str(model_dir)},
         )
-        logits = forward_outputs(model, dataset, rows[test_cells], settings, buckets, f"test fold {k}", pad_id)[0]
+        record = {"command": "classify gene", "pass": "test", "fold": k, "model": str(model_dir)}
+        merged, job = sharded_forward(
+            model, dataset, rows[test_cells], settings, buckets, out, "predictions", record, pad_id, f"test fold {k}"
+        )
+        if merged is None:
+            return None, None  # another rank's share of the test cells: rank 0 scores the fold
+        frame, metrics = self._score_occurrences(k, genes, rows, cells, test_cells, test_genes, merged[0], scale)
+        job.finish([write_csv(out / "predictions.csv", frame), write_json(out / "metrics.json", metrics)])
+        from mindformer_gf.tasks.models import save_task_model
+
+        save_task_model(
+            model,
+            out / "model",
+            task_description(
+                "gene_regression" if self.regression else "gene_classification",
+                settings,
+                id2label={str(i): v for i, v in id2label.items()},
+                fold=k,
+                train_genes=[genes.genes[i] for i in train_genes],
+                target_scale=None if scale is None else {"mean": scale.mean, "std": scale.std},
+                source_model=str(model_dir),
+            ),
+        )
+        result = {
+            "fold": k,
+            "train_genes": int(train_genes.size),
+            "test_genes": int(test_genes.size),
+            "train_cells": int(train_cells.size),
+            "test_cells": int(test_cells.size),
+            "test_occurrences": len(frame),
+            "final_loss": run.final_loss,
+            "seconds": round(time.perf_counter() - started, 1),
+            "metrics": metrics,
+        }
+        return result, frame
+
+    def _score_occurrences(
+        self,
+        fold: int | None,
+        genes: GeneLabels,
+        rows: np.ndarray,
+        cells: list[np.ndarray],
+        test_cells: np.ndarray,
+        test_genes: np.ndarray,
+        logits: list[np.ndarray],
+        scale: TargetScale | None,
+    ) -> tuple[Any, dict[str, Any]]:
+        """(predictions, metrics) at every occurrence of a test gene in the test cells, from the per-token outputs
+        of those cells (`logits`, one array per cell of `test_cells`)."""
+        import pandas as pd
+
         token_of = {int(t): i for i, t in enumerate(genes.tokens)}
         test_set = set(genes.tokens[test_genes].tolist())
         records = []
@@ -284,50 +413,21 @@ class GeneClassifier:
                 "dataset_row": [r[0] for r in records],
                 "position": [r[1] for r in records],
                 "gene": [genes.genes[i] for i in gene_index],
-                "fold": k,
+                "fold": fold,
             }
         )
         if self.regression:
-            predicted = scale.inverse(outputs[:, 0])
+            predicted = (scale or TargetScale(0.0, 1.0)).inverse(outputs[:, 0])
             frame["true_value"] = genes.targets[gene_index]
             frame["predicted_value"] = predicted
-            metrics = regression_metrics(genes.targets[gene_index], predicted)
-        else:
-            names = [genes.id2label[i] for i in range(len(genes.id2label))]
-            probabilities = softmax(outputs)
-            frame["true_label"] = [names[genes.labels[i]] for i in gene_index]
-            frame["predicted_label"] = [names[i] for i in probabilities.argmax(1)]
-            for i, name in enumerate(names):
-                frame[f"p({name})"] = probabilities[:, i]
-            metrics = classification_metrics(genes.labels[gene_index], probabilities, names)
-        write_csv(out / "predictions.csv", frame)
-        write_json(out / "metrics.json", metrics)
-        from mindformer_gf.tasks.models import save_task_model
-
-        save_task_model(
-            model,
-            out / "model",
-            task_description(
-                "gene_regression" if self.regression else "gene_classification",
-                settings,
-                id2label={str(i): v for i, v in id2label.items()},
-                train_genes=[genes.genes[i] for i in train_genes],
-                target_scale=None if scale is None else {"mean": scale.mean, "std": scale.std},
-                source_model=str(model_dir),
-            ),
-        )
-        result = {
-            "fold": k,
-            "train_genes": int(train_genes.size),
-            "test_genes": int(test_genes.size),
-            "train_cells": int(train_cells.size),
-            "test_cells": int(test_cells.size),
-            "test_occurrences": len(records),
-            "final_loss": run.final_loss,
-            "seconds": round(time.perf_counter() - started, 1),
-            "metrics": metrics,
-        }
-        return result, frame
+            return frame, regression_metrics(genes.targets[gene_index], predicted)
+        names = [genes.id2label[i] for i in range(len(genes.id2label))]
+        probabilities = softmax(outputs)
+        frame["true_label"] = [names[genes.labels[i]] for i in gene_index]
+        frame["predicted_label"] = [names[i] for i in probabilities.argmax(1)]
+        for i, name in enumerate(names):
+            frame[f"p({name})"] = probabilities[:, i]
+        return frame, classification_metrics(genes.labels[gene_index], probabilities, names)
 
     def _summarise(self, folds: list[dict[str, Any]], pooled: list[Any], genes: GeneLabels, out: Path) -> dict:
         import pandas as pd

@@ -64,6 +64,20 @@ class PreparedCells:
         )
 
 
+def to_model_classes(
+    labels: np.ndarray, id2label: Mapping[int, str], model_id2label: Mapping[Any, str], what: str = "states"
+) -> tuple[np.ndarray, dict[int, str]]:
+    """`labels` (ids into `id2label`) as ids of a fine-tuned model's classes, matched by name, and the model's id ->
+    name map; a name the model does not know is an error (a class of the model missing from the data is fine)."""
+    model_id2label = {int(k): v for k, v in model_id2label.items()}
+    model_ids = {v: k for k, v in model_id2label.items()}
+    unknown = sorted(set(id2label.values()) - set(model_ids))
+    if unknown:
+        raise ValueError(f"{what} {unknown} are not classes of the model ({sorted(model_ids)})")
+    lookup = np.asarray([model_ids[id2label[i]] for i in range(len(id2label))], np.int32)
+    return lookup[np.asarray(labels, np.int64)], model_id2label
+
+
 def read_label_map(path: str | os.PathLike) -> dict[int, str]:
     """The id -> label map written by `PreparedCells.save_label_map` (or a plain {"0": "name"} JSON object)."""
     data = read_json(path)

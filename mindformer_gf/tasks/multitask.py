@@ -29,15 +29,16 @@ from mindformer_gf.tasks.common import (
     bucket_widths,
     dataset_for_model,
     ensure_dir,
-    forward_outputs,
+    evaluate_saved,
     model_config_of,
+    sharded_forward,
     task_description,
     training_source,
     validation,
 )
 from mindformer_gf.tasks.finetune import FineTuneSettings, fit, prepare_device, seed_everything
 from mindformer_gf.tasks.io import write_csv, write_json
-from mindformer_gf.tasks.labels import column_values, filter_rows
+from mindformer_gf.tasks.labels import column_values, filter_rows, to_model_classes
 from mindformer_gf.tasks.metrics import (
     classification_metrics,
     plot_confusion_matrix,
@@ -47,6 +48,7 @@ from mindformer_gf.tasks.metrics import (
 )
 from mindformer_gf.tasks.models import POOLINGS
 from mindformer_gf.tasks.splits import Split, split_by_fractions
+from mindformer_gf.train.distributed import ParallelContext
 
 
 @dataclass
@@ -190,18 +192,19 @@ class MultitaskClassifier:
         settings = self.settings
         prepare_device(settings.device)
         seed_everything(settings.seed)
-        out = ensure_dir(output_dir)
         config = model_config_of(model_dir)
         dataset, pad_id = dataset_for_model(dataset, config)
         data = self.prepare_data(dataset)
-        write_json(
-            out / "label_maps.json",
-            {t: {str(k): v for k, v in m.items()} for t, m in zip(data.tasks, data.id2labels, strict=True)},
-        )
         stratify_on = next((i for i, r in enumerate(data.regression) if not r), None)
         strata = data.labels[stratify_on] if stratify_on is not None else np.zeros(data.rows.size, np.int32)
         groups = None if group_by is None else column_values(dataset, group_by)[data.rows].astype(str)
         split = split_by_fractions(strata, split_sizes, groups, settings.data_seed)
+        # the input checked (columns, classes, split): only now does the output directory appear
+        out = ensure_dir(output_dir)
+        write_json(
+            out / "label_maps.json",
+            {t: {str(k): v for k, v in m.items()} for t, m in zip(data.tasks, data.id2labels, strict=True)},
+        )
         write_json(out / "splits.json", {"split": split.as_dict()})
         scales = [
             TargetScale.fit(lab[split.train]) if r else None
@@ -219,30 +222,16 @@ class MultitaskClassifier:
         )
         objective = MultitaskObjective(model, data.regression, self.weights)
 
-        def evaluate_positions(positions: np.ndarray, desc: str) -> tuple[dict[str, Any], list[np.ndarray]]:
-            outputs = forward_outputs(model, dataset, data.rows[positions], settings, buckets, desc, pad_id)
-            metrics: dict[str, Any] = {"tasks": {}}
-            predictions = []
-            for t, task in enumerate(data.tasks):
-                if data.regression[t]:
-                    predicted = scales[t].inverse(outputs[t][:, 0])
-                    metrics["tasks"][task] = regression_metrics(data.labels[t][positions], predicted)
-                else:
-                    predicted = softmax(outputs[t].astype(np.float64))
-                    names = [data.id2labels[t][i] for i in range(len(data.id2labels[t]))]
-                    metrics["tasks"][task] = classification_metrics(data.labels[t][positions], predicted, names)
-                predictions.append(predicted)
-            f1s = [m["macro_f1"] for m in metrics["tasks"].values() if "macro_f1" in m]
-            if f1s:
-                metrics["macro_f1"] = float(np.mean(f1s))
-                metrics["accuracy"] = float(
-                    np.mean([m["accuracy"] for m in metrics["tasks"].values() if "accuracy" in m])
-                )
-            else:
-                metrics["mse"] = float(
-                    np.mean([m["mse"] / s.std**2 for m, s in zip(metrics["tasks"].values(), scales, strict=True)])
-                )
-            return metrics, predictions
+        def evaluate_positions(positions: np.ndarray, desc: str) -> tuple[dict[str, Any] | None, Any, Any]:
+            """(metrics, predictions per task, the sharded pass) of the cells at `positions`; (None, None, pass) on
+            the ranks other than 0 of a data-parallel run. The test predictions' record goes beside them."""
+            where, prefix = (out, "predictions") if desc == "test" else (out / "training", "validation")
+            record = {"command": "classify multitask", "pass": desc, "model": str(model_dir)}
+            rows = data.rows[positions]
+            outputs, job = sharded_forward(model, dataset, rows, settings, buckets, where, prefix, record, pad_id, desc)
+            if outputs is None:
+                return None, None, job
+            return (*score_tasks(data, positions, outputs, scales), job)
 
         evaluate = validation(evaluate_positions, split.valid)
         run = fit(
@@ -256,9 +245,10 @@ class MultitaskClassifier:
         )
         test_metrics: dict[str, dict[str, Any]] = {}
         if split.test.size:
-            metrics, predictions = evaluate_positions(split.test, "test")
-            test_metrics = metrics["tasks"]
-            self._write_evaluation(out, data, split.test, test_metrics, predictions)
+            metrics, predictions, job = evaluate_positions(split.test, "test")
+            if metrics is not None:
+                test_metrics = metrics["tasks"]
+                job.finish(self._write_evaluation(out, data, split.test, test_metrics, predictions))
         sizes = [1 if r else len(m) for r, m in zip(data.regression, data.id2labels, strict=True)]
         model_path = save_task_model(
             model,
@@ -288,7 +278,8 @@ class MultitaskClassifier:
         positions: np.ndarray,
         metrics: dict[str, dict[str, Any]],
         predictions: list[np.ndarray],
-    ) -> None:
+    ) -> list[Path]:
+        """predictions.csv, metrics.json and the plots; returns the first two."""
         import pandas as pd
 
         frame = pd.DataFrame({"dataset_row": data.rows[positions]})
@@ -309,9 +300,108 @@ class MultitaskClassifier:
                 out / f"confusion_matrix_{_file_safe(task)}",
                 f"{task}: accuracy {metrics[task]['accuracy']:.3f}, macro-F1 {metrics[task]['macro_f1']:.3f}",
             )
-        write_csv(out / "predictions.csv", frame)
-        write_json(out / "metrics.json", metrics)
         plot_metric_bars(bars, out / "multitask_metrics", f"multitask ({self.pooling} pooling): test metrics per task")
+        return [write_csv(out / "predictions.csv", frame), write_json(out / "metrics.json", metrics)]
+
+    def evaluate_saved_model(
+        self,
+        model_dir: str | os.PathLike,
+        dataset: Any,
+        output_dir: str | os.PathLike,
+        resume: bool = False,
+        shard_timeout: float = 1800.0,
+        parallel: ParallelContext | None = None,
+    ) -> dict[str, Any] | None:
+        """Score a saved multitask model (the `model/` directory of a run) on every selected cell of `dataset`: its
+        tasks (the classifier's must be the same columns), pooling, classes (matched by name) and target scales.
+        Writes `predictions.csv`, `metrics.json` (per task) and the plots as a training run writes for its test
+        cells, and `predictions_run.json`, into `output_dir`.
+
+        Under msrun every rank predicts a share of the cells; rank 0 returns the metrics ({"tasks": {task: ...},
+        and the means}) and writes the files, the other ranks return None. `resume` keeps the shards of an
+        interrupted run."""
+        from mindformer_gf.tasks.models import load_task_model, read_task
+
+        task = read_task(model_dir) or {}
+        if task.get("kind") != "multitask":
+            raise ValueError(f"{model_dir} is not a multitask model of this package (no multitask task.json)")
+        if sorted(self.tasks) != sorted(task["tasks"]):
+            raise ValueError(f"tasks {self.tasks} are not the model's {task['tasks']}")
+        saved = MultitaskClassifier(
+            task["tasks"],
+            regression_tasks=[t for t, r in zip(task["tasks"], task["regression"], strict=True) if r],
+            pooling=task["pooling"],
+            filter_data=self.filter_data,
+            max_ncells=self.max_ncells,
+            settings=self.settings,
+        )
+        settings = self.settings
+        prepare_device(settings.device)
+        model = load_task_model(model_dir)
+        dataset, pad_id = dataset_for_model(dataset, model.config)
+        data = saved.prepare_data(dataset)
+        for t, regression in enumerate(data.regression):
+            if not regression:
+                data.labels[t], data.id2labels[t] = to_model_classes(
+                    data.labels[t], data.id2labels[t], task["id2labels"][t], f"{data.tasks[t]} classes"
+                )
+        scales = [None if s is None else TargetScale(**s) for s in task["target_scales"]]
+        lengths = np.asarray(dataset.with_format("numpy")["length"])[data.rows]
+        buckets = bucket_widths(lengths, settings, model.config.max_position_embeddings)
+        record = {
+            "command": "classify multitask --evaluate",
+            "tasks": data.tasks,
+            "filter_data": self.filter_data,
+            "max_ncells": self.max_ncells,
+        }
+        outputs, job = evaluate_saved(
+            model,
+            model_dir,
+            dataset,
+            data.rows,
+            settings,
+            buckets,
+            output_dir,
+            record,
+            pad_id,
+            resume=resume,
+            timeout=shard_timeout,
+            parallel=parallel,
+        )
+        if outputs is None:
+            return None  # another rank's share: rank 0 writes the files
+        positions = np.arange(data.rows.size)
+        metrics, predictions = score_tasks(data, positions, outputs, scales)
+        job.finish(saved._write_evaluation(Path(output_dir), data, positions, metrics["tasks"], predictions))
+        return metrics
+
+
+def score_tasks(
+    data: MultitaskData, positions: np.ndarray, outputs: list[np.ndarray], scales: list[TargetScale | None]
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """(metrics, predictions per task) of the cells at `positions` from the model's outputs (one array per task):
+    per task, classification or regression metrics (values on the target's scale); overall, the mean accuracy and
+    macro-F1 of the classification tasks, or without any the mean standardised MSE."""
+    metrics: dict[str, Any] = {"tasks": {}}
+    predictions = []
+    for t, task in enumerate(data.tasks):
+        if data.regression[t]:
+            predicted = scales[t].inverse(outputs[t][:, 0])
+            metrics["tasks"][task] = regression_metrics(data.labels[t][positions], predicted)
+        else:
+            predicted = softmax(outputs[t].astype(np.float64))
+            names = [data.id2labels[t][i] for i in range(len(data.id2labels[t]))]
+            metrics["tasks"][task] = classification_metrics(data.labels[t][positions], predicted, names)
+        predictions.append(predicted)
+    f1s = [m["macro_f1"] for m in metrics["tasks"].values() if "macro_f1" in m]
+    if f1s:
+        metrics["macro_f1"] = float(np.mean(f1s))
+        metrics["accuracy"] = float(np.mean([m["accuracy"] for m in metrics["tasks"].values() if "accuracy" in m]))
+    else:
+        metrics["mse"] = float(
+            np.mean([m["mse"] / s.std**2 for m, s in zip(metrics["tasks"].values(), scales, strict=True)])
+        )
+    return metrics, predictions
 
 
 def _file_safe(name: str) -> str:

@@ -12,6 +12,8 @@ as a shard, and rank 0 merges the shards back into input order, so the files wri
 [len(positions), ...] or a list of per-cell arrays (ragged, e.g. per-gene states), and calls `advance(n)` as cells
 finish. Ranks never communicate: they share a directory (`{prefix}_shards/` beside the outputs; on several machines
 it must be a filesystem all of them see). Rank and world size come from `train.distributed.launched_context`.
+The evaluation passes of a data-parallel training run (`gf classify` under msrun) shard the same way: there the other
+ranks write their own outputs into a scratch directory (`shards_meet_in`) and their shards beside rank 0's outputs.
 
 - The share is a pure function of (costs, world_size): greedy longest-processing-time (`partition_by_cost`).
 - A shard is `rank{r}-of-{w}.npz`, written atomically, stamped with a fingerprint of the settings, the inputs and its
@@ -28,10 +30,12 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,34 @@ from mindformer_gf.train.distributed import ParallelContext, launched_context
 COST_MODELS = ("genes", "genes_squared")
 POLL_SECONDS = 0.2
 Outputs = list[Any]  # one entry per output: an array [cells, ...] or a list of per-cell arrays
+
+
+# (this rank's output root, rank 0's): see shards_meet_in
+_MEETING: tuple[Path, Path] | None = None
+
+
+@contextmanager
+def shards_meet_in(own_root: str | os.PathLike, main_root: str | os.PathLike) -> Iterator[None]:
+    """Within the block, a pass whose outputs would go under `own_root` puts its shards under `main_root` (the same
+    relative path) instead: a non-zero rank of a data-parallel training run writes its outputs into a scratch
+    directory that nobody reads, while its evaluation shards must go where rank 0 merges them."""
+    global _MEETING
+    previous, _MEETING = _MEETING, (Path(own_root).resolve(), Path(main_root).resolve())
+    try:
+        yield
+    finally:
+        _MEETING = previous
+
+
+def meeting_dir(path: str | os.PathLike) -> Path:
+    """Where the shards of a pass with outputs in `path` go: `path` itself, or its place under rank 0's root."""
+    path = Path(path)
+    if _MEETING is not None:
+        own, main = _MEETING
+        resolved = path.resolve()
+        if resolved.is_relative_to(own):
+            return main / resolved.relative_to(own)
+    return path
 
 
 def cell_costs(lengths: Sequence[int] | np.ndarray, cost_model: str = "genes") -> np.ndarray:
@@ -236,14 +268,14 @@ class ShardedInference:
         self.shares = partition_by_cost(self.costs, self.parallel.world_size)
         identity = {"settings": self.settings, "inputs": dict(inputs or {})}
         self.fingerprint = fingerprint(identity, self.costs, self.parallel.world_size)
-        self.shard_dir = self.output_dir / f"{prefix}_shards"
+        self.shard_dir = meeting_dir(self.output_dir) / f"{prefix}_shards"
         self.seconds: list[float | None] = [None] * self.parallel.world_size
         self.resumed: list[int] = []
         self.nonce = ""
         self._bar: Any = None
         self._done_here = 0
         self._last_poll = 0.0
-        self._last_print = 0.0
+        self._last_print = time.monotonic()  # the first progress line after ~10 s, then one at the end
         self._seen: dict[int, tuple[Any, float]] = {}
 
     # ---- paths ---------------------------------------------------------------------------------------------------
@@ -440,19 +472,21 @@ class ShardedInference:
         self._bar.refresh()
 
     def _report(self, final: bool = False) -> None:
-        """A non-zero rank: its progress file (at most twice a second) and a line in its log every ~10 s."""
+        """A non-zero rank: its progress file (at most twice a second) and a line in its log every ~10 s. The final
+        report only prints: its shard is written, and rank 0 may have merged and removed the directory already."""
         now = time.monotonic()
         if self.parallel.is_main or (not final and now - self._last_poll < 0.5):
             return
         self._last_poll = now
         total = self.positions.size
         nonce = self._current_nonce(wait=False)
-        if nonce:
+        if nonce and not final:
             marker = self._marker(self.parallel.rank, "progress")
             write_json(marker, {"nonce": nonce, "done": self._done_here, "total": int(total)})
         if final or now - self._last_print > 10.0:
             self._last_print = now
-            print(f"rank {self.parallel.rank}: {self._done_here}/{total} cells", flush=True)
+            # stderr: a training run (gf classify) keeps the stdout of the ranks other than 0 quiet
+            print(f"rank {self.parallel.rank}: {self._done_here}/{total} cells", file=sys.stderr, flush=True)
 
     # ---- the record ----------------------------------------------------------------------------------------------
     def finish(self, files: Sequence[str | os.PathLike] = ()) -> Path | None:
@@ -476,8 +510,13 @@ class ShardedInference:
             "outputs": [str(f) for f in files],
         }
         path = write_json(self.output_dir / f"{self.prefix}_run.json", record)
-        if self.shard_dir.exists():
+        self.remove_shards()
+        return path
+
+    def remove_shards(self) -> None:
+        """Rank 0 (or the only process), once the merged outputs are used: the shard directory goes. A pass that
+        writes no record (e.g. a validation pass while training) calls this instead of `finish`."""
+        if self.parallel.is_main and self.shard_dir.exists():
             import shutil
 
             shutil.rmtree(self.shard_dir, ignore_errors=True)
-        return path

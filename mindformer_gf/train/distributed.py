@@ -91,3 +91,37 @@ def launched_context() -> ParallelContext | None:
         # msrun numbers the workers itself only on one machine or when told each machine's index
         raise LaunchError("msrun over several machines needs --node_rank=<machine index> on each machine")
     return ParallelContext(rank=int(os.environ["RANK_ID"]), world_size=int(os.environ["MS_WORKER_NUM"]))
+
+
+def broadcast_weights(model: object) -> None:
+    """Every rank of the joined group takes rank 0's parameters of `model` (which has `state_dict` and
+    `load_weights`, as the package's models do): one sum over the ranks to which the others add zeros, so the values
+    arrive unchanged. A collective operation: every rank calls it at the same point."""
+    import mindspore as ms
+    import numpy as np
+    from mindspore import nn, ops
+
+    context = init_distributed()
+    if not context.distributed:
+        return
+    weights = model.state_dict()
+    names = sorted(weights)
+    flat = np.concatenate([np.asarray(weights[n], np.float32).ravel() for n in names])
+    if not context.is_main:
+        flat[:] = 0.0
+
+    class SumOverRanks(nn.Cell):
+        def __init__(self) -> None:
+            super().__init__()
+            self.all_reduce = ops.AllReduce()
+
+        def construct(self, values: ms.Tensor) -> ms.Tensor:
+            return self.all_reduce(values)
+
+    summed = SumOverRanks()(ms.Tensor(flat)).asnumpy()
+    offset, received = 0, {}
+    for name in names:
+        size = int(np.prod(weights[name].shape))
+        received[name] = summed[offset : offset + size].reshape(weights[name].shape)
+        offset += size
+    model.load_weights(received)

@@ -118,11 +118,12 @@ class Trainer:
         parallel: ParallelContext | None = None,
         run_config: dict[str, Any] | None = None,
         eval_source=None,
-        on_checkpoint: Callable[[int, Path], None] | None = None,
+        on_checkpoint: Callable[[int, Path | None], None] | None = None,
     ) -> None:
         settings.validate()
         self.eval_source = eval_source
-        # called with (step, checkpoint directory) after each checkpoint, e.g. to evaluate it while training runs
+        # called with (step, checkpoint directory) after each checkpoint, e.g. to evaluate it while training runs;
+        # on every rank of a data-parallel run, with None for the directory but on rank 0, which alone saves
         self.on_checkpoint = on_checkpoint
         self.model = model
         self.objective = objective
@@ -346,7 +347,8 @@ class Trainer:
                 if step % self.settings.save_every == 0 or step == self.total_steps or stop.raised is not None:
                     saved = self.save(step)
                     last_checkpoint = saved or last_checkpoint
-                    if saved is not None and self.on_checkpoint is not None:
+                    if self.on_checkpoint is not None:
+                        # on every rank (None there but on rank 0): an evaluation may shard over the ranks
                         self.on_checkpoint(step, saved)
                         self.model.set_train(True)
         if bar is not None:

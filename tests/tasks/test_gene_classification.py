@@ -112,3 +112,59 @@ def test_extra_layer_trains_only_the_new_layer_and_the_head(gene_run, tiny_weigh
 
     fresh = build_model(model.config, "BertForTokenClassification", seed=FineTuneSettings().seed + 1).state_dict()
     assert not np.array_equal(weights[top + "attention.self.query.weight"], fresh[top + "attention.self.query.weight"])
+
+
+def test_evaluate_scores_a_fold_model_on_its_held_out_genes_alone_and_on_two_msrun_workers(
+    gene_run, pbmc_dataset_dir, pbmc_dataset, tmp_path
+):
+    """`gf classify gene --evaluate` of fold 0's saved model on the run's data and labels: the fold's test
+    predictions bit for bit (its held-out genes, every occurrence, the same values), metrics equal to
+    scikit-learn's on the written predictions, probabilities equal to a direct forward of the saved model; and the
+    same files bit for bit from 2 msrun workers."""
+    from mindformer_gf.cli import main
+    from mindformer_gf.tasks.metrics import softmax
+    from mindformer_gf.tasks.models import load_task_model
+
+    _, out = gene_run
+    arguments = ["gene", "--evaluate", "--model", str(out / "fold0" / "model"), "--dataset", str(pbmc_dataset_dir)]
+    arguments += ["--gene-labels", str(geneformer_v1_path("dosage_sens_tf_labels.csv")), "--num-buckets", "1"]
+    arguments += ["--forward-batch-size", "64", "--no-progress"]
+    alone = tmp_path / "alone"
+    assert main(["classify", *arguments, "--output-dir", str(alone)]) == 0
+    predictions = pd.read_csv(alone / "predictions.csv")
+    pd.testing.assert_frame_equal(predictions, pd.read_csv(out / "fold0" / "predictions.csv"), check_exact=True)
+
+    names = ["dosage_insensitive", "dosage_sensitive"]
+    metrics = json.loads((alone / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(predictions.true_label, predictions.predicted_label))
+    assert metrics["macro_f1"] == pytest.approx(
+        f1_score(predictions.true_label, predictions.predicted_label, average="macro", labels=names)
+    )
+    y = (predictions.true_label == names[1]).astype(int)
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(y, predictions[f"p({names[1]})"]))
+
+    from mindspore import Tensor
+    from task_helpers import padded_rows
+
+    first = predictions[predictions.dataset_row.isin(predictions.dataset_row.unique()[:3])]
+    rows = first.dataset_row.unique()
+    ids, mask = padded_rows(pbmc_dataset, rows)
+    logits = load_task_model(out / "fold0" / "model")(Tensor(ids), Tensor(mask))[0].asnumpy()
+    where = {row: i for i, row in enumerate(rows)}
+    direct = softmax(logits[[where[r] for r in first.dataset_row], first.position].astype(np.float64))
+    np.testing.assert_allclose(first[[f"p({n})" for n in names]].to_numpy(), direct, rtol=1e-5, atol=1e-7)
+    run = json.loads((alone / "predictions_run.json").read_text())
+    assert run["world_size"] == 1 and run["cells_per_rank"] == [predictions.dataset_row.nunique()]
+
+    from msrun_helpers import GF, msrun_gf
+
+    if __import__("shutil").which("msrun") is None or not GF.exists():
+        pytest.skip("msrun or the gf command is missing")
+    sharded = tmp_path / "sharded"
+    completed, text = msrun_gf("classify", [*arguments, "--output-dir", str(sharded)], tmp_path)
+    assert completed.returncode == 0, text[-3000:]
+    for name in ("predictions.csv", "metrics.json"):
+        assert (sharded / name).read_bytes() == (alone / name).read_bytes(), name
+    split = json.loads((sharded / "predictions_run.json").read_text())
+    assert split["world_size"] == 2 and sum(split["cells_per_rank"]) == run["cells_per_rank"][0]
+    assert min(split["cells_per_rank"]) > 0 and split["settings"] == run["settings"]

@@ -241,3 +241,48 @@ def test_polynomial_schedule_is_transformers_decay_to_lr_end():
             assert got == pytest.approx(expected, rel=1e-9, abs=1e-15)
     with pytest.raises(ValueError, match="polynomial_power"):
         FineTuneSettings(lr_schedule="polynomial", polynomial_power=0.0).validate()
+
+
+@pytest.mark.slow
+def test_evaluate_scores_the_saved_model_on_every_cell_as_the_run_scored_its_test_cells(
+    multitask_run, pbmc_dataset_dir, pbmc_dataset, tmp_path
+):
+    """`gf classify multitask --evaluate` (the tasks read from the model) on the run's 240 cells: the rows of the
+    test cells equal the run's predictions bit for bit, in the same columns; per-task metrics equal
+    scikit-learn's on the written predictions; the numeric task is a direct forward of the saved model on the
+    training cells' scale."""
+    from mindformer_gf.cli import main
+    from mindformer_gf.tasks.models import load_task_model
+
+    _, out = multitask_run
+    evaluated = tmp_path / "evaluated"
+    argv = (
+        f"classify multitask --evaluate --model {out / 'model'} --dataset {pbmc_dataset_dir} --output-dir {evaluated} "
+        "--max-cells 240 --num-buckets 1 --forward-batch-size 64 --no-progress"
+    )
+    assert main(argv.split()) == 0
+    predictions = pd.read_csv(evaluated / "predictions.csv")
+    tested = pd.read_csv(out / "predictions.csv")
+    assert len(predictions) == 240 and list(predictions.columns) == list(tested.columns)
+    again = predictions.set_index("dataset_row").loc[tested.dataset_row].reset_index()
+    pd.testing.assert_frame_equal(again, tested, check_exact=True)
+
+    metrics = json.loads((evaluated / "metrics.json").read_text())
+    label_maps = json.loads((out / "label_maps.json").read_text())
+    for task in ("cell_type", "phase"):
+        truth, predicted = predictions[f"true_{task}"], predictions[f"predicted_{task}"]
+        assert metrics[task]["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
+        names = sorted(label_maps[task].values())
+        assert metrics[task]["macro_f1"] == pytest.approx(
+            f1_score(truth, predicted, average="macro", labels=names, zero_division=0)
+        )
+    assert metrics["percent_mito"]["r2"] == pytest.approx(
+        r2_score(predictions["true_percent_mito"], predictions["predicted_percent_mito"])
+    )
+    scale = json.loads((out / "model" / "task.json").read_text())["target_scales"][2]
+    head = predictions.head(5)
+    ids, mask = padded_rows(pbmc_dataset, head.dataset_row.to_numpy())
+    standardised = load_task_model(out / "model")(Tensor(ids), Tensor(mask))[2].asnumpy()[:, 0]
+    expected = standardised * scale["std"] + scale["mean"]
+    np.testing.assert_allclose(head.predicted_percent_mito, expected, rtol=1e-4, atol=1e-7)
+    assert json.loads((evaluated / "predictions_run.json").read_text())["cells_per_rank"] == [240]

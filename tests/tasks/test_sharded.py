@@ -142,7 +142,7 @@ def test_three_ranks_merge_to_the_single_process_result_and_record_the_run(tmp_p
     results, jobs = run_ranks(tmp_path, 3, work, progress=True)
     # one bar, rank 0's, over all cells; the other ranks printed their progress lines
     assert jobs[0]._bar.n == jobs[0]._bar.total == LENGTHS.size and jobs[1]._bar.disable
-    assert "rank 1: 4/4 cells" in capsys.readouterr().out
+    assert "rank 1: 4/4 cells" in capsys.readouterr().err
     assert results[1] is None and results[2] is None
     merged = results[0]
     np.testing.assert_array_equal(merged[0], single[0])

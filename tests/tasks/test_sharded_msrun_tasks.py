@@ -1,7 +1,9 @@
 """`gf perturb` and `gf classify` on 2 msrun workers (one launch each). Perturbation writes the table of one process
 (same rows, same order, same parts, values bit for bit on the CPU), resumes an interrupted run cell by cell without
 duplicates (rank 0 of the interrupted run runs in this process), and `gf perturb-stats` on it gives the single
-process's statistics. Classification trains data parallel, consistent with one process."""
+process's statistics. Classification trains data parallel, consistent with one process, and shares its
+validation and test cells among the ranks: the test predictions are one process's `--evaluate` of the saved model,
+bit for bit."""
 
 from __future__ import annotations
 
@@ -99,30 +101,67 @@ def test_two_msrun_workers_write_the_single_process_table_and_resume_cell_by_cel
 
 
 @pytest.mark.skipif(__import__("shutil").which("msrun") is None or not GF.exists(), reason="msrun or gf is missing")
-def test_gf_classify_cell_trains_data_parallel_on_two_msrun_workers(tiny_model_dir, pbmc_dataset_dir, tmp_path):
-    """Consistent with one process, not equal: the same cells, splits and outputs, while each step takes one batch
-    per rank (half the steps per epoch); rank 0 writes outputs that its saved model reproduces."""
+def test_gf_classify_cell_trains_data_parallel_and_shards_its_evaluations_on_two_msrun_workers(
+    tiny_model_dir, pbmc_dataset_dir, tmp_path
+):
+    """Training under msrun: the cells and splits of one process, one batch per rank per step; every evaluation
+    pass (validation at each checkpoint, the test cells) sharded over both ranks; and the test predictions those of
+    the saved model as one process evaluates it (`--evaluate`), bit for bit, the validation metrics of the chosen
+    checkpoint scikit-learn's on that evaluation's predictions."""
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    from mindformer_gf.tasks import CellClassifier
+
     arguments = ["cell", "--dataset", str(pbmc_dataset_dir), "--model", str(tiny_model_dir), "--label", "cell_type"]
     arguments += ["--states", "CD14+ Monocyte,CD19+ B,Dendritic", "--max-cells", "64", "--epochs", "1"]
     arguments += ["--batch-size", "8", "--num-buckets", "1", "--warmup-steps", "0", "--no-progress", "--device", "CPU"]
-    single, sharded = tmp_path / "single", tmp_path / "sharded"
-    assert main(["classify", *arguments, "--output-dir", str(single)]) == 0
-    completed, text = msrun_gf("classify", [*arguments, "--output-dir", str(sharded)], tmp_path)
+    arguments += ["--evals-per-epoch", "2", "--lr", "5e-3"]
+    out = tmp_path / "sharded"
+    completed, text = msrun_gf("classify", [*arguments, "--output-dir", str(out)], tmp_path)
     assert completed.returncode == 0, text[-3000:]
     assert "rank 1 of 2: trained data parallel" in text
-    assert sorted(p.name for p in sharded.iterdir()) == sorted(p.name for p in single.iterdir())
-    for name in ("splits.json", "prepared_cells.csv", "label_map.json"):
-        assert (sharded / name).read_bytes() == (single / name).read_bytes(), name
-    n_train = len(json.loads((single / "splits.json").read_text())["split"]["train"])
-    steps = [pd.read_csv(out / "training" / "metrics.csv").step.max() for out in (single, sharded)]
-    assert steps == [-(-n_train // 8), -(-n_train // 16)]  # 8 cells a step alone, 8 per rank on 2 ranks
-    predictions = pd.read_csv(sharded / "predictions.csv")
-    alone = pd.read_csv(single / "predictions.csv")
-    pd.testing.assert_frame_equal(predictions[["dataset_row", "true_label"]], alone[["dataset_row", "true_label"]])
-    # rank 0's predictions are those of the model it saved (evaluated here by one process)
+
+    # the cells and the split of one process (computed here without training)
+    classifier = CellClassifier("cell_type", ["CD14+ Monocyte", "CD19+ B", "Dendritic"], max_ncells=64)
+    prepared = classifier.prepare_data(str(pbmc_dataset_dir), tmp_path / "prepared")
+    (split,) = classifier.make_splits(str(pbmc_dataset_dir), prepared)
+    assert json.loads((out / "splits.json").read_text()) == {"split": split.as_dict()}
+    for name in ("prepared_cells.csv", "label_map.json"):
+        assert (out / name).read_bytes() == (tmp_path / "prepared" / name).read_bytes(), name
+    steps = pd.read_csv(out / "training" / "metrics.csv").step.max()
+    assert steps == -(-split.train.size // 16)  # 8 cells per rank per step
+
+    # every pass sharded: rank 1 predicted its half of the validation cells at both checkpoints, and of the test
+    # cells (all cells have 64 genes: equal costs); the shards are gone
+    history = pd.read_csv(out / "training" / "eval_history.csv")
+    assert history.step.tolist() == [steps // 2, steps]
+    n_valid, n_test = split.valid.size, split.test.size
+    rank1 = [line for line in (tmp_path / "logs" / "worker_1.log").read_text().splitlines() if "/" in line]
+    rank1 = [line for line in rank1 if line.startswith("rank 1: ")]
+    assert rank1 == [f"rank 1: {n // 2}/{n // 2} cells" for n in (n_valid, n_valid, n_test)], text[-3000:]
+    run = json.loads((out / "predictions_run.json").read_text())
+    assert run["world_size"] == 2 and run["cells_per_rank"] == [n_test - n_test // 2, n_test // 2]
+    assert all(seconds is not None for seconds in run["seconds_per_rank"])
+    assert not list(out.rglob("*_shards"))
+
+    # one process evaluates the saved model on every cell: the test rows are the training run's, bit for bit
     evaluated = tmp_path / "evaluated"
-    assert main(["classify", *arguments, "--evaluate", "--model", str(sharded / "model"), "--output-dir",
+    assert main(["classify", *arguments, "--evaluate", "--model", str(out / "model"), "--output-dir",
                  str(evaluated)]) == 0  # fmt: skip
-    again = pd.read_csv(evaluated / "predictions.csv").set_index("dataset_row").loc[predictions.dataset_row]
-    probabilities = [c for c in predictions.columns if c.startswith("p(")]
-    np.testing.assert_allclose(again[probabilities].to_numpy(), predictions[probabilities].to_numpy(), atol=1e-6)
+    predictions = pd.read_csv(out / "predictions.csv")
+    again = pd.read_csv(evaluated / "predictions.csv").set_index("dataset_row")
+    pd.testing.assert_frame_equal(
+        again.loc[predictions.dataset_row].reset_index(), predictions, check_exact=True, check_dtype=True
+    )
+    # ... and the validation metrics recorded for the chosen checkpoint are scikit-learn's on its validation rows
+    best = json.loads((out / "model" / "task.json").read_text())["best_step"]
+    chosen = history.set_index("step").loc[best]
+    valid = again.loc[prepared.indices[split.valid]]
+    assert chosen.accuracy == pytest.approx(accuracy_score(valid.true_label, valid.predicted_label), abs=1e-12)
+    names = sorted(json.loads((out / "label_map.json").read_text())["id2label"].values())
+    f1 = f1_score(valid.true_label, valid.predicted_label, labels=names, average="macro", zero_division=0)
+    assert chosen.macro_f1 == pytest.approx(f1, abs=1e-12)
+    if valid.true_label.nunique() == len(names):
+        probabilities = valid[[f"p({n})" for n in names]].to_numpy()
+        auc = roc_auc_score(valid.true_label.map(names.index), probabilities, multi_class="ovr")
+        assert chosen.roc_auc == pytest.approx(auc, abs=1e-12)

@@ -56,3 +56,25 @@ def test_gf_embed_writes_rows_in_input_order(tiny_model_dir, pbmc_dataset_dir, p
     np.testing.assert_array_equal(frame["dataset_row"], expected_rows)
     assert np.load(tmp_path / "embeddings.npy").shape == (expected_rows.size, 32)
     assert f"{expected_rows.size} cell embeddings of 32 dimensions" in capsys.readouterr().out
+
+
+def test_classify_with_bad_input_fails_in_one_line_and_writes_nothing(
+    pbmc_dataset_dir, tiny_model_dir, tmp_path, capsys
+):
+    """A label column the dataset lacks, a split that does not add up, a model directory that is not one, a
+    multitask split that cannot be stratified: each fails before the output directory exists (nothing half-written
+    to clean up)."""
+    data = ["--dataset", str(pbmc_dataset_dir), "--no-progress", "--model"]
+    cases = [
+        (["cell", *data, str(tiny_model_dir), "--label", "no_such_column"], "no_such_column"),
+        (["cell", *data, str(tiny_model_dir), "--label", "cell_type", "--split", "0.5,0.1,0.1"], "split"),
+        (["cell", *data, str(tmp_path / "no_model"), "--label", "cell_type"], "no_model"),
+        (["multitask", *data, str(tiny_model_dir), "--tasks", "cell_type", "--max-cells", "20"], "stratify"),
+    ]
+    for k, (arguments, named) in enumerate(cases):
+        out = tmp_path / f"out{k}"
+        capsys.readouterr()
+        assert main(["classify", *arguments, "--output-dir", str(out)]) != 0
+        error = capsys.readouterr().err.strip()
+        assert error.startswith(f"gf classify {arguments[0]}: error:") and named in error and "\n" not in error, error
+        assert not out.exists()
