@@ -42,12 +42,14 @@ def mix32(x):
 
     The multiplier is below 2^27, so every product fits a signed 64-bit integer, as it must in the training graph's
     int64 arithmetic (mindformer_gf.model.dropout); numpy values are worked in uint64 for the same reason."""
+    low32, multiplier, shift = LOW32, MIX_MULTIPLIER, 16
     if not isinstance(x, int):
         x = np.asarray(x).astype(np.uint64)
-    x = x & LOW32
-    x = (((x >> 16) ^ x) * MIX_MULTIPLIER) & LOW32
-    x = (((x >> 16) ^ x) * MIX_MULTIPLIER) & LOW32
-    x = (x >> 16) ^ x
+        low32, multiplier, shift = np.uint64(LOW32), np.uint64(MIX_MULTIPLIER), np.uint64(16)
+    x = x & low32
+    x = (((x >> shift) ^ x) * multiplier) & low32
+    x = (((x >> shift) ^ x) * multiplier) & low32
+    x = (x >> shift) ^ x
     return x if isinstance(x, int) else x.astype(np.uint32)
 
 
