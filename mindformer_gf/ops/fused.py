@@ -9,12 +9,12 @@ Each operator has a `bprop` calling the matching backward kernel, so `ms.grad` a
 PyNative mode.
 
 Attention dropout runs inside the kernel on the probabilities, from a counter-based hash (mix32 of a row key plus a
-column code, see `mindformer_gf.reference.attention_dropout`): the mask is a pure function of (seed, cell, head, query row, key
-column), so the backward kernel regenerates it instead of storing it. The seed must differ between training steps
-and between layers. `attention(..., dropout_seed=None)` draws a fresh seed inside the graph on every call (one random
-op per layer), which needs nothing from the caller; a caller that wants reproducible masks passes an int64 tensor of
-shape [1] instead (both 32-bit halves enter the heads' keys); the model derives one per
-layer from the step seed it is fed (`mindformer_gf.model.dropout`).
+column code, see `mindformer_gf.reference.attention_dropout`): the mask is a pure function of (seed, cell, head,
+query row, key column), so the backward kernel regenerates it instead of storing it. The seed must differ between
+training steps and between layers. `attention(..., dropout_seed=None)` draws a fresh seed inside the graph on every
+call (one random op per layer), which needs nothing from the caller; a caller that wants reproducible masks passes an
+int64 tensor of shape [1] instead (both 32-bit halves enter the heads' keys); the model derives one per layer from
+the step seed it is fed (`mindformer_gf.model.dropout`).
 
 `dropout(x, p, seed)` (HashDropout) drops activations with the same generator, x viewed as [outer, rows, columns]
 (`mindformer_gf.reference.dropout.keep_mask`); its backward is the same kernel on the incoming gradient.
