@@ -273,15 +273,12 @@ private:
     __aicore__ inline void DropProbabilities(const LocalTensor<float>& probs, uint32_t pair, uint32_t firstRow,
                                              uint32_t rows, uint32_t keyStart)
     {
-        gf::DropoutRegisters<gf::VectorLanes> registers = gf::DropoutRegistersIn(dropoutBuf_, dropoutRows_ * bc_, bc_);
-        gf::VectorLanes columns{static_cast<int32_t>(bc_)};
-        gf::ColumnCodesLanes(columns, registers, keyStart);
-        const uint32_t headKey = gf::DropoutHeadKey(seedLo_, seedHi_, pair);
+        gf::DropoutTile tile = gf::StartDropoutTile(dropoutBuf_, dropoutRows_, bc_, seedLo_, seedHi_, pair, keyStart);
         for (uint32_t row = 0; row < rows; row += dropoutRows_) {
             const uint32_t chunk = rows - row < dropoutRows_ ? rows - row : dropoutRows_;
             gf::VectorLanes lanes{static_cast<int32_t>(chunk * bc_)};
             const LocalTensor<float> keep =
-                gf::KeepMaskLanes(lanes, registers, headKey, firstRow + row, chunk, bc_, threshold_);
+                gf::KeepMaskLanes(lanes, tile.registers, tile.headKey, firstRow + row, chunk, bc_, threshold_);
             AscendC::Mul(probs[row * bc_], probs[row * bc_], keep, static_cast<int32_t>(chunk * bc_));
             AscendC::PipeBarrier<PIPE_V>();
         }

@@ -368,16 +368,13 @@ private:
                                     const LocalTensor<float>& grad, uint32_t pair, uint32_t firstRow, uint32_t rows,
                                     uint32_t keyStart)
     {
-        gf::DropoutRegisters<gf::VectorLanes> registers = gf::DropoutRegistersIn(dropoutBuf_, dropoutRows_ * bc_, bc_);
-        gf::VectorLanes columns{static_cast<int32_t>(bc_)};
-        gf::ColumnCodesLanes(columns, registers, keyStart);
-        const uint32_t headKey = gf::DropoutHeadKey(seedLo_, seedHi_, pair);
+        gf::DropoutTile tile = gf::StartDropoutTile(dropoutBuf_, dropoutRows_, bc_, seedLo_, seedHi_, pair, keyStart);
         for (uint32_t row = 0; row < rows; row += dropoutRows_) {
             const uint32_t chunk = rows - row < dropoutRows_ ? rows - row : dropoutRows_;
             const int32_t count = static_cast<int32_t>(chunk * bc_);
             gf::VectorLanes lanes{count};
             const LocalTensor<float> keep =
-                gf::KeepMaskLanes(lanes, registers, headKey, firstRow + row, chunk, bc_, threshold_);
+                gf::KeepMaskLanes(lanes, tile.registers, tile.headKey, firstRow + row, chunk, bc_, threshold_);
             AscendC::Mul(grad[row * bc_], grad[row * bc_], keep, count);
             if (withProbs) {
                 AscendC::Mul(keep, keep, probs[row * bc_], count);

@@ -222,6 +222,23 @@ __aicore__ inline DropoutRegisters<VectorLanes> DropoutRegistersIn(AscendC::TBuf
     return r;
 }
 
+// What every dropout mask of one probability tile shares: the registers (chunks of `chunkRows` rows), the key
+// block's column codes (computed here, once per tile) and the head's key.
+struct DropoutTile {
+    DropoutRegisters<VectorLanes> registers;
+    uint32_t headKey;
+};
+
+__aicore__ inline DropoutTile StartDropoutTile(AscendC::TBuf<AscendC::TPosition::VECCALC>& buffer, uint32_t chunkRows,
+                                               uint32_t bc, uint32_t seedLo, uint32_t seedHi, uint32_t pair,
+                                               uint32_t keyStart)
+{
+    DropoutTile tile{DropoutRegistersIn(buffer, chunkRows * bc, bc), DropoutHeadKey(seedLo, seedHi, pair)};
+    VectorLanes columns{static_cast<int32_t>(bc)};
+    ColumnCodesLanes(columns, tile.registers, keyStart);
+    return tile;
+}
+
 // Scalar unit <-> vector unit and MTE3 -> scalar hand-offs that the compiler's automatic synchronisation cannot
 // see: UB written element by element (dropout) before vector instructions read it, and tiles copied to GM before
 // the cube core (another core) is told to read them.
