@@ -38,6 +38,7 @@ ascend-check: setup
 
 bench: setup
 	$(PY) bench/attention.py
+	$(PY) bench/dropout_mask.py
 	$(PY) bench/encoder.py
 	$(PY) bench/train.py
 

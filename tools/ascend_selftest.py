@@ -12,7 +12,7 @@
    when it starts.
 3. Checks, in graph mode: forward and backward of GfFlashAttention(+Grad) and GfAddLayerNorm(+Grad) against the
    float64 numpy formulas below (right-padded and holed key masks, a length that is no multiple of the tiles, a cell
-   of length 1 and one of length 0, head_dim 64 and 128, dropout with a fixed seed against the Philox mask of
+   of length 1 and one of length 0, head_dim 64 and 128, dropout with a fixed seed against the hash mask of
    mindformer_gf.reference.attention_dropout); the builtin path's forward too.
 4. Timing: fused (ours) vs builtin (ops.flash_attention_score, ops.layer_norm) vs composed, forward and
    forward+backward, printed as a table (and as JSON lines with --json).
@@ -452,7 +452,7 @@ def run_timing(dtype: str, batch: int, heads: int, length: int, head_dim: int, h
         "composed": composed.add_layer_norm,
     }
     rows = []
-    # With and without dropout: the difference is the cost of the vector-unit Philox (kernels/ascend/README.md).
+    # With and without dropout: the difference is the cost of the vector-unit dropout hash (kernels/ascend/README.md).
     for (impl, function), drop in ((item, drop) for drop in (0.1, 0.0) for item in attention.items()):
         attend, loss = _attention_runner(function, mask, drop)
         rows.append(

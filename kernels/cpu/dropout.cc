@@ -1,7 +1,7 @@
 // Dropout on activations (hidden states, embeddings, classifier inputs) with the attention kernel's generator:
 // x viewed as [outer, rows, columns] (columns = last axis, rows = the one before, outer = the rest; a missing axis
-// is 1) keeps x[o, r, c] iff word 0 of Philox4x32-10(counter = (c, r, o, 0), key = (seed mod 2^32, seed div 2^32))
-// >= floor(p * 2^32), and scales what it keeps by 1 / (1 - p): the attention mask of one head over a [rows, columns]
+// is 1) keeps x[o, r, c] iff dropout_word(dropout_row_key(dropout_head_key(seed, o), r), dropout_column_code(c)) >> 8
+// >= floor(p * 2^24), and scales what it keeps by 1 / (1 - p): the attention mask of "head" o over a [rows, columns]
 // "score matrix" (mindformer_gf.reference.dropout). y = x * factor is linear in x with a factor that depends only on
 // the seed, so the backward is this same kernel applied to dy: no mask is stored.
 #include <algorithm>
@@ -15,19 +15,22 @@
 namespace mfgf {
 namespace {
 
-// Rows per task: a task must amortise its scheduling (~1 us) over a few thousand Philox draws.
+// Rows per task: a task must amortise its scheduling (~1 us) over a few thousand mask entries.
 constexpr int64_t kRowsPerChunk = 16;
 
 void dropout(const float* x, float* y, int64_t outer, int64_t rows, int columns, const DropoutSpec& spec) {
   const TileKernels& kernels = tile_kernels();
   const int64_t total_rows = outer * rows;
   const int64_t chunks = (total_rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  std::vector<uint32_t> codes(static_cast<size_t>(columns));  // the same for every row
+  kernels.dropout_column_codes(codes.data(), columns, 0u);
   parallel_for(chunks, [&](int64_t chunk) {
     std::vector<float> factor(static_cast<size_t>(columns));
     const int64_t end = std::min(total_rows, (chunk + 1) * kRowsPerChunk);
     for (int64_t flat = chunk * kRowsPerChunk; flat < end; ++flat) {
-      kernels.dropout_factors(factor.data(), columns, spec, static_cast<uint32_t>(flat % rows),
-                              static_cast<uint32_t>(flat / rows), 0u);
+      const uint32_t head_key = dropout_head_key(spec.seed, static_cast<uint32_t>(flat / rows));
+      kernels.dropout_factors(factor.data(), columns, spec,
+                              dropout_row_key(head_key, static_cast<uint32_t>(flat % rows)), codes.data());
       const float* in = x + flat * columns;
       float* out = y + flat * columns;
       for (int c = 0; c < columns; ++c) out[c] = in[c] * factor[c];
@@ -44,8 +47,8 @@ extern "C" {
 
 // Inputs: x float32 [...], seed int64 [1], drop probability float32 [1]. Output: y float32, x's shape.
 MFGF_EXPORT
-int PhiloxDropout(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
-  constexpr const char* kName = "PhiloxDropout";
+int HashDropout(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+  constexpr const char* kName = "HashDropout";
   if (nparam != 4) return mfgf::fail(kName, "expected 3 inputs and 1 output, got " + std::to_string(nparam));
   const AotArgs args{nparam, params, ndims, shapes, dtypes};
   if (!args.has_dtype(0, "float32") || !args.has_dtype(3, "float32")) {
@@ -62,7 +65,7 @@ int PhiloxDropout(int nparam, void** params, int* ndims, int64_t** shapes, const
   if (elements == 0) return 0;
   const int64_t outer = elements / (rows * columns);
   if (columns > 0xFFFFFFFFLL || rows > 0xFFFFFFFFLL || outer > 0xFFFFFFFFLL) {
-    return mfgf::fail(kName, "an axis exceeds 2^32 elements, more than the 32-bit Philox counter words address");
+    return mfgf::fail(kName, "an axis exceeds 2^32 elements, more than the dropout hash's 32-bit indices address");
   }
   const float drop = *args.ptr<const float>(2);
   if (!(drop >= 0.0f && drop < 1.0f)) return mfgf::fail(kName, "the drop probability must be in [0, 1)");
@@ -73,15 +76,14 @@ int PhiloxDropout(int nparam, void** params, int* ndims, int64_t** shapes, const
     return 0;
   }
   const uint64_t seed = static_cast<uint64_t>(*args.ptr<const int64_t>(1));
-  const mfgf::DropoutSpec spec{true, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
-                               mfgf::dropout_threshold(drop), 1.0f / (1.0f - drop)};
+  const mfgf::DropoutSpec spec{true, seed, mfgf::dropout_threshold(drop), 1.0f / (1.0f - drop)};
   mfgf::dropout(in, out, outer, rows, static_cast<int>(columns), spec);
   return 0;
 }
 
 // A single-output operator's shape function returns one shape (MindSpore's AOT convention), not a list of them.
 MFGF_EXPORT
-std::vector<int64_t> PhiloxDropoutInferShape(int* ndims, int64_t** shapes, mindspore::AotExtra*) {
+std::vector<int64_t> HashDropoutInferShape(int* ndims, int64_t** shapes, mindspore::AotExtra*) {
   return mfgf::shape_of(ndims, shapes, 0);
 }
 

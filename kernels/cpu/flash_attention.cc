@@ -193,15 +193,23 @@ void attention_forward(const AttentionProblem& p, float* out, float* lse) {
     float* rescale = row_sum + kQueryBlock;     // exp(m_old - m_new)
     pack_transposed_panels(k, cell.extent, d, rs, k_panels);
     pack_column_panels(v, cell.extent, d, rs, v_panels);
+    // Dropout: the head's key, its query block's row keys, the key block's column codes (tile_kernels.h).
+    const uint32_t head_key = dropout_head_key(p.dropout.seed, static_cast<uint32_t>(pair));
+    uint32_t row_keys[kQueryBlock];
+    uint32_t codes[kKeyBlock];
 
     for (int64_t i0 = row_begin; i0 < row_end; i0 += kQueryBlock) {
       const int rows = static_cast<int>(std::min<int64_t>(kQueryBlock, row_end - i0));
       for (int r = 0; r < rows; ++r) std::memcpy(q_block + r * d, q + (i0 + r) * rs, sizeof(float) * d);
       std::fill(row_max, row_max + rows, -std::numeric_limits<float>::infinity());
       std::fill(row_sum, row_sum + rows, 0.0f);
+      if (p.dropout.enabled) {
+        for (int r = 0; r < rows; ++r) row_keys[r] = dropout_row_key(head_key, static_cast<uint32_t>(i0 + r));
+      }
       bool first = true;
       for (const KeyBlock& block : cell.blocks) {
         const int width = block.width;
+        if (p.dropout.enabled) kernels.dropout_column_codes(codes, width, static_cast<uint32_t>(block.start));
         kernels.gemm({rows, width, d, p.scale, q_block, d, 1, k_panels + block.start * d, kPanelWidth,
                       int64_t{d} * kPanelWidth, s, kKeyBlock, Accumulate::kOverwrite, nullptr});
         mask_invalid_columns(cell, block, s, rows, kKeyBlock);
@@ -214,8 +222,7 @@ void attention_forward(const AttentionProblem& p, float* out, float* lse) {
           row_max[r] = new_max;
           if (p.dropout.enabled) {
             // The normaliser l sums the probabilities before dropout; only the P V product sees the mask.
-            kernels.dropout_factors(keep, width, p.dropout, static_cast<uint32_t>(i0 + r),
-                                    static_cast<uint32_t>(pair), static_cast<uint32_t>(block.start));
+            kernels.dropout_factors(keep, width, p.dropout, row_keys[r], codes);
             kernels.multiply(p_row, keep, width);
           }
         }
@@ -303,6 +310,9 @@ void attention_backward(const AttentionProblem& p, const AttentionGradients& in,
     pack_transposed_panels(k + key_begin * rs, key_end - key_begin, d, rs, k_panels);
     pack_transposed_panels(v + key_begin * rs, key_end - key_begin, d, rs, v_panels);
     for (int64_t i = 0; i < p.length; ++i) row_delta[i] = kernels.dot(d_o + i * rs, o + i * rs, d) - d_lse[i];
+    // Dropout regenerates the forward's factors: the same head key, row keys and column codes.
+    const uint32_t head_key = dropout_head_key(p.dropout.seed, static_cast<uint32_t>(pair));
+    uint32_t codes[kKeyBlock];
 
     for (int64_t index = first_block; index < end_block; ++index) {
       const KeyBlock& block = cell.blocks[index];
@@ -310,6 +320,7 @@ void attention_backward(const AttentionProblem& p, const AttentionGradients& in,
       const int64_t panel_offset = (block.start - key_begin) * d;
       std::fill(dk_block, dk_block + int64_t{width} * d, 0.0f);
       std::fill(dv_block, dv_block + int64_t{width} * d, 0.0f);
+      if (p.dropout.enabled) kernels.dropout_column_codes(codes, width, static_cast<uint32_t>(block.start));
       for (int64_t i0 = 0; i0 < p.length; i0 += kQueryBlock) {
         const int rows = static_cast<int>(std::min<int64_t>(kQueryBlock, p.length - i0));
         kernels.gemm({rows, width, d, p.scale, q + i0 * rs, rs, 1, k_panels + panel_offset, kPanelWidth,
@@ -320,8 +331,8 @@ void attention_backward(const AttentionProblem& p, const AttentionGradients& in,
           kernels.exp_shift_sum(p_row, width, lse[i0 + r]);
           float* zp_row = dropped + r * kKeyBlock;
           if (p.dropout.enabled) {
-            kernels.dropout_factors(zp_row, width, p.dropout, static_cast<uint32_t>(i0 + r),
-                                    static_cast<uint32_t>(pair), static_cast<uint32_t>(block.start));
+            kernels.dropout_factors(zp_row, width, p.dropout,
+                                    dropout_row_key(head_key, static_cast<uint32_t>(i0 + r)), codes);
           }
         }
         // dP = dO V^T (before the mask), then dS = P o (dP o Z - D); the factors Z are still in `dropped`.
@@ -405,8 +416,7 @@ int read_problem(const char* kernel, const AotArgs& args, bool sequence_major, A
   const uint64_t seed = static_cast<uint64_t>(*args.ptr<const int64_t>(4));
   const float drop = *args.ptr<const float>(5);
   if (!(drop >= 0.0f && drop < 1.0f)) return fail(kernel, "the drop probability must be in [0, 1)");
-  p->dropout = {drop > 0.0f, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32), dropout_threshold(drop),
-                1.0f / (1.0f - drop)};
+  p->dropout = {drop > 0.0f, seed, dropout_threshold(drop), 1.0f / (1.0f - drop)};
   return 0;
 }
 

@@ -1,10 +1,11 @@
 // Run-time choice of the tile-kernel table, and the library's small C API for Python (loaded with ctypes by
-// mindformer_gf.ops.fused and the tests): which instruction set runs, how many threads, and the raw Philox
-// generator so the tests can check the dropout stream against the numpy reference word for word.
+// mindformer_gf.ops.fused and the tests): which instruction set runs, how many threads, and the dropout hash's
+// words, column codes and keep factors, so the tests can check them against the numpy reference word for word.
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "aot_abi.h"
 #include "parallel.h"
@@ -66,17 +67,29 @@ MFGF_EXPORT int MindformerGfSetCpuIsa(const char* name) {
 
 MFGF_EXPORT int MindformerGfNumThreads() { return mfgf::num_threads(); }
 
-// The four output words of Philox4x32-10 for `count` counters (4 words each) under one key, in place.
-MFGF_EXPORT void MindformerGfPhilox4x32(uint32_t* counters, int64_t count, uint32_t key_lo, uint32_t key_hi) {
-  for (int64_t index = 0; index < count; ++index) mfgf::philox4x32_10(counters + 4 * index, key_lo, key_hi);
+// The dropout words of head `outer`, row `row`, columns col0 .. col0 + n - 1, from the scalar functions.
+MFGF_EXPORT void MindformerGfDropoutWords(uint32_t* words, int n, uint64_t seed, uint32_t outer, uint32_t row,
+                                          uint32_t col0) {
+  const uint32_t row_key = mfgf::dropout_row_key(mfgf::dropout_head_key(seed, outer), row);
+  for (int c = 0; c < n; ++c) {
+    words[c] = mfgf::dropout_word(row_key, mfgf::dropout_column_code(col0 + static_cast<uint32_t>(c)));
+  }
+}
+
+// The column codes of col0 .. col0 + n - 1 through the tile kernels in use, so tests see the vector mix32.
+MFGF_EXPORT void MindformerGfDropoutColumnCodes(uint32_t* codes, int n, uint32_t col0) {
+  mfgf::tile_kernels().dropout_column_codes(codes, n, col0);
 }
 
 // The dropout keep factors (1/(1-p) or 0) of one row through the tile kernels in use, so tests see the vector path.
 MFGF_EXPORT void MindformerGfDropoutFactors(float* factor, int n, uint64_t seed, float drop_probability, uint32_t row,
-                                uint32_t batch_head, uint32_t col0) {
-  mfgf::DropoutSpec spec{true, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
-                         mfgf::dropout_threshold(drop_probability), 1.0f / (1.0f - drop_probability)};
-  mfgf::tile_kernels().dropout_factors(factor, n, spec, row, batch_head, col0);
+                                            uint32_t outer, uint32_t col0) {
+  const mfgf::DropoutSpec spec{true, seed, mfgf::dropout_threshold(drop_probability),
+                               1.0f / (1.0f - drop_probability)};
+  std::vector<uint32_t> codes(static_cast<size_t>(n));
+  mfgf::tile_kernels().dropout_column_codes(codes.data(), n, col0);
+  const uint32_t row_key = mfgf::dropout_row_key(mfgf::dropout_head_key(seed, outer), row);
+  mfgf::tile_kernels().dropout_factors(factor, n, spec, row_key, codes.data());
 }
 
 }  // extern "C"

@@ -37,11 +37,12 @@ struct GemmArgs {
   const float* row_scale;
 };
 
-// Attention dropout: keep P(i, j) iff word 0 of Philox4x32-10(counter = (j, i, batch * heads + head, 0),
-// key = (key_lo, key_hi)) >= threshold, and scale what is kept by keep_scale = 1 / (1 - p).
+// Attention dropout (mindformer_gf/reference/attention_dropout.py): keep P(i, j) of head `outer` = batch * heads +
+// head iff dropout_word(dropout_row_key(dropout_head_key(seed, outer), i), dropout_column_code(j)) >> 8 >= threshold
+// (= floor(p * 2^24)), and scale what is kept by keep_scale = 1 / (1 - p).
 struct DropoutSpec {
   bool enabled;
-  uint32_t key_lo, key_hi;
+  uint64_t seed;
   uint32_t threshold;
   float keep_scale;
 };
@@ -53,9 +54,11 @@ struct TileKernels {
   float (*row_max)(const float* x, int n);
   // x = exp(x - shift) in place (exp(-inf) = 0); returns the sum of the new values.
   float (*exp_shift_sum)(float* x, int n, float shift);
-  // factor[c] = keep_scale or 0: the dropout mask of row `row`, columns col0 .. col0 + n - 1.
-  void (*dropout_factors)(float* factor, int n, const DropoutSpec& spec, uint32_t row, uint32_t batch_head,
-                          uint32_t col0);
+  // codes[c] = dropout_column_code(col0 + c): once per key block, shared by all its rows (and heads).
+  void (*dropout_column_codes)(uint32_t* codes, int n, uint32_t col0);
+  // factor[c] = keep_scale or 0: the dropout mask of the row whose key is `row_key`, over the columns whose codes
+  // are codes[0 .. n).
+  void (*dropout_factors)(float* factor, int n, const DropoutSpec& spec, uint32_t row_key, const uint32_t* codes);
   // x *= factor elementwise.
   void (*multiply)(float* x, const float* factor, int n);
   // In place dpd -> dS = p * (dpd * factor - d), with factor = 1 when `factor` is null (no dropout).
@@ -82,28 +85,29 @@ const TileKernels* avx2_tile_kernels();
 // MindformerGfSetCpuIsa (isa_dispatch.cc) switches it later, for tests that cover both paths in one process.
 const TileKernels& tile_kernels();
 
-// Scalar Philox4x32-10 (Salmon et al., SC'11): the generator behind the attention dropout mask.
-inline void philox4x32_10(uint32_t counter[4], uint32_t key_lo, uint32_t key_hi) {
-  constexpr uint32_t kMultiplier0 = 0xD2511F53u, kMultiplier1 = 0xCD9E8D57u;
-  constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
-  for (int round = 0; round < 10; ++round) {
-    uint64_t product0 = static_cast<uint64_t>(kMultiplier0) * counter[0];
-    uint64_t product1 = static_cast<uint64_t>(kMultiplier1) * counter[2];
-    uint32_t next0 = static_cast<uint32_t>(product1 >> 32) ^ counter[1] ^ key_lo;
-    uint32_t next2 = static_cast<uint32_t>(product0 >> 32) ^ counter[3] ^ key_hi;
-    counter[0] = next0;
-    counter[1] = static_cast<uint32_t>(product1);
-    counter[2] = next2;
-    counter[3] = static_cast<uint32_t>(product0);
-    key_lo += kWeyl0;
-    key_hi += kWeyl1;
-  }
+// The multiply-xorshift finaliser (Thomas Mueller's, as listed by hash-prospector), modulo 2^32: the one mixing
+// function of every dropout mask.
+constexpr uint32_t kMixMultiplier = 0x45D9F3Bu;
+inline uint32_t mix32(uint32_t x) {
+  x = ((x >> 16) ^ x) * kMixMultiplier;
+  x = ((x >> 16) ^ x) * kMixMultiplier;
+  return (x >> 16) ^ x;
 }
 
+// The scalar parts of the dropout word: once per (seed, head) and once per row.
+inline uint32_t dropout_head_key(uint64_t seed, uint32_t outer) {
+  return mix32(static_cast<uint32_t>(seed) ^ mix32(static_cast<uint32_t>(seed >> 32) ^ mix32(outer)));
+}
+inline uint32_t dropout_row_key(uint32_t head_key, uint32_t row) { return mix32(head_key ^ mix32(row)); }
+inline uint32_t dropout_column_code(uint32_t column) { return mix32(column); }
+// The per-entry part: one add and one mix32. An entry is kept iff (word >> kDropoutWordShift) >= threshold.
+inline uint32_t dropout_word(uint32_t row_key, uint32_t column_code) { return mix32(row_key + column_code); }
+constexpr int kDropoutWordShift = 8;
+
 inline uint32_t dropout_threshold(float drop_probability) {
-  // floor(p * 2^32) in double from the float32 p, the exact rule the Ascend kernel and the numpy reference share.
-  double scaled = static_cast<double>(drop_probability) * 4294967296.0;
-  return scaled >= 4294967295.0 ? 0xFFFFFFFFu : static_cast<uint32_t>(scaled);
+  // floor(p * 2^24) in double from the float32 p, the exact rule the Ascend kernel and the numpy reference share.
+  const double scaled = static_cast<double>(drop_probability) * 16777216.0;
+  return scaled >= 16777216.0 ? 16777216u : static_cast<uint32_t>(scaled);
 }
 
 }  // namespace mfgf

@@ -181,89 +181,44 @@ MFGF_AVX2 float exp_shift_sum(float* x, int n, float shift) {
   return horizontal_sum(sum);
 }
 
-// Eight independent Philox4x32-10 streams, one per lane: the 32 x 32 -> 64-bit products come from two
-// _mm256_mul_epu32 (even lanes, then odd lanes shifted down), recombined into low and high words.
-MFGF_AVX2 inline void multiply_high_low(__m256i a, __m256i multiplier, __m256i* high, __m256i* low) {
-  const __m256i even = _mm256_mul_epu32(a, multiplier);
-  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), multiplier);
-  *low = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-  *high = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+// mix32 (tile_kernels.h) on eight lanes: AVX2 has the 32-bit low-half multiply, shifts and xor it needs.
+MFGF_AVX2 inline __m256i mix32_x8(__m256i x) {
+  const __m256i multiplier = _mm256_set1_epi32(static_cast<int>(kMixMultiplier));
+  x = _mm256_mullo_epi32(_mm256_xor_si256(_mm256_srli_epi32(x, 16), x), multiplier);
+  x = _mm256_mullo_epi32(_mm256_xor_si256(_mm256_srli_epi32(x, 16), x), multiplier);
+  return _mm256_xor_si256(_mm256_srli_epi32(x, 16), x);
 }
 
-// Word 0 of Philox4x32-10 for the counters (c0 + lane, row, batch_head, 0), Streams x 8 lanes at once. A stream is
-// a chain of 10 dependent rounds (multiply, then shuffles); two independent streams hide that latency (measured:
-// one stream ~2x slower, three or four no faster). Two rounds are shortened without changing the result: in round 1
-// only c0 differs between lanes, so the product of c2 is one scalar; round 10 only needs the word-0 half.
-template <int Streams>
-MFGF_AVX2 inline void philox_word0(__m256i c0[Streams], uint32_t row, uint32_t batch_head, uint32_t key_lo,
-                                   uint32_t key_hi) {
-  constexpr uint32_t kMultiplier0 = 0xD2511F53u, kMultiplier1 = 0xCD9E8D57u;
-  const __m256i multiplier0 = _mm256_set1_epi32(static_cast<int>(kMultiplier0));
-  const __m256i multiplier1 = _mm256_set1_epi32(static_cast<int>(kMultiplier1));
-  __m256i c1[Streams], c2[Streams], c3[Streams];
-
-  const uint64_t first_product1 = static_cast<uint64_t>(kMultiplier1) * batch_head;
-  const uint32_t first_word0 = static_cast<uint32_t>(first_product1 >> 32) ^ row ^ key_lo;
-  const __m256i first_c0 = _mm256_set1_epi32(static_cast<int>(first_word0));
-  const __m256i first_c1 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(first_product1)));
-  const __m256i first_key_hi = _mm256_set1_epi32(static_cast<int>(key_hi));
-  for (int s = 0; s < Streams; ++s) {
-    __m256i high0, low0;
-    multiply_high_low(c0[s], multiplier0, &high0, &low0);
-    c0[s] = first_c0;
-    c1[s] = first_c1;
-    c2[s] = _mm256_xor_si256(high0, first_key_hi);  // c3 = 0 in the counter
-    c3[s] = low0;
-  }
-  for (int round = 1; round < 9; ++round) {
-    key_lo += 0x9E3779B9u;
-    key_hi += 0xBB67AE85u;
-    const __m256i k_lo = _mm256_set1_epi32(static_cast<int>(key_lo));
-    const __m256i k_hi = _mm256_set1_epi32(static_cast<int>(key_hi));
-#pragma GCC unroll 4
-    for (int s = 0; s < Streams; ++s) {
-      __m256i high0, low0, high1, low1;
-      multiply_high_low(c0[s], multiplier0, &high0, &low0);
-      multiply_high_low(c2[s], multiplier1, &high1, &low1);
-      c0[s] = _mm256_xor_si256(_mm256_xor_si256(high1, c1[s]), k_lo);
-      c1[s] = low1;
-      c2[s] = _mm256_xor_si256(_mm256_xor_si256(high0, c3[s]), k_hi);
-      c3[s] = low0;
+MFGF_AVX2 void dropout_column_codes(uint32_t* codes, int n, uint32_t col0) {
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int c = 0; c < n; c += 8) {
+    const __m256i code = mix32_x8(_mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(col0 + c)), lanes));
+    int* out = reinterpret_cast<int*>(codes + c);
+    if (c + 8 <= n) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), code);
+    } else {
+      _mm256_maskstore_epi32(out, lane_mask(n - c), code);
     }
   }
-  key_lo += 0x9E3779B9u;
-  const __m256i k_lo = _mm256_set1_epi32(static_cast<int>(key_lo));
-  for (int s = 0; s < Streams; ++s) {
-    __m256i high1, low1;
-    multiply_high_low(c2[s], multiplier1, &high1, &low1);
-    c0[s] = _mm256_xor_si256(_mm256_xor_si256(high1, c1[s]), k_lo);
-  }
 }
 
-constexpr int kPhiloxStreams = 2;
-
-MFGF_AVX2 void dropout_factors(float* factor, int n, const DropoutSpec& spec, uint32_t row, uint32_t batch_head,
-                               uint32_t col0) {
-  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+MFGF_AVX2 void dropout_factors(float* factor, int n, const DropoutSpec& spec, uint32_t row_key, const uint32_t* codes) {
+  const __m256i key = _mm256_set1_epi32(static_cast<int>(row_key));
+  // word >> 8 and the threshold are below 2^24 + 1, so the signed compare is the unsigned one.
   const __m256i threshold = _mm256_set1_epi32(static_cast<int>(spec.threshold));
   const __m256 keep_scale = _mm256_set1_ps(spec.keep_scale);
-  for (int c = 0; c < n; c += 8 * kPhiloxStreams) {
-    __m256i word[kPhiloxStreams];
-    for (int s = 0; s < kPhiloxStreams; ++s) {
-      word[s] = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(col0 + c + 8 * s)), lanes);
-    }
-    philox_word0<kPhiloxStreams>(word, row, batch_head, spec.key_lo, spec.key_hi);
-    for (int s = 0; s < kPhiloxStreams; ++s) {
-      const int start = c + 8 * s;
-      if (start >= n) break;
-      // Unsigned word >= threshold, as max(word, threshold) == word (AVX2 has no unsigned compare).
-      const __m256i keep = _mm256_cmpeq_epi32(_mm256_max_epu32(word[s], threshold), word[s]);
-      const __m256 value = _mm256_and_ps(_mm256_castsi256_ps(keep), keep_scale);
-      if (start + 8 <= n) {
-        _mm256_storeu_ps(factor + start, value);
-      } else {
-        _mm256_maskstore_ps(factor + start, lane_mask(n - start), value);
-      }
+  for (int c = 0; c < n; c += 8) {
+    const bool full = c + 8 <= n;
+    const __m256i mask = full ? _mm256_set1_epi32(-1) : lane_mask(n - c);
+    const int* in = reinterpret_cast<const int*>(codes + c);
+    const __m256i code = full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in)) : _mm256_maskload_epi32(in, mask);
+    const __m256i high = _mm256_srli_epi32(mix32_x8(_mm256_add_epi32(key, code)), kDropoutWordShift);
+    const __m256i drop = _mm256_cmpgt_epi32(threshold, high);
+    const __m256 value = _mm256_andnot_ps(_mm256_castsi256_ps(drop), keep_scale);
+    if (full) {
+      _mm256_storeu_ps(factor + c, value);
+    } else {
+      _mm256_maskstore_ps(factor + c, mask, value);
     }
   }
 }
@@ -391,7 +346,7 @@ MFGF_AVX2 void layer_norm_row_backward(const float* dy, const float* x, const fl
 
 const TileKernels* avx2_tile_kernels() {
   static const TileKernels table = {
-      "avx2", gemm, row_max, exp_shift_sum, dropout_factors, multiply, softmax_grad,
+      "avx2", gemm, row_max, exp_shift_sum, dropout_column_codes, dropout_factors, multiply, softmax_grad,
       dot,    scale, layer_norm_row, layer_norm_row_backward,
   };
   return &table;

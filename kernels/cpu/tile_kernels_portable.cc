@@ -55,11 +55,14 @@ float exp_shift_sum(float* x, int n, float shift) {
   return sum;
 }
 
-void dropout_factors(float* factor, int n, const DropoutSpec& spec, uint32_t row, uint32_t batch_head, uint32_t col0) {
+void dropout_column_codes(uint32_t* codes, int n, uint32_t col0) {
+  for (int c = 0; c < n; ++c) codes[c] = dropout_column_code(col0 + static_cast<uint32_t>(c));
+}
+
+void dropout_factors(float* factor, int n, const DropoutSpec& spec, uint32_t row_key, const uint32_t* codes) {
   for (int c = 0; c < n; ++c) {
-    uint32_t counter[4] = {col0 + static_cast<uint32_t>(c), row, batch_head, 0u};
-    philox4x32_10(counter, spec.key_lo, spec.key_hi);
-    factor[c] = counter[0] >= spec.threshold ? spec.keep_scale : 0.0f;
+    const bool keep = (dropout_word(row_key, codes[c]) >> kDropoutWordShift) >= spec.threshold;
+    factor[c] = keep ? spec.keep_scale : 0.0f;
   }
 }
 
@@ -120,7 +123,7 @@ void layer_norm_row_backward(const float* dy, const float* x, const float* resid
 
 const TileKernels& portable_tile_kernels() {
   static const TileKernels table = {
-      "portable",    gemm,  row_max, exp_shift_sum,  dropout_factors,         multiply, softmax_grad,
+      "portable",    gemm,  row_max, exp_shift_sum,  dropout_column_codes, dropout_factors,         multiply, softmax_grad,
       dot,           scale, layer_norm_row, layer_norm_row_backward,
   };
   return table;

@@ -6,8 +6,8 @@ GfAddLayerNormGrad), built by kernels/ascend/build.sh into custom_opp_<os>_<arch
 $ASCEND_OPP_PATH/vendors/mindformer_gf or in a directory named by ASCEND_CUSTOM_OPP_PATH (kernels/ascend/README.md;
 tools/ascend_selftest.py does both). MindSpore calls them through their generated aclnn API with
 `ops.Custom(func="<OpName>", func_type="aot", ...)`. Their inputs are the CPU kernels' (mindformer_gf.ops.fused),
-in the same order with the same names, and so is the attention dropout: Philox4x32-10 keyed by the same int64 seed
-(mindformer_gf.reference.attention_dropout), so a seed drops the same probabilities on both devices.
+in the same order with the same names, and so is the attention dropout: the same counter-based hash keyed by the
+same int64 seed (mindformer_gf.reference.attention_dropout), so a seed drops the same probabilities on both devices.
 
 The operator names, input and output names and dtype columns in `OPERATORS` must be exactly those of the op
 definitions (kernels/ascend/op_host/*.cpp, kernels/ascend/gf_ops.json): with any difference MindSpore silently falls
@@ -21,7 +21,7 @@ need a C++ infer function as the CPU library has.
 
 builtin: `ops.flash_attention_score` (input_layout "BNSD"; its attn_mask marks positions to DISCARD, the opposite of
 our key mask; float16/bfloat16 only) and `ops.layer_norm` (aclnnLayerNorm). Its dropout uses MindSpore's own random
-bits (DropoutGenMask), not the Philox stream, so `dropout_seed` does not apply to it. Its arguments come from
+bits (DropoutGenMask), not our dropout hash, so `dropout_seed` does not apply to it. Its arguments come from
 `flash_attention_options` / `flash_discard_mask` / `flash_drop_mask`; tests/ops/test_builtin_backend.py checks them on
 the CPU against MindSpore's own inference of the real operators and an emulation of their documented semantics.
 

@@ -152,7 +152,7 @@ def dropout(
     """Dropout on activations whose mask is a function of `seed` (int64 [1]) alone, so a training step can be
     replayed: x * keep / (1 - p) in training with p > 0, else x.
 
-    fused on CPU: the attention kernel's Philox stream (`mindformer_gf.reference.dropout.keep_mask`, reproduced by
+    fused on CPU: the attention kernel's dropout hash (`mindformer_gf.reference.dropout.keep_mask`, reproduced by
     the numpy reference). On Ascend: MindSpore's DropoutExt, which takes the seed as an input too (a different mask
     stream; not run in this project's tests, which have no Ascend device). composed on CPU: MindSpore's own dropout,
     whose generator lives inside the compiled graph, so the seed is ignored and a resumed run is not exact.

@@ -8,15 +8,15 @@ functions, so graph mode with dynamic shapes (`Cell.set_inputs` with `None` dime
 Each operator has a `bprop` calling the matching backward kernel, so `ms.grad` and training work in graph and
 PyNative mode.
 
-Attention dropout runs inside the kernel on the probabilities, from a counter-based generator (Philox4x32-10, see
-`mindformer_gf.reference.attention_dropout`): the mask is a pure function of (seed, cell, head, query row, key
-column), so the backward kernel regenerates it instead of storing it. The seed must differ between training steps
-and between layers. `attention(..., dropout_seed=None)` draws a fresh seed inside the graph on every call (one random
-op per layer), which needs nothing from the caller; a caller that wants reproducible masks passes an int64 tensor of
-shape [1] instead (the low 32 bits become Philox key word 0, the high 32 bits key word 1); the model derives one per
-layer from the step seed it is fed (`mindformer_gf.model.dropout`).
+Attention dropout runs inside the kernel on the probabilities, from a counter-based hash (mix32 of a row key plus a
+column code, see `mindformer_gf.reference.attention_dropout`): the mask is a pure function of (seed, cell, head,
+query row, key column), so the backward kernel regenerates it instead of storing it. The seed must differ between
+training steps and between layers. `attention(..., dropout_seed=None)` draws a fresh seed inside the graph on every
+call (one random op per layer), which needs nothing from the caller; a caller that wants reproducible masks passes an
+int64 tensor of shape [1] instead (both 32-bit halves enter the heads' keys); the model derives one per layer from
+the step seed it is fed (`mindformer_gf.model.dropout`).
 
-`dropout(x, p, seed)` (PhiloxDropout) drops activations with the same generator, x viewed as [outer, rows, columns]
+`dropout(x, p, seed)` (HashDropout) drops activations with the same generator, x viewed as [outer, rows, columns]
 (`mindformer_gf.reference.dropout.keep_mask`); its backward is the same kernel on the incoming gradient.
 """
 
@@ -69,7 +69,15 @@ def native() -> ctypes.CDLL:
     library = ctypes.CDLL(str(_require_library()))
     library.MindformerGfCpuIsa.restype = ctypes.c_char_p
     library.MindformerGfSetCpuIsa.argtypes = [ctypes.c_char_p]
-    library.MindformerGfPhilox4x32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint32, ctypes.c_uint32]
+    library.MindformerGfDropoutWords.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_uint64,
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+    ]
+    library.MindformerGfDropoutColumnCodes.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
     library.MindformerGfDropoutFactors.argtypes = [
         ctypes.c_void_p,
         ctypes.c_int,
@@ -200,7 +208,7 @@ class _Kernels:
         self.attention_backward_sequence_major = _custom(
             "FlashAttentionBackwardBLHD", 3, _attention_backward_info("FlashAttentionBackwardBLHD")
         )
-        self.dropout = _custom("PhiloxDropout", 1, _dropout_info("PhiloxDropout"), _dropout_bprop)
+        self.dropout = _custom("HashDropout", 1, _dropout_info("HashDropout"), _dropout_bprop)
         self.add_layer_norm_forward = _custom(
             "AddLayerNormForward",
             3,
@@ -335,7 +343,7 @@ def attention(
 
 def dropout(x: ms.Tensor, drop_probability: float, seed: ms.Tensor) -> ms.Tensor:
     """x * keep / (1 - p) with the keep mask of `mindformer_gf.reference.dropout.keep_mask` for `seed` (int64 [1]):
-    the attention kernel's Philox stream over x viewed as [outer, rows, columns]."""
+    the attention kernel's dropout hash over x viewed as [outer, rows, columns]."""
     dtype = x.dtype
     y = _kernels().dropout(
         _float32(x), ops.reshape(ops.cast(seed, ms.int64), (1,)), ms.Tensor([drop_probability], ms.float32)

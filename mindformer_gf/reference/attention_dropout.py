@@ -1,13 +1,28 @@
 """The attention-dropout mask of the fused kernels, in numpy: the specification both kernels (CPU and Ascend) follow.
 
 For a drop probability p and a uint64 seed, the probability P[b, h, i, j] (cell b, head h of H, query row i, key
-column j) is kept iff
+column j) is kept iff the 32-bit word
 
-    word 0 of Philox4x32-10(counter = (j, i, b * H + h, 0), key = (seed mod 2^32, seed div 2^32)) >= floor(p * 2^32)
+    head_key  = mix32(seed_lo ^ mix32(seed_hi ^ mix32(b * H + h)))     once per (seed, head)
+    row_key   = mix32(head_key ^ mix32(i))                               once per row
+    code_j    = mix32(j)                                                 once per column, independent of the seed
+    word      = mix32(row_key + code_j)                                  per entry: one add and one mix32
 
-with p taken as float32 and the product formed in float64, and what is kept is multiplied by 1 / (1 - p) (in float32).
-Philox4x32-10 is the counter-based generator of Salmon, Moraes, Dror and Shaw, "Parallel random numbers: as easy as
-1, 2, 3" (SC'11): ten rounds of two 32 x 32 -> 64-bit multiplications, with a Weyl sequence on the key.
+(seed_lo, seed_hi = seed mod 2^32, seed div 2^32; all arithmetic modulo 2^32) satisfies
+
+    word >> 8  >=  floor(p * 2^24)
+
+with p taken as float32 and the product formed in float64; what is kept is multiplied by 1 / (1 - p) (in float32).
+
+mix32 is the 32-bit multiply-xorshift finaliser x ^= x >> 16; x *= 0x45D9F3B; x ^= x >> 16; x *= 0x45D9F3B;
+x ^= x >> 16, an integer hash found by Thomas Mueller's search ("hash-prospector" lists it among the good 32-bit
+finalisers): a bijection of 32-bit words with good avalanche. Why this generator: the Ascend A2 vector unit, where
+the mask is made, has 32-bit add, low-half multiply by a scalar, shifts and 16-bit and/or, but no xor and no
+high-half or 64-bit multiply. Philox4x32-10 (used before) needs ten rounds of 32 x 32 -> 64-bit products, about 550
+vector instructions per chunk of rows; here the per-entry work is one add and one mix32 (two multiplies, three
+xorshifts with xor as (a | b) - (a & b)), about 20 instructions, and the keys of heads and rows are a few scalar
+operations. The 24-bit threshold makes the keep test on Ascend an exact fp32 compare (word >> 8 < 2^24 converts to
+fp32 exactly). The CPU kernels compute the same words, so a seed drops the same entries on both devices.
 
 The mask is applied to the normalised probabilities before they multiply V, so
 O = (softmax(S) * keep / (1 - p)) V; `attention_with_dropout` is that composition in float64.
@@ -17,47 +32,61 @@ from __future__ import annotations
 
 import numpy as np
 
-PHILOX_MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
-PHILOX_WEYL = (0x9E3779B9, 0xBB67AE85)
-_LOW32 = np.uint64(0xFFFFFFFF)
+MIX_MULTIPLIER = 0x45D9F3B
+LOW32 = 0xFFFFFFFF
+THRESHOLD_BITS = 24
 
 
-def philox4x32_10(counter: np.ndarray, key: tuple[int, int]) -> np.ndarray:
-    """Philox4x32-10 of `counter` (uint32 [..., 4]) under `key` (two uint32 words): uint32 [..., 4]."""
-    words = [np.asarray(counter, dtype=np.uint64)[..., index] for index in range(4)]
-    key_lo, key_hi = int(key[0]) & 0xFFFFFFFF, int(key[1]) & 0xFFFFFFFF
-    for _ in range(10):
-        product0 = np.uint64(PHILOX_MULTIPLIERS[0]) * words[0]
-        product1 = np.uint64(PHILOX_MULTIPLIERS[1]) * words[2]
-        words = [
-            (product1 >> np.uint64(32)) ^ words[1] ^ np.uint64(key_lo),
-            product1 & _LOW32,
-            (product0 >> np.uint64(32)) ^ words[3] ^ np.uint64(key_hi),
-            product0 & _LOW32,
-        ]
-        key_lo = (key_lo + PHILOX_WEYL[0]) & 0xFFFFFFFF
-        key_hi = (key_hi + PHILOX_WEYL[1]) & 0xFFFFFFFF
-    return np.stack(words, axis=-1).astype(np.uint32)
+def mix32(x):
+    """The multiply-xorshift finaliser of the low 32 bits of x: a Python int for an int, else uint32 numpy values.
+
+    The multiplier is below 2^27, so every product fits a signed 64-bit integer, as it must in the training graph's
+    int64 arithmetic (mindformer_gf.model.dropout); numpy values are worked in uint64 for the same reason."""
+    low32, multiplier, shift = LOW32, MIX_MULTIPLIER, 16
+    if not isinstance(x, int):
+        x = np.asarray(x).astype(np.uint64)
+        low32, multiplier, shift = np.uint64(LOW32), np.uint64(MIX_MULTIPLIER), np.uint64(16)
+    x = x & low32
+    x = (((x >> shift) ^ x) * multiplier) & low32
+    x = (((x >> shift) ^ x) * multiplier) & low32
+    x = (x >> shift) ^ x
+    return x if isinstance(x, int) else x.astype(np.uint32)
+
+
+def head_key(seed: int, outer) -> np.ndarray:
+    """The key of head `outer` (= b * H + h) under `seed` (uint64): uint32, outer's shape."""
+    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+    return mix32((seed & LOW32) ^ mix32((seed >> 32) ^ mix32(np.asarray(outer))))
+
+
+def row_key(seed: int, outer, row) -> np.ndarray:
+    """The key of query row `row` of head `outer`: uint32, the broadcast shape of outer and row."""
+    return mix32(head_key(seed, outer) ^ mix32(np.asarray(row)))
+
+
+def column_code(column) -> np.ndarray:
+    """The seed-independent code of key column `column`: uint32."""
+    return mix32(np.asarray(column))
+
+
+def dropout_words(seed: int, outer, row, column) -> np.ndarray:
+    """The 32-bit word that decides P[outer, row, column]: uint32, the broadcast shape of the three indices."""
+    return mix32(row_key(seed, outer, row).astype(np.uint64) + column_code(column))
 
 
 def keep_threshold(drop_probability: float) -> int:
-    """floor(p * 2^32) for p as float32: a word at or above it keeps its probability."""
-    return min(int(np.floor(np.float64(np.float32(drop_probability)) * 2.0**32)), 0xFFFFFFFF)
+    """floor(p * 2^24) for p as float32: an entry whose word >> 8 is at or above it is kept."""
+    scaled = np.floor(np.float64(np.float32(drop_probability)) * 2.0**THRESHOLD_BITS)
+    return min(int(scaled), 1 << THRESHOLD_BITS)
 
 
 def keep_mask(seed: int, drop_probability: float, batch: int, heads: int, rows: int, columns: int) -> np.ndarray:
     """Boolean [batch, heads, rows, columns]: True where the kernel keeps P[b, h, i, j]."""
-    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
-    b, h, i, j = np.meshgrid(
-        np.arange(batch, dtype=np.uint64),
-        np.arange(heads, dtype=np.uint64),
-        np.arange(rows, dtype=np.uint64),
-        np.arange(columns, dtype=np.uint64),
-        indexing="ij",
-    )
-    counter = np.stack([j, i, b * np.uint64(heads) + h, np.zeros_like(j)], axis=-1)
-    word0 = philox4x32_10(counter, (seed & 0xFFFFFFFF, seed >> 32))[..., 0]
-    return word0.astype(np.uint64) >= np.uint64(keep_threshold(drop_probability))
+    outer = np.arange(batch * heads, dtype=np.uint32).reshape(batch, heads, 1, 1)
+    row = np.arange(rows, dtype=np.uint32).reshape(rows, 1)
+    column = np.arange(columns, dtype=np.uint32)
+    words = dropout_words(seed, outer, row, column)
+    return (words >> np.uint32(32 - THRESHOLD_BITS)) >= np.uint32(keep_threshold(drop_probability))
 
 
 def keep_scale(drop_probability: float) -> float:

@@ -4,17 +4,17 @@ A training step's randomness is a pure function of where it happens, never of a 
 
     step seed  = step_seed(run seed, step, micro-batch)           on the host, fed to the compiled graph as an input
     site seed  = site_seed(step seed, layer, site)                inside the graph, with 32-bit integer mixing
-    keep mask  = keep_mask(site seed, p, shape)                   the attention kernel's Philox4x32-10 stream
+    keep mask  = keep_mask(site seed, p, shape)                   the attention kernel's counter-based hash
 
 `micro-batch` counts the micro-batches of one optimisation step over all data-parallel ranks (rank r's m-th of M is
 r * M + m), so a run on N ranks draws the masks of one process accumulating N times as many micro-batches.
 `site` is one of SITES; `layer` is the encoder layer (0 for the embeddings and the classifier).
 
 keep_mask views an activation as [outer, rows, columns] (columns = last axis, rows = the one before, outer = the
-rest) and keeps x[o, r, c] iff word 0 of Philox4x32-10(counter = (c, r, o, 0), key = (seed mod 2^32, seed div
-2^32)) >= floor(p * 2^32): the attention-probability mask of `attention_dropout` for one head over a [rows, columns]
-matrix. What is kept is multiplied by 1 / (1 - p) in float32. Attention dropout uses `attention_dropout.keep_mask`
-itself, with the site seed of SITES["attention"].
+rest) and keeps x[o, r, c] iff `attention_dropout.dropout_words(seed, o, r, c) >> 8 >= floor(p * 2^24)`: the
+attention-probability mask of `attention_dropout` with o in the place of b * H + h, over a [rows, columns] matrix.
+What is kept is multiplied by 1 / (1 - p) in float32. Attention dropout uses `attention_dropout.keep_mask` itself,
+with the site seed of SITES["attention"]. The site seeds are mixed with the same `mix32`.
 """
 
 from __future__ import annotations
@@ -23,22 +23,24 @@ import math
 
 import numpy as np
 
+from mindformer_gf.reference.attention_dropout import LOW32, MIX_MULTIPLIER, keep_scale, mix32
 from mindformer_gf.reference.attention_dropout import keep_mask as attention_keep_mask
-from mindformer_gf.reference.attention_dropout import keep_scale
 
 SITES = {"embeddings": 0, "attention": 1, "attention_output": 2, "ffn_output": 3, "classifier": 4}
 SITES_PER_LAYER = 8
-MIX_MULTIPLIER = 0x45D9F3B
-LOW32 = 0xFFFFFFFF
-
-
-def mix32(x: int) -> int:
-    """A bijection of 32-bit words with good avalanche (two multiply-xorshift rounds); the multiplier is below 2^27
-    so every product fits in a signed 64-bit integer, as it must in the graph's int64 arithmetic."""
-    x &= LOW32
-    x = (((x >> 16) ^ x) * MIX_MULTIPLIER) & LOW32
-    x = (((x >> 16) ^ x) * MIX_MULTIPLIER) & LOW32
-    return (x >> 16) ^ x
+# LOW32, MIX_MULTIPLIER and mix32 are the spec's, re-exported for the graph's twin of site_seed (model/dropout.py).
+__all__ = [
+    "LOW32",
+    "MIX_MULTIPLIER",
+    "SITES",
+    "SITES_PER_LAYER",
+    "dropout",
+    "keep_mask",
+    "mix32",
+    "site_code",
+    "site_seed",
+    "step_seed",
+]
 
 
 def step_seed(run_seed: int, step: int, micro_batch: int) -> int:
@@ -52,14 +54,14 @@ def site_code(layer: int, site: str) -> int:
 
 
 def site_seed(seed: int, layer: int, site: str) -> int:
-    """The Philox key (as one int64 in [0, 2^63)) of dropout site `site` of `layer` under step seed `seed`."""
+    """The seed (one int64 in [0, 2^63)) of dropout site `site` of `layer` under step seed `seed`."""
     low = mix32((int(seed) & LOW32) ^ mix32(site_code(layer, site)))
     high = mix32((int(seed) >> 32) ^ low) & 0x7FFFFFFF
     return high << 32 | low
 
 
 def keep_mask(seed: int, drop_probability: float, shape: tuple[int, ...]) -> np.ndarray:
-    """Boolean mask of `shape`: True where dropout with Philox key `seed` keeps the element."""
+    """Boolean mask of `shape`: True where dropout with seed `seed` keeps the element."""
     shape = tuple(int(n) for n in shape)
     columns = shape[-1] if shape else 1
     rows = shape[-2] if len(shape) >= 2 else 1

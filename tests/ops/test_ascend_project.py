@@ -8,8 +8,8 @@ configured). What can be checked without them is checked:
 - the tiling structs: every field the kernels read is declared, set by the host and read by the kernel;
 - the plain C++ the kernels share with the host, compiled with g++ and run: the buffer plan and the tiling
   functions' shape arithmetic (gf_tiling_plan.h) with the kernels' task split (gf_task_split.h), for every released
-  model against the 910B's memories and the CPU kernel's tile sizes; the dropout generator, scalar (gf_philox.h)
-  and in the vector unit's operations (gf_philox_lanes.h, through a host emulation of the instructions), against
+  model against the 910B's memories and the CPU kernel's tile sizes; the dropout hash, scalar (gf_dropout_hash.h)
+  and in the vector unit's operations (gf_dropout_lanes.h, through a host emulation of the instructions), against
   the numpy specification.
 """
 
@@ -26,7 +26,7 @@ import pytest
 
 from mindformer_gf.config import PRESETS
 from mindformer_gf.ops import ascend
-from mindformer_gf.reference.attention_dropout import keep_mask, keep_threshold, philox4x32_10
+from mindformer_gf.reference.attention_dropout import column_code, dropout_words, keep_mask, keep_threshold
 
 PROJECT = Path(__file__).resolve().parents[2] / "kernels" / "ascend"
 CPU_ATTENTION = PROJECT.parent / "cpu" / "flash_attention.cc"
@@ -334,7 +334,7 @@ int main() {
                     batch, heads, length, headDim, 2, backward != 0, cubes, scratch);
                 std::printf("attention %u %u %u %u %u %d | %d %u %u %u %u %u %u %u %u %u %u %u %u %u %u %u %llu\n",
                             hidden, heads, length, batch, cubes, backward, a.plan.fits ? 1 : 0, a.plan.queryBlock,
-                            a.plan.keyBlock, a.plan.philoxRows, a.plan.ubBytes, a.plan.scratchBytes,
+                            a.plan.keyBlock, a.plan.dropoutRows, a.plan.ubBytes, a.plan.scratchBytes,
                             a.queryBlocksPerHead, a.keyBlocksPerHead, a.taskCount, a.keyTaskCount,
                             a.queryTaskCount, a.keyTaskCost, a.queryTaskCost, a.blockDim, a.vectorCores,
                             a.plan.workspaceBytesPerCore,
@@ -403,14 +403,16 @@ def test_launch_plans_of_the_released_shapes_fit_the_910b_and_split_every_task_o
         checked[kind] += 1
         if kind == "attention":
             hidden, heads, length, batch, cubes, backward = map(int, values[:6])
-            fits, br, bc, philox_rows, ub, scratch = map(int, values[6:12])
+            fits, br, bc, dropout_rows, ub, scratch = map(int, values[6:12])
             q_blocks, k_blocks, tasks, key_tasks, query_tasks, key_cost, query_cost = map(int, values[12:19])
             blocks, vector_cores, per_core, total = map(int, values[19:])
             assert fits and hidden // heads == 64
             assert (br, bc) == (64, cpu_key_block)  # Br: whole 16 x 16 fractals; Bc: the CPU kernel's key block
             assert ub + scratch <= usable and (backward or scratch >= br * bc * 2)
-            # The vector Philox's 11 word vectors of philox_rows x Bc lanes are counted, in whole 256-byte repeats.
-            assert philox_rows in (1, 2, 4, 8) and ub >= 11 * philox_rows * bc * 4 and philox_rows * bc % 64 == 0
+            # The dropout hash's 3 word vectors of dropout_rows x Bc lanes and its Bc column codes are counted, in whole
+            # 256-byte repeats.
+            assert dropout_rows in (1, 2, 4, 8, 16) and dropout_rows * bc % 64 == 0
+            assert ub >= (3 * dropout_rows + 1) * bc * 4
             pairs = batch * heads
             assert q_blocks == ceil_div(length, 64)
             if backward:
@@ -440,19 +442,22 @@ def test_launch_plans_of_the_released_shapes_fit_the_910b_and_split_every_task_o
     }
 
 
-PHILOX_DRIVER = r"""
+HASH_DRIVER = r"""
 #include <cstdint>
 #include <cstdio>
-#include "gf_philox.h"
+#include <initializer_list>
+#include "gf_dropout_hash.h"
 
 int main() {
-    const uint32_t keys[][2] = {{0u, 0u}, {0x12345678u, 0x9abcdef0u}, {7u, 0u}, {0xffffffffu, 0xffffffffu}};
-    for (const auto& key : keys) {
-        for (uint32_t pair = 0; pair < 3; ++pair) {
-            for (uint32_t row = 0; row < 5; ++row) {
-                for (uint32_t column = 0; column < 7; ++column) {
-                    std::printf("word %u %u %u %u %u %u\n", key[0], key[1], pair, row, column,
-                                gf::PhiloxWord0(column, row, pair, 0u, key[0], key[1]));
+    const uint64_t seeds[] = {0u, 0x9abcdef012345678u, 7u, 0xffffffffffffffffu};
+    for (uint64_t seed : seeds) {
+        const uint32_t lo = static_cast<uint32_t>(seed), hi = static_cast<uint32_t>(seed >> 32);
+        for (uint32_t pair : {0u, 1u, 2u, 0xffffffffu}) {
+            for (uint32_t row : {0u, 1u, 4u, 0xffffffffu}) {
+                for (uint32_t column : {0u, 1u, 6u, 129u, 0xffffffffu}) {
+                    const uint32_t word = gf::DropoutWord(gf::DropoutRowKey(gf::DropoutHeadKey(lo, hi, pair), row),
+                                                          gf::DropoutColumnCode(column));
+                    std::printf("word %llu %u %u %u %u\n", (unsigned long long)seed, pair, row, column, word);
                 }
             }
         }
@@ -461,63 +466,52 @@ int main() {
     for (float p : probabilities) {
         std::printf("threshold %.9g %u\n", p, gf::DropThreshold(p));
     }
-    // The keep decisions of one small head, as a mask: seed 7 (key 7, 0), p = 0.1, 2 cells x 3 heads x 5 x 6.
-    const uint32_t threshold = gf::DropThreshold(0.1f);
-    for (uint32_t pair = 0; pair < 6; ++pair) {
-        for (uint32_t row = 0; row < 5; ++row) {
-            for (uint32_t column = 0; column < 6; ++column) {
-                std::printf("keep %d\n", gf::KeepProbability(column, row, pair, 7u, 0u, threshold) ? 1 : 0);
-            }
-        }
-    }
     return 0;
 }
 """
 
 
 @needs_gxx
-def test_kernel_philox_and_threshold_match_the_numpy_specification(tmp_path):
-    lines = [line.split() for line in compile_and_run(tmp_path, PHILOX_DRIVER).splitlines()]
+def test_kernel_hash_and_threshold_match_the_numpy_specification(tmp_path):
+    lines = [line.split() for line in compile_and_run(tmp_path, HASH_DRIVER).splitlines()]
     words = [list(map(int, line[1:])) for line in lines if line[0] == "word"]
-    counters = np.array([[column, row, pair, 0] for _, _, pair, row, column, _ in words], np.uint32)
-    for key in {(w[0], w[1]) for w in words}:
-        rows = [index for index, w in enumerate(words) if (w[0], w[1]) == key]
-        expected = philox4x32_10(counters[rows], key)[:, 0]
-        assert [words[index][5] for index in rows] == expected.tolist()
-
-    for line in (line for line in lines if line[0] == "threshold"):
+    assert len(words) == 4 * 4 * 4 * 5
+    for seed, pair, row, column, word in words:
+        assert word == int(dropout_words(seed, pair, row, column)), (seed, pair, row, column)
+    thresholds = [line for line in lines if line[0] == "threshold"]
+    assert len(thresholds) == 8
+    for line in thresholds:
         assert int(line[2]) == keep_threshold(float(np.float32(line[1]))), line
 
-    keeps = np.array([int(line[1]) for line in lines if line[0] == "keep"], bool).reshape(2, 3, 5, 6)
-    assert (keeps == keep_mask(7, 0.1, 2, 3, 5, 6)).all()
 
-
-# The vector unit's generator (gf_philox_lanes.h), run through a host emulation of the 910B instructions it uses:
-# each method is one Ascend C instruction's effect on the lanes (int32 Muls and Add/Sub wrap modulo 2^32; uint32
-# shifts are logical; And/Or are 16-bit instructions, emulated on the two halves of each lane).
+# The vector unit's part of the hash (gf_dropout_lanes.h), run through a host emulation of the 910B instructions it
+# uses: each method is one Ascend C instruction's effect on the lanes (int32 Muls, Adds and Sub wrap modulo 2^32;
+# uint32 shifts are logical; And/Or are 16-bit instructions, emulated on the two halves of each lane).
 LANES_DRIVER = r"""
 #include <cstdint>
 #include <cstdio>
 #include <vector>
-#include "gf_philox_lanes.h"
+#include "gf_dropout_lanes.h"
 #include "gf_tiling_plan.h"
 
-static_assert(gf::kPhiloxWordVectors == gf_plan::kPhiloxWordVectors, "the UB plan counts the kernel's registers");
+static_assert(gf::kDropoutWordVectors == gf_plan::kDropoutWordVectors, "the UB plan counts the kernel's registers");
 
 struct HostLanes {
     using Words = uint32_t*;
     using Floats = float*;
     uint32_t count;
+    void Done() {}
     void ShiftRight(Words d, Words a, uint32_t n) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] >> n; }
-    void ShiftLeft(Words d, Words a, uint32_t n) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] << n; }
     void MulScalar(Words d, Words a, uint32_t m) {
         for (uint32_t i = 0; i < count; ++i) {
             const int64_t product = int64_t(int32_t(a[i])) * int64_t(int32_t(m));  // vmuls.s32: low 32 bits kept
             d[i] = uint32_t(uint64_t(product));
         }
     }
-    // int32 Add / Sub wrap: the same bits as uint32 arithmetic modulo 2^32.
-    void Add(Words d, Words a, Words b) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] + b[i]; }
+    // int32 Adds / Sub wrap: the same bits as uint32 arithmetic modulo 2^32.
+    void AddsRange(Words d, uint32_t offset, Words a, uint32_t value, uint32_t n) {
+        for (uint32_t i = 0; i < n; ++i) d[offset + i] = a[i] + value;
+    }
     void Sub(Words d, Words a, Words b) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] - b[i]; }
     static uint32_t Halves(uint32_t a, uint32_t b, bool isOr) {
         const uint16_t lo = isOr ? uint16_t(a) | uint16_t(b) : uint16_t(a) & uint16_t(b);
@@ -526,71 +520,78 @@ struct HostLanes {
     }
     void And(Words d, Words a, Words b) { for (uint32_t i = 0; i < count; ++i) d[i] = Halves(a[i], b[i], false); }
     void Or(Words d, Words a, Words b) { for (uint32_t i = 0; i < count; ++i) d[i] = Halves(a[i], b[i], true); }
-    void Fill(Words d, uint32_t value) { for (uint32_t i = 0; i < count; ++i) d[i] = value; }
-    void FillRange(Words d, uint32_t offset, uint32_t value, uint32_t n) {
-        for (uint32_t i = 0; i < n; ++i) d[offset + i] = value;
-    }
     void ColumnIndex(Words d, uint32_t offset, uint32_t first, uint32_t n) {
         for (uint32_t i = 0; i < n; ++i) d[offset + i] = first + i;
     }
     Floats AsFloats(Words w) { return reinterpret_cast<Floats>(w); }
     void ToFloat(Floats d, Words s) { for (uint32_t i = 0; i < count; ++i) d[i] = float(int32_t(s[i])); }
     void AddsFloat(Floats d, Floats a, float s) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] + s; }
-    void MulsFloat(Floats d, Floats a, float s) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] * s; }
-    void AddFloat(Floats d, Floats a, Floats b) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] + b[i]; }
     void MaxsFloat(Floats d, Floats a, float s) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] > s ? a[i] : s; }
     void MinsFloat(Floats d, Floats a, float s) { for (uint32_t i = 0; i < count; ++i) d[i] = a[i] < s ? a[i] : s; }
 };
 
+// The kernel's buffer layout (gf::DropoutRegistersIn): the width column codes, then three vectors of rows x width.
 struct Bank {
     std::vector<uint32_t> storage;
-    gf::PhiloxRegisters<HostLanes> r;
-    explicit Bank(uint32_t lanes) : storage(gf::kPhiloxWordVectors * lanes) {
+    gf::DropoutRegisters<HostLanes> r;
+    Bank(uint32_t rows, uint32_t width) : storage((gf::kDropoutWordVectors * rows + 1) * width) {
         uint32_t* p = storage.data();
-        uint32_t** words[] = {&r.c0, &r.c1, &r.c2, &r.c3, &r.high0, &r.high1, &r.t0, &r.t1, &r.t2, &r.t3, &r.key};
-        for (uint32_t i = 0; i < gf::kPhiloxWordVectors; ++i) *words[i] = p + i * lanes;
+        r.codes = p;
+        r.word = p + width;
+        r.t0 = r.word + rows * width;
+        r.t1 = r.t0 + rows * width;
     }
 };
 
 int main() {
-    // Raw words: counters (column, row, pair, 0) for 2 rows x 40 columns, several keys and pairs.
-    const uint32_t keys[][2] = {{0u, 0u}, {0x12345678u, 0x9abcdef0u}, {7u, 0u}, {0xffffffffu, 0xffffffffu}};
-    for (const auto& key : keys) {
+    // Column codes of a key block (mix32 as 14 vector instructions), and the words of 3 rows x 40 columns before the
+    // keep test (r.word after Mix32Lanes), for several seeds and heads.
+    const uint64_t seeds[] = {0u, 0x9abcdef012345678u, 7u, 0xffffffffffffffffu};
+    for (uint64_t seed : seeds) {
         for (uint32_t pair = 0; pair < 3; ++pair) {
-            HostLanes v{2 * 40};
-            Bank bank(v.count);
-            for (uint32_t i = 0; i < 2; ++i) {
-                v.ColumnIndex(bank.r.c0, i * 40, 1000u * pair, 40);
-                v.FillRange(bank.r.c1, i * 40, 3 + i + 65536u * pair, 40);
+            const uint32_t rows = 3, width = 40, firstColumn = 1000u * pair + 0xfffffff0u * (pair == 2);
+            const uint32_t firstRow = 65536u * pair;
+            Bank bank(rows, width);
+            HostLanes columns{width};
+            gf::ColumnCodesLanes(columns, bank.r, firstColumn);
+            for (uint32_t j = 0; j < width; ++j) std::printf("code %u %u\n", firstColumn + j, bank.r.codes[j]);
+            HostLanes v{rows * width};
+            const uint32_t headKey = gf::DropoutHeadKey(uint32_t(seed), uint32_t(seed >> 32), pair);
+            for (uint32_t i = 0; i < rows; ++i) {
+                v.AddsRange(bank.r.word, i * width, bank.r.codes, gf::DropoutRowKey(headKey, firstRow + i), width);
             }
-            v.Fill(bank.r.c2, pair * 0x01000193u);
-            v.Fill(bank.r.c3, 0u);
-            gf::PhiloxWord0Lanes(v, bank.r, key[0], key[1]);
+            gf::Mix32Lanes(v, bank.r.word, bank.r.t0, bank.r.t1);
             for (uint32_t i = 0; i < v.count; ++i) {
-                std::printf("word %u %u %u %u %u %u\n", key[0], key[1], 1000u * pair + i % 40,
-                            3 + i / 40 + 65536u * pair, pair * 0x01000193u, bank.r.c0[i]);
+                std::printf("word %llu %u %u %u %u\n", (unsigned long long)seed, pair, firstRow + i / width,
+                            firstColumn + i % width, bank.r.word[i]);
             }
         }
     }
-    // The unsigned compare, at its edges: words at, just below and just above thresholds, equal high halves.
-    const uint32_t edges[] = {0u, 1u, 0xFFFFu, 0x10000u, 0x1FFFFu, 0x7FFFFFFFu, 0x80000000u, 0x80010000u,
-                              0xABCD1234u, 0xABCD1233u, 0xABCD1235u, 0xABCC1234u, 0xFFFEFFFFu, 0xFFFFFFFFu};
-    const uint32_t n = sizeof(edges) / sizeof(edges[0]);
-    for (uint32_t t = 0; t < n; ++t) {
+    // The keep test at its edges: words whose top 24 bits are at, just below and just above thresholds.
+    const uint32_t highs[] = {0u, 1u, 2u, 0x7FFFFFu, 0x800000u, 0x800001u, 0xFFFFFEu, 0xFFFFFFu};
+    const uint32_t thresholds[] = {0u, 1u, 2u, 0x800000u, 0x800001u, 0xFFFFFFu, 0x1000000u};
+    const uint32_t n = 2 * sizeof(highs) / sizeof(highs[0]);
+    for (uint32_t t : thresholds) {
         HostLanes v{n};
-        Bank bank(n);
-        for (uint32_t i = 0; i < n; ++i) bank.r.c0[i] = edges[i];
-        gf::KeepMaskFromWords(v, v.AsFloats(bank.r.t1), v.AsFloats(bank.r.t3), bank.r.c0, bank.r.t2, edges[t]);
-        for (uint32_t i = 0; i < n; ++i) std::printf("edge %u %u %.1f\n", edges[i], edges[t], v.AsFloats(bank.r.t1)[i]);
+        Bank bank(1, n);
+        for (uint32_t i = 0; i < n; ++i) bank.r.word[i] = (highs[i / 2] << 8) | (i % 2 ? 0xFFu : 0u);
+        std::vector<uint32_t> words(bank.r.word, bank.r.word + n);
+        gf::KeepMaskFromWords(v, v.AsFloats(bank.r.t0), bank.r.word, t);
+        for (uint32_t i = 0; i < n; ++i) std::printf("edge %u %u %.1f\n", words[i], t, v.AsFloats(bank.r.t0)[i]);
     }
-    // The keep mask of a small attention: seed 7, p = 0.1, 2 cells x 3 heads x 5 rows x 6 columns, 2 rows a call.
-    const uint32_t threshold = gf::DropThreshold(0.1f);
+    // The keep mask of a small attention as the kernels run it: seed (123 << 32) + 456789, p = 0.1, 2 cells x 3
+    // heads x 5 rows, the key block of columns 128 .. 133, 2 rows a call.
+    const uint64_t seed = (uint64_t(123) << 32) + 456789u;
+    const uint32_t threshold = gf::DropThreshold(0.1f), width = 6;
     for (uint32_t pair = 0; pair < 6; ++pair) {
+        Bank bank(2, width);
+        HostLanes columns{width};
+        gf::ColumnCodesLanes(columns, bank.r, 128u);
+        const uint32_t headKey = gf::DropoutHeadKey(uint32_t(seed), uint32_t(seed >> 32), pair);
         for (uint32_t row = 0; row < 5; row += 2) {
             const uint32_t rows = row + 2 <= 5 ? 2 : 1;
-            HostLanes v{rows * 6};
-            Bank bank(v.count);
-            const float* keep = gf::KeepMaskLanes(v, bank.r, pair, row, rows, 0, 6, 7u, 0u, threshold);
+            HostLanes v{rows * width};
+            const float* keep = gf::KeepMaskLanes(v, bank.r, headKey, row, rows, width, threshold);
             for (uint32_t i = 0; i < v.count; ++i) std::printf("keep %.1f\n", keep[i]);
         }
     }
@@ -600,21 +601,23 @@ int main() {
 
 
 @needs_gxx
-def test_vector_philox_formulation_matches_the_numpy_specification(tmp_path):
-    """16-bit-half mulhi, Or-minus-And xor and the fp32 sign test, as the vector unit runs them, against
-    mindformer_gf/reference/attention_dropout.py bit for bit."""
+def test_vector_hash_formulation_matches_the_numpy_specification(tmp_path):
+    """mix32 with Or-minus-And xor and low-half multiplies, the row-key add and the fp32 keep test, as the vector
+    unit runs them, against mindformer_gf/reference/attention_dropout.py bit for bit."""
     lines = [line.split() for line in compile_and_run(tmp_path, LANES_DRIVER, "-fno-strict-aliasing").splitlines()]
-    words = [list(map(int, line[1:])) for line in lines if line[0] == "word"]
-    assert len(words) == 4 * 3 * 80
-    for key in {(w[0], w[1]) for w in words}:
-        rows = [w for w in words if (w[0], w[1]) == key]
-        counters = np.array([[w[2], w[3], w[4], 0] for w in rows], np.uint32)
-        assert [w[5] for w in rows] == philox4x32_10(counters, key)[:, 0].tolist()
+    codes = [list(map(int, line[1:])) for line in lines if line[0] == "code"]
+    assert len(codes) == 4 * 3 * 40
+    assert [code for _, code in codes] == column_code(np.array([column for column, _ in codes])).tolist()
+    words = np.array([list(map(int, line[1:])) for line in lines if line[0] == "word"], np.uint64)
+    assert len(words) == 4 * 3 * 120
+    for seed in {int(w[0]) for w in words}:
+        mine = words[words[:, 0] == seed]
+        assert mine[:, 4].tolist() == dropout_words(seed, mine[:, 1], mine[:, 2], mine[:, 3]).tolist()
 
     edges = [line for line in lines if line[0] == "edge"]
-    assert len(edges) == 14 * 14
+    assert len(edges) == 16 * 7
     for _, word, threshold, keep in edges:
-        assert float(keep) == (1.0 if int(word) >= int(threshold) else 0.0), (word, threshold, keep)
+        assert float(keep) == (1.0 if int(word) >> 8 >= int(threshold) else 0.0), (word, threshold, keep)
 
     keeps = np.array([float(line[1]) for line in lines if line[0] == "keep"]).reshape(2, 3, 5, 6)
-    assert (keeps == keep_mask(7, 0.1, 2, 3, 5, 6)).all()
+    assert (keeps == keep_mask((123 << 32) + 456789, 0.1, 2, 3, 5, 134)[..., 128:]).all()

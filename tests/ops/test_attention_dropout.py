@@ -1,5 +1,6 @@
-"""Attention dropout inside the fused kernel: the Philox stream, the exact mask, its keep rate, and forward/backward
-consistency at a fixed seed."""
+"""Attention dropout inside the fused kernel: the mix32 hash against hand-computed words, the kernels' words, codes and
+masks against the numpy specification (both instruction sets), statistical tests of the keep rate and of
+independence between neighbouring columns, rows, heads and seeds, and forward/backward consistency at a fixed seed."""
 
 from __future__ import annotations
 
@@ -10,60 +11,134 @@ import pytest
 from fused_harness import TOLERANCE, AttentionWithLse, random_problem, run_forward, run_gradients
 from mindspore import Tensor, nn
 from ops_oracle import attention_backward, relative_error
+from scipy import stats
 
 from mindformer_gf.ops import fused
 from mindformer_gf.reference.attention_dropout import (
     attention_with_dropout,
+    column_code,
+    dropout_words,
     keep_mask,
     keep_scale,
     keep_threshold,
-    philox4x32_10,
+    mix32,
 )
 
-# Known-answer vectors of Philox4x32-10 from Random123's kat_vectors (counter, key, output).
-PHILOX_KNOWN_ANSWERS = [
-    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    (
-        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
-        (0xA4093822, 0x299F31D0),
-        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
-    ),
-]
-
-SEED = (123 << 32) + 456789  # both key words non-zero
+SEED = (123 << 32) + 456789  # both seed words non-zero
 
 
-@pytest.mark.parametrize(("counter", "key", "expected"), PHILOX_KNOWN_ANSWERS)
-def test_reference_philox_known_answers(counter, key, expected):
-    assert tuple(int(w) for w in philox4x32_10(np.array(counter, np.uint32), key)) == expected
+def mix32_by_hand(x: int) -> int:
+    """The finaliser written out on Python ints, step by step: the oracle for the spec and the kernels."""
+    x ^= x >> 16
+    x = (x * 0x45D9F3B) % 2**32
+    x ^= x >> 16
+    x = (x * 0x45D9F3B) % 2**32
+    return x ^ (x >> 16)
 
 
-@pytest.mark.parametrize(("counter", "key", "expected"), PHILOX_KNOWN_ANSWERS)
-def test_kernel_philox_known_answers(counter, key, expected):
-    words = np.array(counter, np.uint32)
-    fused.native().MindformerGfPhilox4x32(words.ctypes.data, 1, *key)
-    assert tuple(int(w) for w in words) == expected
+def word_by_hand(seed: int, outer: int, row: int, column: int) -> int:
+    seed_lo, seed_hi = seed % 2**32, seed // 2**32
+    head = mix32_by_hand(seed_lo ^ mix32_by_hand(seed_hi ^ mix32_by_hand(outer)))
+    row_key = mix32_by_hand(head ^ mix32_by_hand(row))
+    return mix32_by_hand((row_key + mix32_by_hand(column)) % 2**32)
+
+
+WORD_CASES = [(0, 0, 0, 0), (SEED, 5, 37, 130), (2**64 - 1, 2**32 - 1, 2**32 - 1, 2**32 - 1)]
+
+
+def test_mix32_known_answers():
+    # 1 -> 0x45D9F3B after the first multiply; the rest follows the same three xorshifts and two multiplies.
+    assert mix32_by_hand(0) == 0 and mix32_by_hand(1) == 824515495
+    for x in (0, 1, 0x45D9F3B, 2**31, 2**32 - 1):
+        assert mix32(x) == mix32_by_hand(x)
+        assert int(mix32(np.array([x], np.uint32))[0]) == mix32_by_hand(x)
+
+
+@pytest.mark.parametrize(("seed", "outer", "row", "column"), WORD_CASES)
+def test_words_known_answers(seed, outer, row, column):
+    expected = word_by_hand(seed, outer, row, column)
+    assert int(dropout_words(seed, outer, row, column)) == expected
+    words = np.empty(1, np.uint32)
+    fused.native().MindformerGfDropoutWords(words.ctypes.data, 1, ctypes.c_uint64(seed), outer, row, column)
+    assert int(words[0]) == expected
 
 
 def test_threshold_rule():
-    """floor(p * 2^32) with p rounded to float32 first (0.1 in float32 is slightly above 0.1)."""
-    assert keep_threshold(0.1) == 429496736
+    """floor(p * 2^24) with p rounded to float32 first (0.1 in float32 is slightly above 0.1)."""
+    assert keep_threshold(0.1) == 1677721  # 0.100000001490116 * 2^24 = 1677721.625
+    assert keep_threshold(0.02) == 335544  # 0.0199999995529652 * 2^24 = 335544.31
     assert keep_threshold(0.0) == 0
-    assert keep_threshold(0.5) == 2**31
+    assert keep_threshold(0.5) == 2**23
 
 
-@pytest.mark.parametrize(("batch_head", "row", "col0", "columns"), [(0, 0, 0, 64), (5, 37, 128, 37), (2, 1000, 8, 3)])
-def test_kernel_mask_rows_match_reference(cpu_isa, batch_head, row, col0, columns):
-    """The vector (8 lanes) and scalar generators give the reference's mask word for word, tails included."""
-    factors = np.empty(columns, np.float32)
-    fused.native().MindformerGfDropoutFactors(
-        factors.ctypes.data, columns, ctypes.c_uint64(SEED), ctypes.c_float(0.1), row, batch_head, col0
-    )
-    heads = batch_head + 1
-    expected = keep_mask(SEED, 0.1, 1, heads, row + 1, col0 + columns)[0, batch_head, row, col0:]
-    np.testing.assert_array_equal(factors != 0, expected)
-    np.testing.assert_array_equal(factors[expected], np.float32(keep_scale(0.1)))
+@pytest.mark.parametrize(("outer", "row", "col0", "columns"), [(0, 0, 0, 64), (5, 37, 128, 37), (2, 1000, 8, 3)])
+def test_kernel_words_codes_and_mask_rows_match_reference(cpu_isa, outer, row, col0, columns):
+    """Scalar words, the vector (8 lanes) or portable column codes and keep factors equal the reference's, tails
+    included."""
+    native = fused.native()
+    columns_range = np.arange(col0, col0 + columns)
+    words = np.empty(columns, np.uint32)
+    native.MindformerGfDropoutWords(words.ctypes.data, columns, ctypes.c_uint64(SEED), outer, row, col0)
+    np.testing.assert_array_equal(words, dropout_words(SEED, outer, row, columns_range))
+    codes = np.empty(columns, np.uint32)
+    native.MindformerGfDropoutColumnCodes(codes.ctypes.data, columns, col0)
+    np.testing.assert_array_equal(codes, column_code(columns_range))
+    for drop in (0.02, 0.1, 0.5):
+        factors = np.empty(columns, np.float32)
+        native.MindformerGfDropoutFactors(
+            factors.ctypes.data, columns, ctypes.c_uint64(SEED), ctypes.c_float(drop), row, outer, col0
+        )
+        expected = keep_mask(SEED, drop, 1, outer + 1, row + 1, col0 + columns)[0, outer, row, col0:]
+        np.testing.assert_array_equal(factors != 0, expected)
+        np.testing.assert_array_equal(factors[expected], np.float32(keep_scale(drop)))
+
+
+# Statistical tests on 2^20 draws per mask (16 heads x 256 x 256): the hash must look like independent coin flips.
+HEADS, LENGTH = 16, 256
+
+
+@pytest.mark.parametrize("drop", [0.02, 0.1, 0.5])
+def test_keep_rate_within_binomial_bounds(drop):
+    kept = keep_mask(SEED, drop, 1, HEADS, LENGTH, LENGTH)
+    n, p_keep = kept.size, 1.0 - drop
+    assert abs(kept.sum() - n * p_keep) < 5.0 * np.sqrt(n * p_keep * (1.0 - p_keep))
+
+
+def assert_independent(a: np.ndarray, b: np.ndarray) -> None:
+    """a and b: fair coins (p = 0.5) in [groups, n] pairs. Under independence each group's count of agreements is
+    Binomial(n, 1/2), so sum((agree - n/2)^2 / (n/4)) over groups is chi-square with `groups` degrees of freedom (the
+    sum of the groups' 2 x 2 tables); a dependence of either sign in many groups moves it far into one tail. The
+    pooled agreement rate is checked against its own binomial bounds too."""
+    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    groups, n = a.shape
+    agree = (a == b).sum(axis=1)
+    statistic = float(((agree - n / 2.0) ** 2 / (n / 4.0)).sum())
+    assert 1e-6 < stats.chi2.sf(statistic, groups) < 1 - 1e-6, statistic / groups
+    total = groups * n
+    assert abs(agree.sum() - total / 2.0) < 5.0 * np.sqrt(total / 4.0)
+
+
+@pytest.fixture(scope="module")
+def fair_mask() -> np.ndarray:
+    return keep_mask(SEED, 0.5, 1, HEADS, LENGTH, LENGTH)[0]
+
+
+def test_adjacent_columns_are_independent(fair_mask):
+    assert_independent(fair_mask[..., :-1], fair_mask[..., 1:])
+
+
+def test_adjacent_rows_are_independent(fair_mask):
+    rows_first = np.swapaxes(fair_mask, -1, -2)  # groups: (head, row pair), pairs over the columns
+    assert_independent(rows_first[..., :-1], rows_first[..., 1:])
+
+
+def test_adjacent_heads_are_independent(fair_mask):
+    assert_independent(fair_mask[:-1], fair_mask[1:])
+
+
+@pytest.mark.parametrize("other_seed", [SEED + 1, SEED + (1 << 32)])
+def test_neighbouring_seeds_are_independent(fair_mask, other_seed):
+    assert_independent(fair_mask, keep_mask(other_seed, 0.5, 1, HEADS, LENGTH, LENGTH)[0])
 
 
 def reveal_mask(drop: float, seed: int, heads: int = 4, length: int = 256) -> np.ndarray:

@@ -3,7 +3,7 @@
 //
 // Inputs  query, key, value  [batch, heads, length, head_dim] fp16 | bf16 (BNSD)
 //         key_mask           [batch, length] int32, nonzero = valid key
-//         seed               [1] int64, dropout seed (Philox key = low and high 32 bits)
+//         seed               [1] int64, dropout seed (both 32-bit halves key the mask hash)
 //         drop_probability   [1] fp32, 0 = no dropout (inference)
 // Outputs out                like query
 //         lse                [batch, heads, length] fp32, row log-sum-exp for the backward
@@ -69,7 +69,7 @@ ge::graphStatus TilingFunc(gert::TilingContext* context)
     tiling.set_headDim(headDim);
     tiling.set_queryBlock(br);
     tiling.set_keyBlock(bc);
-    tiling.set_philoxRows(plan.philoxRows);
+    tiling.set_dropoutRows(plan.dropoutRows);
     tiling.set_queryBlocksPerHead(launch.queryBlocksPerHead);
     tiling.set_taskCount(launch.taskCount);
     tiling.set_scale(1.0f / std::sqrt(static_cast<float>(headDim)));

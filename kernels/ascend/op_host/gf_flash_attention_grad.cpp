@@ -64,7 +64,7 @@ ge::graphStatus TilingFunc(gert::TilingContext* context)
     tiling.set_headDim(headDim);
     tiling.set_queryBlock(br);
     tiling.set_keyBlock(bc);
-    tiling.set_philoxRows(plan.philoxRows);
+    tiling.set_dropoutRows(plan.dropoutRows);
     tiling.set_queryBlocksPerHead(launch.queryBlocksPerHead);
     tiling.set_keyBlocksPerHead(launch.keyBlocksPerHead);
     tiling.set_keyTaskCount(launch.keyTaskCount);

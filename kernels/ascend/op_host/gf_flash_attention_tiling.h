@@ -12,7 +12,7 @@ TILING_DATA_FIELD_DEF(uint32_t, seqLen);
 TILING_DATA_FIELD_DEF(uint32_t, headDim);
 TILING_DATA_FIELD_DEF(uint32_t, queryBlock);          // Br
 TILING_DATA_FIELD_DEF(uint32_t, keyBlock);            // Bc
-TILING_DATA_FIELD_DEF(uint32_t, philoxRows);  // probability rows per vector-Philox call (dropout)
+TILING_DATA_FIELD_DEF(uint32_t, dropoutRows);  // probability rows per dropout-mask call
 TILING_DATA_FIELD_DEF(uint32_t, queryBlocksPerHead);  // ceil(seqLen / Br)
 TILING_DATA_FIELD_DEF(uint32_t, taskCount);           // batch * heads * queryBlocksPerHead
 TILING_DATA_FIELD_DEF(uint32_t, coreCount);           // vector cores launched: 2 per cube core

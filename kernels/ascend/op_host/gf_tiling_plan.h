@@ -38,12 +38,13 @@ constexpr uint32_t kQueryBlock = 64;
 constexpr uint32_t kKeyBlock = 128;
 constexpr uint32_t kMinQueryBlock = 16;
 
-// Attention dropout: the vector-unit Philox (op_kernel/gf_philox_lanes.h) keeps kPhiloxWordVectors word vectors of
-// philoxRows x Bc lanes (the kernel's gf::kPhiloxWordVectors; the test checks they agree); more rows per call
-// amortise the per-instruction cost over more lanes.
-constexpr uint32_t kPhiloxWordVectors = 11;
-constexpr uint32_t kMaxPhiloxRows = 8;
-constexpr uint32_t PhiloxUbBytes(uint32_t rows, uint32_t bc) { return kPhiloxWordVectors * rows * bc * 4; }
+// Attention dropout: the vector-unit hash (op_kernel/gf_dropout_lanes.h) keeps kDropoutWordVectors word vectors of
+// dropoutRows x Bc lanes and the key block's Bc column codes (the kernel's gf::kDropoutWordVectors; the test checks
+// they agree). More rows per call amortise each instruction's pipeline drain over more lanes; beyond 16 rows
+// (16 repeats of 256 bytes per instruction) the gain is small, and the UB is worth more to the softmax scratch.
+constexpr uint32_t kDropoutWordVectors = 3;
+constexpr uint32_t kMaxDropoutRows = 16;
+constexpr uint32_t DropoutUbBytes(uint32_t rows, uint32_t bc) { return (kDropoutWordVectors * rows + 1) * bc * 4; }
 
 constexpr uint32_t AlignUp(uint32_t value, uint32_t unit) { return (value + unit - 1) / unit * unit; }
 constexpr uint32_t CeilDiv(uint32_t value, uint32_t unit) { return (value + unit - 1) / unit; }
@@ -105,14 +106,14 @@ constexpr bool CubeTileFits(uint32_t m, uint32_t n, uint32_t k, uint32_t element
 struct AttentionPlan {
     uint32_t queryBlock = 0;
     uint32_t keyBlock = 0;
-    uint32_t philoxRows = 0;    // rows of the probability tile per vector-Philox call
-    uint32_t ubBytes = 0;       // counted buffers and the Philox registers, without the softmax scratch
+    uint32_t dropoutRows = 0;   // rows of the probability tile per dropout-mask call
+    uint32_t ubBytes = 0;       // counted buffers and the dropout registers, without the softmax scratch
     uint32_t scratchBytes = 0;  // UB left for SoftmaxFlashV2 (forward only)
     uint32_t workspaceBytesPerCore = 0;
     bool fits = false;
 };
 
-// Largest query block (64, 32 or 16 rows) whose buffers fit, then as many Philox rows (8, 4, 2 or 1) as fit
+// Largest query block (64, 32 or 16 rows) whose buffers fit, then as many dropout rows (16, 8, 4, 2 or 1) as fit
 // besides; the forward also needs `minScratch` bytes of softmax scratch for that block (the host passes
 // GetSoftMaxFlashV2MinTmpSize of the br x bc tile) and gets whatever UB is left.
 template <typename MinScratch>
@@ -127,11 +128,11 @@ constexpr AttentionPlan PlanAttention(uint32_t headDim, uint32_t element, bool b
         const uint32_t scratchNeeded = backward ? 0 : minScratch(br, bc);
         const bool cubeFits = CubeTileFits(br, bc, headDim, element) && CubeTileFits(br, headDim, bc, element) &&
                               CubeTileFits(bc, headDim, br, element);
-        for (uint32_t rows = kMaxPhiloxRows; rows >= 1 && cubeFits; rows /= 2) {
-            const uint32_t ub = tiles + PhiloxUbBytes(rows, bc);
+        for (uint32_t rows = kMaxDropoutRows; rows >= 1 && cubeFits; rows /= 2) {
+            const uint32_t ub = tiles + DropoutUbBytes(rows, bc);
             if (ub + scratchNeeded <= kUbUsableBytes) {
                 plan.queryBlock = br;
-                plan.philoxRows = rows;
+                plan.dropoutRows = rows;
                 plan.ubBytes = ub;
                 plan.scratchBytes = backward ? 0 : kUbUsableBytes - ub;
                 plan.workspaceBytesPerCore = backward ? AttentionBackwardWorkspaceBytes(br, bc, headDim, element)

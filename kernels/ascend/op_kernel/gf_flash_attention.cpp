@@ -5,7 +5,7 @@
 //     S_ij = s Q_i K_j^T                           cube (Matmul API), fp16/bf16 in, fp32 out
 //     m' = max(m, rowmax S_ij); P_ij = exp(S_ij - m'); l = exp(m - m') l + rowsum P_ij; m = m'
 //                                                  vector (SoftmaxFlashV2 with update), fp32
-//     P_ij o= Z_ij (dropout, training only)        scalar unit (Philox4x32-10), then vector scale
+//     P_ij o= Z_ij (dropout, training only)        vector unit (gf_dropout_lanes.h), keys on the scalar unit
 //     O_i = diag(exp(m_prev - m)) O_i + P_ij V_j   cube for P_ij V_j, vector for the rescale, fp32
 //   and at the end O_i /= l, LSE_i = m + log l.
 //
@@ -20,8 +20,8 @@
 #include "lib/activation/softmaxflashv2.h"
 #include "lib/matmul_intf.h"
 
-#include "gf_philox.h"
-#include "gf_philox_lanes.h"
+#include "gf_dropout_hash.h"
+#include "gf_dropout_lanes.h"
 #include "gf_task_split.h"
 #include "gf_tile_ops.h"
 
@@ -88,8 +88,8 @@ public:
         pipe->InitBuffer(outQueue_, 1, br_ * headDim_ * sizeof(T));
         pipe->InitBuffer(statsBuf_, 6 * br_ * gf::kFloatsPerBlock * sizeof(float));
         pipe->InitBuffer(keyBuf_, 2 * bc_ * sizeof(float));
-        philoxRows_ = tiling->philoxRows;
-        pipe->InitBuffer(philoxBuf_, gf::kPhiloxWordVectors * philoxRows_ * bc_ * sizeof(int32_t));
+        dropoutRows_ = tiling->dropoutRows;
+        pipe->InitBuffer(dropoutBuf_, (gf::kDropoutWordVectors * dropoutRows_ + 1) * bc_ * sizeof(int32_t));
         pipe->InitBuffer(scratchBuf_, tiling->scratchBytes);
 
         // Dropout parameters are tensors (a new seed every step without recompiling); read once by the scalar unit.
@@ -100,8 +100,8 @@ public:
         const uint64_t seedWord = static_cast<uint64_t>(seedGm.GetValue(0));
         const float drop = dropGm.GetValue(0);
         dropout_ = drop > 0.0f;
-        keyLo_ = static_cast<uint32_t>(seedWord);
-        keyHi_ = static_cast<uint32_t>(seedWord >> 32);
+        seedLo_ = static_cast<uint32_t>(seedWord);
+        seedHi_ = static_cast<uint32_t>(seedWord >> 32);
         threshold_ = dropout_ ? gf::DropThreshold(drop) : 0u;
         keepScale_ = dropout_ ? 1.0f / (1.0f - drop) : 1.0f;
     }
@@ -268,17 +268,17 @@ private:
         return bias;
     }
 
-    // P_ij o= Z_ij on the vector unit (gf_philox_lanes.h): the keep mask of philoxRows_ rows at a time multiplies
-    // the probabilities, then the kept ones are scaled by 1 / (1 - p).
+    // P_ij o= Z_ij on the vector unit (gf_dropout_lanes.h): the key block's column codes once, then the keep mask of
+    // dropoutRows_ rows at a time multiplies the probabilities; then the kept ones are scaled by 1 / (1 - p).
     __aicore__ inline void DropProbabilities(const LocalTensor<float>& probs, uint32_t pair, uint32_t firstRow,
                                              uint32_t rows, uint32_t keyStart)
     {
-        gf::PhiloxRegisters<gf::VectorLanes> registers = gf::PhiloxRegistersIn(philoxBuf_, philoxRows_ * bc_);
-        for (uint32_t row = 0; row < rows; row += philoxRows_) {
-            const uint32_t chunk = rows - row < philoxRows_ ? rows - row : philoxRows_;
+        gf::DropoutTile tile = gf::StartDropoutTile(dropoutBuf_, dropoutRows_, bc_, seedLo_, seedHi_, pair, keyStart);
+        for (uint32_t row = 0; row < rows; row += dropoutRows_) {
+            const uint32_t chunk = rows - row < dropoutRows_ ? rows - row : dropoutRows_;
             gf::VectorLanes lanes{static_cast<int32_t>(chunk * bc_)};
-            const LocalTensor<float> keep = gf::KeepMaskLanes(lanes, registers, pair, firstRow + row, chunk, keyStart,
-                                                              bc_, keyLo_, keyHi_, threshold_);
+            const LocalTensor<float> keep =
+                gf::KeepMaskLanes(lanes, tile.registers, tile.headKey, firstRow + row, chunk, bc_, threshold_);
             AscendC::Mul(probs[row * bc_], probs[row * bc_], keep, static_cast<int32_t>(chunk * bc_));
             AscendC::PipeBarrier<PIPE_V>();
         }
@@ -342,7 +342,7 @@ private:
     uint32_t batch_ = 0, heads_ = 0, length_ = 0, headDim_ = 0, br_ = 0, bc_ = 0, core_ = 0;
     float scale_ = 1.0f;
     bool dropout_ = false;
-    uint32_t keyLo_ = 0, keyHi_ = 0, threshold_ = 0, philoxRows_ = 1;
+    uint32_t seedLo_ = 0, seedHi_ = 0, threshold_ = 0, dropoutRows_ = 1;
     float keepScale_ = 1.0f;
 
     GlobalTensor<T> queryGm_, keyGm_, valueGm_, outGm_;
@@ -355,7 +355,7 @@ private:
     AscendC::TQue<AscendC::QuePosition::VECOUT, 1> probsQueue_;
     AscendC::TQue<AscendC::QuePosition::VECIN, 1> valuesQueue_;
     AscendC::TQue<AscendC::QuePosition::VECOUT, 1> outQueue_;
-    AscendC::TBuf<TPosition::VECCALC> outAccBuf_, statsBuf_, keyBuf_, philoxBuf_, scratchBuf_;
+    AscendC::TBuf<TPosition::VECCALC> outAccBuf_, statsBuf_, keyBuf_, dropoutBuf_, scratchBuf_;
 };
 
 }  // namespace

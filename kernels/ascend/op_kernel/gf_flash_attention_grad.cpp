@@ -20,8 +20,8 @@
 #include "kernel_operator.h"
 #include "lib/matmul_intf.h"
 
-#include "gf_philox.h"
-#include "gf_philox_lanes.h"
+#include "gf_dropout_hash.h"
+#include "gf_dropout_lanes.h"
 #include "gf_task_split.h"
 #include "gf_tile_ops.h"
 
@@ -107,8 +107,8 @@ public:
         pipe->InitBuffer(outQueue_, 1, br_ * headDim_ * sizeof(T));
         pipe->InitBuffer(statsBuf_, 5 * br_ * gf::kFloatsPerBlock * sizeof(float));
         pipe->InitBuffer(keyBuf_, 2 * bc_ * sizeof(float));
-        philoxRows_ = tiling->philoxRows;
-        pipe->InitBuffer(philoxBuf_, gf::kPhiloxWordVectors * philoxRows_ * bc_ * sizeof(int32_t));
+        dropoutRows_ = tiling->dropoutRows;
+        pipe->InitBuffer(dropoutBuf_, (gf::kDropoutWordVectors * dropoutRows_ + 1) * bc_ * sizeof(int32_t));
 
         GlobalTensor<int64_t> seedGm;
         seedGm.SetGlobalBuffer(reinterpret_cast<__gm__ int64_t*>(seed));
@@ -117,8 +117,8 @@ public:
         const uint64_t seedWord = static_cast<uint64_t>(seedGm.GetValue(0));
         const float drop = dropGm.GetValue(0);
         dropout_ = drop > 0.0f;
-        keyLo_ = static_cast<uint32_t>(seedWord);
-        keyHi_ = static_cast<uint32_t>(seedWord >> 32);
+        seedLo_ = static_cast<uint32_t>(seedWord);
+        seedHi_ = static_cast<uint32_t>(seedWord >> 32);
         threshold_ = dropout_ ? gf::DropThreshold(drop) : 0u;
         keepScale_ = dropout_ ? 1.0f / (1.0f - drop) : 1.0f;
     }
@@ -361,20 +361,20 @@ private:
         return grad;
     }
 
-    // Regenerates Z_ij (the forward's mask, same counters) on the vector unit, philoxRows_ rows at a time:
-    // dP o Z = dP * keep * 1/(1-p) and, with `withProbs`, the narrow copy of P o keep that goes to dV (whose 1/(1-p)
-    // is applied once to the accumulated dV).
+    // Regenerates Z_ij (the forward's mask, same keys and column codes) on the vector unit, dropoutRows_ rows at a
+    // time: dP o Z = dP * keep * 1/(1-p) and, with `withProbs`, the narrow copy of P o keep that goes to dV (whose
+    // 1/(1-p) is applied once to the accumulated dV).
     __aicore__ inline void DropMask(const LocalTensor<T>& probsNarrow, bool withProbs, const LocalTensor<float>& probs,
                                     const LocalTensor<float>& grad, uint32_t pair, uint32_t firstRow, uint32_t rows,
                                     uint32_t keyStart)
     {
-        gf::PhiloxRegisters<gf::VectorLanes> registers = gf::PhiloxRegistersIn(philoxBuf_, philoxRows_ * bc_);
-        for (uint32_t row = 0; row < rows; row += philoxRows_) {
-            const uint32_t chunk = rows - row < philoxRows_ ? rows - row : philoxRows_;
+        gf::DropoutTile tile = gf::StartDropoutTile(dropoutBuf_, dropoutRows_, bc_, seedLo_, seedHi_, pair, keyStart);
+        for (uint32_t row = 0; row < rows; row += dropoutRows_) {
+            const uint32_t chunk = rows - row < dropoutRows_ ? rows - row : dropoutRows_;
             const int32_t count = static_cast<int32_t>(chunk * bc_);
             gf::VectorLanes lanes{count};
-            const LocalTensor<float> keep = gf::KeepMaskLanes(lanes, registers, pair, firstRow + row, chunk, keyStart,
-                                                              bc_, keyLo_, keyHi_, threshold_);
+            const LocalTensor<float> keep =
+                gf::KeepMaskLanes(lanes, tile.registers, tile.headKey, firstRow + row, chunk, bc_, threshold_);
             AscendC::Mul(grad[row * bc_], grad[row * bc_], keep, count);
             if (withProbs) {
                 AscendC::Mul(keep, keep, probs[row * bc_], count);
@@ -475,7 +475,7 @@ private:
     uint32_t batch_ = 0, heads_ = 0, length_ = 0, headDim_ = 0, br_ = 0, bc_ = 0, core_ = 0;
     float scale_ = 1.0f;
     bool dropout_ = false;
-    uint32_t keyLo_ = 0, keyHi_ = 0, threshold_ = 0, philoxRows_ = 1;
+    uint32_t seedLo_ = 0, seedHi_ = 0, threshold_ = 0, dropoutRows_ = 1;
     float keepScale_ = 1.0f;
 
     GlobalTensor<T> queryGm_, keyGm_, valueGm_, outGm_, dOutGm_, dQueryGm_, dKeyGm_, dValueGm_;
@@ -486,7 +486,7 @@ private:
 
     AscendC::TQue<AscendC::QuePosition::VECIN, 1> scoresQueue_, gradQueue_, rowsInQueue_;
     AscendC::TQue<AscendC::QuePosition::VECOUT, 1> probsQueue_, scoreGradQueue_, outQueue_;
-    AscendC::TBuf<TPosition::VECCALC> rowsWorkBuf_, statsBuf_, keyBuf_, philoxBuf_;
+    AscendC::TBuf<TPosition::VECCALC> rowsWorkBuf_, statsBuf_, keyBuf_, dropoutBuf_;
 };
 
 }  // namespace

@@ -8,7 +8,7 @@
 
 #include "kernel_operator.h"
 
-#include "gf_philox_lanes.h"
+#include "gf_dropout_lanes.h"
 
 namespace gf {
 
@@ -138,9 +138,9 @@ __aicore__ inline void FillRowsFrom(const LocalTensor<float>& tile, uint32_t tot
     }
 }
 
-// The operations of gf_philox_lanes.h as Ascend C vector instructions on `count` 32-bit lanes in UB (count a
-// multiple of 64, so every instruction runs whole 256-byte repeats). Each waits for the one before it: the
-// generator is one long dependency chain.
+// The operations of gf_dropout_lanes.h as Ascend C vector instructions on `count` 32-bit lanes in UB (count a
+// multiple of 64, so every instruction runs whole 256-byte repeats). Each waits for the one before it (the hash is
+// one dependency chain), except AddsRange, whose rows are independent: the caller calls Done() after the last.
 struct VectorLanes {
     using Words = LocalTensor<int32_t>;
     using Floats = LocalTensor<float>;
@@ -152,20 +152,14 @@ struct VectorLanes {
         AscendC::ShiftRight(d.ReinterpretCast<uint32_t>(), a.ReinterpretCast<uint32_t>(), bits, count);  // logical
         Done();
     }
-    __aicore__ inline void ShiftLeft(const Words& d, const Words& a, uint32_t bits) const
-    {
-        AscendC::ShiftLeft(d.ReinterpretCast<uint32_t>(), a.ReinterpretCast<uint32_t>(), bits, count);
-        Done();
-    }
     __aicore__ inline void MulScalar(const Words& d, const Words& a, uint32_t multiplier) const
     {
         AscendC::Muls(d, a, static_cast<int32_t>(multiplier), count);  // low 32 bits of the product
         Done();
     }
-    __aicore__ inline void Add(const Words& d, const Words& a, const Words& b) const
+    __aicore__ inline void AddsRange(const Words& d, uint32_t offset, const Words& a, uint32_t value, uint32_t n) const
     {
-        AscendC::Add(d, a, b, count);
-        Done();
+        AscendC::Adds(d[offset], a, static_cast<int32_t>(value), static_cast<int32_t>(n));  // int32: wraps mod 2^32
     }
     __aicore__ inline void Sub(const Words& d, const Words& a, const Words& b) const
     {
@@ -185,16 +179,6 @@ struct VectorLanes {
                     2 * count);
         Done();
     }
-    __aicore__ inline void Fill(const Words& d, uint32_t value) const
-    {
-        AscendC::Duplicate(d, static_cast<int32_t>(value), count);
-        Done();
-    }
-    __aicore__ inline void FillRange(const Words& d, uint32_t offset, uint32_t value, uint32_t n) const
-    {
-        AscendC::Duplicate(d[offset], static_cast<int32_t>(value), static_cast<int32_t>(n));
-        Done();
-    }
     __aicore__ inline void ColumnIndex(const Words& d, uint32_t offset, uint32_t first, uint32_t n) const
     {
         AscendC::CreateVecIndex(d[offset], static_cast<int32_t>(first), n);
@@ -203,22 +187,12 @@ struct VectorLanes {
     __aicore__ inline Floats AsFloats(const Words& w) const { return w.ReinterpretCast<float>(); }
     __aicore__ inline void ToFloat(const Floats& d, const Words& s) const
     {
-        AscendC::Cast(d, s, AscendC::RoundMode::CAST_NONE, count);  // exact: the values are below 2^16
+        AscendC::Cast(d, s, AscendC::RoundMode::CAST_NONE, count);  // exact: the values are below 2^24
         Done();
     }
     __aicore__ inline void AddsFloat(const Floats& d, const Floats& a, float s) const
     {
         AscendC::Adds(d, a, s, count);
-        Done();
-    }
-    __aicore__ inline void MulsFloat(const Floats& d, const Floats& a, float s) const
-    {
-        AscendC::Muls(d, a, s, count);
-        Done();
-    }
-    __aicore__ inline void AddFloat(const Floats& d, const Floats& a, const Floats& b) const
-    {
-        AscendC::Add(d, a, b, count);
         Done();
     }
     __aicore__ inline void MaxsFloat(const Floats& d, const Floats& a, float s) const
@@ -233,18 +207,36 @@ struct VectorLanes {
     }
 };
 
-// The Philox registers: kPhiloxWordVectors consecutive vectors of `lanes` words in `buffer`.
-__aicore__ inline PhiloxRegisters<VectorLanes> PhiloxRegistersIn(AscendC::TBuf<AscendC::TPosition::VECCALC>& buffer,
-                                                                 uint32_t lanes)
+// The dropout registers in `buffer`: the column codes (`width` lanes), then kDropoutWordVectors vectors of `lanes`.
+__aicore__ inline DropoutRegisters<VectorLanes> DropoutRegistersIn(AscendC::TBuf<AscendC::TPosition::VECCALC>& buffer,
+                                                                   uint32_t lanes, uint32_t width)
 {
     const LocalTensor<int32_t> words = buffer.Get<int32_t>();
-    PhiloxRegisters<VectorLanes> r;
-    LocalTensor<int32_t>* all[] = {&r.c0, &r.c1, &r.c2, &r.c3, &r.high0, &r.high1, &r.t0, &r.t1, &r.t2, &r.t3, &r.key};
-    static_assert(sizeof(all) / sizeof(all[0]) == kPhiloxWordVectors, "one vector per register");
-    for (uint32_t i = 0; i < kPhiloxWordVectors; ++i) {
-        *all[i] = words[i * lanes];
+    DropoutRegisters<VectorLanes> r;
+    r.codes = words;
+    LocalTensor<int32_t>* all[] = {&r.word, &r.t0, &r.t1};
+    static_assert(sizeof(all) / sizeof(all[0]) == kDropoutWordVectors, "one vector per register");
+    for (uint32_t i = 0; i < kDropoutWordVectors; ++i) {
+        *all[i] = words[width + i * lanes];
     }
     return r;
+}
+
+// What every dropout mask of one probability tile shares: the registers (chunks of `chunkRows` rows), the key
+// block's column codes (computed here, once per tile) and the head's key.
+struct DropoutTile {
+    DropoutRegisters<VectorLanes> registers;
+    uint32_t headKey;
+};
+
+__aicore__ inline DropoutTile StartDropoutTile(AscendC::TBuf<AscendC::TPosition::VECCALC>& buffer, uint32_t chunkRows,
+                                               uint32_t bc, uint32_t seedLo, uint32_t seedHi, uint32_t pair,
+                                               uint32_t keyStart)
+{
+    DropoutTile tile{DropoutRegistersIn(buffer, chunkRows * bc, bc), DropoutHeadKey(seedLo, seedHi, pair)};
+    VectorLanes columns{static_cast<int32_t>(bc)};
+    ColumnCodesLanes(columns, tile.registers, keyStart);
+    return tile;
 }
 
 // Scalar unit <-> vector unit and MTE3 -> scalar hand-offs that the compiler's automatic synchronisation cannot
