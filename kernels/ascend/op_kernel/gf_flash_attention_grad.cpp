@@ -377,6 +377,8 @@ private:
                 gf::KeepMaskLanes(lanes, tile.registers, tile.headKey, firstRow + row, chunk, bc_, threshold_);
             AscendC::Mul(grad[row * bc_], grad[row * bc_], keep, count);
             if (withProbs) {
+                // the next Mul overwrites `keep` while the one above may still be reading it (same pipe, pipelined)
+                AscendC::PipeBarrier<PIPE_V>();
                 AscendC::Mul(keep, keep, probs[row * bc_], count);
                 AscendC::PipeBarrier<PIPE_V>();
                 AscendC::Cast(probsNarrow[row * bc_], keep, AscendC::RoundMode::CAST_RINT, count);
