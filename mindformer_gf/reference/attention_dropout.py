@@ -23,6 +23,9 @@ vector instructions per chunk of rows; here the per-entry work is one add and on
 xorshifts with xor as (a | b) - (a & b)), about 20 instructions, and the keys of heads and rows are a few scalar
 operations. The 24-bit threshold makes the keep test on Ascend an exact fp32 compare (word >> 8 < 2^24 converts to
 fp32 exactly). The CPU kernels compute the same words, so a seed drops the same entries on both devices.
+Known property, accepted: row keys are 32-bit, so two (head, row) pairs share a key, and hence their whole mask
+row, with probability 2^-32 per pair (a step of 64 cells x 4 heads x 4,096 rows has ~1e6 rows, so ~100 such pairs,
+nearly all in different cells or heads); Philox's 64-bit key had no such coincidences.
 
 The mask is applied to the normalised probabilities before they multiply V, so
 O = (softmax(S) * keep / (1 - p)) V; `attention_with_dropout` is that composition in float64.
