@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 # msrun (data-parallel tests) starts plain `python`: the environment's bin must come first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # No thread pinning: every run uses the cores its process may run on (GF_THREADS or `--threads N` to change it).
+# The suite runs in one pytest worker per core (at most 4: each worker holds its own MindSpore, ~1 GB); most tests
+# compile graphs on one thread, so 2 workers on 2 cores halve the wall time. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: setup demo test test-fast lint bench clean ascend-check
 
@@ -26,11 +29,11 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 # everyday subset: no training runs of the task tests, no demo, no msrun or real-data pretraining
 test-fast: lint
-	$(PY) -m pytest -q -m "not slow" --ignore=tests/train/test_distributed.py --ignore=tests/train/test_real_data.py tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" --ignore=tests/train/test_distributed.py --ignore=tests/train/test_real_data.py tests
 
 # Type-check the Ascend C operators against the public Ascend C headers (see kernels/ascend/README.md, "Type-check").
 ascend-check: setup
