@@ -28,7 +28,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from typing import Any
 
 from mindformer_gf.cli import UsageError
 from mindformer_gf.train.schedule import SCHEDULES
@@ -286,18 +285,11 @@ def data_parallel(run: Callable[[argparse.Namespace], int]) -> Callable[[argpars
     return on_every_rank
 
 
-def sharded_rank() -> Any:
-    """This process's ParallelContext under msrun (or the only process); None in msrun's scheduler process, which
-    has no share of the cells (the command then returns 0 at once). A bad launch or another rank's failure is a
-    mindformer_gf error, which `gf` reports as one line."""
-    from mindformer_gf.train.distributed import launched_context
-
-    return launched_context()
-
-
 def _evaluate(classifier, args: argparse.Namespace) -> int:
     """`--evaluate`: the classifier scores the saved model `--model`, each rank its share of the cells."""
-    parallel = sharded_rank()
+    from mindformer_gf.train.distributed import launched_context
+
+    parallel = launched_context()  # None in msrun's scheduler process: it has no share of the cells
     if parallel is None:
         return 0
     metrics = classifier.evaluate_saved_model(

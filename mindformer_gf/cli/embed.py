@@ -55,9 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mindformer_gf.cli import UsageError
-    from mindformer_gf.cli.classify import _filters, sharded_rank
+    from mindformer_gf.cli.classify import _filters
+    from mindformer_gf.train.distributed import launched_context
 
-    parallel = sharded_rank()
+    parallel = launched_context()
     if parallel is None:
         return 0
 

@@ -110,10 +110,10 @@ def _genes(text: str) -> str | list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mindformer_gf.cli.classify import sharded_rank
     from mindformer_gf.tasks.perturb import InSilicoPerturber, get_state_embs
+    from mindformer_gf.train.distributed import launched_context
 
-    parallel = sharded_rank()
+    parallel = launched_context()
     if parallel is None:
         return 0
     states = _states(args, "perturb")
@@ -167,10 +167,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from mindformer_gf.cli.classify import sharded_rank
     from mindformer_gf.tasks.perturb import InSilicoPerturberStats
+    from mindformer_gf.train.distributed import launched_context
 
-    parallel = sharded_rank()
+    parallel = launched_context()
     if parallel is None or not parallel.is_main:
         return 0  # seconds of pandas on one table: rank 0 alone computes and writes it (under msrun)
     try:
