@@ -1,7 +1,7 @@
 // Dropout on activations (hidden states, embeddings, classifier inputs) with the attention kernel's generator:
 // x viewed as [outer, rows, columns] (columns = last axis, rows = the one before, outer = the rest; a missing axis
-// is 1) keeps x[o, r, c] iff dropout_word(dropout_row_key(dropout_head_key(seed, o), r), dropout_column_code(c)) >> 8
-// >= floor(p * 2^24), and scales what it keeps by 1 / (1 - p): the attention mask of "head" o over a [rows, columns]
+// is 1) keeps x[o, r, c] iff dropout_word(dropout_row_key(k, r), dropout_column_code(k, c)) >> 8 >= floor(p * 2^24)
+// with k = dropout_head_key(seed, o), and scales what it keeps by 1 / (1 - p): the attention mask of "head" o over a [rows, columns]
 // "score matrix" (mindformer_gf.reference.dropout). y = x * factor is linear in x with a factor that depends only on
 // the seed, so the backward is this same kernel applied to dy: no mask is stored.
 #include <algorithm>
@@ -22,13 +22,17 @@ void dropout(const float* x, float* y, int64_t outer, int64_t rows, int columns,
   const TileKernels& kernels = tile_kernels();
   const int64_t total_rows = outer * rows;
   const int64_t chunks = (total_rows + kRowsPerChunk - 1) / kRowsPerChunk;
-  std::vector<uint32_t> codes(static_cast<size_t>(columns));  // the same for every row
-  kernels.dropout_column_codes(codes.data(), columns, 0u);
   parallel_for(chunks, [&](int64_t chunk) {
     std::vector<float> factor(static_cast<size_t>(columns));
+    std::vector<uint32_t> codes(static_cast<size_t>(columns));  // the same for every row of one outer index
+    int64_t codes_of = -1;
     const int64_t end = std::min(total_rows, (chunk + 1) * kRowsPerChunk);
     for (int64_t flat = chunk * kRowsPerChunk; flat < end; ++flat) {
       const uint32_t head_key = dropout_head_key(spec.seed, static_cast<uint32_t>(flat / rows));
+      if (flat / rows != codes_of) {
+        kernels.dropout_column_codes(codes.data(), columns, head_key);
+        codes_of = flat / rows;
+      }
       kernels.dropout_factors(factor.data(), columns, spec,
                               dropout_row_key(head_key, static_cast<uint32_t>(flat % rows)), codes.data());
       const float* in = x + flat * columns;

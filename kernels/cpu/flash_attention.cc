@@ -209,7 +209,7 @@ void attention_forward(const AttentionProblem& p, float* out, float* lse) {
       bool first = true;
       for (const KeyBlock& block : cell.blocks) {
         const int width = block.width;
-        if (p.dropout.enabled) kernels.dropout_column_codes(codes, width, static_cast<uint32_t>(block.start));
+        if (p.dropout.enabled) kernels.dropout_column_codes(codes, width, head_key + static_cast<uint32_t>(block.start));
         kernels.gemm({rows, width, d, p.scale, q_block, d, 1, k_panels + block.start * d, kPanelWidth,
                       int64_t{d} * kPanelWidth, s, kKeyBlock, Accumulate::kOverwrite, nullptr});
         mask_invalid_columns(cell, block, s, rows, kKeyBlock);
@@ -320,7 +320,7 @@ void attention_backward(const AttentionProblem& p, const AttentionGradients& in,
       const int64_t panel_offset = (block.start - key_begin) * d;
       std::fill(dk_block, dk_block + int64_t{width} * d, 0.0f);
       std::fill(dv_block, dv_block + int64_t{width} * d, 0.0f);
-      if (p.dropout.enabled) kernels.dropout_column_codes(codes, width, static_cast<uint32_t>(block.start));
+      if (p.dropout.enabled) kernels.dropout_column_codes(codes, width, head_key + static_cast<uint32_t>(block.start));
       for (int64_t i0 = 0; i0 < p.length; i0 += kQueryBlock) {
         const int rows = static_cast<int>(std::min<int64_t>(kQueryBlock, p.length - i0));
         kernels.gemm({rows, width, d, p.scale, q + i0 * rs, rs, 1, k_panels + panel_offset, kPanelWidth,

@@ -70,15 +70,17 @@ MFGF_EXPORT int MindformerGfNumThreads() { return mfgf::num_threads(); }
 // The dropout words of head `outer`, row `row`, columns col0 .. col0 + n - 1, from the scalar functions.
 MFGF_EXPORT void MindformerGfDropoutWords(uint32_t* words, int n, uint64_t seed, uint32_t outer, uint32_t row,
                                           uint32_t col0) {
-  const uint32_t row_key = mfgf::dropout_row_key(mfgf::dropout_head_key(seed, outer), row);
+  const uint32_t head_key = mfgf::dropout_head_key(seed, outer);
+  const uint32_t row_key = mfgf::dropout_row_key(head_key, row);
   for (int c = 0; c < n; ++c) {
-    words[c] = mfgf::dropout_word(row_key, mfgf::dropout_column_code(col0 + static_cast<uint32_t>(c)));
+    words[c] = mfgf::dropout_word(row_key, mfgf::dropout_column_code(head_key, col0 + static_cast<uint32_t>(c)));
   }
 }
 
-// The column codes of col0 .. col0 + n - 1 through the tile kernels in use, so tests see the vector mix32.
-MFGF_EXPORT void MindformerGfDropoutColumnCodes(uint32_t* codes, int n, uint32_t col0) {
-  mfgf::tile_kernels().dropout_column_codes(codes, n, col0);
+// The column codes of columns col0 .. col0 + n - 1 of the head whose key is head_key, through the tile kernels in
+// use, so tests see the vector mix32.
+MFGF_EXPORT void MindformerGfDropoutColumnCodes(uint32_t* codes, int n, uint32_t head_key, uint32_t col0) {
+  mfgf::tile_kernels().dropout_column_codes(codes, n, head_key + col0);
 }
 
 // The dropout keep factors (1/(1-p) or 0) of one row through the tile kernels in use, so tests see the vector path.
@@ -87,8 +89,9 @@ MFGF_EXPORT void MindformerGfDropoutFactors(float* factor, int n, uint64_t seed,
   const mfgf::DropoutSpec spec{true, seed, mfgf::dropout_threshold(drop_probability),
                                1.0f / (1.0f - drop_probability)};
   std::vector<uint32_t> codes(static_cast<size_t>(n));
-  mfgf::tile_kernels().dropout_column_codes(codes.data(), n, col0);
-  const uint32_t row_key = mfgf::dropout_row_key(mfgf::dropout_head_key(seed, outer), row);
+  const uint32_t head_key = mfgf::dropout_head_key(seed, outer);
+  mfgf::tile_kernels().dropout_column_codes(codes.data(), n, head_key + col0);
+  const uint32_t row_key = mfgf::dropout_row_key(head_key, row);
   mfgf::tile_kernels().dropout_factors(factor, n, spec, row_key, codes.data());
 }
 

@@ -38,7 +38,8 @@ struct GemmArgs {
 };
 
 // Attention dropout (mindformer_gf/reference/attention_dropout.py): keep P(i, j) of head `outer` = batch * heads +
-// head iff dropout_word(dropout_row_key(dropout_head_key(seed, outer), i), dropout_column_code(j)) >> 8 >= threshold
+// head iff dropout_word(dropout_row_key(head_key, i), dropout_column_code(head_key, j)) >> 8 >= threshold, where
+// head_key = dropout_head_key(seed, outer)
 // (= floor(p * 2^24)), and scale what is kept by keep_scale = 1 / (1 - p).
 struct DropoutSpec {
   bool enabled;
@@ -54,8 +55,9 @@ struct TileKernels {
   float (*row_max)(const float* x, int n);
   // x = exp(x - shift) in place (exp(-inf) = 0); returns the sum of the new values.
   float (*exp_shift_sum)(float* x, int n, float shift);
-  // codes[c] = dropout_column_code(col0 + c): once per key block, shared by all its rows (and heads).
-  void (*dropout_column_codes)(uint32_t* codes, int n, uint32_t col0);
+  // codes[c] = mix32(first + c), first = head_key + the block's first column (dropout_column_code): once per key
+  // block of a head, shared by all its rows.
+  void (*dropout_column_codes)(uint32_t* codes, int n, uint32_t first);
   // factor[c] = keep_scale or 0: the dropout mask of the row whose key is `row_key`, over the columns whose codes
   // are codes[0 .. n).
   void (*dropout_factors)(float* factor, int n, const DropoutSpec& spec, uint32_t row_key, const uint32_t* codes);
@@ -99,7 +101,8 @@ inline uint32_t dropout_head_key(uint64_t seed, uint32_t outer) {
   return mix32(static_cast<uint32_t>(seed) ^ mix32(static_cast<uint32_t>(seed >> 32) ^ mix32(outer)));
 }
 inline uint32_t dropout_row_key(uint32_t head_key, uint32_t row) { return mix32(head_key ^ mix32(row)); }
-inline uint32_t dropout_column_code(uint32_t column) { return mix32(column); }
+// Head-dependent, so rows of two heads that happen to share a 32-bit row key still draw different masks.
+inline uint32_t dropout_column_code(uint32_t head_key, uint32_t column) { return mix32(head_key + column); }
 // The per-entry part: one add and one mix32. An entry is kept iff (word >> kDropoutWordShift) >= threshold.
 inline uint32_t dropout_word(uint32_t row_key, uint32_t column_code) { return mix32(row_key + column_code); }
 constexpr int kDropoutWordShift = 8;

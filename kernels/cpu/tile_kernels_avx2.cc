@@ -189,10 +189,10 @@ MFGF_AVX2 inline __m256i mix32_x8(__m256i x) {
   return _mm256_xor_si256(_mm256_srli_epi32(x, 16), x);
 }
 
-MFGF_AVX2 void dropout_column_codes(uint32_t* codes, int n, uint32_t col0) {
+MFGF_AVX2 void dropout_column_codes(uint32_t* codes, int n, uint32_t first) {
   const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int c = 0; c < n; c += 8) {
-    const __m256i code = mix32_x8(_mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(col0 + c)), lanes));
+    const __m256i code = mix32_x8(_mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(first + static_cast<uint32_t>(c))), lanes));
     int* out = reinterpret_cast<int*>(codes + c);
     if (c + 8 <= n) {
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), code);

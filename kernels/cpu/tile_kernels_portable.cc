@@ -55,8 +55,8 @@ float exp_shift_sum(float* x, int n, float shift) {
   return sum;
 }
 
-void dropout_column_codes(uint32_t* codes, int n, uint32_t col0) {
-  for (int c = 0; c < n; ++c) codes[c] = dropout_column_code(col0 + static_cast<uint32_t>(c));
+void dropout_column_codes(uint32_t* codes, int n, uint32_t first) {
+  for (int c = 0; c < n; ++c) codes[c] = mix32(first + static_cast<uint32_t>(c));
 }
 
 void dropout_factors(float* factor, int n, const DropoutSpec& spec, uint32_t row_key, const uint32_t* codes) {

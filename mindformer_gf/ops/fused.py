@@ -77,7 +77,7 @@ def native() -> ctypes.CDLL:
         ctypes.c_uint32,
         ctypes.c_uint32,
     ]
-    library.MindformerGfDropoutColumnCodes.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
+    library.MindformerGfDropoutColumnCodes.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint32]
     library.MindformerGfDropoutFactors.argtypes = [
         ctypes.c_void_p,
         ctypes.c_int,

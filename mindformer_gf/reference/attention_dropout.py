@@ -5,7 +5,7 @@ column j) is kept iff the 32-bit word
 
     head_key  = mix32(seed_lo ^ mix32(seed_hi ^ mix32(b * H + h)))     once per (seed, head)
     row_key   = mix32(head_key ^ mix32(i))                               once per row
-    code_j    = mix32(j)                                                 once per column, independent of the seed
+    code_j    = mix32(head_key + j)                                      once per (head, column)
     word      = mix32(row_key + code_j)                                  per entry: one add and one mix32
 
 (seed_lo, seed_hi = seed mod 2^32, seed div 2^32; all arithmetic modulo 2^32) satisfies
@@ -23,9 +23,10 @@ vector instructions per chunk of rows; here the per-entry work is one add and on
 xorshifts with xor as (a | b) - (a & b)), about 20 instructions, and the keys of heads and rows are a few scalar
 operations. The 24-bit threshold makes the keep test on Ascend an exact fp32 compare (word >> 8 < 2^24 converts to
 fp32 exactly). The CPU kernels compute the same words, so a seed drops the same entries on both devices.
-Known property, accepted: row keys are 32-bit, so two (head, row) pairs share a key, and hence their whole mask
-row, with probability 2^-32 per pair (a step of 64 cells x 4 heads x 4,096 rows has ~1e6 rows, so ~100 such pairs,
-nearly all in different cells or heads); Philox's 64-bit key had no such coincidences.
+Why the column codes depend on the head: row keys are 32-bit, so among the ~1e6 (head, row) pairs of a step (64
+cells x 4 heads x 4,096 rows) about a hundred pairs share a row key. Within a head that cannot happen (i -> row_key
+is a bijection); across heads, codes of their own make two rows with the same key still draw different masks. The
+head's offset costs nothing per entry: the codes of a key block are mix32 of (head_key + first column) + lane.
 
 The mask is applied to the normalised probabilities before they multiply V, so
 O = (softmax(S) * keep / (1 - p)) V; `attention_with_dropout` is that composition in float64.
@@ -67,14 +68,15 @@ def row_key(seed: int, outer, row) -> np.ndarray:
     return mix32(head_key(seed, outer) ^ mix32(np.asarray(row)))
 
 
-def column_code(column) -> np.ndarray:
-    """The seed-independent code of key column `column`: uint32."""
-    return mix32(np.asarray(column))
+def column_code(head, column) -> np.ndarray:
+    """The code of key column `column` in the head whose key is `head` (a head_key): uint32."""
+    return mix32(np.asarray(head).astype(np.uint64) + np.asarray(column).astype(np.uint64))
 
 
 def dropout_words(seed: int, outer, row, column) -> np.ndarray:
     """The 32-bit word that decides P[outer, row, column]: uint32, the broadcast shape of the three indices."""
-    return mix32(row_key(seed, outer, row).astype(np.uint64) + column_code(column))
+    codes = column_code(head_key(seed, outer), column)
+    return mix32(row_key(seed, outer, row).astype(np.uint64) + codes)
 
 
 def keep_threshold(drop_probability: float) -> int:

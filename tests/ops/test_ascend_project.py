@@ -455,8 +455,9 @@ int main() {
         for (uint32_t pair : {0u, 1u, 2u, 0xffffffffu}) {
             for (uint32_t row : {0u, 1u, 4u, 0xffffffffu}) {
                 for (uint32_t column : {0u, 1u, 6u, 129u, 0xffffffffu}) {
-                    const uint32_t word = gf::DropoutWord(gf::DropoutRowKey(gf::DropoutHeadKey(lo, hi, pair), row),
-                                                          gf::DropoutColumnCode(column));
+                    const uint32_t key = gf::DropoutHeadKey(lo, hi, pair);
+                    const uint32_t code = gf::DropoutColumnCode(key, column);
+                    const uint32_t word = gf::DropoutWord(gf::DropoutRowKey(key, row), code);
                     std::printf("word %llu %u %u %u %u\n", (unsigned long long)seed, pair, row, column, word);
                 }
             }
@@ -553,10 +554,12 @@ int main() {
             const uint32_t firstRow = 65536u * pair;
             Bank bank(rows, width);
             HostLanes columns{width};
-            gf::ColumnCodesLanes(columns, bank.r, firstColumn);
-            for (uint32_t j = 0; j < width; ++j) std::printf("code %u %u\n", firstColumn + j, bank.r.codes[j]);
-            HostLanes v{rows * width};
             const uint32_t headKey = gf::DropoutHeadKey(uint32_t(seed), uint32_t(seed >> 32), pair);
+            gf::ColumnCodesLanes(columns, bank.r, headKey, firstColumn);
+            for (uint32_t j = 0; j < width; ++j) {
+                std::printf("code %u %u %u\n", headKey, firstColumn + j, bank.r.codes[j]);
+            }
+            HostLanes v{rows * width};
             for (uint32_t i = 0; i < rows; ++i) {
                 v.AddsRange(bank.r.word, i * width, bank.r.codes, gf::DropoutRowKey(headKey, firstRow + i), width);
             }
@@ -586,8 +589,8 @@ int main() {
     for (uint32_t pair = 0; pair < 6; ++pair) {
         Bank bank(2, width);
         HostLanes columns{width};
-        gf::ColumnCodesLanes(columns, bank.r, 128u);
         const uint32_t headKey = gf::DropoutHeadKey(uint32_t(seed), uint32_t(seed >> 32), pair);
+        gf::ColumnCodesLanes(columns, bank.r, headKey, 128u);
         for (uint32_t row = 0; row < 5; row += 2) {
             const uint32_t rows = row + 2 <= 5 ? 2 : 1;
             HostLanes v{rows * width};
@@ -607,7 +610,8 @@ def test_vector_hash_formulation_matches_the_numpy_specification(tmp_path):
     lines = [line.split() for line in compile_and_run(tmp_path, LANES_DRIVER, "-fno-strict-aliasing").splitlines()]
     codes = [list(map(int, line[1:])) for line in lines if line[0] == "code"]
     assert len(codes) == 4 * 3 * 40
-    assert [code for _, code in codes] == column_code(np.array([column for column, _ in codes])).tolist()
+    heads, columns = np.array([c[0] for c in codes], np.uint32), np.array([c[1] for c in codes], np.uint32)
+    assert [code for _, _, code in codes] == column_code(heads, columns).tolist()
     words = np.array([list(map(int, line[1:])) for line in lines if line[0] == "word"], np.uint64)
     assert len(words) == 4 * 3 * 120
     for seed in {int(w[0]) for w in words}:

@@ -18,10 +18,12 @@ from mindformer_gf.reference.attention_dropout import (
     attention_with_dropout,
     column_code,
     dropout_words,
+    head_key,
     keep_mask,
     keep_scale,
     keep_threshold,
     mix32,
+    row_key,
 )
 
 SEED = (123 << 32) + 456789  # both seed words non-zero
@@ -40,7 +42,7 @@ def word_by_hand(seed: int, outer: int, row: int, column: int) -> int:
     seed_lo, seed_hi = seed % 2**32, seed // 2**32
     head = mix32_by_hand(seed_lo ^ mix32_by_hand(seed_hi ^ mix32_by_hand(outer)))
     row_key = mix32_by_hand(head ^ mix32_by_hand(row))
-    return mix32_by_hand((row_key + mix32_by_hand(column)) % 2**32)
+    return mix32_by_hand((row_key + mix32_by_hand((head + column) % 2**32)) % 2**32)
 
 
 WORD_CASES = [(0, 0, 0, 0), (SEED, 5, 37, 130), (2**64 - 1, 2**32 - 1, 2**32 - 1, 2**32 - 1)]
@@ -63,6 +65,32 @@ def test_words_known_answers(seed, outer, row, column):
     assert int(words[0]) == expected
 
 
+def unmix32_by_hand(x: int) -> int:
+    """The inverse of mix32: each xorshift by 16 undoes itself on 32 bits, each product the modular inverse's."""
+    inverse = pow(0x45D9F3B, -1, 2**32)
+    x ^= x >> 16
+    x = (x * inverse) % 2**32
+    x ^= x >> 16
+    x = (x * inverse) % 2**32
+    return x ^ (x >> 16)
+
+
+def test_two_heads_sharing_a_row_key_still_draw_different_masks():
+    """Row keys are 32-bit, so rows of different heads can share one (~100 pairs per large step); the head's own
+    column codes must keep their masks apart. The colliding row is built by inverting mix32."""
+    assert all(unmix32_by_hand(mix32_by_hand(x)) == x for x in (0, 1, 12345, 2**32 - 1))
+    head_a, head_b, row_a = 3, 11, 17
+    key_a, key_b = int(head_key(SEED, head_a)), int(head_key(SEED, head_b))
+    row_b = unmix32_by_hand(key_a ^ key_b ^ mix32_by_hand(row_a))  # row_key(head_b, row_b) = row_key(head_a, row_a)
+    assert int(row_key(SEED, head_b, row_b)) == int(row_key(SEED, head_a, row_a))
+    columns = np.arange(128)
+    words_a, words_b = dropout_words(SEED, head_a, row_a, columns), dropout_words(SEED, head_b, row_b, columns)
+    assert np.count_nonzero(words_a == words_b) <= 1
+    native = np.empty(128, np.uint32)
+    fused.native().MindformerGfDropoutWords(native.ctypes.data, 128, ctypes.c_uint64(SEED), head_b, row_b, 0)
+    np.testing.assert_array_equal(native, words_b)
+
+
 def test_threshold_rule():
     """floor(p * 2^24) with p rounded to float32 first (0.1 in float32 is slightly above 0.1)."""
     assert keep_threshold(0.1) == 1677721  # 0.100000001490116 * 2^24 = 1677721.625
@@ -81,8 +109,9 @@ def test_kernel_words_codes_and_mask_rows_match_reference(cpu_isa, outer, row, c
     native.MindformerGfDropoutWords(words.ctypes.data, columns, ctypes.c_uint64(SEED), outer, row, col0)
     np.testing.assert_array_equal(words, dropout_words(SEED, outer, row, columns_range))
     codes = np.empty(columns, np.uint32)
-    native.MindformerGfDropoutColumnCodes(codes.ctypes.data, columns, col0)
-    np.testing.assert_array_equal(codes, column_code(columns_range))
+    head = int(head_key(SEED, outer))
+    native.MindformerGfDropoutColumnCodes(codes.ctypes.data, columns, head, col0)
+    np.testing.assert_array_equal(codes, column_code(head, columns_range))
     for drop in (0.02, 0.1, 0.5):
         factors = np.empty(columns, np.float32)
         native.MindformerGfDropoutFactors(

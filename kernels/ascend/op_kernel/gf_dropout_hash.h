@@ -1,7 +1,7 @@
 // The attention-dropout generator of the Ascend kernels, scalar part: the same hash and keep rule as
 // kernels/cpu/tile_kernels.h and mindformer_gf/reference/attention_dropout.py, so a seed gives the same mask on CPU
 // and on the NPU. Keep P[b, h, i, j] iff
-//     DropoutWord(DropoutRowKey(DropoutHeadKey(seedLo, seedHi, b * H + h), i), DropoutColumnCode(j)) >> 8
+//     DropoutWord(DropoutRowKey(headKey, i), DropoutColumnCode(headKey, j)) >> 8
 //         >= floor(p * 2^24),
 // and scale what is kept by 1 / (1 - p). The head and row keys are a few scalar operations per head and per row
 // (this header, on the scalar unit); the per-entry part, one add and one mix32, runs on the vector unit
@@ -36,7 +36,8 @@ __aicore__ inline uint32_t DropoutHeadKey(uint32_t seedLo, uint32_t seedHi, uint
 
 __aicore__ inline uint32_t DropoutRowKey(uint32_t headKey, uint32_t row) { return Mix32(headKey ^ Mix32(row)); }
 
-__aicore__ inline uint32_t DropoutColumnCode(uint32_t column) { return Mix32(column); }
+// Head-dependent, so rows of two heads that happen to share a 32-bit row key still draw different masks.
+__aicore__ inline uint32_t DropoutColumnCode(uint32_t headKey, uint32_t column) { return Mix32(headKey + column); }
 
 __aicore__ inline uint32_t DropoutWord(uint32_t rowKey, uint32_t columnCode) { return Mix32(rowKey + columnCode); }
 

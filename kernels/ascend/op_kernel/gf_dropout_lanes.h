@@ -9,7 +9,7 @@
 // both; per 16-bit half no borrow crosses). The keep test: v = word >> 8 < 2^24 and the threshold t <= 2^24 are
 // exact in fp32, so is v + (1 - t), an integer, and min(max(v + 1 - t, 0), 1) is 1 for a kept entry, 0 otherwise.
 //
-// The column codes mix32(column) do not depend on the seed or the row: computed once per key block into `codes`
+// The column codes mix32(headKey + column) do not depend on the row: computed once per key block into `codes`
 // (ColumnCodesLanes) and added to each row's key. The algorithm is a template over a `Lanes` policy that executes
 // each operation on whole vectors: on the NPU gf::VectorLanes (gf_tile_ops.h: one Ascend C vector instruction
 // each), in the test a host emulation of those instructions (tests/ops/test_ascend_project.py), which is compared
@@ -53,12 +53,15 @@ __aicore__ inline void Mix32Lanes(Lanes& v, const Words& x, const Words& t0, con
     XorShift16(v, x, t0, t1);
 }
 
-// r.codes <- mix32(firstColumn + lane) for the v.count lanes of a key block (the first lanes of r.t0 and r.t1 are
-// the temporaries).
+// r.codes <- mix32(headKey + firstColumn + lane) for the v.count lanes of a key block of the head whose key is
+// headKey (the first lanes of r.t0 and r.t1 are the temporaries). The head's key is added after the index, not
+// folded into CreateVecIndex's int32 start, so the only wrap-around relied on is Adds' (as for the row keys).
 template <typename Lanes>
-__aicore__ inline void ColumnCodesLanes(Lanes& v, DropoutRegisters<Lanes>& r, uint32_t firstColumn)
+__aicore__ inline void ColumnCodesLanes(Lanes& v, DropoutRegisters<Lanes>& r, uint32_t headKey, uint32_t firstColumn)
 {
     v.ColumnIndex(r.codes, 0, firstColumn, v.count);
+    v.AddsRange(r.codes, 0, r.codes, headKey, v.count);
+    v.Done();
     Mix32Lanes(v, r.codes, r.t0, r.t1);
 }
 

@@ -235,7 +235,7 @@ __aicore__ inline DropoutTile StartDropoutTile(AscendC::TBuf<AscendC::TPosition:
 {
     DropoutTile tile{DropoutRegistersIn(buffer, chunkRows * bc, bc), DropoutHeadKey(seedLo, seedHi, pair)};
     VectorLanes columns{static_cast<int32_t>(bc)};
-    ColumnCodesLanes(columns, tile.registers, keyStart);
+    ColumnCodesLanes(columns, tile.registers, tile.headKey, keyStart);
     return tile;
 }
 
