@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from mindformer_gf.data import corpus_lengths
 from mindformer_gf.tasks.common import (
     TargetScale,
     bucket_widths,
@@ -203,7 +204,7 @@ class CellClassifier:
         model = build_model_for_task(
             model_dir, self._architecture(), self._id2label(prepared), settings, self.regression
         )
-        lengths = np.asarray(dataset.with_format("numpy")["length"])[prepared.indices]
+        lengths = corpus_lengths(dataset)[prepared.indices]
         buckets = bucket_widths(lengths, settings, model.config.max_position_embeddings)
         train_rows = prepared.indices[split.train]
         train_data = dataset.select(train_rows)
@@ -348,7 +349,7 @@ class CellClassifier:
         if not self.regression:
             labels, id2label = to_model_classes(prepared.labels, prepared.id2label, model.config.id2label)
             prepared = PreparedCells(prepared.indices, labels, id2label, prepared.state_key)
-        lengths = np.asarray(dataset.with_format("numpy")["length"])[prepared.indices]
+        lengths = corpus_lengths(dataset)[prepared.indices]
         buckets = bucket_widths(lengths, settings, model.config.max_position_embeddings)
         record = {
             "command": "classify cell --evaluate",

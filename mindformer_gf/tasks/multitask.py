@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from mindformer_gf.data import corpus_lengths
 from mindformer_gf.tasks.common import (
     TargetScale,
     bucket_widths,
@@ -215,7 +216,7 @@ class MultitaskClassifier:
             for lab, s in zip(data.labels, scales, strict=True)
         ]
         model = self.build_model(model_dir, data)
-        lengths = np.asarray(dataset.with_format("numpy")["length"])[data.rows]
+        lengths = corpus_lengths(dataset)[data.rows]
         buckets = bucket_widths(lengths, settings, model.config.max_position_embeddings)
         source = training_source(
             dataset.select(data.rows[split.train]), buckets, settings, task_labels=train_labels, pad_token_id=pad_id
@@ -346,7 +347,7 @@ class MultitaskClassifier:
                     data.labels[t], data.id2labels[t], task["id2labels"][t], f"{data.tasks[t]} classes"
                 )
         scales = [None if s is None else TargetScale(**s) for s in task["target_scales"]]
-        lengths = np.asarray(dataset.with_format("numpy")["length"])[data.rows]
+        lengths = corpus_lengths(dataset)[data.rows]
         buckets = bucket_widths(lengths, settings, model.config.max_position_embeddings)
         record = {
             "command": "classify multitask --evaluate",
