@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from mindformer_gf import __version__
 from mindformer_gf.config import ARCHITECTURES, GeneformerConfig
 from mindformer_gf.convert.checkpoint import (
     CONFIG,
@@ -40,6 +37,7 @@ from mindformer_gf.convert.ms_checkpoint import MindSporeCheckpointWriter
 from mindformer_gf.convert.plan import WeightPlan, fresh_head_weights, plan_weights
 from mindformer_gf.convert.safetensors_io import SafetensorsWriter
 from mindformer_gf.convert.tensors import CheckpointError, TensorInfo
+from mindformer_gf.io import atomic_directory, write_json
 
 DIRECTIONS = ("mindspore", "huggingface")
 # Default --verify tolerance on max|ours - reference| / max|reference|, by output dtype: float32 sees only
@@ -104,44 +102,6 @@ def _check_destination(source: Path, destination: Path, force: bool) -> None:
         raise FileExistsError(f"{destination} already exists; pass --force (force=True) to replace it")
 
 
-@contextmanager
-def staged_directory(destination: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """A temporary directory next to `destination`, renamed onto it when the block succeeds, removed otherwise."""
-    destination = Path(destination)
-    if destination.exists() and not force:
-        raise FileExistsError(f"{destination} already exists; pass --force (force=True) to replace it")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
-    try:
-        yield staging
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should look like any new directory
-        if destination.exists() or destination.is_symlink():
-            if not force:
-                raise FileExistsError(f"{destination} appeared during the conversion; pass --force to replace it")
-            replaced = destination.with_name(f".{destination.name}.replaced-{uuid.uuid4().hex[:8]}")
-            os.rename(destination, replaced)
-            try:
-                os.rename(staging, destination)
-            except BaseException:
-                os.rename(replaced, destination)
-                raise
-            if replaced.is_dir() and not replaced.is_symlink():
-                shutil.rmtree(replaced)
-            else:
-                replaced.unlink()
-        else:
-            os.rename(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-
-
 def _output_config(source_dir: Path, architecture: str, config: GeneformerConfig, num_labels: int | None) -> bytes:
     """The source config.json unchanged, byte for byte, unless the architecture or label count was changed."""
     raw = (source_dir / CONFIG).read_bytes()
@@ -174,7 +134,7 @@ def _record_weights_dtype(config_path: Path, written: dict[str, int]) -> None:
         return
     for key in present or CONFIG_DTYPE_KEYS[:1]:
         data[key] = name
-    config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_json(config_path, data, sort_keys=True)
 
 
 # ---- writing weights --------------------------------------------------------------------------------------------
@@ -230,8 +190,6 @@ def _manifest(
     seed: int,
     progress: bool,
 ) -> dict[str, Any]:
-    from mindformer_gf import __version__
-
     hashed = [CONFIG, *weights.files]
     return {
         "tool": "mindformer_gf",
@@ -298,7 +256,7 @@ def convert_to_mindspore(
         plan = plan_weights(weights.tensors, config, architecture, allow_missing=allow_missing, source=str(src))
         fresh = fresh_head_weights(config, architecture, plan.fresh, seed)
         weights_file = MINDSPORE_WEIGHTS[format]
-        with staged_directory(dst, force) as staging:
+        with atomic_directory(dst, force) as staging:
             (staging / CONFIG).write_bytes(_output_config(src, architecture, config, num_labels))
             written = _write_weights(
                 plan, fresh, staging / weights_file, format, target_dtype, {"format": "ms"}, progress
@@ -307,7 +265,7 @@ def convert_to_mindspore(
             manifest = _manifest(
                 weights, "huggingface->mindspore", format, weights_file, plan, written, dtype, seed, progress
             )
-            _write_json(staging / MANIFEST, manifest)
+            write_json(staging / MANIFEST, manifest)
             report = ConversionReport(
                 source=src,
                 destination=dst,
@@ -347,7 +305,7 @@ def convert_to_huggingface(
     config = GeneformerConfig.from_pretrained(src)
     with open_mindspore_weights(src) as weights:
         plan = plan_weights(weights.tensors, config, config.architecture, allow_missing=False, source=str(src))
-        with staged_directory(dst, force) as staging:
+        with atomic_directory(dst, force) as staging:
             (staging / CONFIG).write_bytes((src / CONFIG).read_bytes())
             # transformers refuses safetensors files whose metadata does not name a framework it knows.
             written = _write_weights(
@@ -373,6 +331,70 @@ def convert_to_huggingface(
     return report
 
 
+MODEL_LAYOUTS = ("mindspore", "huggingface")
+
+
+def write_model_directory(
+    weights: dict[str, np.ndarray],
+    config: GeneformerConfig,
+    architecture: str,
+    directory: str | os.PathLike,
+    *,
+    layout: str = "mindspore",
+    format: str = "ckpt",
+    dtype: str = "keep",
+    force: bool = False,
+    progress: bool = False,
+    extra_files: Callable[[Path], None] | None = None,
+) -> Path:
+    """The one writer of a model directory from in-memory float weights (by parameter name), atomically.
+
+    layout "mindspore": config.json, `mindspore_model.ckpt` (or `.safetensors` with `format="safetensors"`) and the
+    manifest, as `convert_to_mindspore` writes them; "huggingface": config.json and model.safetensors, as
+    `convert_to_huggingface` writes them. `extra_files(staging)` may add files (a task's description) before the
+    directory is renamed into place. `from_pretrained` and both conversions take either layout.
+    """
+    if layout not in MODEL_LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {MODEL_LAYOUTS}")
+    if layout == "mindspore" and format not in MINDSPORE_WEIGHTS:
+        raise ValueError(f"format {format!r} is not one of {sorted(MINDSPORE_WEIGHTS)}")
+    target_dtype = _resolve_dtype(dtype)
+    config = config.replace(architectures=[architecture]) if config.architecture != architecture else config
+    tensors = {
+        name: TensorInfo(name, "F32", tuple(array.shape), "<model>", lambda array=array: np.asarray(array, np.float32))
+        for name, array in weights.items()
+    }
+    plan = plan_weights(tensors, config, architecture, allow_missing=False, source="the model")
+    with atomic_directory(directory, force) as staging:
+        config.save_pretrained(staging)
+        if layout == "huggingface":
+            # transformers refuses safetensors files whose metadata does not name a framework it knows.
+            written = _write_weights(
+                plan, {}, staging / HF_SAFETENSORS, "safetensors", target_dtype, {"format": "pt"}, progress
+            )
+        else:
+            weights_file = MINDSPORE_WEIGHTS[format]
+            written = _write_weights(plan, {}, staging / weights_file, format, target_dtype, {"format": "ms"}, progress)
+        _record_weights_dtype(staging / CONFIG, written)
+        if layout == "mindspore":
+            manifest = {
+                "tool": "mindformer_gf",
+                "tool_version": __version__,
+                "direction": "model->mindspore",
+                "format": format,
+                "weights_file": weights_file,
+                "architecture": architecture,
+                "tensor_count": sum(written.values()),
+                "dtypes": dict(sorted(written.items())),
+                "dtype_requested": dtype,
+                "source": None,
+            }
+            write_json(staging / MANIFEST, manifest)
+        if extra_files is not None:
+            extra_files(staging)
+    return Path(directory)
+
+
 def save_mindspore_model(
     weights: dict[str, np.ndarray],
     config: GeneformerConfig,
@@ -386,37 +408,9 @@ def save_mindspore_model(
 ) -> Path:
     """Write in-memory float weights (by parameter name) as a MindSpore model directory like convert_to_mindspore's,
     so that `from_pretrained` and `convert_to_huggingface` take it."""
-    if format not in MINDSPORE_WEIGHTS:
-        raise ValueError(f"format {format!r} is not one of {sorted(MINDSPORE_WEIGHTS)}")
-    target_dtype = _resolve_dtype(dtype)
-    config = config.replace(architectures=[architecture]) if config.architecture != architecture else config
-    tensors = {
-        name: TensorInfo(name, "F32", tuple(array.shape), "<model>", lambda array=array: np.asarray(array, np.float32))
-        for name, array in weights.items()
-    }
-    plan = plan_weights(tensors, config, architecture, allow_missing=False, source="the model")
-    directory = Path(directory)
-    with staged_directory(directory, force) as staging:
-        config.save_pretrained(staging)
-        weights_file = MINDSPORE_WEIGHTS[format]
-        written = _write_weights(plan, {}, staging / weights_file, format, target_dtype, {"format": "ms"}, progress)
-        _record_weights_dtype(staging / CONFIG, written)
-        from mindformer_gf import __version__
-
-        manifest = {
-            "tool": "mindformer_gf",
-            "tool_version": __version__,
-            "direction": "model->mindspore",
-            "format": format,
-            "weights_file": weights_file,
-            "architecture": architecture,
-            "tensor_count": sum(written.values()),
-            "dtypes": dict(sorted(written.items())),
-            "dtype_requested": dtype,
-            "source": None,
-        }
-        _write_json(staging / MANIFEST, manifest)
-    return directory
+    return write_model_directory(
+        weights, config, architecture, directory, format=format, dtype=dtype, force=force, progress=progress
+    )
 
 
 # Options of convert_to_mindspore that have no meaning for the Hugging Face output.

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from mindformer_gf.tasks.io import write_json
+from mindformer_gf.io import atomic_file, write_json
 
 # The demo model: small enough to pretrain and fine-tune on 2 CPU cores within minutes.
 DEMO_MODEL = {
@@ -119,10 +119,8 @@ def counts_h5ad(source: Path, target: Path) -> Path:
         index=adata.obs_names,
     )
     counts = anndata.AnnData(X=matrix, obs=obs, var=pd.DataFrame(index=adata.raw.var_names.astype(str)))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp.h5ad")
-    counts.write_h5ad(tmp)
-    os.replace(tmp, target)
+    with atomic_file(target) as tmp:
+        counts.write_h5ad(tmp)
     return target
 
 

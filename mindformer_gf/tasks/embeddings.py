@@ -31,8 +31,8 @@ from mindspore import Tensor, nn
 
 from mindformer_gf.data import corpus_lengths, read_cells
 from mindformer_gf.data.buckets import choose_bucket_widths
+from mindformer_gf.io import atomic_file, matplotlib_pyplot, save_figure, write_csv
 from mindformer_gf.tasks.common import ensure_dir, open_dataset, special_token_ids
-from mindformer_gf.tasks.io import matplotlib_pyplot, save_figure, write_csv, write_npy
 from mindformer_gf.tasks.labels import column_values, filter_rows
 from mindformer_gf.tasks.sharded import (
     ShardedInference,
@@ -245,7 +245,9 @@ class EmbExtractor:
         if output_dir is not None:
             out = ensure_dir(output_dir)
             embs.files.append(write_csv(out / f"{output_prefix}.csv", embs.frame()))
-            embs.files.append(write_npy(out / f"{output_prefix}.npy", matrix))
+            with atomic_file(out / f"{output_prefix}.npy") as tmp:
+                np.save(tmp, matrix, allow_pickle=False)
+            embs.files.append(out / f"{output_prefix}.npy")
             if self.summary_stat and self.emb_mode != "gene":
                 for label in self.emb_label:
                     states = self.get_state_embs(embs, label)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mindformer_gf.tasks.io import matplotlib_pyplot, save_figure, write_csv
+from mindformer_gf.io import matplotlib_pyplot, save_figure, write_csv
 from mindformer_gf.tasks.metrics import selection_score
 from mindformer_gf.train.schedule import SCHEDULES
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mindformer_gf.data import read_cells
+from mindformer_gf.io import write_csv, write_json
 from mindformer_gf.tasks.common import (
     TargetScale,
     bucket_widths,
@@ -41,7 +42,6 @@ from mindformer_gf.tasks.common import (
     training_source,
 )
 from mindformer_gf.tasks.finetune import FineTuneSettings, fit, prepare_device, seed_everything
-from mindformer_gf.tasks.io import write_csv, write_json
 from mindformer_gf.tasks.labels import (
     GeneLabels,
     cells_holding,

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -362,8 +360,8 @@ def save_task_model(model: nn.Cell, directory: str | os.PathLike, task: dict[str
     """
     from safetensors.numpy import save_file
 
-    from mindformer_gf.convert.converter import save_mindspore_model
-    from mindformer_gf.tasks.io import write_json
+    from mindformer_gf.convert.converter import write_model_directory
+    from mindformer_gf.io import write_json
 
     directory = Path(directory)
     if isinstance(model, MultitaskModel):
@@ -376,29 +374,20 @@ def save_task_model(model: nn.Cell, directory: str | os.PathLike, task: dict[str
     else:
         architecture, config = model.architecture, model.config
         weights, extras = split_extras(model.state_dict(), config, architecture)
-    staging = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        save_mindspore_model(weights, config, architecture, staging, format="safetensors")
+
+    def write_task_files(staging: Path) -> None:
         if extras:
             save_file(extras, str(staging / EXTRAS_FILE))
         write_json(staging / TASK_FILE, {**task, "architecture": architecture, "extras": sorted(extras)})
-        if directory.exists():
-            if not force:
-                raise FileExistsError(f"{directory} exists; pass force=True to replace it")
-            retired = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(directory, retired)
-            os.replace(staging, directory)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    write_model_directory(
+        weights, config, architecture, directory, format="safetensors", force=force, extra_files=write_task_files
+    )
     return directory
 
 
 def read_task(directory: str | os.PathLike) -> dict[str, Any] | None:
-    from mindformer_gf.tasks.io import read_json
+    from mindformer_gf.io import read_json
 
     path = Path(directory) / TASK_FILE
     return read_json(path) if path.is_file() else None

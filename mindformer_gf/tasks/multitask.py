@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from mindformer_gf.data import corpus_lengths
+from mindformer_gf.io import write_csv, write_json
 from mindformer_gf.tasks.common import (
     TargetScale,
     bucket_widths,
@@ -38,7 +39,6 @@ from mindformer_gf.tasks.common import (
     validation,
 )
 from mindformer_gf.tasks.finetune import FineTuneSettings, fit, prepare_device, seed_everything
-from mindformer_gf.tasks.io import write_csv, write_json
 from mindformer_gf.tasks.labels import column_values, filter_rows, to_model_classes
 from mindformer_gf.tasks.metrics import (
     classification_metrics,

@@ -36,8 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mindformer_gf.io import matplotlib_pyplot, save_figure, write_csv, write_json
 from mindformer_gf.tasks.finetune import FineTuneSettings
-from mindformer_gf.tasks.io import matplotlib_pyplot, save_figure, write_csv, write_json
 from mindformer_gf.tasks.metrics import selection_score
 
 logger = logging.getLogger("mindformer_gf.tasks")

@@ -43,8 +43,8 @@ import numpy as np
 
 from mindformer_gf.data import read_cells
 from mindformer_gf.data.buckets import LengthBuckets
+from mindformer_gf.io import atomic_file, read_json, write_json
 from mindformer_gf.tasks.inference import run_forward
-from mindformer_gf.tasks.io import atomic_path, read_json, write_json
 from mindformer_gf.train.distributed import ParallelContext, launched_context
 
 COST_MODELS = ("genes", "genes_squared")
@@ -200,7 +200,7 @@ def save_shard(path: Path, positions: np.ndarray, outputs: Outputs, meta: Mappin
             values = np.concatenate(output) if len(output) else np.zeros((0,))
             arrays[f"ragged{k}_values"], arrays[f"ragged{k}_offsets"] = values, offsets
     arrays["meta"] = np.asarray(json.dumps(dict(meta)))
-    with atomic_path(path) as tmp:
+    with atomic_file(path) as tmp:
         np.savez(tmp, **arrays)
     return path
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from mindformer_gf.io import write_bytes
 from mindformer_gf.resources import GENEFORMER_V1_DIR
 from mindformer_gf.safe_pickle import safe_load
 
@@ -95,20 +96,11 @@ def write_dictionary_file(
         "entries": _coerce_entries(entries, kind, str(path)),
     }
     payload = json.dumps(document, ensure_ascii=False, indent=0).encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as raw:
-            # mtime=0 and no file name: the same entries always give the same bytes (reproducible resources).
-            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as compressed:
-                compressed.write(payload)
-        # mkstemp creates the file private (0600); a shipped resource must be readable by everyone.
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    compressed = io.BytesIO()
+    # mtime=0 and no file name: the same entries always give the same bytes (reproducible resources).
+    with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0) as stream:
+        stream.write(payload)
+    write_bytes(path, compressed.getvalue())
 
 
 def read_dictionary_file(path: str | os.PathLike[str], kind: str) -> tuple[dict[str, Any], str]:

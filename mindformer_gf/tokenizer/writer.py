@@ -23,13 +23,13 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from mindformer_gf.io import publish_directory, staging_directory
 from mindformer_gf.tokenizer.dictionaries import KNOWN_VOCAB_SIZES, describe_vocab_size
 from mindformer_gf.tokenizer.encode import RankedCells
 
@@ -130,13 +130,6 @@ class ShardWriter:
         return self.shards
 
 
-def temporary_output_dir(final_dir: Path) -> Path:
-    """A fresh hidden directory beside `final_dir`, on the same file system so the final rename is atomic."""
-    temporary = final_dir.parent / f".{final_dir.name}.incomplete-{uuid.uuid4().hex[:12]}"
-    temporary.mkdir(parents=True)
-    return temporary
-
-
 def publish_dataset(
     temporary_dir: Path,
     shard_names: list[str],
@@ -171,16 +164,7 @@ def publish_dataset(
     info["license"] = ""
     with open(temporary_dir / "dataset_info.json", "w", encoding="utf-8") as handle:
         json.dump(info, handle, indent=2)
-    if final_dir.exists():
-        if not overwrite:
-            raise FileExistsError(f"{final_dir} appeared while tokenizing; pass force=True (--force) to replace it")
-        retired = final_dir.parent / f".{final_dir.name}.replaced-{uuid.uuid4().hex[:12]}"
-        os.replace(final_dir, retired)
-        os.replace(temporary_dir, final_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(temporary_dir, final_dir)
-    return final_dir
+    return publish_directory(temporary_dir, final_dir, overwrite)
 
 
 def save_dataset(dataset: Any, path: str | os.PathLike, overwrite: bool = False, rows_per_batch: int = 10_000) -> Path:
@@ -193,7 +177,7 @@ def save_dataset(dataset: Any, path: str | os.PathLike, overwrite: bool = False,
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     rows = dataset.with_format("arrow")
     schema = pa.schema(list(dataset.features.arrow_schema))
-    temporary_dir = temporary_output_dir(final_dir)
+    temporary_dir = staging_directory(final_dir)
     try:
         writer = ShardWriter(temporary_dir, "shard", schema)
         for start in range(0, len(dataset), rows_per_batch):

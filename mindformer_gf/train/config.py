@@ -12,12 +12,12 @@ import dataclasses
 import difflib
 import json
 import os
-import tempfile
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from mindformer_gf.io import write_json
 from mindformer_gf.train.schedule import SCHEDULES
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -185,15 +185,4 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 def save_settings(settings: TrainSettings, path: str | os.PathLike) -> Path:
     """Write the settings as JSON atomically (temporary file in the same directory, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(dataclasses.asdict(settings), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(path, dataclasses.asdict(settings), sort_keys=True)

@@ -37,8 +37,8 @@ import numpy as np
 
 from mindformer_gf.data import corpus_lengths, read_cells
 from mindformer_gf.data.buckets import choose_bucket_widths
+from mindformer_gf.io import read_json
 from mindformer_gf.tasks.common import ensure_dir, open_dataset, special_token_ids
-from mindformer_gf.tasks.io import read_json
 from mindformer_gf.tasks.labels import column_values, filter_rows
 from mindformer_gf.tasks.perturb.engine import Job, PerturbationEngine
 from mindformer_gf.tasks.perturb.output import (
