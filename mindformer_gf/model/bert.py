@@ -25,7 +25,7 @@ from mindspore import ops as msops
 from mindformer_gf import ops
 from mindformer_gf.config import GeneformerConfig
 from mindformer_gf.model.dropout import SeededDropout, site_salt, site_seed
-from mindformer_gf.ops.fused import random_seed
+from mindformer_gf.ops.dropout_seed import random_seed
 
 
 def _activation(name: str, x: Tensor) -> Tensor:
