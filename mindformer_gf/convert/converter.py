@@ -22,7 +22,10 @@ from tqdm import tqdm
 
 from mindformer_gf import __version__
 from mindformer_gf.config import ARCHITECTURES, GeneformerConfig
-from mindformer_gf.convert.checkpoint import (
+from mindformer_gf.convert.dtypes import DTYPE_CHOICES, cast, to_float32
+from mindformer_gf.convert.ms_checkpoint import MindSporeCheckpointWriter
+from mindformer_gf.convert.plan import WeightPlan, fresh_head_weights, plan_weights
+from mindformer_gf.convert.readers import (
     CONFIG,
     HF_SAFETENSORS,
     MANIFEST,
@@ -32,9 +35,6 @@ from mindformer_gf.convert.checkpoint import (
     open_huggingface_weights,
     open_mindspore_weights,
 )
-from mindformer_gf.convert.dtypes import DTYPE_CHOICES, cast, to_float32
-from mindformer_gf.convert.ms_checkpoint import MindSporeCheckpointWriter
-from mindformer_gf.convert.plan import WeightPlan, fresh_head_weights, plan_weights
 from mindformer_gf.convert.safetensors_io import SafetensorsWriter
 from mindformer_gf.convert.tensors import CheckpointError, TensorInfo
 from mindformer_gf.io import atomic_directory, write_json

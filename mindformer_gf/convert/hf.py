@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mindformer_gf.convert.checkpoint import open_huggingface_weights
 from mindformer_gf.convert.dtypes import to_float32
+from mindformer_gf.convert.readers import open_huggingface_weights
 
 
 def read_state_dict(directory: str | Path) -> dict[str, np.ndarray]:

@@ -42,7 +42,7 @@ from mindformer_gf.tasks.common import (
     training_source,
     validation,
 )
-from mindformer_gf.tasks.finetune import FineTuneSettings, fit, prepare_device, seed_everything
+from mindformer_gf.tasks.finetune import FineTuneSettings, fit
 from mindformer_gf.tasks.labels import (
     ALL_STATES,
     PreparedCells,
@@ -61,6 +61,7 @@ from mindformer_gf.tasks.metrics import (
     summarise_folds,
 )
 from mindformer_gf.tasks.splits import Split, k_fold_splits, split_by_fractions
+from mindformer_gf.train.device import prepare_device, seed_everything
 from mindformer_gf.train.distributed import ParallelContext
 
 logger = logging.getLogger("mindformer_gf.tasks")

@@ -178,7 +178,7 @@ class EmbExtractor:
         embeddings and writes the files, the other ranks return None."""
         import pandas as pd
 
-        from mindformer_gf.tasks.finetune import prepare_device
+        from mindformer_gf.train.device import prepare_device
 
         prepare_device(self.device)
         encoder = encoder if encoder is not None else load_encoder(model_dir)
@@ -335,7 +335,7 @@ class EmbExtractor:
 def _token_names(dataset: Any) -> dict[int, str]:
     """token id -> Ensembl ID, from the shipped V1 dictionary when it is the dataset's (else the ids)."""
     try:
-        from mindformer_gf.tasks.gene import token_dictionary_for
+        from mindformer_gf.tokenizer import token_dictionary_for
 
         return {v: k for k, v in token_dictionary_for(dataset).items()}
     except (ValueError, OSError):

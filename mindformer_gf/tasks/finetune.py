@@ -22,8 +22,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mindformer_gf.io import matplotlib_pyplot, save_figure, write_csv
 from mindformer_gf.tasks.metrics import selection_score
 from mindformer_gf.train.schedule import SCHEDULES
@@ -275,20 +273,3 @@ def plot_training_curve(metrics_csv: str | os.PathLike, history: list[dict[str, 
     loss_axis.legend(handles=handles, loc="center right", fontsize=8)
     loss_axis.set_title("fine-tuning")
     return save_figure(figure, stem, formats=("png",))
-
-
-def prepare_device(device: str = "auto") -> str:
-    """Graph mode on `device` (what the training loop expects)."""
-    from mindformer_gf.train.distributed import prepare_mindspore
-
-    return prepare_mindspore(device)
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import mindspore as ms
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    ms.set_seed(seed)

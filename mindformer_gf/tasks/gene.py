@@ -41,7 +41,7 @@ from mindformer_gf.tasks.common import (
     task_description,
     training_source,
 )
-from mindformer_gf.tasks.finetune import FineTuneSettings, fit, prepare_device, seed_everything
+from mindformer_gf.tasks.finetune import FineTuneSettings, fit
 from mindformer_gf.tasks.labels import (
     GeneLabels,
     cells_holding,
@@ -64,30 +64,9 @@ from mindformer_gf.tasks.metrics import (
 )
 from mindformer_gf.tasks.search import report_intermediate
 from mindformer_gf.tasks.splits import gene_folds
+from mindformer_gf.tokenizer import token_dictionary_for
+from mindformer_gf.train.device import prepare_device, seed_everything
 from mindformer_gf.train.distributed import ParallelContext
-
-
-def token_dictionary_for(dataset: Any, token_dictionary_file: str | os.PathLike | None = None) -> dict[str, int]:
-    """The token dictionary that tokenized `dataset`: the shipped V1 one unless a file is given; checked against
-    the dataset's record (its hash) when the dataset has one."""
-    from mindformer_gf.tokenizer import read_dictionary_file, read_dictionary_metadata, token_dictionary_sha256
-
-    if token_dictionary_file is None:
-        from mindformer_gf.tokenizer import load_gene_dictionaries
-
-        token = load_gene_dictionaries("V1").token
-    else:
-        token = read_dictionary_file(token_dictionary_file, "token")[0]
-    record = read_dictionary_metadata(dataset)
-    expected = (record or {}).get("dictionary", {}).get("token_dictionary_sha256")
-    if expected and expected != token_dictionary_sha256(token):
-        name = record["dictionary"].get("name")
-        raise ValueError(
-            f"the dataset was tokenized with the dictionary '{name}', not "
-            f"{'the shipped V1 dictionary' if token_dictionary_file is None else token_dictionary_file}: pass that "
-            "token dictionary (token_dictionary_file / --token-dictionary) to map gene IDs to tokens"
-        )
-    return token
 
 
 @dataclass

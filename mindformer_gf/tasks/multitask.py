@@ -38,7 +38,7 @@ from mindformer_gf.tasks.common import (
     training_source,
     validation,
 )
-from mindformer_gf.tasks.finetune import FineTuneSettings, fit, prepare_device, seed_everything
+from mindformer_gf.tasks.finetune import FineTuneSettings, fit
 from mindformer_gf.tasks.labels import column_values, filter_rows, to_model_classes
 from mindformer_gf.tasks.metrics import (
     classification_metrics,
@@ -49,6 +49,7 @@ from mindformer_gf.tasks.metrics import (
 )
 from mindformer_gf.tasks.models import POOLINGS
 from mindformer_gf.tasks.splits import Split, split_by_fractions
+from mindformer_gf.train.device import prepare_device, seed_everything
 from mindformer_gf.train.distributed import ParallelContext
 
 

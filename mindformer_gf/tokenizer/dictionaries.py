@@ -151,6 +151,36 @@ def token_dictionary_sha256(token_dictionary: Mapping[str, int]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+class DictionaryMismatchError(ValueError):
+    """A tokenized dataset and a model or dictionary that do not fit together (typically V1 data, V2 model)."""
+
+
+def check_token_dictionary(
+    record: Mapping[str, Any] | None, token_dictionary: Mapping[str, int], described_as: str
+) -> None:
+    """The one check that a dataset was tokenized with `token_dictionary`: `record` is the dataset's tokenizer record
+    (`read_dictionary_metadata`), whose hash must match when it has one; `described_as` names the dictionary."""
+    expected = (record or {}).get("dictionary", {}).get("token_dictionary_sha256")
+    if expected and expected != token_dictionary_sha256(token_dictionary):
+        raise DictionaryMismatchError(
+            f"the dataset was tokenized with the dictionary '{record['dictionary'].get('name')}', not {described_as}: "
+            "pass that token dictionary (token_dictionary_file / --token-dictionary) to map gene IDs to tokens"
+        )
+
+
+def dataset_token_dictionary(
+    record: Mapping[str, Any] | None, token_dictionary_file: str | os.PathLike | None = None
+) -> dict[str, int]:
+    """The token dictionary that tokenized the dataset whose tokenizer record is `record`: the shipped V1 one unless
+    a file is given, checked against the record."""
+    if token_dictionary_file is None:
+        token, described_as = load_gene_dictionaries("V1").token, "the shipped V1 dictionary"
+    else:
+        token, described_as = read_dictionary_file(token_dictionary_file, "token")[0], str(token_dictionary_file)
+    check_token_dictionary(record, token, described_as)
+    return token
+
+
 @dataclass
 class GeneDictionaries:
     """The tables one tokenization run uses, checked for consistency.

@@ -30,17 +30,18 @@ import numpy as np
 import pyarrow as pa
 
 from mindformer_gf.io import publish_directory, staging_directory
-from mindformer_gf.tokenizer.dictionaries import KNOWN_VOCAB_SIZES, describe_vocab_size
+from mindformer_gf.tokenizer.dictionaries import (
+    KNOWN_VOCAB_SIZES,
+    DictionaryMismatchError,
+    dataset_token_dictionary,
+    describe_vocab_size,
+)
 from mindformer_gf.tokenizer.encode import RankedCells
 
 METADATA_FORMAT = "mindformer_gf.tokenized_dataset"
 METADATA_FORMAT_VERSION = 1
 RESERVED_COLUMNS = ("input_ids", "length")
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # save_to_disk's default shard size
-
-
-class DictionaryMismatchError(ValueError):
-    """A tokenized dataset and a model whose vocabularies do not fit together (typically V1 data, V2 model)."""
 
 
 def dataset_schema(attribute_types: dict[str, pa.DataType]) -> pa.Schema:
@@ -214,6 +215,12 @@ def read_dictionary_metadata(dataset_or_dir: Any) -> dict[str, Any] | None:
     if not isinstance(record, dict) or record.get("format") != METADATA_FORMAT:
         return None
     return record
+
+
+def token_dictionary_for(dataset_or_dir: Any, token_dictionary_file: str | os.PathLike | None = None) -> dict[str, int]:
+    """The token dictionary that tokenized a dataset (a `datasets.Dataset` or its directory): the shipped V1 one
+    unless a file is given; checked against the dataset's record (its hash) when the dataset has one."""
+    return dataset_token_dictionary(read_dictionary_metadata(dataset_or_dir), token_dictionary_file)
 
 
 def _max_token_id(dataset_or_dir: Any) -> int:

@@ -19,19 +19,19 @@ Generic use (pretraining and fine-tuning alike):
 Pretraining end to end: `pretrain(PretrainSettings(...))`.
 """
 
-from mindformer_gf.train.config import (
+from mindformer_gf.train.distributed import ParallelContext, init_distributed
+from mindformer_gf.train.loop import Trainer, TrainResult
+from mindformer_gf.train.objectives import ClassificationObjective, MaskedLMObjective, summed_cross_entropy
+from mindformer_gf.train.optim import AdamW, build_adamw, decays_weight
+from mindformer_gf.train.pretraining import pretrain, unigram_entropy
+from mindformer_gf.train.schedule import learning_rate
+from mindformer_gf.train.settings import (
     PretrainSettings,
     TrainSettings,
     load_settings,
     parse_overrides,
     save_settings,
 )
-from mindformer_gf.train.distributed import ParallelContext, init_distributed
-from mindformer_gf.train.loop import Trainer, TrainResult
-from mindformer_gf.train.objectives import ClassificationObjective, MaskedLMObjective, summed_cross_entropy
-from mindformer_gf.train.optim import AdamW, build_adamw, decays_weight
-from mindformer_gf.train.pretrain import pretrain, unigram_entropy
-from mindformer_gf.train.schedule import learning_rate
 from mindformer_gf.train.step import Objective
 
 __all__ = [

@@ -45,12 +45,12 @@ from mindformer_gf.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from mindformer_gf.train.config import TrainSettings, save_settings
 from mindformer_gf.train.distributed import ParallelContext, init_distributed
-from mindformer_gf.train.metrics import MetricsLog, plot_loss_curve
 from mindformer_gf.train.optim import build_adamw
 from mindformer_gf.train.precision import DynamicLossScale, apply_precision, resolve_precision
+from mindformer_gf.train.run_log import MetricsLog, plot_loss_curve
 from mindformer_gf.train.schedule import learning_rate
+from mindformer_gf.train.settings import TrainSettings, save_settings
 from mindformer_gf.train.step import ApplyStep, MicroStep, Objective, make_buffers
 
 logger = logging.getLogger("mindformer_gf.train")

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import mindformer_gf
 from mindformer_gf.convert import convert_to_huggingface, convert_to_mindspore
-from mindformer_gf.convert.checkpoint import open_mindspore_weights
+from mindformer_gf.convert.readers import open_mindspore_weights
 from mindformer_gf.pretrained import save_pretrained
 
 

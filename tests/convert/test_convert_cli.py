@@ -11,7 +11,7 @@ import numpy as np
 from convert_helpers import bits, hf_model, parameters_by_name, save
 
 from mindformer_gf.cli import main
-from mindformer_gf.convert.checkpoint import open_mindspore_weights
+from mindformer_gf.convert.readers import open_mindspore_weights
 
 
 def test_convert_prints_a_report_and_goes_back(tmp_path, capsys):

@@ -83,15 +83,13 @@ class GeneNames:
         token_dictionary_file: str | None = None,
         gene_name_id_dictionary_file: str | None = None,
     ) -> GeneNames:
-        from mindformer_gf.tokenizer import read_dictionary_file
+        from mindformer_gf.tokenizer import read_dictionary_file, token_dictionary_for
 
         if token_dictionary_file is None and gene_name_id_dictionary_file is None:
             if dataset is not None:
-                _check_shipped_dictionary(dataset)
+                token_dictionary_for(dataset)  # checks that the dataset was tokenized with the shipped dictionary
             return cls.shipped()
         if dataset is not None:
-            from mindformer_gf.tasks.gene import token_dictionary_for
-
             token = token_dictionary_for(dataset, token_dictionary_file)
         elif token_dictionary_file is not None:
             token = read_dictionary_file(token_dictionary_file, "token")[0]
@@ -124,19 +122,6 @@ class GeneNames:
 
     def name_of(self, ensembl_id: str) -> str | None:
         return self.id_to_name.get(ensembl_id)
-
-
-def _check_shipped_dictionary(dataset: Any) -> None:
-    """The dataset, when it records its dictionary, was tokenized with the shipped V1 one."""
-    from mindformer_gf.tokenizer import read_dictionary_metadata, token_dictionary_sha256
-
-    record = read_dictionary_metadata(dataset) or {}
-    expected = record.get("dictionary", {}).get("token_dictionary_sha256")
-    if expected and expected != token_dictionary_sha256(GeneNames.shipped().token):
-        raise PerturbationInputError(
-            f"the dataset was tokenized with the dictionary '{record['dictionary'].get('name')}', not the shipped V1 "
-            "one: pass token_dictionary_file (gf perturb --token-dictionary) to map gene IDs to tokens"
-        )
 
 
 def get_state_embs(
@@ -383,7 +368,7 @@ class InSilicoPerturber:
         squared into its own table under `{output_prefix}_shards/`; rank 0 merges them into the table one process
         writes (same rows, same order) and returns its directory, the other ranks return None."""
         from mindformer_gf.tasks.embeddings import load_encoder
-        from mindformer_gf.tasks.finetune import prepare_device
+        from mindformer_gf.train.device import prepare_device
 
         prepare_device(self.device)
         encoder = encoder if encoder is not None else load_encoder(model_directory)

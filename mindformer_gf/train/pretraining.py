@@ -28,10 +28,11 @@ from mindformer_gf.data import (
     special_tokens_from_metadata,
 )
 from mindformer_gf.train.checkpoint import save_model_dir
-from mindformer_gf.train.config import PretrainSettings
-from mindformer_gf.train.distributed import init_distributed, prepare_mindspore
+from mindformer_gf.train.device import prepare_device
+from mindformer_gf.train.distributed import init_distributed
 from mindformer_gf.train.loop import Trainer, TrainResult
 from mindformer_gf.train.objectives import MaskedLMObjective
+from mindformer_gf.train.settings import PretrainSettings
 
 logger = logging.getLogger("mindformer_gf.train")
 
@@ -122,7 +123,7 @@ def build_pretraining_data(settings: PretrainSettings, model_config, group_size:
 def pretrain(settings: PretrainSettings, resume: str | bool | None = None) -> TrainResult:
     """Run (or resume) masked-gene-modelling pretraining as `settings` say; returns the run's summary."""
     settings.validate()
-    prepare_mindspore(settings.device)
+    prepare_device(settings.device)
     parallel = init_distributed()
     model = build_pretraining_model(settings)
     group_size = settings.gradient_accumulation * parallel.world_size
