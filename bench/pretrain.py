@@ -350,7 +350,7 @@ def run_pbmc68k(output_dir: str, steps: int) -> None:
         max_steps=steps,
         batch_size=8,
         learning_rate=3e-3,
-        lr_schedule="cosine",
+        lr_scheduler_type="cosine",
         min_lr_ratio=0.1,
         warmup_steps=50,
         eval_fraction=0.15,

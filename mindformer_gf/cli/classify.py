@@ -28,17 +28,18 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import asdict
 
 from mindformer_gf.cli import UsageError
 from mindformer_gf.train.schedule import SCHEDULES
 
 TRAINING_FLAGS = {
     # flag: (settings field, type, help)
-    "epochs": ("num_epochs", float, "training epochs (fractions allowed)"),
+    "epochs": ("num_train_epochs", float, "training epochs (fractions allowed)"),
     "batch-size": ("batch_size", int, "cells per training batch (reference: 12)"),
     "lr": ("learning_rate", float, "peak learning rate"),
-    "schedule": ("lr_schedule", str, "the reference's lr_scheduler_type (transformers' schedules)"),
-    "polynomial-power": ("polynomial_power", float, "power of the polynomial schedule (default 1)"),
+    "schedule": ("lr_scheduler_type", str, "the reference's lr_scheduler_type (transformers' schedules)"),
+    "polynomial-power": ("lr_power", float, "power of the polynomial schedule (default 1)"),
     "lr-end": ("lr_end", float, "final learning rate of the polynomial schedule (default 1e-7)"),
     "warmup-steps": ("warmup_steps", int, "linear warmup steps"),
     "warmup-ratio": ("warmup_ratio", float, "warmup as a fraction of all steps (overrides --warmup-steps)"),
@@ -55,7 +56,7 @@ TRAINING_FLAGS = {
 
 
 CHOICES = {
-    "lr_schedule": SCHEDULES,
+    "lr_scheduler_type": SCHEDULES,
     "strategy": ("finetune", "adapters", "extra_layer"),
     "device": ("auto", "CPU", "Ascend"),
 }
@@ -154,9 +155,14 @@ def _settings(args: argparse.Namespace, **defaults: object):
     for dest, _, _ in TRAINING_FLAGS.values():
         if getattr(args, dest) is not None:
             changes[dest] = getattr(args, dest)
-    changes["keep_checkpoints"] = args.keep_checkpoints
+    lr_end = changes.pop("lr_end", None)
+    changes["save_total_limit"] = None if args.keep_checkpoints else 0
     changes["progress_bar"] = not args.no_progress
-    return FineTuneSettings().replace(**changes)
+    settings = FineTuneSettings().replace(**changes)
+    if lr_end is not None:
+        # --lr-end is the polynomial schedule's final rate; the settings hold it as a fraction of the peak
+        settings = settings.replace(min_lr_ratio=FineTuneSettings.upgrade_value("lr_end", lr_end, asdict(settings)))
+    return settings
 
 
 def _filters(pairs: list[str]) -> dict[str, list[str]]:
@@ -339,7 +345,7 @@ def run_gene(args: argparse.Namespace) -> int:
 
 def _gene_defaults(args: argparse.Namespace) -> dict[str, object]:
     """The reference's gene classifier: 1 epoch, 4 layers frozen (for the finetune strategy)."""
-    defaults: dict[str, object] = {"num_epochs": 1.0}
+    defaults: dict[str, object] = {"num_train_epochs": 1.0}
     if (args.strategy or "finetune") == "finetune":
         defaults["freeze_layers"] = 4
     return defaults

@@ -2,7 +2,8 @@
 validation macro-F1, evaluate on the test cells, save the model.
 
     from mindformer_gf.tasks import CellClassifier, FineTuneSettings
-    classifier = CellClassifier(state_key="cell_type", settings=FineTuneSettings(num_epochs=5, learning_rate=1e-4))
+    settings = FineTuneSettings(num_train_epochs=5, learning_rate=1e-4)
+    classifier = CellClassifier(state_key="cell_type", settings=settings)
     result = classifier.run("pbmc.dataset", "pretrained_model_dir", "out", split_sizes=(0.7, 0.15, 0.15))
     result.test_metrics["macro_f1"]
 

@@ -4,7 +4,7 @@ wherever they occur in a cell; k folds over genes, so no gene is both trained on
     from mindformer_gf.tasks import GeneClassifier, FineTuneSettings
     from mindformer_gf.resources import geneformer_v1_path
     genes = GeneClassifier(geneformer_v1_path("dosage_sens_tf_labels.csv"), n_folds=4,
-                           settings=FineTuneSettings(num_epochs=1, freeze_layers=4))
+                           settings=FineTuneSettings(num_train_epochs=1, freeze_layers=4))
     result = genes.run("pbmc.dataset", "pretrained_model_dir", "out")
     result.summary["overall"]["roc_auc"]
 
@@ -104,7 +104,7 @@ class GeneClassifier:
         self.max_ncells = max_ncells
         self.regression = regression
         self.token_dictionary_file = token_dictionary_file
-        self.settings = settings or FineTuneSettings(num_epochs=1.0, freeze_layers=4)
+        self.settings = settings or FineTuneSettings(num_train_epochs=1.0, freeze_layers=4)
         self.settings.validate()
 
     def prepare_data(self, dataset: Any) -> tuple[GeneLabels, np.ndarray, list[np.ndarray]]:

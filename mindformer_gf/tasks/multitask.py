@@ -3,7 +3,8 @@ the config and never loads the weights), one pooling (position 0, or learned att
 padding), one linear head per task; loss = sum_t w_t * cross-entropy_t (MSE for a numeric task).
 
     from mindformer_gf.tasks import MultitaskClassifier, FineTuneSettings
-    mtl = MultitaskClassifier(["cell_type", "phase"], pooling="attention", settings=FineTuneSettings(num_epochs=3))
+    settings = FineTuneSettings(num_train_epochs=3)
+    mtl = MultitaskClassifier(["cell_type", "phase"], pooling="attention", settings=settings)
     result = mtl.run("pbmc.dataset", "pretrained_model_dir", "out")
     result.test_metrics["cell_type"]["macro_f1"]
 

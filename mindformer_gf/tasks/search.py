@@ -45,7 +45,7 @@ logger = logging.getLogger("mindformer_gf.tasks")
 CLASSIFIER_SEARCH_SPACE: dict[str, dict[str, Any]] = {
     "learning_rate": {"type": "float", "low": 1e-6, "high": 1e-3, "log": True},
     "weight_decay": {"type": "float", "low": 0.0, "high": 0.3},
-    "lr_schedule": {"type": "categorical", "choices": ["linear", "cosine", "polynomial"]},
+    "lr_scheduler_type": {"type": "categorical", "choices": ["linear", "cosine", "polynomial"]},
     "warmup_steps": {"type": "int", "low": 100, "high": 2000},
     "seed": {"type": "int", "low": 0, "high": 100},
 }
@@ -53,7 +53,7 @@ MULTITASK_SEARCH_SPACE: dict[str, dict[str, Any]] = {
     "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
     "warmup_ratio": {"type": "float", "low": 0.005, "high": 0.01},
     "weight_decay": {"type": "float", "low": 0.01, "high": 0.1},
-    "lr_schedule": {"type": "categorical", "choices": ["cosine"]},
+    "lr_scheduler_type": {"type": "categorical", "choices": ["cosine"]},
     "task_weights": {"type": "float", "low": 0.1, "high": 2.0},
 }
 
@@ -78,7 +78,10 @@ def default_search_space(task: Any, settings: FineTuneSettings) -> dict[str, dic
     are the task's own (the reference: `tune.choice([epochs])`)."""
     if hasattr(task, "tasks"):  # multitask
         return {**MULTITASK_SEARCH_SPACE}
-    return {**CLASSIFIER_SEARCH_SPACE, "num_epochs": {"type": "categorical", "choices": [settings.num_epochs]}}
+    return {
+        **CLASSIFIER_SEARCH_SPACE,
+        "num_train_epochs": {"type": "categorical", "choices": [settings.num_train_epochs]},
+    }
 
 
 def report_intermediate(score: float) -> None:

@@ -12,7 +12,7 @@ Generic use (pretraining and fine-tuning alike):
   the step number, so resuming needs only the step.
 - outputs in `settings.output_dir`: `metrics.csv` (step, loss, accuracy, lr, grad norm, loss scale, skipped steps,
   cells/s, tokens/s, padding waste), `loss_curve.png`, `train_config.json`, `checkpoints/step-XXXXXXXX/` (last
-  `keep_last` kept; each one is also a model directory for `from_pretrained`).
+  `save_total_limit` kept; each one is also a model directory for `from_pretrained`).
 - settings: `TrainSettings`/`PretrainSettings` from YAML/JSON via `load_settings(cls, path, overrides)`.
 - data parallel: start the same command under `msrun`; `init_distributed()` joins the group and the loop averages
   gradients over ranks (see `mindformer_gf.train.distributed`).

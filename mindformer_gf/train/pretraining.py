@@ -126,7 +126,7 @@ def pretrain(settings: PretrainSettings, resume: str | bool | None = None) -> Tr
     prepare_device(settings.device)
     parallel = init_distributed()
     model = build_pretraining_model(settings)
-    group_size = settings.gradient_accumulation * parallel.world_size
+    group_size = settings.gradient_accumulation_steps * parallel.world_size
     data = build_pretraining_data(settings, model.config, group_size)
     logger.info(
         "corpus: %d steps per epoch, buckets %s, padding waste %.3f",

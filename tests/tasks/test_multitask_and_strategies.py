@@ -236,10 +236,16 @@ def test_polynomial_schedule_is_transformers_decay_to_lr_end():
                     1 - progress
                 ) ** power + 1e-7  # get_polynomial_decay_schedule_with_warmup
             got = learning_rate(
-                step, settings.learning_rate, warmup, total, loop["lr_schedule"], loop["min_lr_ratio"], loop["lr_power"]
+                step,
+                settings.learning_rate,
+                warmup,
+                total,
+                loop["lr_scheduler_type"],
+                loop["min_lr_ratio"],
+                loop["lr_power"],
             )
             assert got == pytest.approx(expected, rel=1e-9, abs=1e-15)
-    with pytest.raises(ValueError, match="polynomial_power"):
+    with pytest.raises(ValueError, match="lr_power"):
         FineTuneSettings(lr_schedule="polynomial", polynomial_power=0.0).validate()
 
 
