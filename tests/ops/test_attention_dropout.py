@@ -14,8 +14,8 @@ from ops_oracle import attention_backward, relative_error
 from scipy import stats
 
 from mindformer_gf.ops import cpu
+from mindformer_gf.reference.attention import attention_with_dropout
 from mindformer_gf.reference.attention_dropout import (
-    attention_with_dropout,
     column_code,
     dropout_words,
     head_key,
