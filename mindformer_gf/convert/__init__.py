@@ -12,7 +12,6 @@ from mindformer_gf.convert.converter import (
     convert_to_mindspore,
     verify_conversion,
 )
-from mindformer_gf.convert.hf import read_state_dict
 from mindformer_gf.convert.names import NON_PARAMETER_KEYS, to_hf_name, to_model_name
 from mindformer_gf.convert.plan import WeightPlan, plan_weights
 from mindformer_gf.convert.readers import ModelWeights, open_model_weights
@@ -31,7 +30,6 @@ __all__ = [
     "convert_to_mindspore",
     "open_model_weights",
     "plan_weights",
-    "read_state_dict",
     "to_hf_name",
     "to_model_name",
     "verify_conversion",

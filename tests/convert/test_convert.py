@@ -10,7 +10,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 import torch
-from convert_helpers import AUTO_CLASSES, HF_CLASSES, LAYOUTS, bits, hf_model, parameters_by_name, save
+from helpers.convert import AUTO_CLASSES, HF_CLASSES, LAYOUTS, bits, hf_model, parameters_by_name, save
 from safetensors.torch import load_file, save_file
 
 import mindformer_gf

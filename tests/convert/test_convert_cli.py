@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from convert_helpers import bits, hf_model, parameters_by_name, save
+from helpers.convert import bits, hf_model, parameters_by_name, save
 
 from mindformer_gf.cli import main
 from mindformer_gf.convert.readers import open_mindspore_weights

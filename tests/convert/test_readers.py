@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from convert_helpers import (
+from helpers.convert import (
     ExecsCode,
     WritesAFile,
     bits,

@@ -8,9 +8,9 @@ import ctypes
 
 import numpy as np
 import pytest
-from fused_harness import TOLERANCE, AttentionWithLse, random_problem, run_forward, run_gradients
+from helpers.fused_ops import TOLERANCE, AttentionWithLse, random_problem, run_forward, run_gradients
+from helpers.oracles import attention_backward, relative_error
 from mindspore import Tensor, nn
-from ops_oracle import attention_backward, relative_error
 from scipy import stats
 
 from mindformer_gf.ops import cpu

@@ -8,9 +8,9 @@ import ctypes
 import mindspore as ms
 import numpy as np
 import pytest
-from fused_harness import TOLERANCE, AttentionLoss, random_problem, run_forward, run_gradients
+from helpers.fused_ops import TOLERANCE, AttentionLoss, random_problem, run_forward, run_gradients
+from helpers.oracles import attention_backward, attention_forward, relative_error
 from mindspore import Tensor, nn
-from ops_oracle import attention_backward, attention_forward, relative_error
 
 from mindformer_gf.ops import cpu, dispatch
 

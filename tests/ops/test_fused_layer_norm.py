@@ -6,8 +6,8 @@ from __future__ import annotations
 import mindspore as ms
 import numpy as np
 import pytest
+from helpers.oracles import layer_norm_backward, layer_norm_forward, relative_error
 from mindspore import Tensor, nn
-from ops_oracle import layer_norm_backward, layer_norm_forward, relative_error
 
 from mindformer_gf.ops import cpu, dispatch
 

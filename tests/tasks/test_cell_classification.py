@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.tasks import padded_rows, quick_settings
 from safetensors.numpy import load_file
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, r2_score, roc_auc_score
-from task_helpers import padded_rows, quick_settings
 
 from mindformer_gf.tasks import CellClassifier
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.tasks import padded_rows
 from safetensors.numpy import load_file
 from sklearn.metrics import accuracy_score, r2_score
-from task_helpers import padded_rows
 
 from mindformer_gf import reference
 from mindformer_gf.cli import main

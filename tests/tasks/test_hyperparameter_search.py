@@ -16,7 +16,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from task_helpers import quick_settings
+from helpers.tasks import quick_settings
 
 from mindformer_gf.tasks import CellClassifier, FineTuneSettings
 from mindformer_gf.tasks.search import report_intermediate, search_hyperparameters

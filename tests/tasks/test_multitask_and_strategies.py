@@ -10,9 +10,9 @@ import mindspore as ms
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.tasks import padded_rows, quick_settings
 from mindspore import Tensor
 from sklearn.metrics import accuracy_score, f1_score, r2_score
-from task_helpers import padded_rows, quick_settings
 
 from mindformer_gf.tasks import FineTuneSettings, MultitaskClassifier
 

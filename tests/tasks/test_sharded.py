@@ -199,7 +199,7 @@ def test_classify_evaluation_on_two_ranks_writes_the_single_process_files(
 ):
     """One process through `gf classify cell --evaluate`; then two ranks one after another in this process: rank 0
     alone (times out waiting for rank 1), rank 1, rank 0 resumed."""
-    from task_helpers import quick_settings
+    from helpers.tasks import quick_settings
 
     import mindformer_gf.tasks.cell
 

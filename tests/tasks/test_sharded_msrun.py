@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from msrun_helpers import GF, msrun_gf
+from helpers.msrun import GF, msrun_gf
 
 from mindformer_gf.cli import main
 from mindformer_gf.data import corpus_lengths

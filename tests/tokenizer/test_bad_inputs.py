@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from datasets import load_from_disk
-from tokenizer_helpers import cell_counts, oracle_cell, write_h5ad
+from helpers.tokenizer import cell_counts, oracle_cell, write_h5ad
 
 from mindformer_gf.cli.tokenize import add_tokenize_arguments, run_tokenize
 from mindformer_gf.tokenizer import TokenizerInputError, TokenizerWarning, read_dictionary_metadata, tokenize

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from msrun_helpers import msrun
-from train_helpers import TINY_MODEL
+from helpers.msrun import msrun
+from helpers.train import TINY_MODEL
 
 from mindformer_gf.train import Trainer
 from mindformer_gf.train.objectives import MaskedLMObjective
