@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def prepare(work: Path) -> tuple[Path, Path]:
     """The tokenized cells and a V1-10M-shaped model directory with random weights."""
     from mindformer_gf.config import GeneformerConfig
+    from mindformer_gf.data.pbmc68k import tokenize_pbmc68k
     from mindformer_gf.model import build_model
-    from mindformer_gf.tasks.demo import tokenize_pbmc68k
     from mindformer_gf.train.checkpoint import save_model_dir
 
     dataset = tokenize_pbmc68k(work, "pbmc", {"cell_type": "cell_type"}).path

@@ -324,7 +324,7 @@ def run_pbmc68k(output_dir: str, steps: int) -> None:
     from pathlib import Path
 
     from mindformer_gf.data import compact_vocabulary
-    from mindformer_gf.tasks.demo import tokenize_pbmc68k
+    from mindformer_gf.data.pbmc68k import tokenize_pbmc68k
     from mindformer_gf.train import PretrainSettings, pretrain, unigram_entropy
     from mindformer_gf.train.pretraining import build_pretraining_model, held_out_masked_genes
     from mindformer_gf.train.run_log import plot_loss_curve

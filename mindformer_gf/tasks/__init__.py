@@ -53,8 +53,8 @@ def __getattr__(name: str) -> Any:
 
 
 def run_demo(*args: Any, **kwargs: Any) -> Any:
-    """The main job on the shipped PBMC cells (see mindformer_gf.tasks.demo)."""
-    from mindformer_gf.tasks.demo import run_demo as _run_demo
+    """The main job on the shipped PBMC cells (see mindformer_gf.tasks.pbmc_demo)."""
+    from mindformer_gf.tasks.pbmc_demo import run_demo as _run_demo
 
     return _run_demo(*args, **kwargs)
 
