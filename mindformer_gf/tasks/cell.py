@@ -28,14 +28,13 @@ import numpy as np
 
 from mindformer_gf.data import corpus_lengths
 from mindformer_gf.io import write_csv, write_json
+from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation
 from mindformer_gf.tasks.common import (
     TargetScale,
     bucket_widths,
     build_model_for_task,
     dataset_for_model,
     ensure_dir,
-    evaluate_saved,
-    load_saved_model,
     model_config_of,
     open_dataset,
     sharded_forward,
@@ -96,7 +95,7 @@ class CellTaskResult:
         return self.runs[0].test_metrics if len(self.runs) == 1 else self.summary.get("pooled")
 
 
-class CellClassifier:
+class CellClassifier(SavedModelEvaluation):
     """The reference's `Classifier(classifier="cell", ...)`.
 
     state_key: the dataset column to predict; states: "all" or the states to keep; filter_data: {column: [values]}
@@ -326,6 +325,9 @@ class CellClassifier:
                 plot_roc(prepared.labels[positions], outputs[:, 1], names[1], out / "roc", f"{self.state_key} (test)")
         return [write_csv(out / "predictions.csv", frame), write_json(out / "metrics.json", metrics)]
 
+    evaluate_command = "classify cell --evaluate"
+    saved_architecture = "BertForSequenceClassification"
+
     def evaluate_saved_model(
         self,
         model_dir: str | os.PathLike,
@@ -343,45 +345,32 @@ class CellClassifier:
         Under msrun every rank predicts a share of the cells (`mindformer_gf.tasks.sharded`); rank 0 returns the
         metrics and writes the files, the other ranks return None. `resume` keeps the shards of an interrupted
         run."""
-        settings = self.settings
-        prepare_device(settings.device)
-        model, task = load_saved_model(model_dir, "BertForSequenceClassification")
-        dataset, pad_id = dataset_for_model(dataset, model.config)
+        return super().evaluate_saved_model(
+            model_dir, dataset, output_dir, resume, shard_timeout, parallel, prepared=prepared
+        )
+
+    def _evaluation_plan(
+        self, model: Any, task: dict[str, Any], dataset: Any, output_dir: Path, prepared: PreparedCells | None = None
+    ) -> EvaluationPlan:
         prepared = prepared or self.prepare_data(dataset)
         if not self.regression:
             labels, id2label = to_model_classes(prepared.labels, prepared.id2label, model.config.id2label)
             prepared = PreparedCells(prepared.indices, labels, id2label, prepared.state_key)
-        lengths = corpus_lengths(dataset)[prepared.indices]
-        buckets = bucket_widths(lengths, settings, model.config.max_position_embeddings)
         record = {
-            "command": "classify cell --evaluate",
             "state_key": self.state_key,
             "states": self.states,
             "filter_data": self.filter_data,
             "max_ncells": self.max_ncells,
             "regression": self.regression,
         }
-        merged, job = evaluate_saved(
-            model,
-            model_dir,
-            dataset,
-            prepared.indices,
-            settings,
-            buckets,
-            output_dir,
-            record,
-            pad_id,
-            resume=resume,
-            timeout=shard_timeout,
-            parallel=parallel,
-        )
-        if merged is None:
-            return None  # another rank's share: rank 0 writes the files
         scale = task.get("target_scale") or {"mean": 0.0, "std": 1.0}
         positions = np.arange(prepared.indices.size)
-        metrics, outputs = self._score(prepared, positions, merged[0], TargetScale(scale["mean"], scale["std"]))
-        job.finish(self._write_evaluation(Path(output_dir), prepared, positions, metrics, outputs))
-        return metrics
+
+        def score(merged: list[Any]) -> tuple[dict[str, Any], list[Path]]:
+            metrics, outputs = self._score(prepared, positions, merged[0], TargetScale(scale["mean"], scale["std"]))
+            return metrics, self._write_evaluation(output_dir, prepared, positions, metrics, outputs)
+
+        return EvaluationPlan(prepared.indices, corpus_lengths(dataset)[prepared.indices], record, score)
 
     # ---- the whole job -------------------------------------------------------------------------------------------
     def run(

@@ -28,14 +28,13 @@ import numpy as np
 
 from mindformer_gf.data import read_cells
 from mindformer_gf.io import write_csv, write_json
+from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation
 from mindformer_gf.tasks.common import (
     TargetScale,
     bucket_widths,
     build_model_for_task,
     dataset_for_model,
     ensure_dir,
-    evaluate_saved,
-    load_saved_model,
     model_config_of,
     sharded_forward,
     task_description,
@@ -66,7 +65,6 @@ from mindformer_gf.tasks.search import report_intermediate
 from mindformer_gf.tasks.splits import gene_folds
 from mindformer_gf.tokenizer import token_dictionary_for
 from mindformer_gf.train.device import prepare_device, seed_everything
-from mindformer_gf.train.distributed import ParallelContext
 
 
 @dataclass
@@ -79,7 +77,7 @@ class GeneTaskResult:
     search: Any = None
 
 
-class GeneClassifier:
+class GeneClassifier(SavedModelEvaluation):
     """The reference's `Classifier(classifier="gene", gene_class_dict=...)`.
 
     gene_classes: {label: [Ensembl IDs]}, a CSV with one column per class, a JSON object, or {label: text file};
@@ -203,32 +201,23 @@ class GeneClassifier:
         write_json(out / "summary.json", summary)
         return GeneTaskResult(fold_results, summary, out, genes)
 
-    def evaluate_saved_model(
-        self,
-        model_dir: str | os.PathLike,
-        dataset: Any,
-        output_dir: str | os.PathLike,
-        resume: bool = False,
-        shard_timeout: float = 1800.0,
-        parallel: ParallelContext | None = None,
-    ) -> dict[str, Any] | None:
-        """Score a saved fine-tuned gene model (a fold's `model/` directory) on `dataset`: every occurrence of a
-        labelled gene the model was not trained on (its task.json's `train_genes`; all of them for a model without
-        one), in the cells holding one, classes matched by name. Writes `predictions.csv` and `metrics.json` as a
-        training run writes for a fold's test genes, and `predictions_run.json`, into `output_dir`; on the same data
-        and labels, a fold's model reproduces the fold's test predictions.
+    evaluate_command = "classify gene --evaluate"
+    saved_architecture = "BertForTokenClassification"
 
-        Under msrun every rank predicts a share of the cells; rank 0 returns the metrics and writes the files, the
-        other ranks return None. `resume` keeps the shards of an interrupted run."""
-        settings = self.settings
-        prepare_device(settings.device)
-        model, task = load_saved_model(model_dir, "BertForTokenClassification")
+    def _load_saved(self, model_dir: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+        model, task = super()._load_saved(model_dir)
         if task and task.get("kind") not in ("gene_classification", "gene_regression"):
             raise ValueError(f"{model_dir} is a {task.get('kind')} model, not a gene classifier")
         if task and (task["kind"] == "gene_regression") != self.regression:
             wanted = "--gene-values (gene_values)" if not self.regression else "--gene-labels (gene_classes)"
             raise ValueError(f"{model_dir} is a {task['kind']} model: pass {wanted}")
-        dataset, pad_id = dataset_for_model(dataset, model.config)
+        return model, task
+
+    def _evaluation_plan(self, model: Any, task: dict[str, Any], dataset: Any, output_dir: Path) -> EvaluationPlan:
+        """Every occurrence of a labelled gene the model was not trained on (its task.json's `train_genes`; all of
+        them for a model without one), in the cells holding one. Writes `predictions.csv` and `metrics.json` as a
+        training run writes for a fold's test genes: on the same data and labels, a fold's model reproduces the
+        fold's test predictions."""
         genes, rows, cells = self.prepare_data(dataset)
         if not self.regression:
             labels, id2label = to_model_classes(genes.labels, genes.id2label, model.config.id2label, "gene classes")
@@ -238,10 +227,8 @@ class GeneClassifier:
         if test_genes.size == 0:
             raise ValueError("every labelled gene in the cells is one the model was trained on: nothing to score")
         test_cells = cells_holding(cells, genes.tokens[test_genes])
-        buckets = bucket_widths(np.asarray([len(c) for c in cells]), settings, model.config.max_position_embeddings)
         gene_classes = self.gene_classes
         record = {
-            "command": "classify gene --evaluate",
             "gene_classes": str(gene_classes) if isinstance(gene_classes, (str, os.PathLike)) else None,
             "filter_data": self.filter_data,
             "max_ncells": self.max_ncells,
@@ -249,30 +236,18 @@ class GeneClassifier:
         }
         # the genes' labels in the shards' fingerprint: another label file matches no old shard
         labels = (genes.labels if genes.targets is None else genes.targets).tolist()
-        merged, job = evaluate_saved(
-            model,
-            model_dir,
-            dataset,
-            rows[test_cells],
-            settings,
-            buckets,
-            output_dir,
-            record,
-            pad_id,
-            inputs={"genes": genes.genes, "labels": labels},
-            resume=resume,
-            timeout=shard_timeout,
-            parallel=parallel,
-        )
-        if merged is None:
-            return None  # another rank's share: rank 0 writes the files
         scale = TargetScale(**task["target_scale"]) if task.get("target_scale") else None
-        frame, metrics = self._score_occurrences(
-            task.get("fold"), genes, rows, cells, test_cells, test_genes, merged[0], scale
-        )
-        out = Path(output_dir)
-        job.finish([write_csv(out / "predictions.csv", frame), write_json(out / "metrics.json", metrics)])
-        return metrics
+
+        def score(merged: list[Any]) -> tuple[dict[str, Any], list[Path]]:
+            frame, metrics = self._score_occurrences(
+                task.get("fold"), genes, rows, cells, test_cells, test_genes, merged[0], scale
+            )
+            files = [write_csv(output_dir / "predictions.csv", frame), write_json(output_dir / "metrics.json", metrics)]
+            return metrics, files
+
+        lengths = np.asarray([len(c) for c in cells])
+        inputs = {"genes": genes.genes, "labels": labels}
+        return EvaluationPlan(rows[test_cells], lengths, record, score, inputs)
 
     def _run_fold(
         self,

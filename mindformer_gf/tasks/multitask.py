@@ -27,12 +27,12 @@ import numpy as np
 
 from mindformer_gf.data import corpus_lengths
 from mindformer_gf.io import write_csv, write_json
+from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation
 from mindformer_gf.tasks.common import (
     TargetScale,
     bucket_widths,
     dataset_for_model,
     ensure_dir,
-    evaluate_saved,
     model_config_of,
     sharded_forward,
     task_description,
@@ -48,10 +48,9 @@ from mindformer_gf.tasks.metrics import (
     regression_metrics,
     softmax,
 )
-from mindformer_gf.tasks.models import POOLINGS
+from mindformer_gf.tasks.models import POOLINGS, load_task_model, read_task
 from mindformer_gf.tasks.splits import Split, split_by_fractions
 from mindformer_gf.train.device import prepare_device, seed_everything
-from mindformer_gf.train.distributed import ParallelContext
 
 
 @dataclass
@@ -78,7 +77,7 @@ class MultitaskResult:
     search: Any = None
 
 
-class MultitaskClassifier:
+class MultitaskClassifier(SavedModelEvaluation):
     """The reference's MTLClassifier, with the pretrained encoder actually loaded.
 
     task_columns: dataset columns, one task each; task_weights: loss weights (default 1 each);
@@ -306,30 +305,21 @@ class MultitaskClassifier:
         plot_metric_bars(bars, out / "multitask_metrics", f"multitask ({self.pooling} pooling): test metrics per task")
         return [write_csv(out / "predictions.csv", frame), write_json(out / "metrics.json", metrics)]
 
-    def evaluate_saved_model(
-        self,
-        model_dir: str | os.PathLike,
-        dataset: Any,
-        output_dir: str | os.PathLike,
-        resume: bool = False,
-        shard_timeout: float = 1800.0,
-        parallel: ParallelContext | None = None,
-    ) -> dict[str, Any] | None:
-        """Score a saved multitask model (the `model/` directory of a run) on every selected cell of `dataset`: its
-        tasks (the classifier's must be the same columns), pooling, classes (matched by name) and target scales.
-        Writes `predictions.csv`, `metrics.json` (per task) and the plots as a training run writes for its test
-        cells, and `predictions_run.json`, into `output_dir`.
+    evaluate_command = "classify multitask --evaluate"
 
-        Under msrun every rank predicts a share of the cells; rank 0 returns the metrics ({"tasks": {task: ...},
-        and the means}) and writes the files, the other ranks return None. `resume` keeps the shards of an
-        interrupted run."""
-        from mindformer_gf.tasks.models import load_task_model, read_task
-
+    def _load_saved(self, model_dir: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+        """A saved multitask model of the classifier's tasks (the same columns): its pooling, classes (matched by
+        name) and target scales come with it."""
         task = read_task(model_dir) or {}
         if task.get("kind") != "multitask":
             raise ValueError(f"{model_dir} is not a multitask model of this package (no multitask task.json)")
         if sorted(self.tasks) != sorted(task["tasks"]):
             raise ValueError(f"tasks {self.tasks} are not the model's {task['tasks']}")
+        return load_task_model(model_dir), task
+
+    def _evaluation_plan(self, model: Any, task: dict[str, Any], dataset: Any, output_dir: Path) -> EvaluationPlan:
+        """Every selected cell, on each task; writes `predictions.csv`, `metrics.json` (per task, and the means) and
+        the plots as a training run writes for its test cells."""
         saved = MultitaskClassifier(
             task["tasks"],
             regression_tasks=[t for t, r in zip(task["tasks"], task["regression"], strict=True) if r],
@@ -338,10 +328,6 @@ class MultitaskClassifier:
             max_ncells=self.max_ncells,
             settings=self.settings,
         )
-        settings = self.settings
-        prepare_device(settings.device)
-        model = load_task_model(model_dir)
-        dataset, pad_id = dataset_for_model(dataset, model.config)
         data = saved.prepare_data(dataset)
         for t, regression in enumerate(data.regression):
             if not regression:
@@ -349,34 +335,14 @@ class MultitaskClassifier:
                     data.labels[t], data.id2labels[t], task["id2labels"][t], f"{data.tasks[t]} classes"
                 )
         scales = [None if s is None else TargetScale(**s) for s in task["target_scales"]]
-        lengths = corpus_lengths(dataset)[data.rows]
-        buckets = bucket_widths(lengths, settings, model.config.max_position_embeddings)
-        record = {
-            "command": "classify multitask --evaluate",
-            "tasks": data.tasks,
-            "filter_data": self.filter_data,
-            "max_ncells": self.max_ncells,
-        }
-        outputs, job = evaluate_saved(
-            model,
-            model_dir,
-            dataset,
-            data.rows,
-            settings,
-            buckets,
-            output_dir,
-            record,
-            pad_id,
-            resume=resume,
-            timeout=shard_timeout,
-            parallel=parallel,
-        )
-        if outputs is None:
-            return None  # another rank's share: rank 0 writes the files
+        record = {"tasks": data.tasks, "filter_data": self.filter_data, "max_ncells": self.max_ncells}
         positions = np.arange(data.rows.size)
-        metrics, predictions = score_tasks(data, positions, outputs, scales)
-        job.finish(saved._write_evaluation(Path(output_dir), data, positions, metrics["tasks"], predictions))
-        return metrics
+
+        def score(outputs: list[Any]) -> tuple[dict[str, Any], list[Path]]:
+            metrics, predictions = score_tasks(data, positions, outputs, scales)
+            return metrics, saved._write_evaluation(output_dir, data, positions, metrics["tasks"], predictions)
+
+        return EvaluationPlan(data.rows, corpus_lengths(dataset)[data.rows], record, score)
 
 
 def score_tasks(
