@@ -7,10 +7,10 @@ import warnings
 from pathlib import Path
 
 from mindformer_gf.config import GeneformerConfig
-from mindformer_gf.convert.converter import save_mindspore_model
 from mindformer_gf.convert.dtypes import to_float32
 from mindformer_gf.convert.plan import fresh_head_weights, plan_weights
 from mindformer_gf.convert.readers import open_model_weights
+from mindformer_gf.convert.writer import save_mindspore_model
 from mindformer_gf.model import GeneformerPreTrainedModel, build_model
 
 

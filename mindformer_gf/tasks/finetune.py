@@ -13,6 +13,7 @@ metrics per checkpoint), `loss_curve.png` (training loss and the validation scor
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import os
@@ -138,6 +139,27 @@ def schedule_for_trainer(settings: FineTuneSettings) -> dict[str, Any]:
     }
 
 
+# The Optuna trial of the search running in this context (None outside a search): `fit` reports each validation score
+# to it (mindformer_gf.tasks.search sets it around a trial).
+ACTIVE_TRIAL: contextvars.ContextVar[Any] = contextvars.ContextVar("mindformer_gf_search_trial", default=None)
+
+
+def report_intermediate(score: float) -> None:
+    """Report a validation score during a trial (called by `fit` after each evaluation); raises
+    optuna.TrialPruned when the pruner stops the trial. Does nothing outside a search."""
+    state = ACTIVE_TRIAL.get()
+    if state is None:
+        return
+    trial, steps = state
+    trial.report(float(score), steps[0])
+    steps[0] += 1
+    if trial.should_prune():
+        # imported here: optuna is optional, needed only by a hyperparameter search (which is running)
+        import optuna
+
+        raise optuna.TrialPruned(f"validation score {score:.4g} at report {steps[0] - 1}")
+
+
 @dataclass
 class FitResult:
     best_step: int
@@ -203,8 +225,6 @@ def fit(
         """Validation metrics of the weights just saved, while training runs (so that a hyperparameter search can
         stop a bad trial early: `report_intermediate`). Every rank of a data-parallel run predicts its share of the
         validation cells; rank 0 alone scores (the others' `evaluate()` is None)."""
-        from mindformer_gf.tasks.search import report_intermediate
-
         metrics = evaluate()
         if metrics is None:
             return

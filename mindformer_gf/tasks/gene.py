@@ -40,7 +40,7 @@ from mindformer_gf.tasks.common import (
     task_description,
     training_source,
 )
-from mindformer_gf.tasks.finetune import FineTuneSettings, fit
+from mindformer_gf.tasks.finetune import FineTuneSettings, fit, report_intermediate
 from mindformer_gf.tasks.labels import (
     GeneLabels,
     cells_holding,
@@ -61,7 +61,6 @@ from mindformer_gf.tasks.metrics import (
     softmax,
     summarise_folds,
 )
-from mindformer_gf.tasks.search import report_intermediate
 from mindformer_gf.tasks.splits import gene_folds
 from mindformer_gf.tokenizer import token_dictionary_for
 from mindformer_gf.train.device import prepare_device, seed_everything

@@ -360,7 +360,7 @@ def save_task_model(model: nn.Cell, directory: str | os.PathLike, task: dict[str
     """
     from safetensors.numpy import save_file
 
-    from mindformer_gf.convert.converter import write_model_directory
+    from mindformer_gf.convert.writer import write_model_directory
     from mindformer_gf.io import write_json
 
     directory = Path(directory)

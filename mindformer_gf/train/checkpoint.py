@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from mindformer_gf.convert.converter import write_model_directory
+from mindformer_gf.convert.writer import write_model_directory
 from mindformer_gf.io import atomic_directory, write_json
 
 CHECKPOINT_PREFIX = "step-"

@@ -19,7 +19,8 @@ import pytest
 from helpers.tasks import quick_settings
 
 from mindformer_gf.tasks import CellClassifier, FineTuneSettings
-from mindformer_gf.tasks.search import report_intermediate, search_hyperparameters
+from mindformer_gf.tasks.finetune import report_intermediate
+from mindformer_gf.tasks.search import search_hyperparameters
 
 SPACE = {
     "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
