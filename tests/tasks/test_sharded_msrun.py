@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from msrun_helpers import GF, msrun_gf
+from msrun_helpers import GF, msrun_gf, msrun_nodes
 
 from mindformer_gf.cli import main
 
@@ -85,3 +85,27 @@ def test_two_msrun_workers_equal_one_process_and_resume_after_a_failed_rank(
     assert run["resumed_ranks"] == [0] and run["settings"] == alone["settings"]
     assert "rank 1: " in text  # rank 1's progress lines went to its log
     assert not shards.exists()
+
+
+@pytest.mark.skipif(shutil.which("msrun") is None or not GF.exists(), reason="msrun or the gf command is missing")
+def test_two_msrun_nodes_on_localhost_equal_one_process(tiny_model_dir, pbmc_dataset, tmp_path):
+    """The README's launch on several machines, as two machines of one worker each on this one: two msrun
+    launchers started together, `--worker_num=2 --local_worker_num=1`, `--node_rank` 0 and 1, one master address.
+    Node 0's worker (rank 0) merges both shards into the files of one process, bit for bit."""
+    dataset = cells_of_varied_length(pbmc_dataset, tmp_path / "cells.dataset")
+    arguments = ["--dataset", str(dataset), "--model", str(tiny_model_dir), "--label", "cell_type"]
+    arguments += ["--batch-size", "8", "--no-progress", "--device", "CPU", "--shard-timeout", "120"]
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert main(["embed", *arguments, "--output-dir", str(single)]) == 0
+
+    (node0, text0), (node1, text1) = msrun_nodes([str(GF), "embed", *arguments, "--output-dir", str(sharded)], tmp_path)
+    assert node0 == 0, text0[-3000:]
+    assert node1 == 0, text1[-3000:]
+    for name in ("embeddings.npy", "embeddings.csv"):
+        assert (sharded / name).read_bytes() == (single / name).read_bytes(), name
+    run = json.loads((sharded / "embeddings_run.json").read_text())
+    assert run["world_size"] == 2 and run["cells_per_rank"] == [16, 24] and run["resumed_ranks"] == []
+    assert all(seconds is not None for seconds in run["seconds_per_rank"])
+    # each launcher ran one worker: rank 1 on node 1 (its progress line is in node 1's log only)
+    assert "rank 1: 24/24 cells" in text1 and "rank 1: " not in text0
+    assert not (sharded / "embeddings_shards").exists()
