@@ -10,12 +10,13 @@ for bit, whatever the number of ranks and on any host.
         files = write_outputs(outputs)
         job.finish(files)                             # {prefix}_run.json, shards removed
 
-`compute(positions, advance)` returns a list of outputs for the cells at `positions` (ascending), each an array
-[len(positions), ...] or a list of per-cell arrays (ragged, e.g. per-gene states), and calls `advance(n)` as cells
-finish. Ranks never communicate: they share a directory (`{prefix}_shards/` beside the outputs; on several machines
-it must be a filesystem all of them see). Rank and world size come from `train.distributed.launched_context`.
-The evaluation passes of a data-parallel training run (`gf classify` under msrun) shard the same way: there the other
-ranks write their own outputs into a scratch directory (`shards_meet_in`) and their shards beside rank 0's outputs.
+`compute(positions, advance)` (a rank's cells: whole groups) returns a list of outputs for the cells at
+`positions` (ascending), each an array [len(positions), ...] or a list of per-cell arrays (ragged, e.g. per-gene
+states), and calls `advance(n)` as cells finish. Ranks never communicate: they share a directory
+(`{prefix}_shards/` beside the outputs; on several machines it must be a filesystem all of them see). Rank and world
+size come from `train.distributed.launched_context`. The evaluation passes of a data-parallel training run
+(`gf classify` under msrun) shard the same way: there the other ranks write their own outputs into a scratch
+directory (`shards_meet_in`) and their shards beside rank 0's outputs.
 
 - Ranks share out whole groups of cells, never single cells: a group is a batch of the plan one process makes
   from all the cells (which cells share a batch, in which rows, at which padded width), or for perturbation a

@@ -380,9 +380,10 @@ class InSilicoPerturber:
         seconds). `resume=True` continues an interrupted run; `encoder` (the model directory's, already loaded)
         reuses its compiled graphs across runs.
 
-        Under msrun (or with `parallel` of several ranks) each rank perturbs a share of the cells balanced by genes
-        squared into its own table under `{output_prefix}_shards/`; rank 0 merges them into the table one process
-        writes (same rows, same order) and returns its directory, the other ranks return None."""
+        Under msrun (or with `parallel` of several ranks) each rank perturbs whole windows of one process's plan,
+        balanced by genes squared, into its own table under `{output_prefix}_shards/`; rank 0 merges them into the
+        table one process writes (same rows, same order, same bits) and returns its directory, the other ranks
+        return None."""
         from mindformer_gf.tasks.embeddings import load_encoder
         from mindformer_gf.tasks.finetune import prepare_device
 
