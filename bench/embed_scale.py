@@ -7,7 +7,8 @@ expect no gain from 2 workers (they share the cores); the point is the mechanism
 MindSpore, model, graph compilation) and rank 0's merge.
 
 JSON lines: one per run {"workers", "wall_s", "cells_per_s", "embed_s_per_rank", ...}, one per device count of the
-cost model {"devices", "largest_share", "predicted_speedup"}, then the summary.
+cost model {"cost", "batch", "groups", "devices", "predicted_speedup"} (ranks take whole batches of one
+process's plan), then the summary.
 """
 
 from __future__ import annotations
@@ -29,14 +30,16 @@ from common import emit
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def prepare(work: Path) -> tuple[Path, Path]:
-    """The tokenized cells and a V1-10M-shaped model directory with random weights."""
+def prepare(work: Path, with_model: bool = True) -> tuple[Path, Path | None]:
+    """The tokenized cells and a V1-10M-shaped model directory with random weights (None without `with_model`)."""
     from mindformer_gf.config import GeneformerConfig
     from mindformer_gf.data.pbmc68k import tokenize_pbmc68k
     from mindformer_gf.model import build_model
     from mindformer_gf.train.checkpoint import save_model_dir
 
     dataset = tokenize_pbmc68k(work, "pbmc", {"cell_type": "cell_type"}).path
+    if not with_model:
+        return dataset, None
     config = GeneformerConfig.from_preset("Geneformer-V1-10M", architectures=["BertForMaskedLM"])
     model = save_model_dir(build_model(config, "BertForMaskedLM", seed=0), work / "model")
     return dataset, model
@@ -81,15 +84,36 @@ def run_embed(workers: int, dataset: Path, model: Path, out: Path, cells: int, b
     }
 
 
-def cost_model(lengths: np.ndarray, devices: list[int], cost: str) -> list[dict]:
-    """Speed-up the shares alone allow: total cost / the largest rank's cost (start-up and merge not counted)."""
-    from mindformer_gf.tasks.sharded import cell_costs, partition_by_cost
+def cost_model(lengths: np.ndarray, devices: list[int], cost: str, batch: int) -> list[dict]:
+    """Speed-up the shares alone allow: total cost / the largest rank's cost (start-up and merge not counted).
+    Ranks take whole groups of cells, as the commands do: for "genes" (`gf embed`) the batches of `batch` cells of
+    one process's plan (4 buckets), for "genes_squared" (`gf perturb`, delete every gene) its windows of cells
+    whose `batch`-copy batches run together."""
+    from mindformer_gf.data.buckets import choose_bucket_widths
+    from mindformer_gf.tasks.inference import length_sorted_batches
+    from mindformer_gf.tasks.perturb.perturber import _windows
+    from mindformer_gf.tasks.sharded import cell_costs, partition_groups
 
     costs = cell_costs(lengths, cost)
+    if cost == "genes":
+        buckets = choose_bucket_widths(lengths, 4, 2048)
+        groups = [positions for _, positions in length_sorted_batches(lengths, buckets, batch)]
+    else:
+        order = np.argsort(-lengths, kind="stable")  # the perturber's order: longest cells first
+        groups = [order[window] for window in _windows(lengths[order].tolist(), batch)]
     rows = []
     for n in devices:
-        largest = max(costs[s].sum() for s in partition_by_cost(costs, n))
-        rows.append({"cost": cost, "devices": n, "predicted_speedup": round(float(costs.sum() / largest), 3)})
+        shares = partition_groups(costs, groups, n)
+        largest = max(sum(costs[groups[g]].sum() for g in share) for share in shares)
+        rows.append(
+            {
+                "cost": cost,
+                "batch": batch,
+                "groups": len(groups),
+                "devices": n,
+                "predicted_speedup": round(float(costs.sum() / largest), 3),
+            }
+        )
     return rows
 
 
@@ -99,6 +123,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--cost-model-only", action="store_true", help="print the cost model's predictions, no runs")
     args = parser.parse_args()
 
     from mindformer_gf.data import corpus_lengths
@@ -106,11 +131,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        dataset, model = prepare(work)
+        dataset, model = prepare(work, with_model=not args.cost_model_only)
         lengths = corpus_lengths(open_dataset(dataset))
-        for cost in ("genes", "genes_squared"):
-            for row in cost_model(lengths, [1, 2, 8, 16, 64], cost):
+        # gf embed's default batch (32) and this benchmark's; gf perturb's default (100)
+        for cost, batch in (("genes", 32), ("genes", args.batch), ("genes_squared", 100)):
+            for row in cost_model(lengths, [1, 2, 8, 16, 64], cost, batch):
                 emit(row)
+        if args.cost_model_only:
+            return
         medians = {}
         for repeat in range(args.repeats):
             for workers in (int(w) for w in args.workers.split(",")):  # alternate, so the load drifts evenly

@@ -24,6 +24,7 @@ from mindformer_gf.data.buckets import LengthBuckets, choose_bucket_widths
 from mindformer_gf.data.collate import collate, pad_cells
 from mindformer_gf.data.sampler import MicroBatch
 from mindformer_gf.tasks.finetune import FineTuneSettings
+from mindformer_gf.tasks.inference import length_sorted_batches
 from mindformer_gf.tasks.sharded import ShardedInference, cell_costs, dataset_location, forward_share, input_stamps
 
 logger = logging.getLogger("mindformer_gf.tasks")
@@ -171,14 +172,18 @@ def sharded_forward(
     **job_options: Any,
 ) -> tuple[list[Any] | None, ShardedInference]:
     """The model's outputs on dataset rows `rows`, in that order, in inference mode: each rank of an msrun launch
-    computes a share of the rows (balanced by genes), rank 0 gets every row's (the other ranks None). `record` (the
+    runs whole batches of the plan one process makes from all the rows (balanced by genes), rank 0 gets every row's
+    (the other ranks None), bit for bit one process's. `record` (the
     pass's settings) goes into `{prefix}_run.json` beside the outputs in `output_dir` when rank 0 calls
     `job.finish(files)` after writing them (or `job.remove_shards()` for a pass without a record). `job_options`:
     ShardedInference's (inputs, resume, timeout, parallel)."""
     model.set_train(False)
     rows = np.asarray(rows)
+    lengths = corpus_lengths(dataset)[rows]
+    # the batch plan of one process, from every row: each rank runs whole batches of it
+    batches = length_sorted_batches(lengths, buckets, settings.forward_batch_size)
     job = ShardedInference(
-        cell_costs(corpus_lengths(dataset)[rows], "genes"),
+        cell_costs(lengths, "genes"),
         output_dir,
         prefix,
         {
@@ -189,9 +194,10 @@ def sharded_forward(
         },
         progress=settings.progress_bar,
         desc=desc,
+        groups=[positions for _, positions in batches],
         **job_options,
     )
-    forward = forward_share(model, dataset, rows, settings.forward_batch_size, buckets, pad_token_id)
+    forward = forward_share(model, dataset, rows, batches, settings.forward_batch_size, pad_token_id)
     return job.run(forward), job
 
 

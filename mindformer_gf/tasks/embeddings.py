@@ -12,8 +12,9 @@
 - rows come back in INPUT order (the reference shuffles them); inference batches are sorted by length and padded
   to a few fixed widths internally.
 - `summary_stat`: "exact_mean" / "exact_median" (or "mean" / "median": also exact here) per label value.
-- under `msrun` each rank embeds its share of the cells and rank 0 writes the same files as one process
-  (`mindformer_gf.tasks.sharded`); every run also writes `{prefix}_run.json` (settings, ranks, seconds).
+- under `msrun` each rank embeds whole batches of the plan one process makes, and rank 0 writes the same files as
+  one process, bit for bit (`mindformer_gf.tasks.sharded`); every run also writes `{prefix}_run.json` (settings,
+  ranks, seconds).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from mindformer_gf.data import corpus_lengths, read_cells
 from mindformer_gf.data.buckets import choose_bucket_widths
 from mindformer_gf.io import atomic_file, matplotlib_pyplot, save_figure, write_csv
 from mindformer_gf.tasks.common import ensure_dir, open_dataset, special_token_ids
+from mindformer_gf.tasks.inference import length_sorted_batches
 from mindformer_gf.tasks.labels import column_values, filter_rows
 from mindformer_gf.tasks.sharded import (
     ShardedInference,
@@ -191,8 +193,9 @@ class EmbExtractor:
         special_ids = sorted(set(special.values()))
         rows = self.select_rows(dataset)
         lengths = corpus_lengths(dataset)[rows]
-        # widths from every selected cell, not a rank's share: each cell gets the padding of a single process
+        # the batch plan of one process, from every selected cell: each rank runs whole batches of it
         buckets = choose_bucket_widths(lengths, self.num_buckets, config.max_position_embeddings)
+        batches = length_sorted_batches(lengths, buckets, self.forward_batch_size)
         forward = EmbeddingForward(encoder, n_layers + self.emb_layer, self.emb_mode)
         forward.set_train(False)
 
@@ -215,6 +218,7 @@ class EmbExtractor:
             timeout=self.shard_timeout,
             progress=self.progress,
             desc=f"{self.emb_mode} embeddings",
+            groups=[positions for _, positions in batches],
         )
         if job.parallel.distributed and output_dir is None:
             raise ValueError("embeddings on several ranks need an output_dir: the ranks exchange their shards there")
@@ -223,8 +227,8 @@ class EmbExtractor:
                 forward,
                 dataset,
                 rows,
+                batches,
                 self.forward_batch_size,
-                buckets,
                 special.get("<pad>", 0),
                 extra_inputs=lambda ids, mask: [pool_weights(ids, mask, special_ids)],
                 check_cells=check_cells,

@@ -22,8 +22,15 @@ def default_buckets(lengths: np.ndarray, max_length: int, num_buckets: int = 4) 
     return choose_bucket_widths(np.asarray(lengths), num_buckets, max_length)
 
 
-def length_sorted_batches(lengths: np.ndarray, buckets: LengthBuckets, batch_size: int) -> list[tuple[int, np.ndarray]]:
-    """[(width, cell positions)]: cells sorted by length, never mixing buckets, at most `batch_size` per batch."""
+Batches = list[tuple[int, np.ndarray]]  # [(padded width, cell positions in row order)], in the order they run
+
+
+def length_sorted_batches(lengths: np.ndarray, buckets: LengthBuckets, batch_size: int) -> Batches:
+    """[(width, cell positions)]: cells sorted by length, never mixing buckets, at most `batch_size` per batch.
+
+    This is THE batch plan of a pass: which cells share a batch, in which rows, at which width. A cell's outputs
+    may differ in the last bits with its batch (CPU matrix kernels take other paths for other rows), so a pass
+    sharded over ranks makes this plan from all its cells and hands out whole batches (`tasks.sharded`)."""
     lengths = np.asarray(lengths)
     bucket_of = buckets.assign(lengths)
     order = np.argsort(lengths, kind="stable")
@@ -34,22 +41,36 @@ def length_sorted_batches(lengths: np.ndarray, buckets: LengthBuckets, batch_siz
     return batches
 
 
+def check_batches(batches: Batches, lengths: np.ndarray, batch_size: int) -> None:
+    """Each cell in exactly one batch, no batch over `batch_size` cells or holding a cell wider than its width."""
+    covered = np.zeros(len(lengths), np.int64)
+    for width, positions in batches:
+        if not 0 < positions.size <= batch_size or lengths[positions].max() > width:
+            raise ValueError(f"a batch of {positions.size} cells at width {width} does not fit {batch_size} rows")
+        np.add.at(covered, positions, 1)
+    if not (covered == 1).all():
+        raise ValueError("the batches must hold every cell exactly once")
+
+
 def run_forward(
     forward: Callable[..., Any],
     cells: Sequence[np.ndarray],
     batch_size: int,
-    buckets: LengthBuckets,
+    buckets: LengthBuckets | None,
     extra_inputs: Callable[[np.ndarray, np.ndarray], Sequence[np.ndarray]] | None = None,
     pad_token_id: int = 0,
     progress: bool = True,
     desc: str = "forward",
     on_batch: Callable[[int], None] | None = None,
+    batches: Batches | None = None,
 ) -> list[Any]:
     """Outputs of `forward` for every cell, in input order.
 
     Every batch has exactly `batch_size` rows (missing rows are padding) and a width from `buckets`, so the graph
-    is compiled once per width. `extra_inputs(input_ids, attention_mask)` supplies further arrays per batch;
-    `on_batch(n)` hears of every n cells done (a progress bar kept elsewhere, e.g. over several ranks).
+    is compiled once per width. `batches` (positions into `cells`) replaces the plan `length_sorted_batches` would
+    make from `cells` and `buckets`: a rank's share of a plan made from more cells. `extra_inputs(input_ids,
+    attention_mask)` supplies further arrays per batch; `on_batch(n)` hears of every n cells done (a progress bar
+    kept elsewhere, e.g. over several ranks).
     Returns one entry per output of `forward`: an array [n_cells, ...] for per-cell outputs, or a list of arrays
     trimmed to each cell's length for per-token outputs.
     """
@@ -61,10 +82,15 @@ def run_forward(
         raise ValueError("no cells to run")
     if lengths.min() < 1:
         raise ValueError("a cell has no tokens")
+    if batches is None:
+        if buckets is None:
+            raise ValueError("run_forward needs the buckets to batch the cells, or the batches themselves")
+        batches = length_sorted_batches(lengths, buckets, batch_size)
+    check_batches(batches, lengths, batch_size)
     results: list[Any] | None = None
     per_token: list[bool] = []
     with tqdm(total=len(cells), desc=desc, unit="cell", disable=not progress, dynamic_ncols=True) as bar:
-        for width, positions in length_sorted_batches(lengths, buckets, batch_size):
+        for width, positions in batches:
             ids, mask = pad_cells([cells[i] for i in positions], width, pad_token_id, rows=batch_size)
             inputs = [Tensor(ids), Tensor(mask)]
             if extra_inputs is not None:

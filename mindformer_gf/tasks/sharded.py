@@ -1,23 +1,32 @@
 """Inference sharded over the ranks msrun starts: each rank computes a share of the cells balanced by cost, writes it
-as a shard, and rank 0 merges the shards back into input order, so the files written are those of one process.
+as a shard, and rank 0 merges the shards back into input order, so the files written are those of one process, bit
+for bit, whatever the number of ranks and on any host.
 
     costs = cell_costs(lengths, "genes")              # "genes_squared" for perturbation (one forward per gene)
-    job = ShardedInference(costs, output_dir, prefix, settings={...}, resume=False)
-    outputs = job.run(lambda positions, advance: compute(positions, advance))
+    batches = length_sorted_batches(lengths, buckets, batch_size)     # the plan of ONE process, from ALL the cells
+    job = ShardedInference(costs, output_dir, prefix, settings={...}, groups=[p for _, p in batches])
+    outputs = job.run(forward_share(forward, dataset, rows, batches, batch_size))
     if outputs is not None:                           # rank 0 (or the only process): every cell, input order
         files = write_outputs(outputs)
         job.finish(files)                             # {prefix}_run.json, shards removed
 
-`compute(positions, advance)` returns a list of outputs for the cells at `positions` (ascending), each an array
-[len(positions), ...] or a list of per-cell arrays (ragged, e.g. per-gene states), and calls `advance(n)` as cells
-finish. Ranks never communicate: they share a directory (`{prefix}_shards/` beside the outputs; on several machines
-it must be a filesystem all of them see). Rank and world size come from `train.distributed.launched_context`.
-The evaluation passes of a data-parallel training run (`gf classify` under msrun) shard the same way: there the other
-ranks write their own outputs into a scratch directory (`shards_meet_in`) and their shards beside rank 0's outputs.
+`compute(positions, advance)` (a rank's cells: whole groups) returns a list of outputs for the cells at
+`positions` (ascending), each an array [len(positions), ...] or a list of per-cell arrays (ragged, e.g. per-gene
+states), and calls `advance(n)` as cells finish. Ranks never communicate: they share a directory
+(`{prefix}_shards/` beside the outputs; on several machines it must be a filesystem all of them see). Rank and world
+size come from `train.distributed.launched_context`. The evaluation passes of a data-parallel training run
+(`gf classify` under msrun) shard the same way: there the other ranks write their own outputs into a scratch
+directory (`shards_meet_in`) and their shards beside rank 0's outputs.
 
-- The share is a pure function of (costs, world_size): greedy longest-processing-time (`partition_by_cost`).
-- A shard is `rank{r}-of-{w}.npz`, written atomically, stamped with a fingerprint of the settings, the inputs and its
-  cells; `resume=True` keeps every shard whose fingerprint matches and computes only the missing ones.
+- Ranks share out whole groups of cells, never single cells: a group is a batch of the plan one process makes
+  from all the cells (which cells share a batch, in which rows, at which padded width), or for perturbation a
+  window of cells whose originals and perturbed copies are batched together. A cell's outputs may differ in the
+  last bits with the other cells of its batch (CPU matrix kernels take other paths for other row counts and
+  offsets), so a rank that re-batched its own cells would write other bits than one process.
+- The share is a pure function of (costs, groups, world_size): greedy longest-processing-time over the groups'
+  costs (`partition_by_cost`; a group costs the sum of its cells').
+- A shard is `rank{r}-of-{w}.npz`, written atomically, stamped with a fingerprint of the settings, the inputs, the
+  cells and their groups; `resume=True` keeps every shard whose fingerprint matches and computes only the missing ones.
 - A failing rank leaves `rank{r}.error.json` (its message) and exits non-zero (msrun then stops the others); rank 0
   raises that message, and raises when a rank shows no progress for `timeout` seconds.
 - Rank 0 shows one progress bar over all cells (its own and the others', read from their progress files); the
@@ -42,9 +51,8 @@ from typing import Any
 import numpy as np
 
 from mindformer_gf.data import read_cells
-from mindformer_gf.data.buckets import LengthBuckets
 from mindformer_gf.io import atomic_file, read_json, write_json
-from mindformer_gf.tasks.inference import run_forward
+from mindformer_gf.tasks.inference import Batches, run_forward
 from mindformer_gf.train.distributed import ParallelContext, launched_context
 
 COST_MODELS = ("genes", "genes_squared")
@@ -105,26 +113,78 @@ def partition_by_cost(costs: Sequence[float] | np.ndarray, world_size: int) -> l
     return [np.flatnonzero(owner == rank) for rank in range(world_size)]
 
 
+def partition_groups(
+    costs: Sequence[float] | np.ndarray, groups: Sequence[np.ndarray], world_size: int
+) -> list[list[int]]:
+    """The groups (indices into `groups`, ascending) of each rank: `partition_by_cost` over the groups' costs."""
+    costs = np.asarray(costs, np.float64)
+    group_costs = np.asarray([costs[np.asarray(g, np.int64)].sum() for g in groups], np.float64)
+    return [share.tolist() for share in partition_by_cost(group_costs, world_size)]
+
+
+def check_groups(groups: Sequence[np.ndarray], total: int) -> list[np.ndarray]:
+    """`groups` as int arrays, each non-empty, together holding every position below `total` exactly once."""
+    groups = [np.asarray(g, np.int64).reshape(-1) for g in groups]
+    seen = np.zeros(total, np.int64)
+    for group in groups:
+        if group.size == 0 or group.min() < 0 or group.max() >= total:
+            raise ValueError(f"a group of cells is empty or holds a position outside 0..{total - 1}")
+        np.add.at(seen, group, 1)
+    if not (seen == 1).all():
+        raise ValueError(f"the groups must hold each of the {total} cells exactly once")
+    return groups
+
+
+def batches_within(batches: Batches, positions: np.ndarray) -> Batches:
+    """The batches of a plan whose cells are at `positions` (a rank's share: whole batches), in plan order, their
+    cells renumbered as indices into `positions`; a batch cut by the share is an error (the groups of the job and
+    the plan of its compute disagree)."""
+    positions = np.asarray(positions, np.int64)
+    index = {int(p): i for i, p in enumerate(positions)}
+    local: Batches = []
+    for width, members in batches:
+        inside = [index.get(int(m)) for m in members]
+        if all(i is None for i in inside):
+            continue
+        if any(i is None for i in inside):
+            raise RuntimeError("a rank's share cuts a batch of the plan: shard by the plan's batches (groups)")
+        local.append((width, np.asarray(inside, np.int64)))
+    if sum(m.size for _, m in local) != positions.size:
+        raise RuntimeError("a rank's share holds cells that no batch of the plan holds")
+    return local
+
+
 def forward_share(
     forward: Callable[..., Any],
     dataset: Any,
     rows: np.ndarray,
+    batches: Batches,
     batch_size: int,
-    buckets: LengthBuckets,
     pad_token_id: int = 0,
     extra_inputs: Callable[[np.ndarray, np.ndarray], Sequence[np.ndarray]] | None = None,
     check_cells: Callable[[list[np.ndarray]], None] | None = None,
 ) -> Callable[[np.ndarray, Callable[[int], None]], Outputs]:
     """The `compute` of a ShardedInference that runs `forward` (see `tasks.inference.run_forward`) over the dataset
-    rows `rows[positions]`. `buckets` must come from every cell's length, so that a cell gets the padded width of a
-    single process whichever rank holds it. `check_cells(cells)` may refuse a rank's cells before any forward."""
+    rows `rows[positions]`, batch by batch as `batches` says: the plan one process makes from every cell
+    (`length_sorted_batches` of all of `rows`), whose batches are the job's groups. A rank thus runs exactly the
+    batches one process runs, and its cells' outputs are that process's bit for bit. `check_cells(cells)` may
+    refuse a rank's cells before any forward."""
 
     def compute(positions: np.ndarray, advance: Callable[[int], None]) -> Outputs:
+        mine = batches_within(batches, positions)
         cells = read_cells(dataset, np.asarray(rows)[positions])
         if check_cells is not None:
             check_cells(cells)
         return run_forward(
-            forward, cells, batch_size, buckets, extra_inputs, pad_token_id, progress=False, on_batch=advance
+            forward,
+            cells,
+            batch_size,
+            None,
+            extra_inputs,
+            pad_token_id,
+            progress=False,
+            on_batch=advance,
+            batches=mine,
         )
 
     return compute
@@ -156,11 +216,16 @@ def merge_shards(total: int, shards: Sequence[tuple[np.ndarray, Outputs]]) -> Ou
     return merged
 
 
-def fingerprint(settings: Mapping[str, Any], costs: np.ndarray, world_size: int) -> str:
-    """What a shard must match to be reused: the settings (with input stamps), every cell's cost, the world size."""
+def fingerprint(
+    settings: Mapping[str, Any], costs: np.ndarray, world_size: int, groups: Sequence[np.ndarray] = ()
+) -> str:
+    """What a shard must match to be reused: the settings (with input stamps), every cell's cost, the world size,
+    and the groups of cells (the batch plan)."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(np.ascontiguousarray(costs, np.float64).tobytes())
     digest.update(str(world_size).encode())
+    for group in groups:
+        digest.update(np.ascontiguousarray(group, np.int64).tobytes() + b"|")
     return digest.hexdigest()[:32]
 
 
@@ -250,7 +315,10 @@ class ShardedInference:
         timeout: float = 1800.0,
         progress: bool = True,
         desc: str = "cells",
+        groups: Sequence[np.ndarray] | None = None,
     ) -> None:
+        """`groups`: positions of cells that one rank must run together (the batches of the plan one process makes
+        from all the cells, in its order); by default each cell alone (a `compute` that does not batch)."""
         self.costs = np.asarray(costs, np.float64)
         if self.costs.size == 0:
             raise ValueError("no cells to run")
@@ -265,9 +333,18 @@ class ShardedInference:
         self.timeout = timeout
         self.progress = progress
         self.desc = desc
-        self.shares = partition_by_cost(self.costs, self.parallel.world_size)
+        if groups is None:
+            self.groups = [np.asarray([i], np.int64) for i in range(self.costs.size)]
+        else:
+            self.groups = check_groups(groups, self.costs.size)
+        self.group_shares = partition_groups(self.costs, self.groups, self.parallel.world_size)
+        self.shares = [
+            np.sort(np.concatenate([self.groups[g] for g in share])) if share else np.zeros(0, np.int64)
+            for share in self.group_shares
+        ]
         identity = {"settings": self.settings, "inputs": dict(inputs or {})}
-        self.fingerprint = fingerprint(identity, self.costs, self.parallel.world_size)
+        ordered = None if groups is None else self.groups
+        self.fingerprint = fingerprint(identity, self.costs, self.parallel.world_size, ordered or ())
         self.shard_dir = meeting_dir(self.output_dir) / f"{prefix}_shards"
         self.seconds: list[float | None] = [None] * self.parallel.world_size
         self.resumed: list[int] = []
@@ -504,6 +581,7 @@ class ShardedInference:
             "cost_model": self.cost_model,
             "cells": int(self.costs.size),
             "cells_per_rank": [int(s.size) for s in self.shares],
+            "groups_per_rank": [len(s) for s in self.group_shares],
             "cost_per_rank": [float(self.costs[s].sum()) for s in self.shares],
             "seconds_per_rank": [None if s is None else round(float(s), 3) for s in self.seconds],
             "resumed_ranks": sorted(self.resumed),

@@ -254,9 +254,10 @@ def test_evaluate_scores_the_saved_model_on_every_cell_as_the_run_scored_its_tes
     multitask_run, pbmc_dataset_dir, pbmc_dataset, tmp_path
 ):
     """`gf classify multitask --evaluate` (the tasks read from the model) on the run's 240 cells: the rows of the
-    test cells equal the run's predictions bit for bit, in the same columns; per-task metrics equal
-    scikit-learn's on the written predictions; the numeric task is a direct forward of the saved model on the
-    training cells' scale."""
+    test cells equal the run's predictions, in the same columns (labels exactly, numbers within float32 rounding:
+    this pass batches all 240 cells, the run its test cells, and a cell's batch may change its last bits);
+    per-task metrics equal scikit-learn's on the written predictions; the numeric task is a direct forward of the
+    saved model on the training cells' scale."""
     from mindformer_gf.cli import main
     from mindformer_gf.tasks.models import load_task_model
 
@@ -271,7 +272,7 @@ def test_evaluate_scores_the_saved_model_on_every_cell_as_the_run_scored_its_tes
     tested = pd.read_csv(out / "predictions.csv")
     assert len(predictions) == 240 and list(predictions.columns) == list(tested.columns)
     again = predictions.set_index("dataset_row").loc[tested.dataset_row].reset_index()
-    pd.testing.assert_frame_equal(again, tested, check_exact=True)
+    pd.testing.assert_frame_equal(again, tested, check_exact=False, rtol=1e-5, atol=1e-6)
 
     metrics = json.loads((evaluated / "metrics.json").read_text())
     label_maps = json.loads((out / "label_maps.json").read_text())

@@ -15,6 +15,7 @@ from mindformer_gf.cli import main
 from mindformer_gf.tasks.sharded import (
     RankFailed,
     ShardedInference,
+    batches_within,
     cell_costs,
     load_shard,
     merge_shards,
@@ -56,6 +57,37 @@ def test_partition_covers_every_cell_once_and_is_within_lpt_bound_of_the_optimum
                 for owner in itertools.product(range(world), repeat=lengths.size)
             )
             assert largest <= (4 / 3 - 1 / (3 * world)) * best + 1e-9  # Graham's bound for LPT
+
+
+def test_ranks_take_whole_groups_balanced_by_their_cost(tmp_path):
+    lengths = [7, 3, 12, 5, 5, 9, 1, 4, 8, 2]
+    # groups (batches of one process's plan) cost 12+9=21, 7+8=15, 5+5+4=14, 3+1+2=6: by LPT 21 -> r0, 15 -> r1,
+    # 14 -> r1 (15 < 21), 6 -> r0 (21 < 29)
+    groups = [[2, 5], [0, 8], [3, 4, 7], [1, 6, 9]]
+
+    def job(rank, world, groups=groups, settings=None):
+        parallel = ParallelContext(rank, world)
+        return ShardedInference(lengths, tmp_path, "e", settings or {}, parallel=parallel, groups=groups)
+
+    two = job(1, 2)
+    assert two.group_shares == [[0, 3], [1, 2]]
+    assert [s.tolist() for s in two.shares] == [[1, 2, 5, 6, 9], [0, 3, 4, 7, 8]]
+    assert job(0, 3).group_shares == [[0], [1], [2, 3]]  # 21 | 15 | 14 + 6
+    assert job(0, 5).shares[4].size == 0  # more ranks than groups
+    # the groups are part of a shard's identity: another plan of the same cells matches no shard
+    assert job(0, 2).fingerprint == two.fingerprint
+    assert job(0, 2, [[2, 5, 0], [8], [3, 4, 7], [1, 6, 9]]).fingerprint != two.fingerprint
+    with pytest.raises(ValueError, match="each of the 10 cells exactly once"):
+        job(0, 2, [[2, 5], [0, 8], [3, 4, 7], [1, 6, 9, 2]])
+    with pytest.raises(ValueError, match="outside 0..9"):
+        job(0, 2, [[2, 5], [0, 8], [3, 4, 7], [1, 6, 10]])
+
+    # a rank's compute picks its whole batches of the plan, renumbered into its cells, in plan order
+    plan = [(16, np.asarray(g)) for g in groups]
+    mine = batches_within(plan, two.shares[0])
+    assert [(w, b.tolist()) for w, b in mine] == [(16, [1, 2]), (16, [0, 3, 4])]
+    with pytest.raises(RuntimeError, match="cuts a batch"):
+        batches_within(plan, np.asarray([0, 1, 2, 5, 6, 9]))
 
 
 def test_shards_round_trip_and_merge_into_input_order(tmp_path):

@@ -1,5 +1,6 @@
-"""`gf embed` on 2 msrun workers equals one process bit for bit, records the split, surfaces a failing rank and
-resumes an interrupted run redoing only the missing shard. Two msrun launches in all (each costs ~15 s)."""
+"""`gf embed` on 2 msrun workers equals one process bit for bit (the ranks run whole batches of one process's
+plan), records the split, surfaces a failing rank and resumes an interrupted run redoing only the missing shard.
+Two msrun launches in all (each costs ~15 s)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.msrun import GF, msrun_gf
+from helpers.msrun import GF, msrun_gf, msrun_nodes
 
 from mindformer_gf.cli import main
-from mindformer_gf.data import corpus_lengths
-from mindformer_gf.tasks.sharded import partition_by_cost
 
 CELLS = 40
 
 
 def cells_of_varied_length(pbmc_dataset, path: Path) -> Path:
-    """CELLS of the shipped cells (64 genes each), three kept whole and the others cut to 8..16 genes: the shares
-    of 2 ranks then hold equal genes but unequal numbers of cells (18 and 22)."""
+    """CELLS of the shipped cells (64 genes each), three kept whole and the others cut to 8..16 genes: one process
+    runs them in 5 batches of 8 at width 64 (one bucket), of 68, 81, 94, 110 and 270 genes. 2 ranks take whole
+    batches by cost (LPT: 270 -> rank 0, 110 -> rank 1, 94 -> rank 1, 81 -> rank 1, 68 -> rank 0): 16 and 24
+    cells."""
     lengths = np.where(np.arange(CELLS) % 17 == 0, 64, 8 + np.arange(CELLS) % 9)
     subset = pbmc_dataset.select(range(CELLS)).map(
         lambda cell, i: {"input_ids": cell["input_ids"][: lengths[i]], "length": int(lengths[i])}, with_indices=True
@@ -79,12 +80,32 @@ def test_two_msrun_workers_equal_one_process_and_resume_after_a_failed_rank(
     alone = json.loads((single / "embeddings_run.json").read_text())
     assert np.load(single / "embeddings.npy").shape[0] == CELLS
     assert alone["world_size"] == 1 and alone["cells_per_rank"] == [CELLS]
-    from datasets import load_from_disk
-
-    shares = partition_by_cost(corpus_lengths(load_from_disk(str(dataset))), 2)
-    assert run["world_size"] == 2 and run["cells_per_rank"] == [s.size for s in shares]
-    assert run["cells_per_rank"] == [18, 22]  # balanced by genes, not by count
+    assert run["world_size"] == 2 and run["cells_per_rank"] == [16, 24] and run["groups_per_rank"] == [2, 3]
     assert sum(run["cells_per_rank"]) == CELLS and len(run["seconds_per_rank"]) == 2
     assert run["resumed_ranks"] == [0] and run["settings"] == alone["settings"]
     assert "rank 1: " in text  # rank 1's progress lines went to its log
     assert not shards.exists()
+
+
+@pytest.mark.skipif(shutil.which("msrun") is None or not GF.exists(), reason="msrun or the gf command is missing")
+def test_two_msrun_nodes_on_localhost_equal_one_process(tiny_model_dir, pbmc_dataset, tmp_path):
+    """The README's launch on several machines, as two machines of one worker each on this one: two msrun
+    launchers started together, `--worker_num=2 --local_worker_num=1`, `--node_rank` 0 and 1, one master address.
+    Node 0's worker (rank 0) merges both shards into the files of one process, bit for bit."""
+    dataset = cells_of_varied_length(pbmc_dataset, tmp_path / "cells.dataset")
+    arguments = ["--dataset", str(dataset), "--model", str(tiny_model_dir), "--label", "cell_type"]
+    arguments += ["--batch-size", "8", "--no-progress", "--device", "CPU", "--shard-timeout", "120"]
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert main(["embed", *arguments, "--output-dir", str(single)]) == 0
+
+    (node0, text0), (node1, text1) = msrun_nodes([str(GF), "embed", *arguments, "--output-dir", str(sharded)], tmp_path)
+    assert node0 == 0, text0[-3000:]
+    assert node1 == 0, text1[-3000:]
+    for name in ("embeddings.npy", "embeddings.csv"):
+        assert (sharded / name).read_bytes() == (single / name).read_bytes(), name
+    run = json.loads((sharded / "embeddings_run.json").read_text())
+    assert run["world_size"] == 2 and run["cells_per_rank"] == [16, 24] and run["resumed_ranks"] == []
+    assert all(seconds is not None for seconds in run["seconds_per_rank"])
+    # each launcher ran one worker: rank 1 on node 1 (its progress line is in node 1's log only)
+    assert "rank 1: 24/24 cells" in text1 and "rank 1: " not in text0
+    assert not (sharded / "embeddings_shards").exists()

@@ -15,6 +15,13 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     command += ["--nproc", "1", "--workdir", str(tmp_path / "bench")]
     completed = subprocess.run(command, cwd=REPOSITORY, check=True, capture_output=True, text=True)
     records = [json.loads(line) for line in completed.stdout.splitlines()]
+    # every record says on which CPU and with how many threads it ran
+    from mindformer_gf.host import describe_cpu
+
+    host = describe_cpu()
+    for record in records:
+        assert record["threads"] >= 1
+        assert {k: record[k] for k in host} == host
     assert [r["event"] for r in records] == ["generated", "tokenized", "summary"]
     generated, tokenized, summary = records
     assert 90 <= generated["nnz"] / 300 <= 100

@@ -20,7 +20,8 @@ What is stored (the reference's semantics, checked against its outputs; output.p
 Faster than the reference by construction: no MLM logits, the encoder stops at `emb_layer`, each original cell runs
 once, perturbed copies share full batches across cells, and a few padded widths bound the graph compilations.
 A group whose genes occur in different numbers across the cells works with any batch size. Under msrun each rank
-perturbs a share of the cells balanced by genes squared (`tasks.sharded`) and rank 0 merges the table.
+perturbs whole windows of the plan one process makes (cells whose originals and copies share batches), balanced by
+genes squared (`tasks.sharded`), and rank 0 merges the table: one process's, bit for bit.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import functools
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -364,9 +365,10 @@ class InSilicoPerturber:
         seconds). `resume=True` continues an interrupted run; `encoder` (the model directory's, already loaded)
         reuses its compiled graphs across runs.
 
-        Under msrun (or with `parallel` of several ranks) each rank perturbs a share of the cells balanced by genes
-        squared into its own table under `{output_prefix}_shards/`; rank 0 merges them into the table one process
-        writes (same rows, same order) and returns its directory, the other ranks return None."""
+        Under msrun (or with `parallel` of several ranks) each rank perturbs whole windows of one process's plan,
+        balanced by genes squared, into its own table under `{output_prefix}_shards/`; rank 0 merges them into the
+        table one process writes (same rows, same order, same bits) and returns its directory, the other ranks
+        return None."""
         from mindformer_gf.tasks.embeddings import load_encoder
         from mindformer_gf.train.device import prepare_device
 
@@ -424,8 +426,16 @@ class InSilicoPerturber:
                 return None
             table = ShardedTable(final_dir, self.emb_label, self.settings(), True)
             return self._write_outputs(table, out, output_prefix)
+        # The plan of one process, from every selected cell (finished ones too): windows of consecutive cells whose
+        # originals and perturbed copies are batched together. Ranks and resumed runs take whole windows, so every
+        # copy runs in the batch (same rows, same width) it has in one uninterrupted process, bit for bit.
+        counts = [
+            count_perturbations(CellLayout.of(c, cls_id, eos_id), self.perturb_type, group, anchor)
+            for c in _cells_in_blocks(dataset, selected)
+        ]
+        windows = [np.asarray(w, np.int64) for w in _windows(counts, self.forward_batch_size)]
         job = ShardedInference(
-            cell_costs(lengths[rows], "genes_squared"),
+            cell_costs(lengths[selected], "genes_squared"),
             out,
             output_prefix,
             self.settings(),
@@ -436,6 +446,7 @@ class InSilicoPerturber:
             timeout=shard_timeout,
             progress=self.progress,
             desc=self.perturb_type,
+            groups=windows,
         )
 
         written: list[ShardedTable] = []
@@ -454,18 +465,19 @@ class InSilicoPerturber:
 
         def compute(positions: np.ndarray, advance: Callable[[int], None]) -> list[np.ndarray]:
             table = rank_table()
-            share = rows[positions]
-            todo = np.asarray([r for r in share if int(r) not in table.done], np.int64)
-            advance(share.size - todo.size)
-            layouts = [CellLayout.of(c, cls_id, eos_id) for c in read_cells(dataset, todo)] if todo.size else []
-            counts = [count_perturbations(lay, self.perturb_type, group, anchor) for lay in layouts]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                for window in _windows(counts, self.forward_batch_size):
-                    context.run_window(table, todo[window], [layouts[i] for i in window], [counts[i] for i in window])
-                    advance(len(window))
+                for w in job.group_shares[job.parallel.rank]:
+                    window = selected[windows[w]]
+                    # finished cells (in the final table, or this rank's from an interrupted launch) are not
+                    # written again; a window with any cell left runs whole, so the others keep their batches
+                    finished = {int(r) for r in window if int(r) in done or int(r) in table.done}
+                    if len(finished) < window.size:
+                        layouts = [CellLayout.of(c, cls_id, eos_id) for c in read_cells(dataset, window)]
+                        context.run_window(table, window, layouts, [counts[i] for i in windows[w]], finished)
+                    advance(window.size)
             table.flush()
-            return [share]
+            return [selected[positions]]
 
         if job.run(compute) is None:
             return None  # another rank's share: rank 0 merges
@@ -569,9 +581,17 @@ class _RunContext:
         s = self.state_matrix
         return s @ e / np.maximum(np.linalg.norm(s, axis=1) * np.linalg.norm(e), 1e-8)
 
-    def run_window(self, table: ShardedTable, rows: np.ndarray, layouts: list[CellLayout], counts: list[int]) -> None:
-        """Perturb the cells of one window and add their rows to `table`: cells in window order, each cell's rows in
-        the order of its perturbations (whatever order the batches finish in, so rows never depend on the batching)."""
+    def run_window(
+        self,
+        table: ShardedTable,
+        rows: np.ndarray,
+        layouts: list[CellLayout],
+        counts: list[int],
+        finished: Collection[int] = (),
+    ) -> None:
+        """Perturb the cells of one window and add their rows to `table` (but those of the `finished` cells): cells
+        in window order, each cell's rows in the order of its perturbations (whatever order the batches finish in,
+        so rows never depend on the batching)."""
         p = self.p
         cells = [np.concatenate([lay.head, lay.genes, lay.tail]) for lay in layouts]
         originals = self.engine.original_states(cells)
@@ -612,6 +632,8 @@ class _RunContext:
                 values += list(result.gene_cosines)
         for k, row in enumerate(rows):
             assert len(results[k]) == counts[k], "every perturbation of the cell ran once"
+            if int(row) in finished:
+                continue
             ordered = [results[k][i] for i in sorted(results[k])]
             labels = {c: _plain(v[row]) for c, v in self.labels.items()}
             table.add_cell(int(row), labels, *(sum((part[j] for part in ordered), []) for j in range(3)))
