@@ -19,6 +19,13 @@ from pathlib import Path
 from typing import Any
 
 
+def ensure_dir(path: str | os.PathLike) -> Path:
+    """`path` as a directory, created with its parents when missing."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 # ---- files ---------------------------------------------------------------------------------------------------------
 @contextmanager
 def atomic_file(path: str | os.PathLike, suffix: str = "", mode: int | None = 0o644) -> Iterator[Path]:

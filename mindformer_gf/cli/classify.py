@@ -273,7 +273,7 @@ def data_parallel(run: Callable[[argparse.Namespace], int]) -> Callable[[argpars
         parallel = init_distributed()
         if parallel.is_main:
             return run(args)
-        from mindformer_gf.tasks.sharded import shards_meet_in
+        from mindformer_gf.infer.sharded import shards_meet_in
 
         scratch = tempfile.mkdtemp(prefix=f"gf-classify-rank{parallel.rank}-")
         output_dir, args.output_dir, args.no_progress = args.output_dir, scratch, True
@@ -380,7 +380,7 @@ def run_multitask(args: argparse.Namespace) -> int:
 
 def _model_tasks(model_dir: str) -> list[str]:
     """The tasks a saved multitask model was trained on (its task.json)."""
-    from mindformer_gf.tasks.models import read_task
+    from mindformer_gf.finetune.task_model import read_task
 
     task = read_task(model_dir) or {}
     if task.get("kind") != "multitask":

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from mindformer_gf.finetune.fit import FineTuneSettings
 from mindformer_gf.tasks.cell import CellClassifier, CellRunResult, CellTaskResult
 from mindformer_gf.tasks.embeddings import Embeddings, EmbExtractor
-from mindformer_gf.tasks.finetune import FineTuneSettings
 from mindformer_gf.tasks.gene import GeneClassifier, GeneTaskResult
 from mindformer_gf.tasks.multitask import MultitaskClassifier, MultitaskResult
 

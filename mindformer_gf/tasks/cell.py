@@ -27,23 +27,8 @@ from typing import Any
 import numpy as np
 
 from mindformer_gf.data import corpus_lengths
-from mindformer_gf.io import write_csv, write_json
-from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation
-from mindformer_gf.tasks.common import (
-    TargetScale,
-    bucket_widths,
-    build_model_for_task,
-    dataset_for_model,
-    ensure_dir,
-    model_config_of,
-    open_dataset,
-    sharded_forward,
-    task_description,
-    training_source,
-    validation,
-)
-from mindformer_gf.tasks.finetune import FineTuneSettings, fit
-from mindformer_gf.tasks.labels import (
+from mindformer_gf.finetune.fit import FineTuneSettings, fit
+from mindformer_gf.finetune.labels import (
     ALL_STATES,
     PreparedCells,
     column_values,
@@ -51,7 +36,7 @@ from mindformer_gf.tasks.labels import (
     prepare_targets,
     to_model_classes,
 )
-from mindformer_gf.tasks.metrics import (
+from mindformer_gf.finetune.metrics import (
     classification_metrics,
     plot_confusion_matrix,
     plot_regression,
@@ -60,7 +45,19 @@ from mindformer_gf.tasks.metrics import (
     softmax,
     summarise_folds,
 )
-from mindformer_gf.tasks.splits import Split, k_fold_splits, split_by_fractions
+from mindformer_gf.finetune.runs import (
+    TargetScale,
+    bucket_widths,
+    build_model_for_task,
+    sharded_forward,
+    task_description,
+    training_source,
+    validation,
+)
+from mindformer_gf.finetune.splits import Split, k_fold_splits, split_by_fractions
+from mindformer_gf.infer.datasets import dataset_for_model, model_config_of, open_dataset
+from mindformer_gf.io import ensure_dir, write_csv, write_json
+from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation
 from mindformer_gf.train.device import prepare_device, seed_everything
 from mindformer_gf.train.distributed import ParallelContext
 
@@ -127,7 +124,7 @@ class CellClassifier(SavedModelEvaluation):
 
     # ---- data ----------------------------------------------------------------------------------------------------
     def prepare_data(self, dataset: Any, output_dir: str | os.PathLike | None = None) -> PreparedCells:
-        """Cells and labels (see `mindformer_gf.tasks.labels.prepare_cells`); writes `label_map.json` and
+        """Cells and labels (see `mindformer_gf.finetune.labels.prepare_cells`); writes `label_map.json` and
         `prepared_cells.csv` (dataset row, state, label id) into `output_dir` when given."""
         dataset = open_dataset(dataset)
         if self.regression:
@@ -219,7 +216,7 @@ class CellClassifier(SavedModelEvaluation):
                 cell_targets=scale.forward(prepared.targets[split.train]),
                 pad_token_id=pad_id,
             )
-            from mindformer_gf.tasks.models import RegressionObjective
+            from mindformer_gf.finetune.task_model import RegressionObjective
 
             objective = RegressionObjective(model)
         else:
@@ -265,7 +262,7 @@ class CellClassifier(SavedModelEvaluation):
             source_model=str(model_dir),
             best_step=run.best_step,
         )
-        from mindformer_gf.tasks.models import save_task_model
+        from mindformer_gf.finetune.task_model import save_task_model
 
         model_path = save_task_model(model, out / "model", task)
         return CellRunResult(
@@ -342,7 +339,7 @@ class CellClassifier(SavedModelEvaluation):
         `dataset`, with the model's own label map; writes predictions, metrics, plots and `predictions_run.json`
         into `output_dir`.
 
-        Under msrun every rank predicts a share of the cells (`mindformer_gf.tasks.sharded`); rank 0 returns the
+        Under msrun every rank predicts a share of the cells (`mindformer_gf.infer.sharded`); rank 0 returns the
         metrics and writes the files, the other ranks return None. `resume` keeps the shards of an interrupted
         run."""
         return super().evaluate_saved_model(
@@ -386,10 +383,10 @@ class CellClassifier(SavedModelEvaluation):
     ) -> CellTaskResult:
         """Prepare, split (fractions or `n_folds` folds, grouped by `group_by`), train and evaluate every split;
         `summary.json` holds each run's test metrics and, for folds, their mean, sd and the pooled predictions'.
-        With `n_hyperopt_trials`, a hyperparameter search (mindformer_gf.tasks.search) over that many trials; the
+        With `n_hyperopt_trials`, a hyperparameter search (mindformer_gf.finetune.search) over that many trials; the
         result is the best trial's, with the search in `.search`."""
         if n_hyperopt_trials:
-            from mindformer_gf.tasks.search import best_trial_result
+            from mindformer_gf.finetune.search import best_trial_result
 
             return best_trial_result(
                 self,

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from mindformer_gf.tasks.common import bucket_widths, dataset_for_model, evaluate_saved, load_saved_model
-from mindformer_gf.tasks.finetune import FineTuneSettings
+from mindformer_gf.finetune.fit import FineTuneSettings
+from mindformer_gf.finetune.runs import bucket_widths, evaluate_saved, load_saved_model
+from mindformer_gf.infer.datasets import dataset_for_model
 from mindformer_gf.train.device import prepare_device
 from mindformer_gf.train.distributed import ParallelContext
 

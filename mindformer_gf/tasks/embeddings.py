@@ -13,7 +13,7 @@
   to a few fixed widths internally.
 - `summary_stat`: "exact_mean" / "exact_median" (or "mean" / "median": also exact here) per label value.
 - under `msrun` each rank embeds whole batches of the plan one process makes, and rank 0 writes the same files as
-  one process, bit for bit (`mindformer_gf.tasks.sharded`); every run also writes `{prefix}_run.json` (settings,
+  one process, bit for bit (`mindformer_gf.infer.sharded`); every run also writes `{prefix}_run.json` (settings,
   ranks, seconds).
 """
 
@@ -32,17 +32,18 @@ from mindspore import Tensor, nn
 
 from mindformer_gf.data import corpus_lengths, read_cells
 from mindformer_gf.data.buckets import choose_bucket_widths
-from mindformer_gf.io import atomic_file, matplotlib_pyplot, save_figure, write_csv
-from mindformer_gf.tasks.common import ensure_dir, open_dataset, special_token_ids
-from mindformer_gf.tasks.inference import length_sorted_batches
-from mindformer_gf.tasks.labels import column_values, filter_rows
-from mindformer_gf.tasks.sharded import (
+from mindformer_gf.finetune.labels import column_values, filter_rows
+from mindformer_gf.finetune.task_model import load_encoder
+from mindformer_gf.infer.batches import length_sorted_batches, pool_weights
+from mindformer_gf.infer.datasets import open_dataset, special_token_ids
+from mindformer_gf.infer.sharded import (
     ShardedInference,
     cell_costs,
     dataset_location,
     forward_share,
     input_stamps,
 )
+from mindformer_gf.io import atomic_file, ensure_dir, matplotlib_pyplot, save_figure, write_csv
 from mindformer_gf.train.distributed import ParallelContext
 
 EMB_MODES = ("cell", "cls", "gene")
@@ -67,31 +68,6 @@ class EmbeddingForward(nn.Cell):
         if self.mode == "cls":
             return hidden[:, 0]
         return hidden
-
-
-def pool_weights(input_ids: np.ndarray, attention_mask: np.ndarray, special_ids: Sequence[int]) -> np.ndarray:
-    """1.0 on gene positions, 0.0 on padding and special tokens (<cls>, <eos>, <pad>, <mask>)."""
-    weights = attention_mask.astype(np.float32)
-    if len(special_ids):
-        weights[np.isin(input_ids, np.asarray(special_ids))] = 0.0
-    return weights
-
-
-def load_encoder(model_dir: str | os.PathLike) -> nn.Cell:
-    """The BertModel of any model directory: pretrained (MLM), a classifier, or a task model of this package
-    (adapters included). Heads are not loaded."""
-    from mindformer_gf.tasks.models import encoder_of, load_task_model, read_task
-
-    if read_task(model_dir) is not None:
-        return encoder_of(load_task_model(model_dir))
-    from mindformer_gf.pretrained import from_pretrained
-
-    with warnings.catch_warnings():
-        # the MLM head or classifier of the checkpoint is deliberately not loaded, the unused pooler may be fresh
-        warnings.filterwarnings("ignore", message=".*(dropped|not used by|initialised fresh).*")
-        encoder = from_pretrained(model_dir, "BertModel")
-    encoder.set_train(False)
-    return encoder
 
 
 @dataclass

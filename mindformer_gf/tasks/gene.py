@@ -27,21 +27,8 @@ from typing import Any
 import numpy as np
 
 from mindformer_gf.data import read_cells
-from mindformer_gf.io import write_csv, write_json
-from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation
-from mindformer_gf.tasks.common import (
-    TargetScale,
-    bucket_widths,
-    build_model_for_task,
-    dataset_for_model,
-    ensure_dir,
-    model_config_of,
-    sharded_forward,
-    task_description,
-    training_source,
-)
-from mindformer_gf.tasks.finetune import FineTuneSettings, fit, report_intermediate
-from mindformer_gf.tasks.labels import (
+from mindformer_gf.finetune.fit import FineTuneSettings, fit, report_intermediate
+from mindformer_gf.finetune.labels import (
     GeneLabels,
     cells_holding,
     filter_rows,
@@ -52,7 +39,7 @@ from mindformer_gf.tasks.labels import (
     to_model_classes,
     token_label_arrays,
 )
-from mindformer_gf.tasks.metrics import (
+from mindformer_gf.finetune.metrics import (
     classification_metrics,
     plot_fold_rocs,
     plot_metric_bars,
@@ -61,7 +48,18 @@ from mindformer_gf.tasks.metrics import (
     softmax,
     summarise_folds,
 )
-from mindformer_gf.tasks.splits import gene_folds
+from mindformer_gf.finetune.runs import (
+    TargetScale,
+    bucket_widths,
+    build_model_for_task,
+    sharded_forward,
+    task_description,
+    training_source,
+)
+from mindformer_gf.finetune.splits import gene_folds
+from mindformer_gf.infer.datasets import dataset_for_model, model_config_of
+from mindformer_gf.io import ensure_dir, write_csv, write_json
+from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation
 from mindformer_gf.tokenizer import token_dictionary_for
 from mindformer_gf.train.device import prepare_device, seed_everything
 
@@ -141,7 +139,7 @@ class GeneClassifier(SavedModelEvaluation):
         """Train and test one model per fold of genes. With `n_hyperopt_trials`, a hyperparameter search scored on
         the folds' held-out genes (as the reference does); the best trial's result, with the search in `.search`."""
         if n_hyperopt_trials:
-            from mindformer_gf.tasks.search import best_trial_result
+            from mindformer_gf.finetune.search import best_trial_result
 
             return best_trial_result(
                 self,
@@ -275,7 +273,7 @@ class GeneClassifier(SavedModelEvaluation):
         train_data = dataset.select(rows[train_cells])
         scale = None
         if self.regression:
-            from mindformer_gf.tasks.models import RegressionObjective
+            from mindformer_gf.finetune.task_model import RegressionObjective
 
             scale = TargetScale.fit(genes.targets[train_genes])
             mapping = dict(
@@ -308,7 +306,7 @@ class GeneClassifier(SavedModelEvaluation):
             return None, None  # another rank's share of the test cells: rank 0 scores the fold
         frame, metrics = self._score_occurrences(k, genes, rows, cells, test_cells, test_genes, merged[0], scale)
         job.finish([write_csv(out / "predictions.csv", frame), write_json(out / "metrics.json", metrics)])
-        from mindformer_gf.tasks.models import save_task_model
+        from mindformer_gf.finetune.task_model import save_task_model
 
         save_task_model(
             model,

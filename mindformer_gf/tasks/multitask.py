@@ -26,30 +26,28 @@ from typing import Any
 import numpy as np
 
 from mindformer_gf.data import corpus_lengths
-from mindformer_gf.io import write_csv, write_json
-from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation
-from mindformer_gf.tasks.common import (
-    TargetScale,
-    bucket_widths,
-    dataset_for_model,
-    ensure_dir,
-    model_config_of,
-    sharded_forward,
-    task_description,
-    training_source,
-    validation,
-)
-from mindformer_gf.tasks.finetune import FineTuneSettings, fit
-from mindformer_gf.tasks.labels import column_values, filter_rows, to_model_classes
-from mindformer_gf.tasks.metrics import (
+from mindformer_gf.finetune.fit import FineTuneSettings, fit
+from mindformer_gf.finetune.labels import column_values, filter_rows, to_model_classes
+from mindformer_gf.finetune.metrics import (
     classification_metrics,
     plot_confusion_matrix,
     plot_metric_bars,
     regression_metrics,
     softmax,
 )
-from mindformer_gf.tasks.models import POOLINGS, load_task_model, read_task
-from mindformer_gf.tasks.splits import Split, split_by_fractions
+from mindformer_gf.finetune.runs import (
+    TargetScale,
+    bucket_widths,
+    sharded_forward,
+    task_description,
+    training_source,
+    validation,
+)
+from mindformer_gf.finetune.splits import Split, split_by_fractions
+from mindformer_gf.finetune.task_model import POOLINGS, load_task_model, read_task
+from mindformer_gf.infer.datasets import dataset_for_model, model_config_of
+from mindformer_gf.io import ensure_dir, write_csv, write_json
+from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation
 from mindformer_gf.train.device import prepare_device, seed_everything
 
 
@@ -146,7 +144,7 @@ class MultitaskClassifier(SavedModelEvaluation):
         return MultitaskData(rows, self.tasks, labels, id2labels, self.regression)
 
     def build_model(self, model_dir: str | os.PathLike, data: MultitaskData) -> Any:
-        from mindformer_gf.tasks.models import (
+        from mindformer_gf.finetune.task_model import (
             MultitaskModel,
             apply_strategy,
             describe_parameter_counts,
@@ -177,10 +175,10 @@ class MultitaskClassifier(SavedModelEvaluation):
         with the best mean validation macro-F1, evaluate every task on the test cells, save. With
         `n_hyperopt_trials`, a hyperparameter search (task weights included) whose best trial's result is returned,
         with the search in `.search`."""
-        from mindformer_gf.tasks.models import MultitaskObjective, save_task_model
+        from mindformer_gf.finetune.task_model import MultitaskObjective, save_task_model
 
         if n_hyperopt_trials:
-            from mindformer_gf.tasks.search import best_trial_result
+            from mindformer_gf.finetune.search import best_trial_result
 
             return best_trial_result(
                 self,

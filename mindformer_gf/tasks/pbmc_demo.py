@@ -100,7 +100,7 @@ def logistic_regression_baseline(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from mindformer_gf.tasks.metrics import classification_metrics
+    from mindformer_gf.finetune.metrics import classification_metrics
 
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=seed))
     model.fit(features[train], labels[train])
@@ -144,8 +144,8 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False,
     dataset = clock.run("tokenize", tokenize_cells)
 
     # 2. split (the classifier's own preparation and splitter, so fine-tuning sees the same cells)
+    from mindformer_gf.finetune.fit import FineTuneSettings
     from mindformer_gf.tasks.cell import CellClassifier
-    from mindformer_gf.tasks.finetune import FineTuneSettings
 
     finetune = FineTuneSettings(
         num_train_epochs=settings.finetune_epochs,

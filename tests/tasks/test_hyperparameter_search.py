@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 from helpers.tasks import quick_settings
 
+from mindformer_gf.finetune.fit import report_intermediate
+from mindformer_gf.finetune.search import search_hyperparameters
 from mindformer_gf.tasks import CellClassifier, FineTuneSettings
-from mindformer_gf.tasks.finetune import report_intermediate
-from mindformer_gf.tasks.search import search_hyperparameters
 
 SPACE = {
     "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},

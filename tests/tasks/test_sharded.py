@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mindformer_gf.cli import main
-from mindformer_gf.tasks.sharded import (
+from mindformer_gf.infer.sharded import (
     RankFailed,
     ShardedInference,
     batches_within,

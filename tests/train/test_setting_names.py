@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 
+from mindformer_gf.finetune.fit import schedule_for_trainer
 from mindformer_gf.tasks import FineTuneSettings
-from mindformer_gf.tasks.finetune import schedule_for_trainer
 from mindformer_gf.train import PretrainSettings, TrainSettings, load_settings
 
 SHARED_KNOBS = {

@@ -38,9 +38,10 @@ import numpy as np
 
 from mindformer_gf.data import corpus_lengths, read_cells
 from mindformer_gf.data.buckets import choose_bucket_widths
-from mindformer_gf.io import read_json
-from mindformer_gf.tasks.common import ensure_dir, open_dataset, special_token_ids
-from mindformer_gf.tasks.labels import column_values, filter_rows
+from mindformer_gf.finetune.labels import column_values, filter_rows
+from mindformer_gf.infer.datasets import open_dataset, special_token_ids
+from mindformer_gf.infer.sharded import ShardedInference, cell_costs, input_stamps
+from mindformer_gf.io import ensure_dir, read_json
 from mindformer_gf.tasks.perturb.engine import Job, PerturbationEngine
 from mindformer_gf.tasks.perturb.output import (
     RUN_FILE,
@@ -51,7 +52,6 @@ from mindformer_gf.tasks.perturb.output import (
     table_dir,
 )
 from mindformer_gf.tasks.perturb.plan import PERTURB_TYPES, CellLayout, cell_perturbations, count_perturbations
-from mindformer_gf.tasks.sharded import ShardedInference, cell_costs, input_stamps
 from mindformer_gf.train.distributed import ParallelContext, launched_context
 
 EMB_MODES = ("cell", "cls", "cell_and_gene", "cls_and_gene")
@@ -369,7 +369,7 @@ class InSilicoPerturber:
         balanced by genes squared, into its own table under `{output_prefix}_shards/`; rank 0 merges them into the
         table one process writes (same rows, same order, same bits) and returns its directory, the other ranks
         return None."""
-        from mindformer_gf.tasks.embeddings import load_encoder
+        from mindformer_gf.finetune.task_model import load_encoder
         from mindformer_gf.train.device import prepare_device
 
         prepare_device(self.device)

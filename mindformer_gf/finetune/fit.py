@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mindformer_gf.finetune.metrics import selection_score
 from mindformer_gf.io import matplotlib_pyplot, save_figure, write_csv
-from mindformer_gf.tasks.metrics import selection_score
 from mindformer_gf.train.schedule import SCHEDULES
 from mindformer_gf.train.settings import accepts_old_setting_names, upgrade_setting_names
 
@@ -60,7 +60,7 @@ class FineTuneSettings:
     # seed of the cell selection and splits when it must differ from `seed` (a hyperparameter search varies `seed`
     # per trial but keeps every trial on the same split); None: `seed`
     split_seed: int | None = None
-    # what trains: "finetune" (with freeze_layers), "adapters", "extra_layer" (see mindformer_gf.tasks.models)
+    # what trains: "finetune" (with freeze_layers), "adapters", "extra_layer" (see mindformer_gf.finetune.task_model)
     strategy: str = "finetune"
     freeze_layers: int = 0
     adapter_size: int = 64
@@ -86,7 +86,7 @@ class FineTuneSettings:
         return min(1.0, float(value) / float(values.get("learning_rate", 5e-5)))
 
     def validate(self) -> None:
-        from mindformer_gf.tasks.models import STRATEGIES
+        from mindformer_gf.finetune.task_model import STRATEGIES
 
         if self.lr_scheduler_type not in SCHEDULES:
             raise ValueError(f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of {SCHEDULES}")
@@ -140,7 +140,7 @@ def schedule_for_trainer(settings: FineTuneSettings) -> dict[str, Any]:
 
 
 # The Optuna trial of the search running in this context (None outside a search): `fit` reports each validation score
-# to it (mindformer_gf.tasks.search sets it around a trial).
+# to it (mindformer_gf.finetune.search sets it around a trial).
 ACTIVE_TRIAL: contextvars.ContextVar[Any] = contextvars.ContextVar("mindformer_gf_search_trial", default=None)
 
 

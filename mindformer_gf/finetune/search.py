@@ -35,9 +35,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mindformer_gf.finetune.fit import ACTIVE_TRIAL, FineTuneSettings
+from mindformer_gf.finetune.metrics import selection_score
 from mindformer_gf.io import matplotlib_pyplot, save_figure, write_csv, write_json
-from mindformer_gf.tasks.finetune import ACTIVE_TRIAL, FineTuneSettings
-from mindformer_gf.tasks.metrics import selection_score
 
 logger = logging.getLogger("mindformer_gf.tasks")
 

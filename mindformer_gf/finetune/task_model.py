@@ -106,10 +106,6 @@ def add_adapters(model: nn.Cell, bottleneck: int, seed: int = 0) -> None:
             param.name = name
 
 
-def has_adapters(model: nn.Cell) -> bool:
-    return any(".adapter." in name for name, _ in model.parameters_and_names())
-
-
 # ---- freezing ------------------------------------------------------------------------------------------------------
 def layer_index(name: str) -> int | None:
     match = LAYER_INDEX.search(name)
@@ -418,3 +414,18 @@ def load_task_model(directory: str | os.PathLike) -> nn.Cell:
     model.load_weights(weights)
     model.set_train(False)
     return model
+
+
+def load_encoder(model_dir: str | os.PathLike) -> nn.Cell:
+    """The BertModel of any model directory: pretrained (MLM), a classifier, or a task model of this package
+    (adapters included). Heads are not loaded."""
+    if read_task(model_dir) is not None:
+        return encoder_of(load_task_model(model_dir))
+    from mindformer_gf.pretrained import from_pretrained
+
+    with warnings.catch_warnings():
+        # the MLM head or classifier of the checkpoint is deliberately not loaded, the unused pooler may be fresh
+        warnings.filterwarnings("ignore", message=".*(dropped|not used by|initialised fresh).*")
+        encoder = from_pretrained(model_dir, "BertModel")
+    encoder.set_train(False)
+    return encoder

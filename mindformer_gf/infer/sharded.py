@@ -51,8 +51,8 @@ from typing import Any
 import numpy as np
 
 from mindformer_gf.data import read_cells
+from mindformer_gf.infer.batches import Batches, run_forward
 from mindformer_gf.io import atomic_file, read_json, write_json
-from mindformer_gf.tasks.inference import Batches, run_forward
 from mindformer_gf.train.distributed import ParallelContext, launched_context
 
 COST_MODELS = ("genes", "genes_squared")
