@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from mindformer_gf.cli import UsageError
+from mindformer_gf.train.distributed import init_distributed, launched_by_msrun, launched_context
 from mindformer_gf.train.schedule import SCHEDULES
 
 TRAINING_FLAGS = {
@@ -149,6 +150,7 @@ def _add_evaluation(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def _settings(args: argparse.Namespace, **defaults: object):
+    # imported here: the task stack (datasets, scikit-learn, MindSpore) loads only for the command that runs it
     from mindformer_gf.tasks import FineTuneSettings
 
     changes = dict(defaults)
@@ -215,6 +217,7 @@ def _csv_list(text: str) -> list[str]:
 
 
 def run_cell(args: argparse.Namespace) -> int:
+    # imported here: the task stack (datasets, scikit-learn, MindSpore) loads only for the command that runs it
     from mindformer_gf.tasks import CellClassifier
 
     classifier = CellClassifier(
@@ -255,8 +258,6 @@ def data_parallel(run: Callable[[argparse.Namespace], int]) -> Callable[[argpars
 
     @functools.wraps(run)
     def on_every_rank(args: argparse.Namespace) -> int:
-        from mindformer_gf.train.distributed import init_distributed, launched_by_msrun
-
         if getattr(args, "evaluate", False) or not launched_by_msrun():
             return run(args)  # --evaluate shards the cells itself
         if os.environ.get("MS_ROLE") == "MS_SCHED":
@@ -273,6 +274,7 @@ def data_parallel(run: Callable[[argparse.Namespace], int]) -> Callable[[argpars
         parallel = init_distributed()
         if parallel.is_main:
             return run(args)
+        # imported here: datasets and the sharding protocol load only for a run under msrun
         from mindformer_gf.infer.sharded import shards_meet_in
 
         scratch = tempfile.mkdtemp(prefix=f"gf-classify-rank{parallel.rank}-")
@@ -293,8 +295,6 @@ def data_parallel(run: Callable[[argparse.Namespace], int]) -> Callable[[argpars
 
 def _evaluate(classifier, args: argparse.Namespace) -> int:
     """`--evaluate`: the classifier scores the saved model `--model`, each rank its share of the cells."""
-    from mindformer_gf.train.distributed import launched_context
-
     parallel = launched_context()  # None in msrun's scheduler process: it has no share of the cells
     if parallel is None:
         return 0
@@ -316,6 +316,7 @@ def _evaluate(classifier, args: argparse.Namespace) -> int:
 
 
 def run_gene(args: argparse.Namespace) -> int:
+    # imported here: the task stack (datasets, scikit-learn, MindSpore) loads only for the command that runs it
     from mindformer_gf.tasks import GeneClassifier
 
     if args.gene_class:
@@ -352,6 +353,7 @@ def _gene_defaults(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run_multitask(args: argparse.Namespace) -> int:
+    # imported here: the task stack (datasets, scikit-learn, MindSpore) loads only for the command that runs it
     from mindformer_gf.tasks import MultitaskClassifier
 
     if args.tasks is None and not args.evaluate:
@@ -380,6 +382,7 @@ def run_multitask(args: argparse.Namespace) -> int:
 
 def _model_tasks(model_dir: str) -> list[str]:
     """The tasks a saved multitask model was trained on (its task.json)."""
+    # imported here: MindSpore loads only when a saved model is read
     from mindformer_gf.finetune.task_model import read_task
 
     task = read_task(model_dir) or {}

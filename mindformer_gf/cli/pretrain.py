@@ -78,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here: MindSpore and the training loop load only for the command that trains
     from mindformer_gf.train import PretrainSettings, load_settings, parse_overrides, pretrain
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

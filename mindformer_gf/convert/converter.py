@@ -318,6 +318,7 @@ def verify_conversion(
     """
     from mindspore import Tensor
 
+    # imported here: MindSpore loads only when a converted model is verified
     from mindformer_gf import reference
     from mindformer_gf.pretrained import from_pretrained
 

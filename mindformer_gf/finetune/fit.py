@@ -24,7 +24,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mindformer_gf.finetune.metrics import selection_score
+from mindformer_gf.finetune.task_model import STRATEGIES
 from mindformer_gf.io import matplotlib_pyplot, save_figure, write_csv
+from mindformer_gf.train import Trainer, TrainSettings
+from mindformer_gf.train.checkpoint import list_checkpoints, load_checkpoint
+from mindformer_gf.train.distributed import broadcast_weights
 from mindformer_gf.train.schedule import SCHEDULES
 from mindformer_gf.train.settings import accepts_old_setting_names, upgrade_setting_names
 
@@ -86,8 +90,6 @@ class FineTuneSettings:
         return min(1.0, float(value) / float(values.get("learning_rate", 5e-5)))
 
     def validate(self) -> None:
-        from mindformer_gf.finetune.task_model import STRATEGIES
-
         if self.lr_scheduler_type not in SCHEDULES:
             raise ValueError(f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of {SCHEDULES}")
         if self.strategy not in STRATEGIES:
@@ -185,10 +187,6 @@ def fit(
     """Train `model` through `objective` on the step source `source`; keep the checkpoint `evaluate()` scores
     best (the last one without `evaluate`). The model holds the chosen weights on return."""
     import time
-
-    from mindformer_gf.train import Trainer, TrainSettings
-    from mindformer_gf.train.checkpoint import list_checkpoints, load_checkpoint
-    from mindformer_gf.train.distributed import broadcast_weights
 
     settings.validate()
     output_dir = Path(output_dir)

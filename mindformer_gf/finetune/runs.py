@@ -23,9 +23,19 @@ from mindformer_gf.data.buckets import LengthBuckets, choose_bucket_widths
 from mindformer_gf.data.collate import collate, pad_cells
 from mindformer_gf.data.sampler import MicroBatch
 from mindformer_gf.finetune.fit import FineTuneSettings
+from mindformer_gf.finetune.task_model import (
+    apply_strategy,
+    describe_parameter_counts,
+    load_pretrained,
+    load_task_model,
+    parameter_counts,
+    read_task,
+)
 from mindformer_gf.infer.batches import length_sorted_batches
 from mindformer_gf.infer.sharded import ShardedInference, cell_costs, dataset_location, forward_share, input_stamps
 from mindformer_gf.io import ensure_dir
+from mindformer_gf.pretrained import from_pretrained
+from mindformer_gf.train.distributed import init_distributed
 
 logger = logging.getLogger("mindformer_gf.tasks")
 
@@ -112,8 +122,6 @@ def training_source(
 
     Under msrun each step takes one micro-batch per rank (data parallel, as pretraining): `batch_size` cells per
     rank, so a step sees batch_size x ranks cells and an epoch has that many times fewer steps."""
-    from mindformer_gf.train.distributed import init_distributed
-
     group_size = init_distributed().world_size
     plan = LengthGroupedPlan(corpus_lengths(dataset), buckets, settings.batch_size, group_size, settings.seed)
     batch = settings.batch_size
@@ -201,13 +209,6 @@ def build_model_for_task(
 ) -> Any:
     """`architecture` from the pretrained `model_dir` with a fresh head of `id2label` outputs and the strategy of
     `settings` applied (what trains is printed)."""
-    from mindformer_gf.finetune.task_model import (
-        apply_strategy,
-        describe_parameter_counts,
-        load_pretrained,
-        parameter_counts,
-    )
-
     overrides: dict[str, Any] = {"id2label": dict(id2label), "architectures": [architecture]}
     if regression:
         overrides["problem_type"] = "regression"
@@ -258,12 +259,9 @@ def evaluate_saved(
 def load_saved_model(model_dir: str | os.PathLike, architecture: str) -> tuple[Any, dict[str, Any]]:
     """A saved fine-tuned model ready for inference and its task description (`task.json`); a model without one
     (e.g. converted from Hugging Face) is loaded as `architecture`, with an empty description."""
-    from mindformer_gf.finetune.task_model import load_task_model, read_task
-
     task = read_task(model_dir)
     if task is not None:
         return load_task_model(model_dir), task
-    from mindformer_gf.pretrained import from_pretrained
 
     return from_pretrained(model_dir, architecture), {}
 

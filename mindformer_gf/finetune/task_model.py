@@ -29,8 +29,11 @@ from mindspore import Tensor, nn
 from mindspore import ops as msops
 
 from mindformer_gf.config import GeneformerConfig
+from mindformer_gf.convert.writer import write_model_directory
+from mindformer_gf.io import read_json, write_json
 from mindformer_gf.model import BertModel, GeneformerPreTrainedModel, build_model
 from mindformer_gf.model.dropout import SeededDropout
+from mindformer_gf.pretrained import from_pretrained
 from mindformer_gf.train.objectives import summed_cross_entropy
 from mindformer_gf.train.step import Objective
 
@@ -171,8 +174,6 @@ def describe_parameter_counts(counts: dict[str, int]) -> str:
 
 # ---- building task models ------------------------------------------------------------------------------------------
 def _quiet_from_pretrained(directory: str | os.PathLike, architecture: str, seed: int, **overrides: Any):
-    from mindformer_gf.pretrained import from_pretrained
-
     with warnings.catch_warnings():
         # a classifier built from a pretrained (MLM) model has a fresh head and no MLM head: that is the point
         warnings.filterwarnings("ignore", message=".*initialised fresh.*")
@@ -356,9 +357,6 @@ def save_task_model(model: nn.Cell, directory: str | os.PathLike, task: dict[str
     """
     from safetensors.numpy import save_file
 
-    from mindformer_gf.convert.writer import write_model_directory
-    from mindformer_gf.io import write_json
-
     directory = Path(directory)
     if isinstance(model, MultitaskModel):
         encoder = model.bert
@@ -383,8 +381,6 @@ def save_task_model(model: nn.Cell, directory: str | os.PathLike, task: dict[str
 
 
 def read_task(directory: str | os.PathLike) -> dict[str, Any] | None:
-    from mindformer_gf.io import read_json
-
     path = Path(directory) / TASK_FILE
     return read_json(path) if path.is_file() else None
 
@@ -421,7 +417,6 @@ def load_encoder(model_dir: str | os.PathLike) -> nn.Cell:
     (adapters included). Heads are not loaded."""
     if read_task(model_dir) is not None:
         return encoder_of(load_task_model(model_dir))
-    from mindformer_gf.pretrained import from_pretrained
 
     with warnings.catch_warnings():
         # the MLM head or classifier of the checkpoint is deliberately not loaded, the unused pooler may be fresh

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from mindformer_gf import __version__
 from mindformer_gf.data import read_cells
 from mindformer_gf.infer.batches import Batches, run_forward
 from mindformer_gf.io import atomic_file, read_json, write_json
@@ -571,7 +572,6 @@ class ShardedInference:
         size, cells, cost and seconds per rank), then the shards are removed. None on other ranks."""
         if not self.parallel.is_main:
             return None
-        from mindformer_gf import __version__
 
         record = {
             "prefix": self.prefix,

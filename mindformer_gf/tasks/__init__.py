@@ -54,6 +54,7 @@ def __getattr__(name: str) -> Any:
 
 def run_demo(*args: Any, **kwargs: Any) -> Any:
     """The main job on the shipped PBMC cells (see mindformer_gf.tasks.pbmc_demo)."""
+    # imported here: the demo's stack (tokenizer, pretraining, plots) loads only when it runs
     from mindformer_gf.tasks.pbmc_demo import run_demo as _run_demo
 
     return _run_demo(*args, **kwargs)

@@ -54,10 +54,13 @@ from mindformer_gf.finetune.runs import (
     training_source,
     validation,
 )
+from mindformer_gf.finetune.search import best_trial_result
 from mindformer_gf.finetune.splits import Split, k_fold_splits, split_by_fractions
+from mindformer_gf.finetune.task_model import RegressionObjective, save_task_model
 from mindformer_gf.infer.datasets import dataset_for_model, model_config_of, open_dataset
 from mindformer_gf.io import ensure_dir, write_csv, write_json
 from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation
+from mindformer_gf.train import ClassificationObjective
 from mindformer_gf.train.device import prepare_device, seed_everything
 from mindformer_gf.train.distributed import ParallelContext
 
@@ -216,12 +219,9 @@ class CellClassifier(SavedModelEvaluation):
                 cell_targets=scale.forward(prepared.targets[split.train]),
                 pad_token_id=pad_id,
             )
-            from mindformer_gf.finetune.task_model import RegressionObjective
 
             objective = RegressionObjective(model)
         else:
-            from mindformer_gf.train import ClassificationObjective
-
             source = training_source(
                 train_data, buckets, settings, cell_labels=prepared.labels[split.train], pad_token_id=pad_id
             )
@@ -262,7 +262,6 @@ class CellClassifier(SavedModelEvaluation):
             source_model=str(model_dir),
             best_step=run.best_step,
         )
-        from mindformer_gf.finetune.task_model import save_task_model
 
         model_path = save_task_model(model, out / "model", task)
         return CellRunResult(
@@ -386,8 +385,6 @@ class CellClassifier(SavedModelEvaluation):
         With `n_hyperopt_trials`, a hyperparameter search (mindformer_gf.finetune.search) over that many trials; the
         result is the best trial's, with the search in `.search`."""
         if n_hyperopt_trials:
-            from mindformer_gf.finetune.search import best_trial_result
-
             return best_trial_result(
                 self,
                 lambda task, trial_dir: task.run(dataset, model_dir, trial_dir, split_sizes, n_folds, group_by),

@@ -44,6 +44,8 @@ from mindformer_gf.infer.sharded import (
     input_stamps,
 )
 from mindformer_gf.io import atomic_file, ensure_dir, matplotlib_pyplot, save_figure, write_csv
+from mindformer_gf.tokenizer import token_dictionary_for
+from mindformer_gf.train.device import prepare_device
 from mindformer_gf.train.distributed import ParallelContext
 
 EMB_MODES = ("cell", "cls", "gene")
@@ -155,8 +157,6 @@ class EmbExtractor:
         Under msrun (or with `parallel` of several ranks) every rank embeds its share; rank 0 returns all the
         embeddings and writes the files, the other ranks return None."""
         import pandas as pd
-
-        from mindformer_gf.train.device import prepare_device
 
         prepare_device(self.device)
         encoder = encoder if encoder is not None else load_encoder(model_dir)
@@ -315,8 +315,6 @@ class EmbExtractor:
 def _token_names(dataset: Any) -> dict[int, str]:
     """token id -> Ensembl ID, from the shipped V1 dictionary when it is the dataset's (else the ids)."""
     try:
-        from mindformer_gf.tokenizer import token_dictionary_for
-
         return {v: k for k, v in token_dictionary_for(dataset).items()}
     except (ValueError, OSError):
         return {}

@@ -56,11 +56,14 @@ from mindformer_gf.finetune.runs import (
     task_description,
     training_source,
 )
+from mindformer_gf.finetune.search import best_trial_result
 from mindformer_gf.finetune.splits import gene_folds
+from mindformer_gf.finetune.task_model import RegressionObjective, save_task_model
 from mindformer_gf.infer.datasets import dataset_for_model, model_config_of
 from mindformer_gf.io import ensure_dir, write_csv, write_json
 from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation
 from mindformer_gf.tokenizer import token_dictionary_for
+from mindformer_gf.train import ClassificationObjective
 from mindformer_gf.train.device import prepare_device, seed_everything
 
 
@@ -139,8 +142,6 @@ class GeneClassifier(SavedModelEvaluation):
         """Train and test one model per fold of genes. With `n_hyperopt_trials`, a hyperparameter search scored on
         the folds' held-out genes (as the reference does); the best trial's result, with the search in `.search`."""
         if n_hyperopt_trials:
-            from mindformer_gf.finetune.search import best_trial_result
-
             return best_trial_result(
                 self,
                 lambda task, trial_dir: task.run(dataset, model_dir, trial_dir),
@@ -273,8 +274,6 @@ class GeneClassifier(SavedModelEvaluation):
         train_data = dataset.select(rows[train_cells])
         scale = None
         if self.regression:
-            from mindformer_gf.finetune.task_model import RegressionObjective
-
             scale = TargetScale.fit(genes.targets[train_genes])
             mapping = dict(
                 zip(genes.tokens[train_genes].tolist(), scale.forward(genes.targets[train_genes]).tolist(), strict=True)
@@ -283,8 +282,6 @@ class GeneClassifier(SavedModelEvaluation):
             source = training_source(train_data, buckets, settings, token_targets=targets, pad_token_id=pad_id)
             objective = RegressionObjective(model)
         else:
-            from mindformer_gf.train import ClassificationObjective
-
             mapping = dict(zip(genes.tokens[train_genes].tolist(), genes.labels[train_genes].tolist(), strict=True))
             labels = token_label_arrays([cells[i] for i in train_cells], mapping)
             source = training_source(train_data, buckets, settings, token_labels=labels, pad_token_id=pad_id)
@@ -306,7 +303,6 @@ class GeneClassifier(SavedModelEvaluation):
             return None, None  # another rank's share of the test cells: rank 0 scores the fold
         frame, metrics = self._score_occurrences(k, genes, rows, cells, test_cells, test_genes, merged[0], scale)
         job.finish([write_csv(out / "predictions.csv", frame), write_json(out / "metrics.json", metrics)])
-        from mindformer_gf.finetune.task_model import save_task_model
 
         save_task_model(
             model,

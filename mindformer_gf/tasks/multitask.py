@@ -43,8 +43,20 @@ from mindformer_gf.finetune.runs import (
     training_source,
     validation,
 )
+from mindformer_gf.finetune.search import best_trial_result
 from mindformer_gf.finetune.splits import Split, split_by_fractions
-from mindformer_gf.finetune.task_model import POOLINGS, load_task_model, read_task
+from mindformer_gf.finetune.task_model import (
+    POOLINGS,
+    MultitaskModel,
+    MultitaskObjective,
+    apply_strategy,
+    describe_parameter_counts,
+    load_pretrained,
+    load_task_model,
+    parameter_counts,
+    read_task,
+    save_task_model,
+)
 from mindformer_gf.infer.datasets import dataset_for_model, model_config_of
 from mindformer_gf.io import ensure_dir, write_csv, write_json
 from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation
@@ -144,14 +156,6 @@ class MultitaskClassifier(SavedModelEvaluation):
         return MultitaskData(rows, self.tasks, labels, id2labels, self.regression)
 
     def build_model(self, model_dir: str | os.PathLike, data: MultitaskData) -> Any:
-        from mindformer_gf.finetune.task_model import (
-            MultitaskModel,
-            apply_strategy,
-            describe_parameter_counts,
-            load_pretrained,
-            parameter_counts,
-        )
-
         settings = self.settings
         encoder = load_pretrained(model_dir, "BertModel", settings.seed, extra_layer=settings.strategy == "extra_layer")
         sizes = [1 if r else len(m) for r, m in zip(data.regression, data.id2labels, strict=True)]
@@ -175,11 +179,7 @@ class MultitaskClassifier(SavedModelEvaluation):
         with the best mean validation macro-F1, evaluate every task on the test cells, save. With
         `n_hyperopt_trials`, a hyperparameter search (task weights included) whose best trial's result is returned,
         with the search in `.search`."""
-        from mindformer_gf.finetune.task_model import MultitaskObjective, save_task_model
-
         if n_hyperopt_trials:
-            from mindformer_gf.finetune.search import best_trial_result
-
             return best_trial_result(
                 self,
                 lambda task, trial_dir: task.run(dataset, model_dir, trial_dir, split_sizes, group_by),

@@ -28,7 +28,15 @@ from typing import Any
 import numpy as np
 
 from mindformer_gf.data.pbmc68k import CELL_TYPE, expression_profile, tokenize_pbmc68k
+from mindformer_gf.finetune.fit import FineTuneSettings
+from mindformer_gf.finetune.metrics import classification_metrics
 from mindformer_gf.io import write_json
+from mindformer_gf.resources import example_cells_path
+from mindformer_gf.tasks.cell import CellClassifier
+from mindformer_gf.tasks.embeddings import EmbExtractor
+from mindformer_gf.tasks.perturb import InSilicoPerturber, InSilicoPerturberStats, get_state_embs
+from mindformer_gf.tokenizer.writer import save_dataset
+from mindformer_gf.train import PretrainSettings, pretrain, unigram_entropy
 
 # The demo model: small enough to pretrain and fine-tune on 2 CPU cores within minutes.
 DEMO_MODEL = {
@@ -100,8 +108,6 @@ def logistic_regression_baseline(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from mindformer_gf.finetune.metrics import classification_metrics
-
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=seed))
     model.fit(features[train], labels[train])
     probabilities = np.zeros((test.size, len(class_names)))
@@ -111,8 +117,6 @@ def logistic_regression_baseline(
 
 def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False, progress: bool = True) -> dict:
     """Run the demo into `output_dir`; `quick` shortens every stage (a smoke test, numbers meaningless)."""
-    from mindformer_gf.resources import example_cells_path
-
     make = DemoSettings.quick if quick else DemoSettings
     settings = make(output_dir=str(output_dir), progress_bar=progress)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -144,8 +148,6 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False,
     dataset = clock.run("tokenize", tokenize_cells)
 
     # 2. split (the classifier's own preparation and splitter, so fine-tuning sees the same cells)
-    from mindformer_gf.finetune.fit import FineTuneSettings
-    from mindformer_gf.tasks.cell import CellClassifier
 
     finetune = FineTuneSettings(
         num_train_epochs=settings.finetune_epochs,
@@ -170,9 +172,6 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False,
 
     # 3. pretrain on the train + validation cells only
     def pretrain_model() -> Path:
-        from mindformer_gf.tokenizer.writer import save_dataset
-        from mindformer_gf.train import PretrainSettings, pretrain, unigram_entropy
-
         pretrain_rows = np.sort(prepared.indices[np.concatenate([split.train, split.valid])])
         corpus = out / "data" / "pretrain_cells.dataset"
         save_dataset(dataset.select(pretrain_rows), corpus, overwrite=True)
@@ -224,8 +223,6 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False,
 
     # 6. embeddings and plots
     def embed() -> list[Path]:
-        from mindformer_gf.tasks.embeddings import EmbExtractor
-
         extractor = EmbExtractor(
             emb_mode="cell",
             emb_layer=-1,
@@ -303,8 +300,6 @@ def perturbation_stage(
     start-state cells deleted in turn, shifts toward the goal state's mean embedding (over at most
     `max_state_cells` cells of each state), the top genes plotted."""
     import shutil
-
-    from mindformer_gf.tasks.perturb import InSilicoPerturber, InSilicoPerturberStats, get_state_embs
 
     states = {"state_key": CELL_TYPE, "start_state": PERTURB_START, "goal_state": PERTURB_GOAL, "alt_states": []}
     target = out / "perturbation"

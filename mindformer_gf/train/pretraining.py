@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from mindformer_gf.config import PRESET_ALIASES, PRESETS, GeneformerConfig
 from mindformer_gf.data import (
     IGNORE_INDEX,
     LengthBuckets,
@@ -27,6 +28,8 @@ from mindformer_gf.data import (
     load_corpus,
     special_tokens_from_metadata,
 )
+from mindformer_gf.model import build_model
+from mindformer_gf.pretrained import from_pretrained
 from mindformer_gf.train.checkpoint import save_model_dir
 from mindformer_gf.train.device import prepare_device
 from mindformer_gf.train.distributed import init_distributed
@@ -39,9 +42,6 @@ logger = logging.getLogger("mindformer_gf.train")
 
 def build_pretraining_model(settings: PretrainSettings):
     """A BertForMaskedLM: a fresh preset (initialised with `seed`, identical on every rank) or a model directory."""
-    from mindformer_gf.config import PRESET_ALIASES, PRESETS, GeneformerConfig
-    from mindformer_gf.model import build_model
-
     overrides = dict(settings.model_overrides)
     if settings.attention_impl != "auto":
         overrides["attention_impl"] = settings.attention_impl
@@ -49,8 +49,6 @@ def build_pretraining_model(settings: PretrainSettings):
         config = GeneformerConfig.from_preset(settings.model, architectures=["BertForMaskedLM"], **overrides)
         return build_model(config, "BertForMaskedLM", seed=settings.seed)
     if Path(settings.model).is_dir():
-        from mindformer_gf.pretrained import from_pretrained
-
         return from_pretrained(settings.model, "BertForMaskedLM", seed=settings.seed, **overrides)
     raise ValueError(
         f"model {settings.model!r} is neither a preset ({sorted(PRESETS)}) nor a model directory with config.json"

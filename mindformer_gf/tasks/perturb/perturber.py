@@ -39,9 +39,11 @@ import numpy as np
 from mindformer_gf.data import corpus_lengths, read_cells
 from mindformer_gf.data.buckets import choose_bucket_widths
 from mindformer_gf.finetune.labels import column_values, filter_rows
+from mindformer_gf.finetune.task_model import load_encoder
 from mindformer_gf.infer.datasets import open_dataset, special_token_ids
 from mindformer_gf.infer.sharded import ShardedInference, cell_costs, input_stamps
 from mindformer_gf.io import ensure_dir, read_json
+from mindformer_gf.tasks.embeddings import EmbExtractor
 from mindformer_gf.tasks.perturb.engine import Job, PerturbationEngine
 from mindformer_gf.tasks.perturb.output import (
     RUN_FILE,
@@ -52,6 +54,8 @@ from mindformer_gf.tasks.perturb.output import (
     table_dir,
 )
 from mindformer_gf.tasks.perturb.plan import PERTURB_TYPES, CellLayout, cell_perturbations, count_perturbations
+from mindformer_gf.tokenizer import load_gene_dictionaries, read_dictionary_file, token_dictionary_for
+from mindformer_gf.train.device import prepare_device
 from mindformer_gf.train.distributed import ParallelContext, launched_context
 
 EMB_MODES = ("cell", "cls", "cell_and_gene", "cls_and_gene")
@@ -72,8 +76,6 @@ class GeneNames:
     @functools.lru_cache(maxsize=4)
     def shipped(cls) -> GeneNames:
         """The shipped V1 token and gene-name dictionaries (read once per process)."""
-        from mindformer_gf.tokenizer import load_gene_dictionaries
-
         dictionaries = load_gene_dictionaries("V1", load_gene_names=True)
         return cls(dictionaries.token, dictionaries.gene_names or {})
 
@@ -84,8 +86,6 @@ class GeneNames:
         token_dictionary_file: str | None = None,
         gene_name_id_dictionary_file: str | None = None,
     ) -> GeneNames:
-        from mindformer_gf.tokenizer import read_dictionary_file, token_dictionary_for
-
         if token_dictionary_file is None and gene_name_id_dictionary_file is None:
             if dataset is not None:
                 token_dictionary_for(dataset)  # checks that the dataset was tokenized with the shipped dictionary
@@ -95,12 +95,8 @@ class GeneNames:
         elif token_dictionary_file is not None:
             token = read_dictionary_file(token_dictionary_file, "token")[0]
         else:
-            from mindformer_gf.tokenizer import load_gene_dictionaries
-
             token = load_gene_dictionaries("V1").token
         if gene_name_id_dictionary_file is None:
-            from mindformer_gf.tokenizer import load_gene_dictionaries
-
             names = load_gene_dictionaries("V1", load_gene_names=True).gene_names or {}
         else:
             names = read_dictionary_file(gene_name_id_dictionary_file, "gene_name")[0]
@@ -138,8 +134,6 @@ def get_state_embs(
 ) -> dict[str, np.ndarray]:
     """{state: mean embedding of that state's cells} for every state of `cell_states_to_model` (start, goal and
     alt states), as the reference's `EmbExtractor.get_state_embs`; the `state_embs_dict` of InSilicoPerturber."""
-    from mindformer_gf.tasks.embeddings import EmbExtractor
-
     states = possible_states(cell_states_to_model)
     key = cell_states_to_model["state_key"]
     extractor = EmbExtractor(
@@ -369,9 +363,6 @@ class InSilicoPerturber:
         balanced by genes squared, into its own table under `{output_prefix}_shards/`; rank 0 merges them into the
         table one process writes (same rows, same order, same bits) and returns its directory, the other ranks
         return None."""
-        from mindformer_gf.finetune.task_model import load_encoder
-        from mindformer_gf.train.device import prepare_device
-
         prepare_device(self.device)
         encoder = encoder if encoder is not None else load_encoder(model_directory)
         config = encoder.config
