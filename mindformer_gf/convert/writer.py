@@ -1,6 +1,7 @@
 """The one writer of a model directory: in-memory weights (or a conversion plan's tensors) streamed into a MindSpore
 or Hugging Face model directory, assembled under a temporary name and renamed into place (`mindformer_gf.io`).
-`save_pretrained`, the training checkpoints' final model, the task models and both conversions write through it.
+`save_pretrained`, the pretraining run's final model and the task models write through it; both conversions
+use its weight writer (`_write_weights`).
 """
 
 from __future__ import annotations
@@ -149,21 +150,3 @@ def write_model_directory(
         if extra_files is not None:
             extra_files(staging)
     return Path(directory)
-
-
-def save_mindspore_model(
-    weights: dict[str, np.ndarray],
-    config: GeneformerConfig,
-    architecture: str,
-    directory: str | os.PathLike,
-    *,
-    format: str = "ckpt",
-    dtype: str = "keep",
-    force: bool = False,
-    progress: bool = False,
-) -> Path:
-    """Write in-memory float weights (by parameter name) as a MindSpore model directory like convert_to_mindspore's,
-    so that `from_pretrained` and `convert_to_huggingface` take it."""
-    return write_model_directory(
-        weights, config, architecture, directory, format=format, dtype=dtype, force=force, progress=progress
-    )
