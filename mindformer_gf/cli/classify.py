@@ -37,7 +37,7 @@ from mindformer_gf.train.schedule import SCHEDULES
 TRAINING_FLAGS = {
     # flag: (settings field, type, help)
     "epochs": ("num_train_epochs", float, "training epochs (fractions allowed)"),
-    "batch-size": ("batch_size", int, "cells per training batch (reference: 12)"),
+    "batch-size": ("per_device_train_batch_size", int, "cells per training batch (reference: 12)"),
     "lr": ("learning_rate", float, "peak learning rate"),
     "schedule": ("lr_scheduler_type", str, "the reference's lr_scheduler_type (transformers' schedules)"),
     "polynomial-power": ("lr_power", float, "power of the polynomial schedule (default 1)"),

@@ -24,7 +24,7 @@ FLAGS = {
     "model": (str, "a preset to train from scratch (Geneformer-V1-10M, ...) or a model directory to continue"),
     "max_steps": (int, "optimisation steps (0: num_train_epochs over the corpus)"),
     "num_train_epochs": (float, "epochs when max_steps is 0"),
-    "batch_size": (int, "cells per micro-batch per device"),
+    "per_device_train_batch_size": (int, "cells per micro-batch per device"),
     "gradient_accumulation_steps": (int, "micro-batches per optimisation step per device"),
     "learning_rate": (float, "peak learning rate (default 1e-3)"),
     "lr_scheduler_type": (

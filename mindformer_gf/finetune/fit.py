@@ -46,7 +46,7 @@ class FineTuneSettings:
     CONVERTED_SETTINGS: ClassVar[dict[str, str]] = {"lr_end": "min_lr_ratio", "keep_checkpoints": "save_total_limit"}
 
     num_train_epochs: float = 10.0
-    batch_size: int = 12
+    per_device_train_batch_size: int = 12
     learning_rate: float = 5e-5
     lr_scheduler_type: str = "linear"
     warmup_steps: int = 500
@@ -94,8 +94,8 @@ class FineTuneSettings:
             raise ValueError(f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of {SCHEDULES}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy {self.strategy!r} is not one of {STRATEGIES}")
-        if not self.num_train_epochs > 0 or self.batch_size < 1 or self.forward_batch_size < 1:
-            raise ValueError("num_train_epochs must be > 0, batch_size and forward_batch_size >= 1")
+        if not self.num_train_epochs > 0 or self.per_device_train_batch_size < 1 or self.forward_batch_size < 1:
+            raise ValueError("num_train_epochs must be > 0, per_device_train_batch_size and forward_batch_size >= 1")
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not self.lr_power > 0 or self.lr_num_cycles < 1:
@@ -201,7 +201,7 @@ def fit(
     train_settings = TrainSettings(
         output_dir=str(output_dir),
         max_steps=total,
-        batch_size=settings.batch_size,
+        per_device_train_batch_size=settings.per_device_train_batch_size,
         learning_rate=settings.learning_rate,
         warmup_steps=warmup,
         **schedule_for_trainer(settings),

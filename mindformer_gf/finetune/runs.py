@@ -123,8 +123,10 @@ def training_source(
     Under msrun each step takes one micro-batch per rank (data parallel, as pretraining): `batch_size` cells per
     rank, so a step sees batch_size x ranks cells and an epoch has that many times fewer steps."""
     group_size = init_distributed().world_size
-    plan = LengthGroupedPlan(corpus_lengths(dataset), buckets, settings.batch_size, group_size, settings.seed)
-    batch = settings.batch_size
+    plan = LengthGroupedPlan(
+        corpus_lengths(dataset), buckets, settings.per_device_train_batch_size, group_size, settings.seed
+    )
+    batch = settings.per_device_train_batch_size
     if task_labels is not None:
         collator = MultiLabelCollator(dataset, batch, task_labels, pad_token_id)
         return PlannedBatches(plan, collator)

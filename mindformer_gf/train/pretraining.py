@@ -108,12 +108,27 @@ def build_pretraining_data(settings: PretrainSettings, model_config, group_size:
     # a batch padded to its longest cell is a new shape: only a dynamic-shape graph takes it without compiling again
     longest = settings.dynamic_shapes and not settings.pad_to_bucket_width
     source = masked_lm_source(
-        dataset, spec, buckets, settings.batch_size, group_size, settings.seed, pad_id, pad_to_longest=longest
+        dataset,
+        spec,
+        buckets,
+        settings.per_device_train_batch_size,
+        group_size,
+        settings.seed,
+        pad_id,
+        pad_to_longest=longest,
     )
     eval_source = None
     if held_out is not None:
         eval_source = masked_lm_source(
-            held_out, spec, buckets, settings.batch_size, 1, settings.seed, pad_id, False, pad_to_longest=longest
+            held_out,
+            spec,
+            buckets,
+            settings.per_device_train_batch_size,
+            1,
+            settings.seed,
+            pad_id,
+            False,
+            pad_to_longest=longest,
         )
     return PretrainingData(source, spec, source.plan.padding_waste(), buckets.widths, eval_source)
 

@@ -32,6 +32,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # has one); the old names are accepted, with a DeprecationWarning, for one release
 RENAMED_SETTINGS = {
     "num_epochs": "num_train_epochs",
+    "batch_size": "per_device_train_batch_size",
     "lr_schedule": "lr_scheduler_type",
     "gradient_accumulation": "gradient_accumulation_steps",
     "keep_last": "save_total_limit",
@@ -104,7 +105,8 @@ class TrainSettings:
     # length of the run: max_steps when > 0, else num_train_epochs over the corpus
     max_steps: int = 0
     num_train_epochs: float = 3.0
-    batch_size: int = 12
+    # cells per micro-batch on each device
+    per_device_train_batch_size: int = 12
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-3
     lr_scheduler_type: str = "linear"
@@ -139,7 +141,7 @@ class TrainSettings:
 
     def validate(self) -> None:
         positive = (
-            "batch_size",
+            "per_device_train_batch_size",
             "gradient_accumulation_steps",
             "log_every",
             "save_every",
@@ -225,6 +227,8 @@ def settings_from_dict(cls: type, data: dict[str, Any]) -> Any:
     """An instance of the settings class `cls` from a mapping; unknown keys are errors with a suggestion."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
+    # a value's error names the setting as the user wrote it (an old name too)
+    written_as = {RENAMED_SETTINGS[key]: key for key in data if key not in known and key in RENAMED_SETTINGS}
     data = upgrade_setting_names(cls, data)
     kwargs = {}
     for key, value in data.items():
@@ -232,7 +236,7 @@ def settings_from_dict(cls: type, data: dict[str, Any]) -> Any:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"unknown training setting {key!r}{hint}; known: {sorted(known)}")
-        kwargs[key] = _coerce(value, hints[key], key)
+        kwargs[key] = _coerce(value, hints[key], written_as.get(key, key))
     settings = cls(**kwargs)
     settings.validate()
     return settings

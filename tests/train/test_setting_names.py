@@ -13,7 +13,7 @@ from mindformer_gf.train import PretrainSettings, TrainSettings, load_settings
 
 SHARED_KNOBS = {
     "num_train_epochs",
-    "batch_size",
+    "per_device_train_batch_size",
     "learning_rate",
     "lr_scheduler_type",
     "warmup_steps",
@@ -41,6 +41,7 @@ def test_fine_tuning_and_pretraining_name_their_shared_knobs_alike():
     arguments = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
     assert {"num_train_epochs", "learning_rate", "lr_scheduler_type", "warmup_steps"} <= arguments
     assert {"weight_decay", "max_grad_norm", "seed", "save_total_limit", "gradient_accumulation_steps"} <= arguments
+    assert "per_device_train_batch_size" in arguments
     assert "gradient_accumulation_steps" in _names(TrainSettings)
 
 
