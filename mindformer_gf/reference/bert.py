@@ -35,6 +35,11 @@ def add_layer_norm(x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias
     return layer_norm(x + residual, weight, bias, eps)
 
 
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = np.exp(x - x.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
 def erf(x: np.ndarray) -> np.ndarray:
     """The error function (numpy has none); math.erf elementwise is exact to double precision."""
     from math import erf as scalar_erf

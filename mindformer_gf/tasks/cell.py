@@ -49,7 +49,6 @@ from mindformer_gf.finetune.runs import (
     TargetScale,
     bucket_widths,
     build_model_for_task,
-    sharded_forward,
     task_description,
     training_source,
     validation,
@@ -59,7 +58,7 @@ from mindformer_gf.finetune.splits import Split, k_fold_splits, split_by_fractio
 from mindformer_gf.finetune.task_model import RegressionObjective, save_task_model
 from mindformer_gf.infer.datasets import dataset_for_model, model_config_of, open_dataset
 from mindformer_gf.io import ensure_dir, write_csv, write_json
-from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation
+from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation, positions_evaluator
 from mindformer_gf.train import ClassificationObjective
 from mindformer_gf.train.device import prepare_device, seed_everything
 from mindformer_gf.train.distributed import ParallelContext
@@ -227,17 +226,18 @@ class CellClassifier(SavedModelEvaluation):
             )
             objective = ClassificationObjective(model)
 
-        def evaluate_positions(positions: np.ndarray, desc: str) -> tuple[dict[str, Any] | None, Any, Any]:
-            """(metrics, predictions, the sharded pass) of the cells at `positions`; (None, None, pass) on the ranks
-            other than 0 of a data-parallel run. The test predictions' record goes beside them."""
-            where, prefix = (out, "predictions") if desc == "test" else (out / "training", "validation")
-            record = {"command": "classify cell", "pass": desc, "split": split.name, "model": str(model_dir)}
-            rows = prepared.indices[positions]
-            merged, job = sharded_forward(model, dataset, rows, settings, buckets, where, prefix, record, pad_id, desc)
-            if merged is None:
-                return None, None, job
-            return (*self._score(prepared, positions, merged[0], scale), job)
-
+        evaluate_positions = positions_evaluator(
+            model,
+            dataset,
+            prepared.indices,
+            settings,
+            buckets,
+            out,
+            "classify cell",
+            {"split": split.name, "model": str(model_dir)},
+            pad_id,
+            lambda positions, outputs: self._score(prepared, positions, outputs[0], scale),
+        )
         evaluate = validation(evaluate_positions, split.valid)
         run = fit(
             model,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mindformer_gf.finetune.fit import FineTuneSettings
-from mindformer_gf.finetune.runs import bucket_widths, evaluate_saved, load_saved_model
+from mindformer_gf.finetune.runs import bucket_widths, evaluate_saved, load_saved_model, sharded_forward
 from mindformer_gf.infer.datasets import dataset_for_model
 from mindformer_gf.train.device import prepare_device
 from mindformer_gf.train.distributed import ParallelContext
@@ -33,6 +33,36 @@ class EvaluationPlan:
     score: Callable[[list[Any]], tuple[dict[str, Any], list[Path]]]
     # more inputs that fingerprint the prediction shards (a label file's labels)
     inputs: dict[str, Any] | None = None
+
+
+def positions_evaluator(
+    model: Any,
+    dataset: Any,
+    rows: np.ndarray,
+    settings: FineTuneSettings,
+    buckets: Any,
+    output_dir: Path,
+    command: str,
+    record: dict[str, Any],
+    pad_token_id: int,
+    score: Callable[[np.ndarray, list[Any]], tuple[Any, Any]],
+) -> Callable[[np.ndarray, str], tuple[Any, Any, Any]]:
+    """`evaluate_positions(positions, desc)` of a training run: (metrics, predictions, the sharded pass) of the cells
+    at `positions` (dataset rows `rows[positions]`), scored by `score(positions, outputs)`; (None, None, pass) on the
+    ranks other than 0 of a data-parallel run. The test pass ("test") writes its record beside the predictions in
+    `output_dir`, the validation passes under `output_dir/training`."""
+
+    def evaluate_positions(positions: np.ndarray, desc: str) -> tuple[Any, Any, Any]:
+        where, prefix = (output_dir, "predictions") if desc == "test" else (output_dir / "training", "validation")
+        run_record = {"command": command, "pass": desc, **record}
+        outputs, job = sharded_forward(
+            model, dataset, rows[positions], settings, buckets, where, prefix, run_record, pad_token_id, desc
+        )
+        if outputs is None:
+            return None, None, job
+        return (*score(positions, outputs), job)
+
+    return evaluate_positions
 
 
 class SavedModelEvaluation:

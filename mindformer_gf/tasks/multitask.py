@@ -38,7 +38,6 @@ from mindformer_gf.finetune.metrics import (
 from mindformer_gf.finetune.runs import (
     TargetScale,
     bucket_widths,
-    sharded_forward,
     task_description,
     training_source,
     validation,
@@ -59,7 +58,7 @@ from mindformer_gf.finetune.task_model import (
 )
 from mindformer_gf.infer.datasets import dataset_for_model, model_config_of
 from mindformer_gf.io import ensure_dir, write_csv, write_json
-from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation
+from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation, positions_evaluator
 from mindformer_gf.train.device import prepare_device, seed_everything
 
 
@@ -222,17 +221,18 @@ class MultitaskClassifier(SavedModelEvaluation):
         )
         objective = MultitaskObjective(model, data.regression, self.weights)
 
-        def evaluate_positions(positions: np.ndarray, desc: str) -> tuple[dict[str, Any] | None, Any, Any]:
-            """(metrics, predictions per task, the sharded pass) of the cells at `positions`; (None, None, pass) on
-            the ranks other than 0 of a data-parallel run. The test predictions' record goes beside them."""
-            where, prefix = (out, "predictions") if desc == "test" else (out / "training", "validation")
-            record = {"command": "classify multitask", "pass": desc, "model": str(model_dir)}
-            rows = data.rows[positions]
-            outputs, job = sharded_forward(model, dataset, rows, settings, buckets, where, prefix, record, pad_id, desc)
-            if outputs is None:
-                return None, None, job
-            return (*score_tasks(data, positions, outputs, scales), job)
-
+        evaluate_positions = positions_evaluator(
+            model,
+            dataset,
+            data.rows,
+            settings,
+            buckets,
+            out,
+            "classify multitask",
+            {"model": str(model_dir)},
+            pad_id,
+            lambda positions, outputs: score_tasks(data, positions, outputs, scales),
+        )
         evaluate = validation(evaluate_positions, split.valid)
         run = fit(
             model,
