@@ -27,10 +27,7 @@ FLAGS = {
     "per_device_train_batch_size": (int, "cells per micro-batch per device"),
     "gradient_accumulation_steps": (int, "micro-batches per optimisation step per device"),
     "learning_rate": (float, "peak learning rate (default 1e-3)"),
-    "lr_scheduler_type": (
-        str,
-        "linear (default), cosine, cosine_with_restarts, polynomial, constant, constant_with_warmup",
-    ),
+    "lr_scheduler_type": (str, "linear (default), cosine, cosine_with_restarts, polynomial, constant[_with_warmup]"),
     "warmup_steps": (int, "warmup steps (default 10000)"),
     "precision": (str, "auto (fp32 on CPU, bf16 on Ascend), fp32, bf16 or fp16 (dynamic loss scaling)"),
     "device": (str, "auto, CPU or Ascend"),

@@ -33,6 +33,14 @@ def _cast(dtype: type | None, *arrays: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(a) if dtype is None else np.asarray(a, dtype) for a in arrays]
 
 
+def _row_chunks(q: np.ndarray, k: np.ndarray, mask: np.ndarray):
+    """(rows, P, row max, row sum) for each chunk of query rows (the chunks only bound the memory)."""
+    valid = np.asarray(mask).astype(bool)[:, None, None, :]
+    for start in range(0, q.shape[2], ROW_CHUNK):
+        rows = slice(start, start + ROW_CHUNK)
+        yield (rows, *_probabilities(q[:, :, rows], k, valid))
+
+
 def attention_forward(
     q: np.ndarray,
     k: np.ndarray,
@@ -45,12 +53,9 @@ def attention_forward(
     """O [B, H, L, D] and LSE [B, H, L] (LSE = 0 where a row has no valid key); keep: dropout mask [B, H, L, L],
     kept entries scaled by keep_scale. In `dtype` (None: the inputs' own)."""
     q, k, v = _cast(dtype, q, k, v)
-    valid = np.asarray(mask).astype(bool)[:, None, None, :]
     out = np.zeros(q.shape[:-1] + v.shape[-1:], q.dtype)
     lse = np.zeros(q.shape[:-1], q.dtype)
-    for start in range(0, q.shape[2], ROW_CHUNK):
-        rows = slice(start, start + ROW_CHUNK)
-        probs, row_max, total = _probabilities(q[:, :, rows], k, valid)
+    for rows, probs, row_max, total in _row_chunks(q, k, mask):
         if keep is not None:
             probs = probs * keep[:, :, rows] * keep_scale
         out[:, :, rows] = probs @ v
@@ -72,11 +77,8 @@ def attention_backward(
     """dQ, dK, dV of O = (softmax(s Q K^T + mask) o Z) V (and LSE) for upstream gradients d_out (and d_lse)."""
     q, k, v, d_out = _cast(dtype, q, k, v, d_out)
     scale = 1.0 / np.sqrt(q.shape[-1])
-    valid = np.asarray(mask).astype(bool)[:, None, None, :]
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
-    for start in range(0, q.shape[2], ROW_CHUNK):
-        rows = slice(start, start + ROW_CHUNK)
-        probs, _, _ = _probabilities(q[:, :, rows], k, valid)
+    for rows, probs, _, _ in _row_chunks(q, k, mask):
         factor = 1.0 if keep is None else keep[:, :, rows] * keep_scale
         dv += np.swapaxes(probs * factor, -1, -2) @ d_out[:, :, rows]
         d_probs = (d_out[:, :, rows] @ np.swapaxes(v, -1, -2)) * factor
