@@ -25,7 +25,7 @@ def length_sorted_batches(lengths: np.ndarray, buckets: LengthBuckets, batch_siz
 
     This is THE batch plan of a pass: which cells share a batch, in which rows, at which width. A cell's outputs
     may differ in the last bits with its batch (CPU matrix kernels take other paths for other rows), so a pass
-    sharded over ranks makes this plan from all its cells and hands out whole batches (`tasks.sharded`)."""
+    sharded over ranks makes this plan from all its cells and hands out whole batches (`infer.sharded`)."""
     lengths = np.asarray(lengths)
     bucket_of = buckets.assign(lengths)
     order = np.argsort(lengths, kind="stable")

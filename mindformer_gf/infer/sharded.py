@@ -165,7 +165,7 @@ def forward_share(
     extra_inputs: Callable[[np.ndarray, np.ndarray], Sequence[np.ndarray]] | None = None,
     check_cells: Callable[[list[np.ndarray]], None] | None = None,
 ) -> Callable[[np.ndarray, Callable[[int], None]], Outputs]:
-    """The `compute` of a ShardedInference that runs `forward` (see `tasks.inference.run_forward`) over the dataset
+    """The `compute` of a ShardedInference that runs `forward` (see `infer.batches.run_forward`) over the dataset
     rows `rows[positions]`, batch by batch as `batches` says: the plan one process makes from every cell
     (`length_sorted_batches` of all of `rows`), whose batches are the job's groups. A rank thus runs exactly the
     batches one process runs, and its cells' outputs are that process's bit for bit. `check_cells(cells)` may

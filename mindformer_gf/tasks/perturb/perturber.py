@@ -21,7 +21,7 @@ Faster than the reference by construction: no MLM logits, the encoder stops at `
 once, perturbed copies share full batches across cells, and a few padded widths bound the graph compilations.
 A group whose genes occur in different numbers across the cells works with any batch size. Under msrun each rank
 perturbs whole windows of the plan one process makes (cells whose originals and copies share batches), balanced by
-genes squared (`tasks.sharded`), and rank 0 merges the table: one process's, bit for bit.
+genes squared (`infer.sharded`), and rank 0 merges the table: one process's, bit for bit.
 """
 
 from __future__ import annotations
