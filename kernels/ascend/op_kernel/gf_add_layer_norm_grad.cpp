@@ -49,6 +49,9 @@ public:
     __aicore__ inline void Process()
     {
         RowPhase();
+        // TPipe::Reset frees the buffers but orders no pipe: the column phase's first copies and vector writes
+        // reuse UB that the row phase's last instructions may still be reading or writing.
+        AscendC::PipeBarrier<PIPE_ALL>();
         pipe_->Reset();
         ColumnPhase();
     }
@@ -291,6 +294,8 @@ private:
         ToFloat(dy, in[2 * tile], tile);
         AscendC::PipeBarrier<PIPE_V>();
         AscendC::Add(zhat, zhat, dy, static_cast<int32_t>(tile));
+        // dy is overwritten next while the Add may still be reading it (same pipe, pipelined)
+        AscendC::PipeBarrier<PIPE_V>();
         ToFloat(dy, in, tile);
         sliceQueue_.FreeTensor(in);
         gf::BroadcastRows(meanBroadcast, stats, columnRows_);
@@ -323,6 +328,8 @@ private:
         LocalTensor<float> accumulator = accumulatorBuf_.Get<float>();
         LocalTensor<float> sums = sumsOutQueue_.AllocTensor<float>();
         AscendC::Adds(sums, accumulator, 0.0f, static_cast<int32_t>(2 * width_));
+        // the next slice's Duplicate overwrites the accumulator this Adds reads (same pipe, pipelined)
+        AscendC::PipeBarrier<PIPE_V>();
         sumsOutQueue_.EnQue(sums);
         sums = sumsOutQueue_.DeQue<float>();
         AscendC::DataCopy(dWeightGm_[firstColumn], sums, width_);
