@@ -86,7 +86,9 @@ struct Access {  // one tracked granule
     unsigned readLine[kPipeCount] = {0, 0, 0, 0, 0};
     uint64_t readCores = 0;  // bit per vector core that read it (GM only)
     uint32_t writeMask = 0;
-    int16_t lastCore = -1;   // the core whose pipe history writeSeq / readSeq hold (GM only)  // bytes of the 32-byte granule writeCore wrote (GM only: DataCopyPad writes bytes)
+    int16_t lastCore = -1;
+    bool filled = false;     // last written by a Duplicate of the value fillBits
+    uint32_t fillBits = 0;   // the core whose pipe history writeSeq / readSeq hold (GM only)  // bytes of the 32-byte granule writeCore wrote (GM only: DataCopyPad writes bytes)
 };
 
 struct GmAllocation {
@@ -116,6 +118,8 @@ struct State {
     uint32_t clock[kPipeCount][kPipeCount] = {};
     std::vector<FlagRecord> flags;
     bool hazardChecks = true;
+    bool filling = false;  // the instruction being tracked is a Duplicate of fillBits
+    uint32_t fillBits = 0;
     uint64_t ubPeakBytes = 0;
     uint64_t instructions = 0;
 
@@ -199,7 +203,9 @@ inline void Track(Access& a, int p, uint32_t s, bool write, const Where& where, 
 {
     State& m = Model();
     if (m.hazardChecks) {
-        if (a.writeSeq != 0 && !(a.writePipe == p && a.writeSeq == s) &&
+        // Two unordered fills of the same value leave the same bytes whichever lands last: not a hazard.
+        const bool sameFill = write && m.filling && a.filled && a.fillBits == m.fillBits;
+        if (a.writeSeq != 0 && !(a.writePipe == p && a.writeSeq == s) && !sameFill &&
             a.writeSeq > m.clock[p][static_cast<int>(a.writePipe)]) {
             Fail(where, std::string("pipe hazard: ") + (write ? "write" : "read") + " on " + PipeName(p) + " of " +
                             memory + " byte " + std::to_string(offset) + " written on " + PipeName(a.writePipe) +
@@ -219,6 +225,8 @@ inline void Track(Access& a, int p, uint32_t s, bool write, const Where& where, 
     if (write) {
         a.writeSeq = s;
         a.writePipe = static_cast<int8_t>(p);
+        a.filled = m.filling;
+        a.fillBits = m.fillBits;
         a.writeFile = where.file_name();
         a.writeLine = where.line();
     } else {

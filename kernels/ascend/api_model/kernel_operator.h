@@ -772,6 +772,19 @@ struct NonDeduced {
     using type = T;
 };
 
+// Marks the granules a Duplicate writes with its value (see gfm::Track: equal unordered fills are benign).
+struct Filling {
+    template <typename T>
+    explicit Filling(T value)
+    {
+        uint32_t bits = 0;
+        std::memcpy(&bits, &value, sizeof(T) < 4 ? sizeof(T) : 4);
+        gfm::Model().filling = true;
+        gfm::Model().fillBits = bits | (static_cast<uint32_t>(sizeof(T)) << 28);
+    }
+    ~Filling() { gfm::Model().filling = false; }
+};
+
 }  // namespace model
 
 // ---- vector arithmetic -------------------------------------------------------------------------------------------
@@ -888,6 +901,7 @@ inline void Duplicate(const LocalTensor<T>& dst, const typename model::NonDeduce
                       Where where = GFM_HERE)
 {
     const uint32_t s = gfm::Begin(gfm::kPipeV);
+    const model::Filling filling(value);
     const auto bd = model::Operand(dst, model::Contiguous(count, where), gfm::kPipeV, s, true, where, "Duplicate");
     for (uint32_t b : bd) {
         model::StoreUb<T>(b, value);
@@ -901,6 +915,7 @@ inline void Duplicate(const LocalTensor<T>& dst, const typename model::NonDeduce
     gfm::Check(dstBlkStride != 0, where, "Duplicate: dstBlkStride 0 is undefined");
     const uint32_t s = gfm::Begin(gfm::kPipeV);
     const auto o = model::Level0Offsets<T>(model::BitMask<T>(mask, where), repeat, dstBlkStride, dstRepStride);
+    const model::Filling filling(value);
     for (uint32_t b : model::Operand(dst, o, gfm::kPipeV, s, true, where, "Duplicate")) {
         model::StoreUb<T>(b, value);
     }
@@ -912,6 +927,7 @@ inline void Duplicate(const LocalTensor<T>& dst, const typename model::NonDeduce
     gfm::Check(dstBlkStride != 0, where, "Duplicate: dstBlkStride 0 is undefined");
     const uint32_t s = gfm::Begin(gfm::kPipeV);
     const auto o = model::Level0Offsets<T>(model::ContinuousMask<T>(mask, where), repeat, dstBlkStride, dstRepStride);
+    const model::Filling filling(value);
     for (uint32_t b : model::Operand(dst, o, gfm::kPipeV, s, true, where, "Duplicate")) {
         model::StoreUb<T>(b, value);
     }
