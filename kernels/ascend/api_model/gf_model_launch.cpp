@@ -54,12 +54,12 @@ constexpr uint32_t kVectorCores = 48;
 // The system workspace the Matmul messages would use (GetLibApiWorkSpaceSize on a device); the model sends none.
 constexpr uint64_t kSysWorkspaceBytes = 16 * 1024;
 
-uint32_t Align16(uint32_t v) { return (v + 15u) / 16u * 16u; }
+[[maybe_unused]] uint32_t Align16(uint32_t v) { return (v + 15u) / 16u * 16u; }
 
 // TCubeTiling for one tile product m x n x k with 16-bit A and B (TCubeTiling结构体.md): one core, the whole tile
 // one base block (base sizes 16-aligned), A and B double-buffered in L1 (depth = step * 2), L0A / L0B
 // double-buffered when two blocks fit, L0C single. Matmul::Init checks it against the L1 / L0 capacities.
-TCubeTiling FillCubeTiling(uint32_t m, uint32_t n, uint32_t k)
+[[maybe_unused]] TCubeTiling FillCubeTiling(uint32_t m, uint32_t n, uint32_t k)
 {
     TCubeTiling t;
     t.usedCoreNum = 1;
@@ -83,7 +83,7 @@ TCubeTiling FillCubeTiling(uint32_t m, uint32_t n, uint32_t k)
 
 // SoftmaxFlashV2's temporary: the model's stand-in for GetSoftMaxFlashV2MinTmpSize (CANN's tiling library, not
 // published): two fp32 reduction blocks per row.
-uint32_t SoftmaxMinScratch(uint32_t br, uint32_t) { return 2 * br * 32; }
+[[maybe_unused]] uint32_t SoftmaxMinScratch(uint32_t br, uint32_t) { return 2 * br * 32; }
 
 struct Buffers {
     int count;

@@ -54,12 +54,13 @@ inline std::string BaseName(const char* file)
     throw ModelError(BaseName(where.file_name()) + ":" + std::to_string(where.line()) + ": " + what);
 }
 
-inline void Check(bool ok, const Where& where, const std::string& what)
-{
-    if (!ok) {
-        Fail(where, what);
-    }
-}
+// The message is built only when the check fails (these checks run on every element an instruction touches).
+#define GFM_CHECK(condition, where, ...)          \
+    do {                                          \
+        if (!(condition)) {                       \
+            ::gfm::Fail((where), __VA_ARGS__);    \
+        }                                         \
+    } while (0)
 
 // ---- memories ------------------------------------------------------------------------------------------------
 
@@ -136,11 +137,8 @@ struct State {
     }
 };
 
-inline State& Model()
-{
-    static State* state = new State();
-    return *state;
-}
+inline State* const gState = new State();
+inline State& Model() { return *gState; }
 
 // ---- pipe ordering ---------------------------------------------------------------------------------------------
 
@@ -267,12 +265,12 @@ inline void TrackGm(const void* address, uint64_t bytes, int p, uint32_t s, bool
     }
     State& m = Model();
     GmAllocation* a = FindGm(address);
-    Check(a != nullptr, where, "GM access outside every allocation the launch passed");
+    GFM_CHECK(a != nullptr, where, "GM access outside every allocation the launch passed");
     const uint64_t offset = static_cast<const uint8_t*>(address) - a->base;
-    Check(offset + bytes <= a->bytes, where,
+    GFM_CHECK(offset + bytes <= a->bytes, where,
           "GM access past the end of '" + a->name + "': bytes [" + std::to_string(offset) + ", " +
               std::to_string(offset + bytes) + ") of " + std::to_string(a->bytes));
-    Check(a->ownerCore < 0 || a->ownerCore == m.core, where,
+    GFM_CHECK(a->ownerCore < 0 || a->ownerCore == m.core, where,
           "vector core " + std::to_string(m.core) + " touches '" + a->name + "', which belongs to vector core " +
               std::to_string(a->ownerCore));
     if (a->shadow.empty()) {
@@ -314,7 +312,7 @@ inline void TrackGm(const void* address, uint64_t bytes, int p, uint32_t s, bool
         } else {
             x.readCores |= me;
         }
-        Track(x, p, s, write, where, ("GM '" + a->name + "'").c_str(), g * kGmGranule);
+        Track(x, p, s, write, where, a->name.c_str(), g * kGmGranule);
     }
 }
 

@@ -147,15 +147,15 @@ public:
     // The UB byte offset of elements [first, first + count), after the checks.
     uint32_t Resolve(uint64_t first, uint64_t count, const Where& where, const char* what) const
     {
-        gfm::Check(buffer_ >= 0, where, std::string(what) + ": LocalTensor that no queue or buffer handed out");
+        GFM_CHECK(buffer_ >= 0, where, std::string(what) + ": LocalTensor that no queue or buffer handed out");
         const model::Buffer& b = model::Buffers()[buffer_];
-        gfm::Check(b.generation == generation_, where,
+        GFM_CHECK(b.generation == generation_, where,
                    std::string(what) + ": LocalTensor used after FreeTensor (or after TPipe::Reset)");
-        gfm::Check(b.state != model::BufferState::kFree, where, std::string(what) + ": LocalTensor of a free buffer");
-        gfm::Check(!pastEnd_, where, std::string(what) + ": operator[] offset beyond the end of its buffer");
+        GFM_CHECK(b.state != model::BufferState::kFree, where, std::string(what) + ": LocalTensor of a free buffer");
+        GFM_CHECK(!pastEnd_, where, std::string(what) + ": operator[] offset beyond the end of its buffer");
         const uint64_t start = addr_ + first * sizeof(T);
         const uint64_t stop = start + count * sizeof(T);
-        gfm::Check(stop <= end_, where,
+        GFM_CHECK(stop <= end_, where,
                    std::string(what) + ": UB access past the end of its buffer: bytes [" +
                        std::to_string(start - b.offset) + ", " + std::to_string(stop - b.offset) + ") of a " +
                        std::to_string(b.bytes) + "-byte buffer");
@@ -207,10 +207,10 @@ public:
     template <typename T>
     LocalTensor<T> AllocTensor(Where where = GFM_HERE)
     {
-        gfm::Check(!buffers_.empty(), where, "AllocTensor on a queue TPipe::InitBuffer never initialised");
+        GFM_CHECK(!buffers_.empty(), where, "AllocTensor on a queue TPipe::InitBuffer never initialised");
         for (int index : buffers_) {
             model::Buffer& b = model::Buffers()[index];
-            gfm::Check(!b.retired, where, "AllocTensor on a queue after TPipe::Reset without a new InitBuffer");
+            GFM_CHECK(!b.retired, where, "AllocTensor on a queue after TPipe::Reset without a new InitBuffer");
             if (b.state == model::BufferState::kFree) {
                 b.state = model::BufferState::kAllocated;
                 if (b.released) {
@@ -231,8 +231,8 @@ public:
     void EnQue(const LocalTensor<T>& t, Where where = GFM_HERE)
     {
         model::Buffer& b = Owned(t, where, "EnQue");
-        gfm::Check(b.state == model::BufferState::kAllocated, where, "EnQue of a tensor not freshly allocated");
-        gfm::Check(static_cast<int32_t>(queued_.size()) < depth, where,
+        GFM_CHECK(b.state == model::BufferState::kAllocated, where, "EnQue of a tensor not freshly allocated");
+        GFM_CHECK(static_cast<int32_t>(queued_.size()) < depth, where,
                    "EnQue beyond the queue depth " + std::to_string(depth));
         b.state = model::BufferState::kQueued;
         b.handOff = gfm::SnapshotOf(Producer());
@@ -241,7 +241,7 @@ public:
     template <typename T>
     LocalTensor<T> DeQue(Where where = GFM_HERE)
     {
-        gfm::Check(!queued_.empty(), where, "DeQue without EnQue (empty queue: the device would wait forever)");
+        GFM_CHECK(!queued_.empty(), where, "DeQue without EnQue (empty queue: the device would wait forever)");
         const int index = queued_.front();
         queued_.erase(queued_.begin());
         model::Buffer& b = model::Buffers()[index];
@@ -258,7 +258,7 @@ public:
     void FreeTensor(const LocalTensor<T>& t, Where where = GFM_HERE)
     {
         model::Buffer& b = Owned(t, where, "FreeTensor");
-        gfm::Check(b.state != model::BufferState::kQueued, where, "FreeTensor of a tensor still in the queue");
+        GFM_CHECK(b.state != model::BufferState::kQueued, where, "FreeTensor of a tensor still in the queue");
         b.state = model::BufferState::kFree;
         b.release = gfm::SnapshotOf(Consumer());
         b.released = true;
@@ -273,11 +273,11 @@ private:
         for (int index : buffers_) {
             mine = mine || index == t.buffer_;
         }
-        gfm::Check(mine, where, std::string(what) + " of a tensor from another queue");
+        GFM_CHECK(mine, where, std::string(what) + " of a tensor from another queue");
         model::Buffer& b = model::Buffers()[t.buffer_];
-        gfm::Check(b.generation == t.generation_ && b.state != model::BufferState::kFree, where,
+        GFM_CHECK(b.generation == t.generation_ && b.state != model::BufferState::kFree, where,
                    std::string(what) + " of a tensor already freed");
-        gfm::Check(t.addr_ == b.offset, where, std::string(what) + " of a tensor that is not the buffer's start");
+        GFM_CHECK(t.addr_ == b.offset, where, std::string(what) + " of a tensor that is not the buffer's start");
         return b;
     }
 };
@@ -290,7 +290,7 @@ public:
     template <typename T>
     LocalTensor<T> Get(Where where = GFM_HERE) const
     {
-        gfm::Check(buffer_ >= 0, where, "TBuf::Get on a buffer TPipe::InitBuffer never initialised");
+        GFM_CHECK(buffer_ >= 0, where, "TBuf::Get on a buffer TPipe::InitBuffer never initialised");
         const model::Buffer& b = model::Buffers()[buffer_];
         LocalTensor<T> t;
         t.addr_ = b.offset;
@@ -303,7 +303,7 @@ public:
     LocalTensor<T> Get(uint32_t count, Where where = GFM_HERE) const
     {
         LocalTensor<T> t = Get<T>(where);
-        gfm::Check(count * sizeof(T) <= t.end_ - t.addr_, where, "TBuf::Get(count) beyond the buffer");
+        GFM_CHECK(count * sizeof(T) <= t.end_ - t.addr_, where, "TBuf::Get(count) beyond the buffer");
         t.end_ = t.addr_ + count * sizeof(T);
         return t;
     }
@@ -321,12 +321,12 @@ public:
     template <TPosition pos, int32_t depth>
     void InitBuffer(TQue<pos, depth>& que, uint8_t num, uint32_t len, Where where = GFM_HERE)
     {
-        gfm::Check(num >= 1, where, "InitBuffer with no buffer");
+        GFM_CHECK(num >= 1, where, "InitBuffer with no buffer");
         bool retired = true;
         for (int index : que.buffers_) {
             retired = retired && model::Buffers()[index].retired;
         }
-        gfm::Check(retired, where, "InitBuffer twice on one queue without TPipe::Reset");
+        GFM_CHECK(retired, where, "InitBuffer twice on one queue without TPipe::Reset");
         que.buffers_.clear();
         que.queued_.clear();
         for (uint8_t i = 0; i < num; ++i) {
@@ -336,7 +336,7 @@ public:
     template <TPosition pos>
     void InitBuffer(TBuf<pos>& buf, uint32_t len, Where where = GFM_HERE)
     {
-        gfm::Check(buf.buffer_ < 0 || model::Buffers()[buf.buffer_].retired, where,
+        GFM_CHECK(buf.buffer_ < 0 || model::Buffers()[buf.buffer_].retired, where,
                    "InitBuffer twice on one TBuf without TPipe::Reset");
         buf.buffer_ = Carve(len, pos, model::BufferState::kCalc, where);
     }
@@ -346,13 +346,13 @@ public:
     int FetchEventID(Where where = GFM_HERE)
     {
         int src, dst;
-        gfm::Check(model::EventPipes(event, &src, &dst), where, "FetchEventID of an event the model does not serve");
+        GFM_CHECK(model::EventPipes(event, &src, &dst), where, "FetchEventID of an event the model does not serve");
         return nextEvent_++ % 8;
     }
     int FetchEventID(HardEvent event, Where where = GFM_HERE)
     {
         int src, dst;
-        gfm::Check(model::EventPipes(event, &src, &dst), where, "FetchEventID of an event the model does not serve");
+        GFM_CHECK(model::EventPipes(event, &src, &dst), where, "FetchEventID of an event the model does not serve");
         return nextEvent_++ % 8;
     }
 
@@ -360,8 +360,8 @@ private:
     int Carve(uint32_t len, TPosition pos, model::BufferState state, const Where& where)
     {
         const uint32_t bytes = (len + 31u) / 32u * 32u;
-        gfm::Check(len > 0, where, "InitBuffer of 0 bytes");
-        gfm::Check(static_cast<uint64_t>(used_) + bytes <= gfm::kUbBytes, where,
+        GFM_CHECK(len > 0, where, "InitBuffer of 0 bytes");
+        GFM_CHECK(static_cast<uint64_t>(used_) + bytes <= gfm::kUbBytes, where,
                    "Unified Buffer overflow: " + std::to_string(used_) + " bytes in use + " + std::to_string(bytes) +
                        " > 192 KiB");
         model::Buffer b;
@@ -442,8 +442,8 @@ template <HardEvent event>
 inline void SetFlag(int32_t id, Where where = GFM_HERE)
 {
     int src, dst;
-    gfm::Check(model::EventPipes(event, &src, &dst), where, "SetFlag of an event the model does not serve");
-    gfm::Check(id >= 0 && id < 8, where, "event id outside 0..7");
+    GFM_CHECK(model::EventPipes(event, &src, &dst), where, "SetFlag of an event the model does not serve");
+    GFM_CHECK(id >= 0 && id < 8, where, "event id outside 0..7");
     gfm::Model().flags.push_back({src, dst, id, gfm::SnapshotOf(src)});
 }
 
@@ -451,7 +451,7 @@ template <HardEvent event>
 inline void WaitFlag(int32_t id, Where where = GFM_HERE)
 {
     int src, dst;
-    gfm::Check(model::EventPipes(event, &src, &dst), where, "WaitFlag of an event the model does not serve");
+    GFM_CHECK(model::EventPipes(event, &src, &dst), where, "WaitFlag of an event the model does not serve");
     auto& flags = gfm::Model().flags;
     for (size_t i = 0; i < flags.size(); ++i) {
         if (flags[i].src == src && flags[i].dst == dst && flags[i].id == id) {
@@ -546,7 +546,7 @@ std::vector<uint32_t> Level0Offsets(const std::vector<uint8_t>& laneMask, uint32
 template <typename T>
 std::vector<uint8_t> ContinuousMask(uint64_t count, const Where& where)
 {
-    gfm::Check(count >= 1 && count <= Lanes<T>::kPerRepeat, where,
+    GFM_CHECK(count >= 1 && count <= Lanes<T>::kPerRepeat, where,
                "mask (continuous mode) " + std::to_string(count) + " outside 1.." +
                    std::to_string(Lanes<T>::kPerRepeat));
     std::vector<uint8_t> m(Lanes<T>::kPerRepeat, 0);
@@ -562,9 +562,9 @@ std::vector<uint8_t> BitMask(const uint64_t mask[2], const Where& where)
 {
     std::vector<uint8_t> m(Lanes<T>::kPerRepeat, 0);
     if (sizeof(T) == 4) {
-        gfm::Check(mask[1] == 0, where, "mask[1] must be 0 for 32-bit data (64 lanes)");
+        GFM_CHECK(mask[1] == 0, where, "mask[1] must be 0 for 32-bit data (64 lanes)");
     }
-    gfm::Check(mask[0] != 0 || mask[1] != 0, where, "mask with no lane set");
+    GFM_CHECK(mask[0] != 0 || mask[1] != 0, where, "mask with no lane set");
     for (uint32_t l = 0; l < m.size(); ++l) {
         m[l] = static_cast<uint8_t>((mask[l / 64] >> (l % 64)) & 1u);
     }
@@ -573,7 +573,7 @@ std::vector<uint8_t> BitMask(const uint64_t mask[2], const Where& where)
 
 inline std::vector<uint32_t> Contiguous(int64_t count, const Where& where)
 {
-    gfm::Check(count >= 0, where, "negative element count");
+    GFM_CHECK(count >= 0, where, "negative element count");
     std::vector<uint32_t> offsets(static_cast<size_t>(count));
     for (int64_t i = 0; i < count; ++i) {
         offsets[static_cast<size_t>(i)] = static_cast<uint32_t>(i);
@@ -583,7 +583,7 @@ inline std::vector<uint32_t> Contiguous(int64_t count, const Where& where)
 
 inline void CheckRepeat(int64_t repeat, const Where& where)
 {
-    gfm::Check(repeat >= 0 && repeat <= 255, where, "repeatTimes " + std::to_string(repeat) + " outside 0..255");
+    GFM_CHECK(repeat >= 0 && repeat <= 255, where, "repeatTimes " + std::to_string(repeat) + " outside 0..255");
 }
 
 // Bounds, liveness, 32-byte alignment of the operand's start (doc: 高维切分, "操作数地址对齐要求") and pipe
@@ -597,12 +597,18 @@ std::vector<uint32_t> Operand(const LocalTensor<T>& t, const std::vector<uint32_
         maxOffset = o > maxOffset ? o : maxOffset;
     }
     const uint32_t base = t.Resolve(0, offsets.empty() ? 0 : maxOffset + 1, where, what);
-    gfm::Check(base % 32 == 0, where, std::string(what) + ": UB operand not 32-byte aligned (offset " +
+    GFM_CHECK(base % 32 == 0, where, std::string(what) + ": UB operand not 32-byte aligned (offset " +
                                           std::to_string(base) + ")");
     std::vector<uint32_t> bytes(offsets.size());
+    const bool contiguous = offsets.empty() || maxOffset + 1 == offsets.size();  // 0, 1, 2, ... (count form)
     for (size_t i = 0; i < offsets.size(); ++i) {
         bytes[i] = base + offsets[i] * static_cast<uint32_t>(sizeof(T));
-        gfm::TrackUb(bytes[i], sizeof(T), pipe, s, write, where);
+        if (!contiguous) {
+            gfm::TrackUb(bytes[i], sizeof(T), pipe, s, write, where);
+        }
+    }
+    if (contiguous && !offsets.empty()) {
+        gfm::TrackUb(base, static_cast<uint32_t>(offsets.size() * sizeof(T)), pipe, s, write, where);
     }
     return bytes;
 }
@@ -697,7 +703,7 @@ void CheckTypes(Op op, const Where& where, const char* name)
         case Op::kDiv: ok = isFloat; break;
         case Op::kAnd: case Op::kOr: ok = std::is_same<T, uint16_t>::value || std::is_same<T, int16_t>::value; break;
     }
-    gfm::Check(ok, where, std::string(name) + ": data type not supported on Atlas A2 (doc table of the page)");
+    GFM_CHECK(ok, where, std::string(name) + ": data type not supported on Atlas A2 (doc table of the page)");
 }
 
 // dst[i] = src0[i] op src1[i] over the lanes given by the offset lists (all read before any write).
@@ -744,7 +750,7 @@ template <typename T>
 void UnaryFn(Fn fn, const LocalTensor<T>& dst, const LocalTensor<T>& src, int32_t count, const Where& where,
              const char* name)
 {
-    gfm::Check(std::is_same<T, float>::value || std::is_same<T, half>::value, where,
+    GFM_CHECK((std::is_same<T, float>::value || std::is_same<T, half>::value), where,
                std::string(name) + ": half or float only");
     const uint32_t s = gfm::Begin(gfm::kPipeV);
     const auto offsets = Contiguous(count, where);
@@ -803,7 +809,7 @@ struct Filling {
     inline void NAME(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T>& b, uint64_t mask,      \
                      uint8_t repeat, const BinaryRepeatParams& p, Where where = GFM_HERE)                             \
     {                                                                                                                 \
-        gfm::Check(p.dstBlkStride != 0, where, #NAME ": dstBlkStride 0 is undefined");                              \
+        GFM_CHECK(p.dstBlkStride != 0, where, #NAME ": dstBlkStride 0 is undefined");                              \
         const auto m = model::ContinuousMask<T>(mask, where);                                                        \
         model::Binary(OP, dst, a, b, model::Level0Offsets<T>(m, repeat, p.dstBlkStride, p.dstRepStride),             \
                       model::Level0Offsets<T>(m, repeat, p.src0BlkStride, p.src0RepStride),                          \
@@ -813,7 +819,7 @@ struct Filling {
     inline void NAME(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T>& b,                     \
                      const uint64_t mask[2], uint8_t repeat, const BinaryRepeatParams& p, Where where = GFM_HERE)     \
     {                                                                                                                 \
-        gfm::Check(p.dstBlkStride != 0, where, #NAME ": dstBlkStride 0 is undefined");                              \
+        GFM_CHECK(p.dstBlkStride != 0, where, #NAME ": dstBlkStride 0 is undefined");                              \
         const auto m = model::BitMask<T>(mask, where);                                                               \
         model::Binary(OP, dst, a, b, model::Level0Offsets<T>(m, repeat, p.dstBlkStride, p.dstRepStride),             \
                       model::Level0Offsets<T>(m, repeat, p.src0BlkStride, p.src0RepStride),                          \
@@ -841,7 +847,7 @@ GFM_BINARY(Or, model::Op::kOr)    // doc: 逻辑计算/Or.md (int16 / uint16)
                      const typename model::NonDeduced<T>::type& scalar, uint64_t mask, uint8_t repeat,                \
                      const UnaryRepeatParams& p, Where where = GFM_HERE)                                              \
     {                                                                                                                 \
-        gfm::Check(p.dstBlkStride != 0, where, #NAME ": dstBlkStride 0 is undefined");                              \
+        GFM_CHECK(p.dstBlkStride != 0, where, #NAME ": dstBlkStride 0 is undefined");                              \
         const auto m = model::ContinuousMask<T>(mask, where);                                                        \
         model::WithScalar(OP, dst, src, scalar, model::Level0Offsets<T>(m, repeat, p.dstBlkStride, p.dstRepStride),  \
                           model::Level0Offsets<T>(m, repeat, p.srcBlkStride, p.srcRepStride), where, #NAME);         \
@@ -881,7 +887,7 @@ inline void ShiftRight(const LocalTensor<T>& dst, const LocalTensor<T>& src,
                        const typename model::NonDeduced<T>::type& bits, int32_t count, Where where = GFM_HERE)
 {
     static_assert(std::is_integral<T>::value, "ShiftRight: integer types");
-    gfm::Check(bits >= 0 && static_cast<uint64_t>(bits) < 8 * sizeof(T), where, "ShiftRight: shift out of range");
+    GFM_CHECK(bits >= 0 && static_cast<uint64_t>(bits) < 8 * sizeof(T), where, "ShiftRight: shift out of range");
     const uint32_t s = gfm::Begin(gfm::kPipeV);
     const auto o = model::Contiguous(count, where);
     const auto bs = model::Operand(src, o, gfm::kPipeV, s, false, where, "ShiftRight");
@@ -912,7 +918,7 @@ inline void Duplicate(const LocalTensor<T>& dst, const typename model::NonDeduce
                       const uint64_t mask[2], uint8_t repeat, uint16_t dstBlkStride, uint8_t dstRepStride,
                       Where where = GFM_HERE)
 {
-    gfm::Check(dstBlkStride != 0, where, "Duplicate: dstBlkStride 0 is undefined");
+    GFM_CHECK(dstBlkStride != 0, where, "Duplicate: dstBlkStride 0 is undefined");
     const uint32_t s = gfm::Begin(gfm::kPipeV);
     const auto o = model::Level0Offsets<T>(model::BitMask<T>(mask, where), repeat, dstBlkStride, dstRepStride);
     const model::Filling filling(value);
@@ -924,7 +930,7 @@ template <typename T>
 inline void Duplicate(const LocalTensor<T>& dst, const typename model::NonDeduced<T>::type& value, uint64_t mask,
                       uint8_t repeat, uint16_t dstBlkStride, uint8_t dstRepStride, Where where = GFM_HERE)
 {
-    gfm::Check(dstBlkStride != 0, where, "Duplicate: dstBlkStride 0 is undefined");
+    GFM_CHECK(dstBlkStride != 0, where, "Duplicate: dstBlkStride 0 is undefined");
     const uint32_t s = gfm::Begin(gfm::kPipeV);
     const auto o = model::Level0Offsets<T>(model::ContinuousMask<T>(mask, where), repeat, dstBlkStride, dstRepStride);
     const model::Filling filling(value);
@@ -940,7 +946,7 @@ inline void Brcb(const LocalTensor<T>& dst, const LocalTensor<T>& src, uint8_t r
                  Where where = GFM_HERE)
 {
     static_assert(sizeof(T) == 2 || sizeof(T) == 4, "Brcb: 16- or 32-bit data");
-    gfm::Check(repeat >= 1, where, "Brcb: repeatTimes must be at least 1");
+    GFM_CHECK(repeat >= 1, where, "Brcb: repeatTimes must be at least 1");
     constexpr uint32_t per = 32 / sizeof(T);
     const uint32_t s = gfm::Begin(gfm::kPipeV);
     std::vector<uint32_t> os, od;
@@ -972,7 +978,7 @@ inline void WholeReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src,
 {
     static_assert(std::is_same<T, float>::value || std::is_same<T, half>::value, "WholeReduceSum: half or float");
     model::CheckRepeat(repeat, where);
-    gfm::Check(dstRepStride >= 0 && dstRepStride < 65536 && srcBlkStride >= 0 && srcBlkStride < 65536 &&
+    GFM_CHECK(dstRepStride >= 0 && dstRepStride < 65536 && srcBlkStride >= 0 && srcBlkStride < 65536 &&
                    srcRepStride >= 0 && srcRepStride < 65536,
                where, "WholeReduceSum: stride outside 0..65535");
     const auto m = model::ContinuousMask<T>(static_cast<uint64_t>(mask), where);
@@ -1025,12 +1031,12 @@ inline void Cast(const LocalTensor<D>& dst, const LocalTensor<S>& src, RoundMode
     constexpr bool fromInt = std::is_same<D, float>::value && std::is_same<S, int32_t>::value;
     static_assert(widen16 || toHalf || toBf16 || fromInt, "Cast: dtype pair not modelled");
     if (widen16) {
-        gfm::Check(mode == RoundMode::CAST_NONE, where, "Cast 16-bit -> float: only CAST_NONE is listed for A2");
+        GFM_CHECK(mode == RoundMode::CAST_NONE, where, "Cast 16-bit -> float: only CAST_NONE is listed for A2");
     } else if (toHalf || fromInt) {
-        gfm::Check(mode == RoundMode::CAST_NONE || mode == RoundMode::CAST_RINT, where,
+        GFM_CHECK(mode == RoundMode::CAST_NONE || mode == RoundMode::CAST_RINT, where,
                    "Cast: the model serves CAST_NONE / CAST_RINT only");
     } else {
-        gfm::Check(mode == RoundMode::CAST_RINT, where, "Cast float -> bfloat16_t: CAST_NONE is not listed for A2");
+        GFM_CHECK(mode == RoundMode::CAST_RINT, where, "Cast float -> bfloat16_t: CAST_NONE is not listed for A2");
     }
     const uint32_t s = gfm::Begin(gfm::kPipeV);
     const auto o = model::Contiguous(count, where);
@@ -1054,7 +1060,7 @@ inline void Cast(const LocalTensor<D>& dst, const LocalTensor<S>& src, RoundMode
 namespace model {
 inline void CheckGmAligned(const void* p, size_t element, const Where& where, const char* what)
 {
-    gfm::Check(reinterpret_cast<uintptr_t>(p) % element == 0, where,
+    GFM_CHECK(reinterpret_cast<uintptr_t>(p) % element == 0, where,
                std::string(what) + ": GM address not aligned to the element size");
 }
 }  // namespace model
@@ -1064,14 +1070,14 @@ inline void CheckGmAligned(const void* p, size_t element, const Where& where, co
 template <typename T>
 inline void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, uint32_t count, Where where = GFM_HERE)
 {
-    gfm::Check((count * sizeof(T)) % 32 == 0, where,
+    GFM_CHECK((count * sizeof(T)) % 32 == 0, where,
                "DataCopy GM->UB: count * sizeof(T) = " + std::to_string(count * sizeof(T)) +
                    " bytes is not a multiple of 32 (the copy would be cut to a multiple of 32)");
     model::CheckGmAligned(src.address_, sizeof(T), where, "DataCopy GM->UB");
     const uint32_t s = gfm::Begin(gfm::kPipeMte2);
     gfm::TrackGm(src.address_, static_cast<uint64_t>(count) * sizeof(T), gfm::kPipeMte2, s, false, where);
     const uint32_t base = dst.Resolve(0, count, where, "DataCopy GM->UB");
-    gfm::Check(base % 32 == 0, where, "DataCopy GM->UB: UB address not 32-byte aligned");
+    GFM_CHECK(base % 32 == 0, where, "DataCopy GM->UB: UB address not 32-byte aligned");
     gfm::TrackUb(base, count * sizeof(T), gfm::kPipeMte2, s, true, where);
     std::memcpy(gfm::Model().ub + base, src.address_, count * sizeof(T));
 }
@@ -1080,13 +1086,13 @@ inline void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, uint
 template <typename T>
 inline void DataCopy(const GlobalTensor<T>& dst, const LocalTensor<T>& src, uint32_t count, Where where = GFM_HERE)
 {
-    gfm::Check((count * sizeof(T)) % 32 == 0, where,
+    GFM_CHECK((count * sizeof(T)) % 32 == 0, where,
                "DataCopy UB->GM: count * sizeof(T) = " + std::to_string(count * sizeof(T)) +
                    " bytes is not a multiple of 32 (the copy would be cut to a multiple of 32)");
     model::CheckGmAligned(dst.address_, sizeof(T), where, "DataCopy UB->GM");
     const uint32_t s = gfm::Begin(gfm::kPipeMte3);
     const uint32_t base = src.Resolve(0, count, where, "DataCopy UB->GM");
-    gfm::Check(base % 32 == 0, where, "DataCopy UB->GM: UB address not 32-byte aligned");
+    GFM_CHECK(base % 32 == 0, where, "DataCopy UB->GM: UB address not 32-byte aligned");
     gfm::TrackUb(base, count * sizeof(T), gfm::kPipeMte3, s, false, where);
     gfm::TrackGm(dst.address_, static_cast<uint64_t>(count) * sizeof(T), gfm::kPipeMte3, s, true, where);
     std::memcpy(dst.address_, gfm::Model().ub + base, count * sizeof(T));
@@ -1099,16 +1105,16 @@ template <typename T>
 inline void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src, const DataCopyExtParams& p,
                         const DataCopyPadExtParams<T>& pad, Where where = GFM_HERE)
 {
-    gfm::Check(p.blockCount >= 1 && p.blockCount <= 4095, where, "DataCopyPad: blockCount outside 1..4095");
-    gfm::Check(p.blockLen >= 1 && p.blockLen < (1u << 21), where, "DataCopyPad: blockLen outside 1..2^21-1 bytes");
-    gfm::Check(p.blockLen % sizeof(T) == 0, where, "DataCopyPad: blockLen not a whole number of elements");
-    gfm::Check(pad.leftPadding == 0 && pad.rightPadding == 0, where, "DataCopyPad: padding is not modelled");
+    GFM_CHECK(p.blockCount >= 1 && p.blockCount <= 4095, where, "DataCopyPad: blockCount outside 1..4095");
+    GFM_CHECK(p.blockLen >= 1 && p.blockLen < (1u << 21), where, "DataCopyPad: blockLen outside 1..2^21-1 bytes");
+    GFM_CHECK(p.blockLen % sizeof(T) == 0, where, "DataCopyPad: blockLen not a whole number of elements");
+    GFM_CHECK(pad.leftPadding == 0 && pad.rightPadding == 0, where, "DataCopyPad: padding is not modelled");
     model::CheckGmAligned(src.address_, sizeof(T), where, "DataCopyPad GM->UB");
     const uint32_t s = gfm::Begin(gfm::kPipeMte2);
     const uint32_t blockUb = (p.blockLen + 31u) / 32u * 32u;
     const uint64_t span = static_cast<uint64_t>(p.blockCount - 1) * (blockUb + p.dstStride * 32u) + blockUb;
     const uint32_t base = dst.Resolve(0, span / sizeof(T), where, "DataCopyPad GM->UB");
-    gfm::Check(base % 32 == 0, where, "DataCopyPad GM->UB: UB address not 32-byte aligned");
+    GFM_CHECK(base % 32 == 0, where, "DataCopyPad GM->UB: UB address not 32-byte aligned");
     for (uint32_t i = 0; i < p.blockCount; ++i) {
         const uint8_t* from =
             reinterpret_cast<const uint8_t*>(src.address_) + static_cast<uint64_t>(i) * (p.blockLen + p.srcStride);
@@ -1130,15 +1136,15 @@ template <typename T>
 inline void DataCopyPad(const GlobalTensor<T>& dst, const LocalTensor<T>& src, const DataCopyExtParams& p,
                         Where where = GFM_HERE)
 {
-    gfm::Check(p.blockCount >= 1 && p.blockCount <= 4095, where, "DataCopyPad: blockCount outside 1..4095");
-    gfm::Check(p.blockLen >= 1 && p.blockLen < (1u << 21), where, "DataCopyPad: blockLen outside 1..2^21-1 bytes");
-    gfm::Check(p.blockLen % sizeof(T) == 0, where, "DataCopyPad: blockLen not a whole number of elements");
+    GFM_CHECK(p.blockCount >= 1 && p.blockCount <= 4095, where, "DataCopyPad: blockCount outside 1..4095");
+    GFM_CHECK(p.blockLen >= 1 && p.blockLen < (1u << 21), where, "DataCopyPad: blockLen outside 1..2^21-1 bytes");
+    GFM_CHECK(p.blockLen % sizeof(T) == 0, where, "DataCopyPad: blockLen not a whole number of elements");
     model::CheckGmAligned(dst.address_, sizeof(T), where, "DataCopyPad UB->GM");
     const uint32_t s = gfm::Begin(gfm::kPipeMte3);
     const uint32_t blockUb = (p.blockLen + 31u) / 32u * 32u;
     const uint64_t span = static_cast<uint64_t>(p.blockCount - 1) * (blockUb + p.srcStride * 32u) + p.blockLen;
     const uint32_t base = src.Resolve(0, span / sizeof(T), where, "DataCopyPad UB->GM");
-    gfm::Check(base % 32 == 0, where, "DataCopyPad UB->GM: UB address not 32-byte aligned");
+    GFM_CHECK(base % 32 == 0, where, "DataCopyPad UB->GM: UB address not 32-byte aligned");
     for (uint32_t i = 0; i < p.blockCount; ++i) {
         const uint32_t from = base + i * (blockUb + p.srcStride * 32u);
         uint8_t* to = reinterpret_cast<uint8_t*>(dst.address_) + static_cast<uint64_t>(i) * (p.blockLen + p.dstStride);

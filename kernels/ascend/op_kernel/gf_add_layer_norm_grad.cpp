@@ -138,7 +138,8 @@ private:
         LocalTensor<float> constantBroadcast = broadcasts[2 * slots_ * gf::kFloatsPerBlock];
         LocalTensor<float> gamma = gammaBuf_.Get<float>();
 
-        // zhat = (x + r - mean) rstd
+        // zhat = (x + r - mean) rstd. The barrier first: the previous tile's FromFloat may still be reading g.
+        AscendC::PipeBarrier<PIPE_V>();
         ToFloat(zhat, in[tile], tile);
         ToFloat(product, in[2 * tile], tile);
         ToFloat(g, in, tile);

@@ -35,22 +35,22 @@ constexpr int32_t kAiCores = 24;
 inline void CheckCubeTiling(const TCubeTiling& t, const Where& where)
 {
     const int64_t e = 2;
-    gfm::Check(t.usedCoreNum >= 1 && t.usedCoreNum <= kAiCores, where, "TCubeTiling: usedCoreNum outside 1..24");
-    gfm::Check(t.baseM > 0 && t.baseN > 0 && t.baseK > 0 && t.baseM % 16 == 0 && t.baseN % 16 == 0 &&
+    GFM_CHECK(t.usedCoreNum >= 1 && t.usedCoreNum <= kAiCores, where, "TCubeTiling: usedCoreNum outside 1..24");
+    GFM_CHECK(t.baseM > 0 && t.baseN > 0 && t.baseK > 0 && t.baseM % 16 == 0 && t.baseN % 16 == 0 &&
                    t.baseK % 16 == 0,
                where, "TCubeTiling: base block not 16-aligned");
-    gfm::Check(int64_t(t.baseM) * t.baseK * e * t.dbL0A < kL0ABytes, where,
+    GFM_CHECK(int64_t(t.baseM) * t.baseK * e * t.dbL0A < kL0ABytes, where,
                "TCubeTiling: baseM * baseK * dbL0A does not fit L0A (64 KiB)");
-    gfm::Check(int64_t(t.baseN) * t.baseK * e * t.dbL0B < kL0BBytes, where,
+    GFM_CHECK(int64_t(t.baseN) * t.baseK * e * t.dbL0B < kL0BBytes, where,
                "TCubeTiling: baseN * baseK * dbL0B does not fit L0B (64 KiB)");
-    gfm::Check(int64_t(t.baseM) * t.baseN * 4 * t.dbL0C < kL0CBytes, where,
+    GFM_CHECK(int64_t(t.baseM) * t.baseN * 4 * t.dbL0C < kL0CBytes, where,
                "TCubeTiling: baseM * baseN * dbL0C (fp32) does not fit L0C (128 KiB)");
-    gfm::Check(t.depthA1 > 0 && t.depthB1 > 0 && t.stepM > 0 && t.stepN > 0 && t.stepKa > 0 && t.stepKb > 0, where,
+    GFM_CHECK(t.depthA1 > 0 && t.depthB1 > 0 && t.stepM > 0 && t.stepN > 0 && t.stepKa > 0 && t.stepKb > 0, where,
                "TCubeTiling: depths and steps must be positive");
-    gfm::Check(t.depthA1 % (t.stepM * t.stepKa) == 0 && t.depthB1 % (t.stepN * t.stepKb) == 0, where,
+    GFM_CHECK(t.depthA1 % (t.stepM * t.stepKa) == 0 && t.depthB1 % (t.stepN * t.stepKb) == 0, where,
                "TCubeTiling: depthA1 / depthB1 not stepM * stepKa * db / stepN * stepKb * db");
     const int64_t l1 = int64_t(t.depthA1) * t.baseM * t.baseK * e + int64_t(t.depthB1) * t.baseN * t.baseK * e;
-    gfm::Check(l1 <= kL1Bytes, where, "TCubeTiling: A and B blocks in L1 exceed 512 KiB");
+    GFM_CHECK(l1 <= kL1Bytes, where, "TCubeTiling: A and B blocks in L1 exceed 512 KiB");
 }
 
 }  // namespace model
@@ -66,14 +66,14 @@ public:
     void Init(const TCubeTiling* tiling, TPipe* pipe, Where where = GFM_HERE)
     {
         (void)pipe;
-        gfm::Check(tiling != nullptr, where, "Matmul without a TCubeTiling");
+        GFM_CHECK(tiling != nullptr, where, "Matmul without a TCubeTiling");
         model::CheckCubeTiling(*tiling, where);
         tiling_ = tiling;
     }
     // doc: SetOrgShape.md
     void SetOrgShape(int orgM, int orgN, int orgKa, int orgKb, int orgKc = 0, Where where = GFM_HERE)
     {
-        gfm::Check(orgM > 0 && orgN > 0 && orgKa > 0 && orgKb > 0 && orgKc >= 0, where, "SetOrgShape: sizes must be > 0");
+        GFM_CHECK(orgM > 0 && orgN > 0 && orgKa > 0 && orgKb > 0 && orgKc >= 0, where, "SetOrgShape: sizes must be > 0");
         orgM_ = orgM;
         orgN_ = orgN;
         orgKa_ = orgKa;
@@ -84,7 +84,7 @@ public:
     // doc: SetTensorA.md: isTransposeA needs MatmulType isTrans = true.
     void SetTensorA(const GlobalTensor<AT>& gm, bool isTransposeA = false, Where where = GFM_HERE)
     {
-        gfm::Check(!isTransposeA || A_TYPE::kTrans, where, "SetTensorA(.., true) on a MatmulType without isTrans");
+        GFM_CHECK(!isTransposeA || A_TYPE::kTrans, where, "SetTensorA(.., true) on a MatmulType without isTrans");
         a_ = gm;
         transA_ = isTransposeA;
         haveA_ = true;
@@ -92,7 +92,7 @@ public:
     // doc: SetTensorB.md
     void SetTensorB(const GlobalTensor<BT>& gm, bool isTransposeB = false, Where where = GFM_HERE)
     {
-        gfm::Check(!isTransposeB || B_TYPE::kTrans, where, "SetTensorB(.., true) on a MatmulType without isTrans");
+        GFM_CHECK(!isTransposeB || B_TYPE::kTrans, where, "SetTensorB(.., true) on a MatmulType without isTrans");
         b_ = gm;
         transB_ = isTransposeB;
         haveB_ = true;
@@ -100,11 +100,11 @@ public:
     // doc: SetSingleShape.md: within the shape the tiling was made for (its L1 / L0 budget was checked for it).
     void SetSingleShape(int m, int n, int k, Where where = GFM_HERE)
     {
-        gfm::Check(tiling_ != nullptr, where, "SetSingleShape before REGIST_MATMUL_OBJ");
-        gfm::Check(m > 0 && n > 0 && k > 0, where,
+        GFM_CHECK(tiling_ != nullptr, where, "SetSingleShape before REGIST_MATMUL_OBJ");
+        GFM_CHECK(m > 0 && n > 0 && k > 0, where,
                    "SetSingleShape(" + std::to_string(m) + ", " + std::to_string(n) + ", " + std::to_string(k) +
                        "): sizes must be > 0");
-        gfm::Check(m <= tiling_->singleCoreM && n <= tiling_->singleCoreN && k <= tiling_->singleCoreK, where,
+        GFM_CHECK(m <= tiling_->singleCoreM && n <= tiling_->singleCoreN && k <= tiling_->singleCoreK, where,
                    "SetSingleShape beyond the tiling's singleCoreM/N/K");
         m_ = m;
         n_ = n;
@@ -117,9 +117,9 @@ public:
         (void)enSequentialWrite;
         (void)waitIterateAll;
         (void)fakeMsg;
-        gfm::Check(haveA_ && haveB_ && m_ > 0 && orgM_ > 0, where,
+        GFM_CHECK(haveA_ && haveB_ && m_ > 0 && orgM_ > 0, where,
                    "IterateAll without SetOrgShape, SetTensorA, SetTensorB and SetSingleShape");
-        gfm::Check(enAtomic <= 1, where, "IterateAll: the model serves enAtomic 0 and 1");
+        GFM_CHECK(enAtomic <= 1, where, "IterateAll: the model serves enAtomic 0 and 1");
         // The cube starts on the scalar unit's message: it sees what the scalar pipe is ordered after.
         const uint32_t s = gfm::Begin(gfm::kPipeCube);
         gfm::Join(gfm::kPipeCube, gfm::SnapshotOf(gfm::kPipeS));

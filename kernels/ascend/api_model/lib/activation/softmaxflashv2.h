@@ -30,9 +30,9 @@ inline void SoftmaxFlashV2(const LocalTensor<T>& dst, const LocalTensor<T>& expS
     static_assert(!isDataFormatNZ, "the model serves ND");
     (void)tiling;
     const uint32_t m = shape.srcM, k = shape.srcK;
-    gfm::Check(m > 0 && k > 0 && (k * sizeof(T)) % 32 == 0, where, "SoftmaxFlashV2: srcK * sizeof(T) not 32-byte aligned");
-    gfm::Check(shape.oriSrcK == k && shape.oriSrcM == m, where, "SoftmaxFlashV2: padded shapes are not modelled");
-    gfm::Check(sharedTmpBuffer.GetSize() > 0, where, "SoftmaxFlashV2: empty temporary buffer");
+    GFM_CHECK(m > 0 && k > 0 && (k * sizeof(T)) % 32 == 0, where, "SoftmaxFlashV2: srcK * sizeof(T) not 32-byte aligned");
+    GFM_CHECK(shape.oriSrcK == k && shape.oriSrcM == m, where, "SoftmaxFlashV2: padded shapes are not modelled");
+    GFM_CHECK(sharedTmpBuffer.GetSize() > 0, where, "SoftmaxFlashV2: empty temporary buffer");
     constexpr uint32_t per = 32 / sizeof(T);
     const uint32_t s = gfm::Begin(gfm::kPipeV);
     const auto tile = model::Contiguous(static_cast<int64_t>(m) * k, where);

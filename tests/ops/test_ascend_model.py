@@ -1,0 +1,140 @@
+"""The Ascend operators' own sources (kernels/ascend/op_kernel) executed on our functional model of the Ascend C API
+(kernels/ascend/api_model), against the float64 oracle, and the model's teeth: bugs planted by hand in a copy of the
+kernels must fail.
+
+The subset here is tools/ascend_cases.quick_cases() (one case per behaviour: every dtype, tails of every kind,
+padding, a cell with no gene, a mask with holes, dropout counted exactly against the specification, the keep
+test's edge, several tiles per core); `make ascend-model` runs the full matrix. Needs only g++ (C++20).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tools import ascend_cases, ascend_model
+from tools.ascend_cases import Case
+
+KERNELS = ascend_model.KERNELS
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+
+
+@pytest.mark.parametrize("case", ascend_cases.quick_cases(), ids=lambda c: c.name)
+def test_kernel_on_the_api_model_matches_the_float64_oracle(case: Case) -> None:
+    outcome, run = ascend_model.run_case(case)
+    assert outcome.passed, "\n".join(outcome.problems)
+    assert run.stats["vector_cores"] >= 1
+    # Within the 910B's Unified Buffer, as the model checks on every InitBuffer.
+    assert 0 < run.stats["ub_peak_bytes"] <= 192 * 1024
+
+
+# ---- teeth: bugs planted in a copy of op_kernel ---------------------------------------------------------------------
+
+# (file, the exact text, its replacement, the case that must catch it, what the failure must say). Each planted
+# bug is one a device run would meet; the model must refuse each, and not only by luck of the numbers.
+PLANTED = {
+    "tail copy one row too long (LSE of a query block)": (
+        "gf_flash_attention.cpp",
+        "const AscendC::DataCopyExtParams copy = {1, rows * static_cast<uint32_t>(sizeof(float)), 0, 0, 0};\n"
+        "        AscendC::DataCopyPad(lseGm_[rowOffset], lseRows, copy);",
+        "const AscendC::DataCopyExtParams copy = {1, (rows + 1) * static_cast<uint32_t>(sizeof(float)), 0, 0, 0};\n"
+        "        AscendC::DataCopyPad(lseGm_[rowOffset], lseRows, copy);",
+        Case("flash_attention", "fp16", (1, 2, 65, 64)),
+        "'lse'",  # past the end of lse (last block), or a race with the core owning the next block
+    ),
+    "tail copy one row short (LayerNorm input rows)": (
+        "gf_add_layer_norm.cpp",
+        "AscendC::DataCopy(in, xGm_[offset], rows * hidden_);",
+        "AscendC::DataCopy(in, xGm_[offset], (rows - 1) * hidden_);",
+        Case("add_layer_norm", "fp16", (3 * 65, 256)),
+        "non-finite",  # the row not copied in is UB nothing wrote: the model fills UB with NaN bytes
+    ),
+    "PipeBarrier removed (LayerNorm: Add, then the row fill)": (
+        "gf_add_layer_norm.cpp",
+        "AscendC::Add(z, z, squares, static_cast<int32_t>(tile));\n        AscendC::PipeBarrier<PIPE_V>();",
+        "AscendC::Add(z, z, squares, static_cast<int32_t>(tile));",
+        Case("add_layer_norm", "fp16", (3 * 65, 256)),
+        "pipe hazard",
+    ),
+    "WaitFlag removed (P to GM before the cube reads it)": (
+        "gf_flash_attention.cpp",
+        "probsQueue_.FreeTensor(narrow);\n        gf::WaitFor<HardEvent::MTE3_S>();",
+        "probsQueue_.FreeTensor(narrow);",
+        Case("flash_attention", "fp16", (1, 2, 65, 64)),
+        "pipe hazard: read on CUBE",
+    ),
+    "UB buffer one block too small (gamma and beta)": (
+        "gf_add_layer_norm.cpp",
+        "pipe->InitBuffer(paramBuf_, 2 * hidden_ * sizeof(float));",
+        "pipe->InitBuffer(paramBuf_, 2 * hidden_ * sizeof(float) - 32);",
+        Case("add_layer_norm", "bf16", (63, 768)),
+        "UB access past the end of its buffer",
+    ),
+    "wrong transpose flag (K read untransposed in S = Q K^T)": (
+        "gf_flash_attention.cpp",
+        "scoresMatmul.SetTensorB(keyGm_[headOffset + static_cast<uint64_t>(keyStart) * headDim_], true);",
+        "scoresMatmul.SetTensorB(keyGm_[headOffset + static_cast<uint64_t>(keyStart) * headDim_], false);",
+        Case("flash_attention", "fp16", (1, 2, 65, 64)),
+        "",
+    ),
+    "wrong transpose flag (dV = P^T dO read as P dO)": (
+        "gf_flash_attention_grad.cpp",
+        "keyGradMatmul.SetTensorA(probsWs_, true);",
+        "keyGradMatmul.SetTensorA(probsWs_, false);",
+        Case("flash_attention_grad", "fp16", (1, 2, 129, 64)),
+        "",
+    ),
+    "dropout keep test off by one (keep iff word >> 8 > threshold)": (
+        "gf_dropout_lanes.h",
+        "v.AddsFloat(keep, keep, 1.0f - static_cast<float>(threshold));",
+        "v.AddsFloat(keep, keep, 0.0f - static_cast<float>(threshold));",
+        Case(
+            "flash_attention",
+            "fp16",
+            (1, 1, 64, 64),
+            drop=ascend_cases.threshold_edge_probability(ascend_cases.EDGE_SEED),
+            seed=ascend_cases.EDGE_SEED,
+            census=True,
+        ),
+        "census",
+    ),
+}
+
+
+def _planted_copy(tmp_path: Path, file: str, text: str, replacement: str) -> Path:
+    copy = tmp_path / "op_kernel"
+    shutil.copytree(KERNELS, copy)
+    source = copy / file
+    original = source.read_text()
+    assert original.count(text) == 1, f"the text to plant the bug in must occur exactly once in {file}"
+    source.write_text(original.replace(text, replacement))
+    return copy
+
+
+@pytest.mark.parametrize("bug", sorted(PLANTED))
+def test_a_bug_planted_in_a_copy_of_the_kernels_fails_on_the_model(bug: str, tmp_path: Path) -> None:
+    file, text, replacement, case, says = PLANTED[bug]
+    outcome, _ = ascend_model.run_case(case)
+    assert outcome.passed, "the case must pass on the kernels as they are: " + "; ".join(outcome.problems)
+    planted, _ = ascend_model.run_case(case, _planted_copy(tmp_path, file, text, replacement))
+    assert not planted.passed, f"planted bug not caught: {bug}"
+    assert says in "\n".join(planted.problems), planted.problems
+
+
+def test_hazard_tracker_fails_a_missing_barrier_the_sequential_numbers_hide(tmp_path: Path) -> None:
+    """Without the PipeBarrier the sequential model still computes the right numbers; the tracker fails it anyway."""
+    file, text, replacement, case, _ = PLANTED["PipeBarrier removed (LayerNorm: Add, then the row fill)"]
+    copy = _planted_copy(tmp_path, file, text, replacement)
+    unchecked, _ = ascend_model.run_case(case, copy, hazard_checks=False)
+    assert unchecked.passed, unchecked.problems
+    checked, _ = ascend_model.run_case(case, copy)
+    assert any("pipe hazard" in p for p in checked.problems), checked.problems
+
+
+def test_case_names_are_unique() -> None:
+    names = [c.name for c in ascend_cases.full_cases()]
+    assert len(names) == len(set(names))
+    assert {c.op for c in ascend_cases.quick_cases()} == set(ascend_cases.OPS)
