@@ -9,9 +9,13 @@ test's edge, several tiles per core); `make ascend-model` runs the full matrix. 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tools import ascend_cases, ascend_model
@@ -138,3 +142,108 @@ def test_case_names_are_unique() -> None:
     names = [c.name for c in ascend_cases.full_cases()]
     assert len(names) == len(set(names))
     assert {c.op for c in ascend_cases.quick_cases()} == set(ascend_cases.OPS)
+
+
+# ---- the model's own checks, one misuse each (tests/ops/ascend_model_misuse.cpp) -------------------------------------
+
+MISUSE_SOURCE = Path(__file__).with_name("ascend_model_misuse.cpp")
+MISUSES = {
+    "deque-without-enque": "DeQue without EnQue",
+    "use-after-free": "used after FreeTensor",
+    "alloc-beyond-buffers": "AllocTensor with all 1 buffers of the queue in use",
+    "enque-beyond-depth": "EnQue beyond the queue depth 1",
+    "ub-overflow": "Unified Buffer overflow",
+    "ub-past-buffer-end": "UB access past the end of its buffer",
+    "datacopy-length-not-32-bytes": "not a multiple of 32",
+    "datacopy-ub-misaligned": "UB address not 32-byte aligned",
+    "gm-past-end": "GM access past the end of 'input'",
+    "datacopypad-block-count": "blockCount outside 1..4095",
+    "mask-out-of-range": "mask (continuous mode) 65 outside 1..64",
+    "repeat-out-of-range": "repeatTimes 256 outside 0..255",
+    "vector-operand-misaligned": "UB operand not 32-byte aligned",
+    "wait-without-set": "WaitFlag with no matching SetFlag",
+    "raw-without-barrier": "pipe hazard: read on V",
+    "mte2-then-vector-without-flag": "pipe hazard: read on V of UB byte 0 written on MTE2",
+    "vector-then-mte3-without-flag": "pipe hazard: read on MTE3 of UB byte 0 written on V",
+    "cast-bf16-none": "CAST_NONE is not listed for A2",
+}
+CORRECT_USES = ("raw-with-barrier", "mte2-then-vector-with-flag", "queue-hand-off")
+
+
+@pytest.fixture(scope="module")
+def misuse_program() -> Path:
+    digest = hashlib.sha256(MISUSE_SOURCE.read_bytes())
+    for header in sorted(ascend_model.MODEL.glob("*.h")):
+        digest.update(header.read_bytes())
+    target = ascend_model.CACHE / f"ascend_model_misuse_{digest.hexdigest()[:16]}"
+    if not target.exists():
+        ascend_model.CACHE.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(f".tmp{os.getpid()}")
+        command = ["g++", "-std=c++20", "-O1", f"-I{ascend_model.MODEL}", str(MISUSE_SOURCE), "-o", str(partial)]
+        subprocess.run(command, check=True, capture_output=True)
+        partial.replace(target)
+    return target
+
+
+def _marked_line(scenario: str) -> int:
+    """The line of the call marked // LINE in the scenario's branch of ascend_model_misuse.cpp."""
+    lines = MISUSE_SOURCE.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if f'scenario == "{scenario}"' in line)
+    return next(i + 1 for i in range(start, len(lines)) if lines[i].rstrip().endswith("// LINE"))
+
+
+@pytest.mark.parametrize("scenario", sorted(MISUSES))
+def test_model_refuses_a_misuse_naming_the_source_line(misuse_program: Path, scenario: str) -> None:
+    said = subprocess.run([misuse_program, scenario], capture_output=True, text=True, check=True).stdout.strip()
+    assert said.startswith(f"ascend_model_misuse.cpp:{_marked_line(scenario)}: "), said
+    assert MISUSES[scenario] in said, said
+
+
+@pytest.mark.parametrize("scenario", CORRECT_USES)
+def test_model_accepts_the_correct_use(misuse_program: Path, scenario: str) -> None:
+    said = subprocess.run([misuse_program, scenario], capture_output=True, text=True, check=True).stdout.strip()
+    assert said == "ok"
+
+
+def test_model_half_conversion_matches_numpy_on_every_pattern(misuse_program: Path) -> None:
+    listing = subprocess.run([misuse_program, "convert", "half-roundtrip"], capture_output=True, text=True, check=True)
+    rows = np.array([[int(w, 16) for w in line.split()] for line in listing.stdout.splitlines()], np.uint64)
+    halves = np.arange(65536, dtype=np.uint16).view(np.float16)
+    want = halves.astype(np.float32).view(np.uint32)
+    finite = np.isfinite(halves)
+    assert np.array_equal(rows[finite, 0], want[finite].astype(np.uint64))
+    assert np.array_equal(rows[finite, 1], np.arange(65536, dtype=np.uint64)[finite])
+
+
+def test_model_rounding_to_16_bits_is_nearest_even(misuse_program: Path) -> None:
+    rng = np.random.default_rng(3)
+    values = np.concatenate(
+        [
+            rng.standard_normal(20000).astype(np.float32) * np.float32(2.0) ** rng.integers(-30, 20, 20000),
+            # exact ties of both formats, and values past fp16's range
+            (np.arange(1, 2000, dtype=np.float32) + np.float32(0.5)) * np.float32(2.0**-10),
+            np.float32(1.0) + np.arange(0, 4000, dtype=np.float32) * np.float32(2.0**-16),
+            np.array([65504.0, 65519.99, 65520.0, 1e6, -1e6, 2.0**-25, 2.0**-24 * 1.5], np.float32),
+        ]
+    ).astype(np.float32)
+    listing = subprocess.run(
+        [misuse_program, "convert", "values"],
+        input="\n".join(f"{int(b):08x}" for b in values.view(np.uint32)),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    got = np.array([[int(w, 16) for w in line.split()] for line in listing.stdout.splitlines()], np.uint32)
+    with np.errstate(over="ignore"):  # values past fp16's range: numpy rounds them to infinity, as the model must
+        want_half = values.astype(np.float16).view(np.uint16)
+    assert np.array_equal(got[:, 0].astype(np.uint16), want_half)
+    # bf16: the nearest of the two bf16 neighbours (ties to the even one), computed in float64
+    low = (values.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32).astype(np.float64)
+    step = np.abs(low) * 0 + 2.0 ** (np.floor(np.log2(np.abs(low))) - 7)
+    high = low + np.sign(values) * step
+    exact = values.astype(np.float64)
+    pick_high = (np.abs(high - exact) < np.abs(exact - low)) | (
+        (np.abs(high - exact) == np.abs(exact - low)) & ((values.view(np.uint32) >> 16) & 1 == 1)
+    )
+    want = (values.view(np.uint32) >> 16) + pick_high.astype(np.uint32)
+    assert np.array_equal(got[:, 1], want)
