@@ -138,8 +138,8 @@ private:
         LocalTensor<float> constantBroadcast = broadcasts[2 * slots_ * gf::kFloatsPerBlock];
         LocalTensor<float> gamma = gammaBuf_.Get<float>();
 
-        // zhat = (x + r - mean) rstd. The barrier first: the previous tile's FromFloat may still be reading g.
-        AscendC::PipeBarrier<PIPE_V>();
+        // zhat = (x + r - mean) rstd. (The previous tile's FromFloat, which reads g, is ordered before the writes
+        // below by RowCopyIn's V -> MTE2 wait and the statistics queue's MTE2 -> V hand-off.)
         ToFloat(zhat, in[tile], tile);
         ToFloat(product, in[2 * tile], tile);
         ToFloat(g, in, tile);
