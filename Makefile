@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # compile graphs on one thread, so 2 workers on 2 cores halve the wall time. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 
-.PHONY: setup demo test test-fast lint bench clean ascend-check
+.PHONY: setup demo test test-fast lint bench clean ascend-check ascend-model
 
 setup: $(STAMP)
 
@@ -38,6 +38,12 @@ test-fast: lint
 # Type-check the Ascend C operators against the public Ascend C headers (see kernels/ascend/README.md, "Type-check").
 ascend-check: setup
 	$(PY) tools/ascend_check.py
+
+# Run the Ascend C kernels' own sources on our functional model of the Ascend C API (g++ only; see
+# kernels/ascend/README.md, "Running on the API model"): the full case matrix, non-zero exit on any mismatch or check.
+# `make test` runs the representative subset (tests/ops/test_ascend_model.py).
+ascend-model: setup
+	$(PY) tools/ascend_model.py
 
 bench: setup
 	$(PY) bench/attention.py

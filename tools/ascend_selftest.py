@@ -14,6 +14,9 @@
    float64 numpy formulas below (right-padded and holed key masks, a length that is no multiple of the tiles, a cell
    of length 1 and one of length 0, head_dim 64 and 128, dropout with a fixed seed against the hash mask of
    mindformer_gf.reference.attention_dropout); the builtin path's forward too.
+   Then the cases the kernels pass on our functional model of the Ascend C API (tools/ascend_cases.py, the list
+   `make test` / `make ascend-model` run; --model-cases quick|full|none), through the four raw operators, against
+   the same float64 oracle and tolerances, so the first device run compares against the model's expectations.
 4. Timing: fused (ours) vs builtin (ops.flash_attention_score, ops.layer_norm) vs composed, forward and
    forward+backward, printed as a table (and as JSON lines with --json).
 
@@ -374,6 +377,48 @@ def run_checks(dtype: str, hidden_sizes: Sequence[int]) -> list[CheckResult]:
     return results
 
 
+def run_model_cases(which: str) -> list[CheckResult]:
+    """The functional model's cases (tools/ascend_cases.py) on the device: the raw operators get the very buffers
+    the model's launch gets (inputs in the kernel's argument order), and each output is held to the same tolerance."""
+    import numpy as np
+
+    from mindformer_gf.ops import ascend
+    from tools import ascend_cases
+
+    ms = _ms()
+    operators = ascend._operators()
+    run = {
+        "add_layer_norm": operators.add_layer_norm_forward,
+        "add_layer_norm_grad": operators.add_layer_norm_backward,
+        "flash_attention": operators.attention_forward,
+        "flash_attention_grad": operators.attention_backward,
+    }
+    cases = ascend_cases.quick_cases() if which == "quick" else list(ascend_cases.full_cases())
+    results = []
+    for case in cases:
+        prepared = ascend_cases.prepare(case)
+        inputs = []
+        for array in prepared.arrays[: min(prepared.outputs)]:
+            if array.dtype == np.uint16:  # bf16 bit patterns: exact through float32
+                inputs.append(ms.Tensor(ascend_cases.from_bf16_bits(array), ms.float32).astype(ms.bfloat16))
+            else:
+                inputs.append(ms.Tensor(array))
+        outputs = run[case.op](*inputs)
+        got = {}
+        for name, tensor in zip((prepared.names[i] for i in prepared.outputs), outputs, strict=True):
+            values = tensor.astype(ms.float32).asnumpy()
+            got[name] = ascend_cases.to_bf16_bits(values) if prepared.output_dtypes[name] == "bf16" else values
+        outcome = ascend_cases.compare(case, prepared, got)
+        for name, error in outcome.errors.items():
+            results.append(CheckResult(f"model case {case.name}: {name}", error, outcome.tolerances[name]))
+        if outcome.problems and not outcome.errors:
+            results.append(CheckResult(f"model case {case.name}: {'; '.join(outcome.problems)}", 1.0, 0.0))
+        for problem in outcome.problems:
+            if problem.startswith("census"):
+                results.append(CheckResult(f"model case {case.name}: {problem}", 1.0, 0.0))
+    return results
+
+
 # ---- 4. timing -----------------------------------------------------------------------------------------------------
 def _synchronize() -> None:
     ms = _ms()
@@ -511,6 +556,12 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 1152], help="LayerNorm widths to check")
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per measurement")
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument(
+        "--model-cases",
+        choices=("quick", "full", "none"),
+        default="quick",
+        help="also run the functional model's cases (tools/ascend_cases.py): the make-test subset or the full matrix",
+    )
     parser.add_argument("--json", action="store_true", help="also print the results as JSON lines")
     parser.add_argument("--device-id", type=int, default=0)
     return parser.parse_args(argv)
@@ -528,6 +579,8 @@ def run_on_device(args: argparse.Namespace) -> int:
         )
         return EXIT_BUILD
     results = run_checks(args.dtype, args.hidden)
+    if args.model_cases != "none":
+        results += run_model_cases(args.model_cases)
     width = max(len(result.name) for result in results)
     for result in results:
         verdict = "ok  " if result.passed else "FAIL"

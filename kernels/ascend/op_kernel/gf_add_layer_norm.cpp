@@ -103,7 +103,9 @@ private:
         LocalTensor<float> params = paramBuf_.Get<float>();
         const float inverseWidth = 1.0f / static_cast<float>(hidden_);
 
-        // z = x + r in fp32; rows past a partial tile are set to 0 so that everything stays finite.
+        // z = x + r in fp32; rows past a partial tile are set to 0 so that everything stays finite. The barrier
+        // first: the previous tile's FromFloat may still be reading z (same pipe, pipelined).
+        AscendC::PipeBarrier<PIPE_V>();
         ToFloat(z, in, tile);
         ToFloat(squares, in[tile], tile);
         inQueue_.FreeTensor(in);

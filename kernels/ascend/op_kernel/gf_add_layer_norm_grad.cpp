@@ -49,6 +49,9 @@ public:
     __aicore__ inline void Process()
     {
         RowPhase();
+        // TPipe::Reset frees the buffers but orders no pipe: the column phase's first copies and vector writes
+        // reuse UB that the row phase's last instructions may still be reading or writing.
+        AscendC::PipeBarrier<PIPE_ALL>();
         pipe_->Reset();
         ColumnPhase();
     }
@@ -135,7 +138,8 @@ private:
         LocalTensor<float> constantBroadcast = broadcasts[2 * slots_ * gf::kFloatsPerBlock];
         LocalTensor<float> gamma = gammaBuf_.Get<float>();
 
-        // zhat = (x + r - mean) rstd
+        // zhat = (x + r - mean) rstd. (The previous tile's FromFloat, which reads g, is ordered before the writes
+        // below by RowCopyIn's V -> MTE2 wait and the statistics queue's MTE2 -> V hand-off.)
         ToFloat(zhat, in[tile], tile);
         ToFloat(product, in[2 * tile], tile);
         ToFloat(g, in, tile);
@@ -291,6 +295,8 @@ private:
         ToFloat(dy, in[2 * tile], tile);
         AscendC::PipeBarrier<PIPE_V>();
         AscendC::Add(zhat, zhat, dy, static_cast<int32_t>(tile));
+        // dy is overwritten next while the Add may still be reading it (same pipe, pipelined)
+        AscendC::PipeBarrier<PIPE_V>();
         ToFloat(dy, in, tile);
         sliceQueue_.FreeTensor(in);
         gf::BroadcastRows(meanBroadcast, stats, columnRows_);
@@ -323,6 +329,8 @@ private:
         LocalTensor<float> accumulator = accumulatorBuf_.Get<float>();
         LocalTensor<float> sums = sumsOutQueue_.AllocTensor<float>();
         AscendC::Adds(sums, accumulator, 0.0f, static_cast<int32_t>(2 * width_));
+        // the next slice's Duplicate overwrites the accumulator this Adds reads (same pipe, pipelined)
+        AscendC::PipeBarrier<PIPE_V>();
         sumsOutQueue_.EnQue(sums);
         sums = sumsOutQueue_.DeQue<float>();
         AscendC::DataCopy(dWeightGm_[firstColumn], sums, width_);

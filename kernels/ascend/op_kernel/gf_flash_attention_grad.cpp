@@ -297,6 +297,8 @@ private:
         AscendC::Cast(dOutRows, rowsIn, AscendC::RoundMode::CAST_NONE, static_cast<int32_t>(tile));
         AscendC::Cast(outRows, rowsIn[tile], AscendC::RoundMode::CAST_NONE, static_cast<int32_t>(tile));
         rowsInQueue_.FreeTensor(rowsIn);
+        // the fills overwrite rows the two Casts write (same pipe, pipelined: without the barrier a Cast may land last)
+        AscendC::PipeBarrier<PIPE_V>();
         gf::FillRowsFrom(dOutRows, br_, headDim_, rows, 0.0f);
         gf::FillRowsFrom(outRows, br_, headDim_, rows, 0.0f);
         AscendC::PipeBarrier<PIPE_V>();
@@ -462,6 +464,8 @@ private:
         LocalTensor<float> chunk = rowsWorkBuf_.Get<float>();
         for (uint32_t done = 0; done < rows; done += br_) {
             const uint32_t count = rows - done < br_ ? rows - done : br_;
+            // the chunk may still be read by the Cast before (WriteAccumulated's, or this loop's): same pipe
+            AscendC::PipeBarrier<PIPE_V>();
             AscendC::Duplicate(chunk, 0.0f, static_cast<int32_t>(count * headDim_));
             AscendC::PipeBarrier<PIPE_V>();
             LocalTensor<T> out = outQueue_.AllocTensor<T>();

@@ -1,0 +1,189 @@
+// Misuses of the Ascend C API, one per scenario, each of which the functional model (kernels/ascend/api_model) must
+// refuse with a message naming this file and the line of the offending call (// LINE marks it). Driven by
+// tests/ops/test_ascend_model.py: `ascend_model_misuse <scenario>` prints "ok" or the model's error.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernel_operator.h"
+
+using namespace AscendC;
+
+namespace {
+
+std::vector<float> gInput(1024, 1.0f), gOutput(1024, 0.0f);
+
+void Setup(int core = 0)
+{
+    gfm::State& m = gfm::Model();
+    m.gm.clear();
+    for (auto* v : {&gInput, &gOutput}) {
+        gfm::GmAllocation a;
+        a.base = reinterpret_cast<uint8_t*>(v->data());
+        a.bytes = v->size() * sizeof(float);
+        a.name = v == &gInput ? "input" : "output";
+        if (v == &gOutput) {
+            a.shadow.resize(a.bytes / gfm::kGmGranule);
+        }
+        m.gm.push_back(std::move(a));
+    }
+    m.StartCore(core);
+}
+
+void Run(const std::string& scenario)
+{
+    Setup();
+    TPipe pipe;
+    TQue<QuePosition::VECIN, 1> in;
+    TQue<QuePosition::VECOUT, 1> out;
+    TBuf<TPosition::VECCALC> calc;
+    GlobalTensor<float> input, output;
+    input.SetGlobalBuffer(gInput.data());
+    output.SetGlobalBuffer(gOutput.data());
+    if (scenario == "deque-without-enque") {
+        pipe.InitBuffer(in, 1, 1024);
+        LocalTensor<float> t = in.DeQue<float>();  // LINE
+        (void)t;
+    } else if (scenario == "use-after-free") {
+        pipe.InitBuffer(in, 1, 1024);
+        LocalTensor<float> t = in.AllocTensor<float>();
+        DataCopy(t, input, 64);
+        in.EnQue(t);
+        t = in.DeQue<float>();
+        in.FreeTensor(t);
+        Adds(t, t, 1.0f, 64);  // LINE
+    } else if (scenario == "alloc-beyond-buffers") {
+        pipe.InitBuffer(in, 1, 1024);
+        LocalTensor<float> a = in.AllocTensor<float>();
+        LocalTensor<float> b = in.AllocTensor<float>();  // LINE
+        (void)a;
+        (void)b;
+    } else if (scenario == "enque-beyond-depth") {
+        pipe.InitBuffer(in, 2, 1024);
+        in.EnQue(in.AllocTensor<float>());
+        in.EnQue(in.AllocTensor<float>());  // LINE
+    } else if (scenario == "ub-overflow") {
+        pipe.InitBuffer(calc, 150 * 1024);
+        pipe.InitBuffer(out, 1, 64 * 1024);  // LINE
+    } else if (scenario == "ub-past-buffer-end") {
+        pipe.InitBuffer(calc, 256);
+        Duplicate(calc.Get<float>(), 0.0f, 72);  // LINE
+    } else if (scenario == "datacopy-length-not-32-bytes") {
+        pipe.InitBuffer(calc, 1024);
+        DataCopy(calc.Get<float>(), input, 12);  // LINE
+    } else if (scenario == "datacopy-ub-misaligned") {
+        pipe.InitBuffer(calc, 1024);
+        DataCopy(calc.Get<float>()[4], input, 16);  // LINE
+    } else if (scenario == "gm-past-end") {
+        pipe.InitBuffer(calc, 8192);
+        DataCopy(calc.Get<float>(), input[1000], 64);  // LINE
+    } else if (scenario == "datacopypad-block-count") {
+        pipe.InitBuffer(calc, 1024);
+        DataCopyPad(calc.Get<float>(), input, DataCopyExtParams{0, 4, 0, 0, 0}, DataCopyPadExtParams<float>{});  // LINE
+    } else if (scenario == "mask-out-of-range") {
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        Adds(t, t, 1.0f, 65, 1, UnaryRepeatParams(1, 1, 8, 8));  // LINE
+    } else if (scenario == "repeat-out-of-range") {
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        WholeReduceSum(t, t, 64, 256, 1, 1, 8);  // LINE
+    } else if (scenario == "vector-operand-misaligned") {
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        Add(t[3], t, t, 64);  // LINE
+    } else if (scenario == "wait-without-set") {
+        WaitFlag<HardEvent::MTE2_V>(0);  // LINE
+    } else if (scenario == "raw-without-barrier") {
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        Duplicate(t, 1.0f, 64);
+        Adds(t[64], t, 1.0f, 64);  // LINE
+    } else if (scenario == "raw-with-barrier") {
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        Duplicate(t, 1.0f, 64);
+        PipeBarrier<PIPE_V>();
+        Adds(t[64], t, 1.0f, 64);
+    } else if (scenario == "mte2-then-vector-without-flag") {
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        DataCopy(t, input, 64);
+        Adds(t, t, 1.0f, 64);  // LINE
+    } else if (scenario == "mte2-then-vector-with-flag") {
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        DataCopy(t, input, 64);
+        SetFlag<HardEvent::MTE2_V>(0);
+        WaitFlag<HardEvent::MTE2_V>(0);
+        Adds(t, t, 1.0f, 64);
+    } else if (scenario == "vector-then-mte3-without-flag") {
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        Duplicate(t, 1.0f, 64);
+        DataCopy(output, t, 64);  // LINE
+    } else if (scenario == "queue-hand-off") {
+        pipe.InitBuffer(in, 1, 1024);
+        pipe.InitBuffer(out, 1, 1024);
+        LocalTensor<float> a = in.AllocTensor<float>();
+        DataCopy(a, input, 64);
+        in.EnQue(a);
+        a = in.DeQue<float>();
+        LocalTensor<float> b = out.AllocTensor<float>();
+        Adds(b, a, 1.0f, 64);
+        in.FreeTensor(a);
+        out.EnQue(b);
+        b = out.DeQue<float>();
+        DataCopy(output, b, 64);
+        out.FreeTensor(b);
+        if (gOutput[0] != 2.0f) {
+            gfm::Fail(std::source_location::current(), "queue-hand-off computed the wrong value");
+        }
+    } else if (scenario == "cast-bf16-none") {
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> f = calc.Get<float>();
+        Duplicate(f, 1.0f, 64);
+        PipeBarrier<PIPE_V>();
+        Cast(calc.Get<bfloat16_t>()[512], f, RoundMode::CAST_NONE, 64);  // LINE
+    } else {
+        gfm::Fail(std::source_location::current(), "unknown scenario " + scenario);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv)
+{
+    if (argc == 3 && std::strcmp(argv[1], "convert") == 0) {
+        // Every binary16 pattern to fp32 and back; then fp32 values from stdin (one per line) to fp16 and bf16 bits.
+        if (std::strcmp(argv[2], "half-roundtrip") == 0) {
+            for (uint32_t h = 0; h < 65536; ++h) {
+                const float f = gfm::HalfBitsToFloat(static_cast<uint16_t>(h));
+                std::printf("%08x %04x\n", gfm::FloatBits(f), gfm::FloatToHalfBits(f));
+            }
+        } else {
+            uint32_t bits;
+            while (std::scanf("%x", &bits) == 1) {
+                const float f = gfm::BitsFloat(bits);
+                std::printf("%04x %04x\n", gfm::FloatToHalfBits(f), gfm::FloatToBf16Bits(f));
+            }
+        }
+        return 0;
+    }
+    if (argc != 2) {
+        std::fprintf(stderr, "usage: %s <scenario>\n", argv[0]);
+        return 2;
+    }
+    try {
+        Run(argv[1]);
+        if (!gfm::Model().flags.empty()) {
+            std::printf("SetFlag never waited for\n");
+            return 0;
+        }
+        std::printf("ok\n");
+    } catch (const gfm::ModelError& error) {
+        std::printf("%s\n", error.what());
+    }
+    return 0;
+}
