@@ -38,12 +38,12 @@ def main(argv: list[str] | None = None) -> dict:
     import mindspore as ms
     from mindspore import Tensor, nn
 
-    from mindformer_gf.ops import fused
+    from mindformer_gf.ops import cpu
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
-    fused.set_cpu_isa(args.isa)
-    kernels = fused._kernels()
+    cpu.set_cpu_isa(args.isa)
+    kernels = cpu._kernels()
 
     batch, heads, length, head_dim = args.batch, args.heads, args.length, args.head_dim
     valid = length if args.valid is None else args.valid
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     fwd_flops = 4.0 * batch * heads * length * valid * head_dim
     bwd_flops = 2.5 * fwd_flops
     config = {"batch": batch, "heads": heads, "length": length, "head_dim": head_dim, "valid": valid}
-    config.update({"dropout": args.dropout, "isa": fused.cpu_isa(), "threads": fused.native().MindformerGfNumThreads()})
+    config.update({"dropout": args.dropout, "isa": cpu.cpu_isa(), "threads": cpu.native().MindformerGfNumThreads()})
 
     fwd_seconds = best_seconds(lambda: forward(q, k, v, mask, seed, drop)[0].asnumpy(), args.repeats)
     emit({"phase": "forward", "seconds": fwd_seconds, "gflops": fwd_flops / fwd_seconds / 1e9, **config})

@@ -46,7 +46,7 @@ def main() -> None:
     import mindspore as ms
     from mindspore import Tensor, nn, ops
 
-    from mindformer_gf.ops import fused
+    from mindformer_gf.ops import cpu
     from mindformer_gf.reference.dropout import keep_mask
 
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -58,7 +58,7 @@ def main() -> None:
 
     class Fused(nn.Cell):
         def construct(self, x, seed):
-            return fused.dropout(x, args.drop, seed)
+            return cpu.dropout(x, args.drop, seed)
 
     class Builtin(nn.Cell):
         def construct(self, x):
@@ -75,7 +75,7 @@ def main() -> None:
     batch, heads, length, head_dim = args.attention
     q, k, v = (Tensor(rng.standard_normal((batch, heads, length, head_dim), dtype=np.float32)) for _ in range(3))
     mask = Tensor(np.ones((batch, length), np.int32))
-    kernels = fused._kernels()
+    kernels = cpu._kernels()
 
     class Forward(nn.Cell):
         def construct(self, q, k, v, mask, seed, drop):

@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def prepare(work: Path, with_model: bool = True) -> tuple[Path, Path | None]:
     """The tokenized cells and a V1-10M-shaped model directory with random weights (None without `with_model`)."""
     from mindformer_gf.config import GeneformerConfig
+    from mindformer_gf.data.pbmc68k import tokenize_pbmc68k
     from mindformer_gf.model import build_model
-    from mindformer_gf.tasks.demo import tokenize_pbmc68k
     from mindformer_gf.train.checkpoint import save_model_dir
 
     dataset = tokenize_pbmc68k(work, "pbmc", {"cell_type": "cell_type"}).path
@@ -90,9 +90,9 @@ def cost_model(lengths: np.ndarray, devices: list[int], cost: str, batch: int) -
     one process's plan (4 buckets), for "genes_squared" (`gf perturb`, delete every gene) its windows of cells
     whose `batch`-copy batches run together."""
     from mindformer_gf.data.buckets import choose_bucket_widths
-    from mindformer_gf.tasks.inference import length_sorted_batches
+    from mindformer_gf.infer.batches import length_sorted_batches
+    from mindformer_gf.infer.sharded import cell_costs, partition_groups
     from mindformer_gf.tasks.perturb.perturber import _windows
-    from mindformer_gf.tasks.sharded import cell_costs, partition_groups
 
     costs = cell_costs(lengths, cost)
     if cost == "genes":
@@ -127,7 +127,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from mindformer_gf.data import corpus_lengths
-    from mindformer_gf.tasks.common import open_dataset
+    from mindformer_gf.infer.datasets import open_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

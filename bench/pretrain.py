@@ -324,10 +324,10 @@ def run_pbmc68k(output_dir: str, steps: int) -> None:
     from pathlib import Path
 
     from mindformer_gf.data import compact_vocabulary
-    from mindformer_gf.tasks.demo import tokenize_pbmc68k
+    from mindformer_gf.data.pbmc68k import tokenize_pbmc68k
     from mindformer_gf.train import PretrainSettings, pretrain, unigram_entropy
-    from mindformer_gf.train.metrics import plot_loss_curve
-    from mindformer_gf.train.pretrain import build_pretraining_model, held_out_masked_genes
+    from mindformer_gf.train.pretraining import build_pretraining_model, held_out_masked_genes
+    from mindformer_gf.train.run_log import plot_loss_curve
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -350,7 +350,7 @@ def run_pbmc68k(output_dir: str, steps: int) -> None:
         max_steps=steps,
         batch_size=8,
         learning_rate=3e-3,
-        lr_schedule="cosine",
+        lr_scheduler_type="cosine",
         min_lr_ratio=0.1,
         warmup_steps=50,
         eval_fraction=0.15,

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from mindformer_gf.io import write_text
 
 SUPPORTED_ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu")
 SUPPORTED_POSITION_EMBEDDINGS = ("absolute",)
@@ -180,18 +181,7 @@ class GeneformerConfig:
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write config.json into `directory` atomically (temporary file, then rename)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / "config.json"
-        fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".json.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(self.to_json_string())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        return write_text(Path(directory) / "config.json", self.to_json_string())
 
     # ---- presets --------------------------------------------------------------------------------------------
     @classmethod

@@ -7,10 +7,10 @@ import warnings
 from pathlib import Path
 
 from mindformer_gf.config import GeneformerConfig
-from mindformer_gf.convert.checkpoint import open_model_weights
-from mindformer_gf.convert.converter import save_mindspore_model
 from mindformer_gf.convert.dtypes import to_float32
 from mindformer_gf.convert.plan import fresh_head_weights, plan_weights
+from mindformer_gf.convert.readers import open_model_weights
+from mindformer_gf.convert.writer import write_model_directory
 from mindformer_gf.model import GeneformerPreTrainedModel, build_model
 
 
@@ -50,6 +50,6 @@ def save_pretrained(
 ) -> Path:
     """Write `model` as a MindSpore model directory (config.json, mindspore_model.ckpt or .safetensors, manifest),
     atomically; `gf convert --to huggingface` turns it into a directory transformers loads."""
-    return save_mindspore_model(
+    return write_model_directory(
         model.state_dict(), model.config, model.architecture, directory, format=format, dtype=dtype, force=force
     )

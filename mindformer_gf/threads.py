@@ -71,11 +71,6 @@ def apply_threads(requested: int | None = None) -> int:
     return threads
 
 
-def threads_in_use() -> int:
-    """The count `apply_threads` set, or what it would set now."""
-    return _applied if _applied is not None else resolve_threads()
-
-
 def add_threads_argument(parser) -> None:
     """`--threads N` on a command that computes."""
     parser.add_argument(

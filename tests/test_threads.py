@@ -19,7 +19,7 @@ import json, threadpoolctl
 import mindspore as ms
 from mindspore._c_expression import RuntimeConf
 from mindformer_gf.threads import apply_threads, resolve_threads
-from mindformer_gf.ops import fused
+from mindformer_gf.ops import cpu
 import os
 default = resolve_threads()  # GF_THREADS unset: the affinity mask
 os.environ["GF_THREADS"] = "3"
@@ -27,7 +27,7 @@ applied = apply_threads()
 print(json.dumps({
     "default": default,
     "applied": applied,
-    "kernel_pool": fused.native().MindformerGfNumThreads(),
+    "kernel_pool": cpu.native().MindformerGfNumThreads(),
     "blas": sorted({pool["num_threads"] for pool in threadpoolctl.threadpool_info()}),
     "mindspore_configured": RuntimeConf.get_instance().is_op_threads_num_configured(),
 }))

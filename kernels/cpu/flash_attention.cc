@@ -1,5 +1,5 @@
 // Fused attention over [batch, heads, length, head_dim] with a key-padding mask: FlashAttention-2 (Dao, 2023) on
-// CPU cores. See kernels/cpu/README.md and ../shared/design/kernel-maths.md for the maths followed here.
+// CPU cores. See kernels/cpu/README.md; the maths followed here is mindformer_gf/reference/attention.py.
 //
 // Forward, per (cell, head) and block of Br query rows Qi, walking key blocks Kj, Vj of Bc keys:
 //   Sij = s Qi Kj^T;  m' = max(m, rowmax Sij);  Pij = exp(Sij - m');  l = exp(m - m') l + rowsum Pij;

@@ -1,5 +1,5 @@
 // Run-time choice of the tile-kernel table, and the library's small C API for Python (loaded with ctypes by
-// mindformer_gf.ops.fused and the tests): which instruction set runs, how many threads, and the dropout hash's
+// mindformer_gf.ops.cpu and the tests): which instruction set runs, how many threads, and the dropout hash's
 // words, column codes and keep factors, so the tests can check them against the numpy reference word for word.
 #include <atomic>
 #include <cstdint>

@@ -18,6 +18,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from mindformer_gf import __version__
+from mindformer_gf.safe_pickle import UnsafePickleError
 from mindformer_gf.threads import add_threads_argument, apply_threads
 
 # Subcommand modules, in the order `gf --help` lists them.
@@ -31,8 +33,6 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mindformer_gf import __version__
-
     parser = argparse.ArgumentParser(prog="gf", description="Geneformer on MindSpore (CPU and Ascend)")
     parser.add_argument("--version", action="version", version=f"mindformer_gf {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -67,8 +67,6 @@ def is_user_error(error: BaseException) -> bool:
     this device lacks) is one of our validation messages when our code raised it; raised inside another library
     (numpy, MindSpore, ...) it is not, and counts as a bug.
     """
-    from mindformer_gf.safe_pickle import UnsafePickleError
-
     if isinstance(error, (OSError, UnsafePickleError, UsageError)):
         return True
     if type(error).__module__.split(".")[0] == "mindformer_gf":

@@ -28,17 +28,19 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import asdict
 
 from mindformer_gf.cli import UsageError
+from mindformer_gf.train.distributed import init_distributed, launched_by_msrun, launched_context
 from mindformer_gf.train.schedule import SCHEDULES
 
 TRAINING_FLAGS = {
     # flag: (settings field, type, help)
-    "epochs": ("num_epochs", float, "training epochs (fractions allowed)"),
-    "batch-size": ("batch_size", int, "cells per training batch (reference: 12)"),
+    "epochs": ("num_train_epochs", float, "training epochs (fractions allowed)"),
+    "batch-size": ("per_device_train_batch_size", int, "cells per training batch (reference: 12)"),
     "lr": ("learning_rate", float, "peak learning rate"),
-    "schedule": ("lr_schedule", str, "the reference's lr_scheduler_type (transformers' schedules)"),
-    "polynomial-power": ("polynomial_power", float, "power of the polynomial schedule (default 1)"),
+    "schedule": ("lr_scheduler_type", str, "the reference's lr_scheduler_type (transformers' schedules)"),
+    "polynomial-power": ("lr_power", float, "power of the polynomial schedule (default 1)"),
     "lr-end": ("lr_end", float, "final learning rate of the polynomial schedule (default 1e-7)"),
     "warmup-steps": ("warmup_steps", int, "linear warmup steps"),
     "warmup-ratio": ("warmup_ratio", float, "warmup as a fraction of all steps (overrides --warmup-steps)"),
@@ -55,7 +57,7 @@ TRAINING_FLAGS = {
 
 
 CHOICES = {
-    "lr_schedule": SCHEDULES,
+    "lr_scheduler_type": SCHEDULES,
     "strategy": ("finetune", "adapters", "extra_layer"),
     "device": ("auto", "CPU", "Ascend"),
 }
@@ -148,15 +150,21 @@ def _add_evaluation(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def _settings(args: argparse.Namespace, **defaults: object):
+    # imported here: the task stack (datasets, scikit-learn, MindSpore) loads only for the command that runs it
     from mindformer_gf.tasks import FineTuneSettings
 
     changes = dict(defaults)
     for dest, _, _ in TRAINING_FLAGS.values():
         if getattr(args, dest) is not None:
             changes[dest] = getattr(args, dest)
-    changes["keep_checkpoints"] = args.keep_checkpoints
+    lr_end = changes.pop("lr_end", None)
+    changes["save_total_limit"] = None if args.keep_checkpoints else 0
     changes["progress_bar"] = not args.no_progress
-    return FineTuneSettings().replace(**changes)
+    settings = FineTuneSettings().replace(**changes)
+    if lr_end is not None:
+        # --lr-end is the polynomial schedule's final rate; the settings hold it as a fraction of the peak
+        settings = settings.replace(min_lr_ratio=FineTuneSettings.upgrade_value("lr_end", lr_end, asdict(settings)))
+    return settings
 
 
 def _filters(pairs: list[str]) -> dict[str, list[str]]:
@@ -209,6 +217,7 @@ def _csv_list(text: str) -> list[str]:
 
 
 def run_cell(args: argparse.Namespace) -> int:
+    # imported here: the task stack (datasets, scikit-learn, MindSpore) loads only for the command that runs it
     from mindformer_gf.tasks import CellClassifier
 
     classifier = CellClassifier(
@@ -249,8 +258,6 @@ def data_parallel(run: Callable[[argparse.Namespace], int]) -> Callable[[argpars
 
     @functools.wraps(run)
     def on_every_rank(args: argparse.Namespace) -> int:
-        from mindformer_gf.train.distributed import init_distributed, launched_by_msrun
-
         if getattr(args, "evaluate", False) or not launched_by_msrun():
             return run(args)  # --evaluate shards the cells itself
         if os.environ.get("MS_ROLE") == "MS_SCHED":
@@ -267,7 +274,8 @@ def data_parallel(run: Callable[[argparse.Namespace], int]) -> Callable[[argpars
         parallel = init_distributed()
         if parallel.is_main:
             return run(args)
-        from mindformer_gf.tasks.sharded import shards_meet_in
+        # imported here: datasets and the sharding protocol load only for a run under msrun
+        from mindformer_gf.infer.sharded import shards_meet_in
 
         scratch = tempfile.mkdtemp(prefix=f"gf-classify-rank{parallel.rank}-")
         output_dir, args.output_dir, args.no_progress = args.output_dir, scratch, True
@@ -287,8 +295,6 @@ def data_parallel(run: Callable[[argparse.Namespace], int]) -> Callable[[argpars
 
 def _evaluate(classifier, args: argparse.Namespace) -> int:
     """`--evaluate`: the classifier scores the saved model `--model`, each rank its share of the cells."""
-    from mindformer_gf.train.distributed import launched_context
-
     parallel = launched_context()  # None in msrun's scheduler process: it has no share of the cells
     if parallel is None:
         return 0
@@ -310,6 +316,7 @@ def _evaluate(classifier, args: argparse.Namespace) -> int:
 
 
 def run_gene(args: argparse.Namespace) -> int:
+    # imported here: the task stack (datasets, scikit-learn, MindSpore) loads only for the command that runs it
     from mindformer_gf.tasks import GeneClassifier
 
     if args.gene_class:
@@ -339,13 +346,14 @@ def run_gene(args: argparse.Namespace) -> int:
 
 def _gene_defaults(args: argparse.Namespace) -> dict[str, object]:
     """The reference's gene classifier: 1 epoch, 4 layers frozen (for the finetune strategy)."""
-    defaults: dict[str, object] = {"num_epochs": 1.0}
+    defaults: dict[str, object] = {"num_train_epochs": 1.0}
     if (args.strategy or "finetune") == "finetune":
         defaults["freeze_layers"] = 4
     return defaults
 
 
 def run_multitask(args: argparse.Namespace) -> int:
+    # imported here: the task stack (datasets, scikit-learn, MindSpore) loads only for the command that runs it
     from mindformer_gf.tasks import MultitaskClassifier
 
     if args.tasks is None and not args.evaluate:
@@ -374,7 +382,8 @@ def run_multitask(args: argparse.Namespace) -> int:
 
 def _model_tasks(model_dir: str) -> list[str]:
     """The tasks a saved multitask model was trained on (its task.json)."""
-    from mindformer_gf.tasks.models import read_task
+    # imported here: MindSpore loads only when a saved model is read
+    from mindformer_gf.finetune.task_model import read_task
 
     task = read_task(model_dir) or {}
     if task.get("kind") != "multitask":

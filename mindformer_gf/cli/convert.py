@@ -62,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here: the converter's readers load only for `gf convert`
     from mindformer_gf.convert import convert
 
     if args.verify:

@@ -22,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
     # MindSpore's own warnings (deprecations inside the framework) would bury the demo's report; GLOG_v set by the
     # user still wins
     os.environ.setdefault("GLOG_v", "3")
-    from mindformer_gf.tasks.demo import run_demo
+    # imported here: the demo's stack (tokenizer, training, plots) loads only when it runs
+    from mindformer_gf.tasks.pbmc_demo import run_demo
 
     run_demo(args.output_dir, quick=args.quick, progress=not args.no_progress)
     return 0

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import argparse
 
+from mindformer_gf.cli import UsageError
+from mindformer_gf.cli.classify import _filters
+from mindformer_gf.train.distributed import launched_context
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -54,14 +58,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mindformer_gf.cli import UsageError
-    from mindformer_gf.cli.classify import _filters
-    from mindformer_gf.train.distributed import launched_context
-
     parallel = launched_context()
     if parallel is None:
         return 0
 
+    # imported here: the task stack (datasets, scikit-learn, MindSpore) loads only for the command that runs it
     from mindformer_gf.tasks import EmbExtractor
 
     plots = [p.strip() for p in args.plot.split(",") if p.strip()]

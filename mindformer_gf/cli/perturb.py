@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 
 from mindformer_gf.cli.classify import _filters
+from mindformer_gf.train.distributed import launched_context
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -110,8 +111,8 @@ def _genes(text: str) -> str | list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here: scipy.stats and statsmodels load only for the perturbation commands
     from mindformer_gf.tasks.perturb import InSilicoPerturber, get_state_embs
-    from mindformer_gf.train.distributed import launched_context
 
     parallel = launched_context()
     if parallel is None:
@@ -167,8 +168,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
+    # imported here: scipy.stats and statsmodels load only for the perturbation commands
     from mindformer_gf.tasks.perturb import InSilicoPerturberStats
-    from mindformer_gf.train.distributed import launched_context
 
     parallel = launched_context()
     if parallel is None or not parallel.is_main:

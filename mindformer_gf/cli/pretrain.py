@@ -14,25 +14,27 @@ import argparse
 import logging
 import signal
 
-# command-line flag -> (type, help) of a settings field, for the settings one changes most; the rest go through
-# --set key=value
+from mindformer_gf.train.settings import RENAMED_SETTINGS
+
+# settings field -> (type, help), a flag each (--num-train-epochs, ...), for the settings one changes most; the rest
+# go through --set key=value
 FLAGS = {
     "dataset": (str, "tokenized dataset directory (gf tokenize)"),
     "output_dir": (str, "checkpoints, metrics.csv, loss_curve.png and the final model go here"),
     "model": (str, "a preset to train from scratch (Geneformer-V1-10M, ...) or a model directory to continue"),
-    "max_steps": (int, "optimisation steps (0: num_epochs over the corpus)"),
-    "num_epochs": (float, "epochs when max_steps is 0"),
-    "batch_size": (int, "cells per micro-batch per device"),
-    "gradient_accumulation": (int, "micro-batches per optimisation step per device"),
+    "max_steps": (int, "optimisation steps (0: num_train_epochs over the corpus)"),
+    "num_train_epochs": (float, "epochs when max_steps is 0"),
+    "per_device_train_batch_size": (int, "cells per micro-batch per device"),
+    "gradient_accumulation_steps": (int, "micro-batches per optimisation step per device"),
     "learning_rate": (float, "peak learning rate (default 1e-3)"),
-    "lr_schedule": (str, "linear (default), cosine, cosine_with_restarts, polynomial, constant, constant_with_warmup"),
+    "lr_scheduler_type": (str, "linear (default), cosine, cosine_with_restarts, polynomial, constant[_with_warmup]"),
     "warmup_steps": (int, "warmup steps (default 10000)"),
     "precision": (str, "auto (fp32 on CPU, bf16 on Ascend), fp32, bf16 or fp16 (dynamic loss scaling)"),
     "device": (str, "auto, CPU or Ascend"),
     "attention_impl": (str, "auto, fused, builtin or composed"),
     "num_buckets": (int, "padded length buckets = graph compilations (default 8)"),
     "save_every": (int, "checkpoint every this many steps"),
-    "keep_last": (int, "checkpoints kept"),
+    "save_total_limit": (int, "checkpoints kept"),
     "log_every": (int, "metrics row every this many steps"),
     "max_cells": (int, "use at most this many cells (0: all)"),
     "seed": (int, "seed of initialisation, data order and masking"),
@@ -47,8 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML or JSON file of settings (see mindformer_gf.train.PretrainSettings)")
+    old_names = {new: old for old, new in RENAMED_SETTINGS.items()}
     for name, (kind, text) in FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
+        # the flag of a setting's earlier name stays as a second spelling (the options of `gf pretrain` do not change)
+        flags = ["--" + n.replace("_", "-") for n in (name, old_names.get(name)) if n]
+        parser.add_argument(*flags, dest=name, type=kind, default=None, help=text)
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -70,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here: MindSpore and the training loop load only for the command that trains
     from mindformer_gf.train import PretrainSettings, load_settings, parse_overrides, pretrain
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

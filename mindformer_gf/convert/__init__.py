@@ -4,7 +4,6 @@ No PyTorch is needed: safetensors, pytorch_model.bin (zip and legacy formats, re
 and sharded sets are read one tensor at a time.
 """
 
-from mindformer_gf.convert.checkpoint import ModelWeights, open_model_weights
 from mindformer_gf.convert.converter import (
     ConversionReport,
     VerificationError,
@@ -13,9 +12,9 @@ from mindformer_gf.convert.converter import (
     convert_to_mindspore,
     verify_conversion,
 )
-from mindformer_gf.convert.hf import read_state_dict
 from mindformer_gf.convert.names import NON_PARAMETER_KEYS, to_hf_name, to_model_name
 from mindformer_gf.convert.plan import WeightPlan, plan_weights
+from mindformer_gf.convert.readers import ModelWeights, open_model_weights
 from mindformer_gf.convert.tensors import CheckpointError, TensorInfo
 
 __all__ = [
@@ -31,7 +30,6 @@ __all__ = [
     "convert_to_mindspore",
     "open_model_weights",
     "plan_weights",
-    "read_state_dict",
     "to_hf_name",
     "to_model_name",
     "verify_conversion",

@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
+from mindformer_gf import __version__
 from mindformer_gf.config import ARCHITECTURES, GeneformerConfig
-from mindformer_gf.convert.checkpoint import (
+from mindformer_gf.convert.dtypes import to_float32
+from mindformer_gf.convert.plan import WeightPlan, fresh_head_weights, plan_weights
+from mindformer_gf.convert.readers import (
     CONFIG,
     HF_SAFETENSORS,
     MANIFEST,
@@ -35,11 +32,13 @@ from mindformer_gf.convert.checkpoint import (
     open_huggingface_weights,
     open_mindspore_weights,
 )
-from mindformer_gf.convert.dtypes import DTYPE_CHOICES, cast, to_float32
-from mindformer_gf.convert.ms_checkpoint import MindSporeCheckpointWriter
-from mindformer_gf.convert.plan import WeightPlan, fresh_head_weights, plan_weights
-from mindformer_gf.convert.safetensors_io import SafetensorsWriter
-from mindformer_gf.convert.tensors import CheckpointError, TensorInfo
+from mindformer_gf.convert.tensors import CheckpointError
+from mindformer_gf.convert.writer import (
+    _record_weights_dtype,
+    _resolve_dtype,
+    _write_weights,
+)
+from mindformer_gf.io import atomic_directory, write_json
 
 DIRECTIONS = ("mindspore", "huggingface")
 # Default --verify tolerance on max|ours - reference| / max|reference|, by output dtype: float32 sees only
@@ -104,44 +103,6 @@ def _check_destination(source: Path, destination: Path, force: bool) -> None:
         raise FileExistsError(f"{destination} already exists; pass --force (force=True) to replace it")
 
 
-@contextmanager
-def staged_directory(destination: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """A temporary directory next to `destination`, renamed onto it when the block succeeds, removed otherwise."""
-    destination = Path(destination)
-    if destination.exists() and not force:
-        raise FileExistsError(f"{destination} already exists; pass --force (force=True) to replace it")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
-    try:
-        yield staging
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should look like any new directory
-        if destination.exists() or destination.is_symlink():
-            if not force:
-                raise FileExistsError(f"{destination} appeared during the conversion; pass --force to replace it")
-            replaced = destination.with_name(f".{destination.name}.replaced-{uuid.uuid4().hex[:8]}")
-            os.rename(destination, replaced)
-            try:
-                os.rename(staging, destination)
-            except BaseException:
-                os.rename(replaced, destination)
-                raise
-            if replaced.is_dir() and not replaced.is_symlink():
-                shutil.rmtree(replaced)
-            else:
-                replaced.unlink()
-        else:
-            os.rename(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-
-
 def _output_config(source_dir: Path, architecture: str, config: GeneformerConfig, num_labels: int | None) -> bytes:
     """The source config.json unchanged, byte for byte, unless the architecture or label count was changed."""
     raw = (source_dir / CONFIG).read_bytes()
@@ -156,69 +117,6 @@ def _output_config(source_dir: Path, architecture: str, config: GeneformerConfig
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
-# Names transformers gives the weights' dtype in config.json ("torch_dtype" before 4.56, "dtype" since).
-CONFIG_DTYPE_KEYS = ("dtype", "torch_dtype")
-CONFIG_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-
-
-def _record_weights_dtype(config_path: Path, written: dict[str, int]) -> None:
-    """Make config.json name the dtype the weights were written in, when they all share one: transformers'
-    `from_pretrained(dtype="auto")` builds the model in the config's dtype, so a stale "float32" would widen
-    bfloat16 weights silently. The file is left byte for byte when it already says so."""
-    if len(written) != 1 or next(iter(written)) not in CONFIG_DTYPE_NAMES:
-        return
-    name = CONFIG_DTYPE_NAMES[next(iter(written))]
-    data = json.loads(config_path.read_bytes())
-    present = [key for key in CONFIG_DTYPE_KEYS if key in data]
-    if all(data[key] == name for key in present) and (present or name == "float32"):
-        return
-    for key in present or CONFIG_DTYPE_KEYS[:1]:
-        data[key] = name
-    config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-# ---- writing weights --------------------------------------------------------------------------------------------
-def _write_weights(
-    plan: WeightPlan,
-    fresh: dict[str, np.ndarray],
-    path: Path,
-    output_format: str,
-    target_dtype: str | None,
-    metadata: dict[str, str],
-    progress: bool,
-) -> Counter:
-    """Stream the plan's tensors (and the fresh ones) into `path`; returns the count of each written dtype."""
-    names = list(plan.tensors) + sorted(fresh)
-    source_dtype = {**{n: i.dtype for n, i in plan.tensors.items()}, **dict.fromkeys(fresh, "F32")}
-    shapes = {**{n: i.shape for n, i in plan.tensors.items()}, **{n: a.shape for n, a in fresh.items()}}
-    out_dtype = {name: target_dtype or source_dtype[name] for name in names}
-    total = sum(i.nbytes for i in plan.tensors.values()) + sum(a.nbytes for a in fresh.values())
-    if output_format == "ckpt":
-        writer = MindSporeCheckpointWriter(path)
-    else:
-        writer = SafetensorsWriter(path, [(n, out_dtype[n], shapes[n]) for n in names], metadata)
-    written: Counter = Counter()
-    with writer, tqdm(total=total, unit="B", unit_scale=True, desc=f"writing {path.name}", disable=not progress) as bar:
-        for name in names:
-            if name in fresh:
-                array, dtype, nbytes = fresh[name], "F32", fresh[name].nbytes
-            else:
-                info = plan.tensors[name]
-                array, dtype, nbytes = info.read(), info.dtype, info.nbytes
-            array, dtype = cast(array, dtype, target_dtype)
-            writer.write(name, array, dtype)
-            written[dtype] += 1
-            bar.update(nbytes)
-            del array  # before the next read, so that only one tensor is ever held
-    return written
-
-
-def _resolve_dtype(dtype: str) -> str | None:
-    if dtype not in DTYPE_CHOICES:
-        raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPE_CHOICES)}")
-    return DTYPE_CHOICES[dtype]
-
-
 def _manifest(
     weights: ModelWeights,
     direction: str,
@@ -230,8 +128,6 @@ def _manifest(
     seed: int,
     progress: bool,
 ) -> dict[str, Any]:
-    from mindformer_gf import __version__
-
     hashed = [CONFIG, *weights.files]
     return {
         "tool": "mindformer_gf",
@@ -298,7 +194,7 @@ def convert_to_mindspore(
         plan = plan_weights(weights.tensors, config, architecture, allow_missing=allow_missing, source=str(src))
         fresh = fresh_head_weights(config, architecture, plan.fresh, seed)
         weights_file = MINDSPORE_WEIGHTS[format]
-        with staged_directory(dst, force) as staging:
+        with atomic_directory(dst, force) as staging:
             (staging / CONFIG).write_bytes(_output_config(src, architecture, config, num_labels))
             written = _write_weights(
                 plan, fresh, staging / weights_file, format, target_dtype, {"format": "ms"}, progress
@@ -307,7 +203,7 @@ def convert_to_mindspore(
             manifest = _manifest(
                 weights, "huggingface->mindspore", format, weights_file, plan, written, dtype, seed, progress
             )
-            _write_json(staging / MANIFEST, manifest)
+            write_json(staging / MANIFEST, manifest)
             report = ConversionReport(
                 source=src,
                 destination=dst,
@@ -347,7 +243,7 @@ def convert_to_huggingface(
     config = GeneformerConfig.from_pretrained(src)
     with open_mindspore_weights(src) as weights:
         plan = plan_weights(weights.tensors, config, config.architecture, allow_missing=False, source=str(src))
-        with staged_directory(dst, force) as staging:
+        with atomic_directory(dst, force) as staging:
             (staging / CONFIG).write_bytes((src / CONFIG).read_bytes())
             # transformers refuses safetensors files whose metadata does not name a framework it knows.
             written = _write_weights(
@@ -371,52 +267,6 @@ def convert_to_huggingface(
                 _verify_into(report, hf_dir=staging, ms_dir=src, architecture=plan.architecture, tolerance=tolerance)
     report.seconds = time.perf_counter() - started
     return report
-
-
-def save_mindspore_model(
-    weights: dict[str, np.ndarray],
-    config: GeneformerConfig,
-    architecture: str,
-    directory: str | os.PathLike,
-    *,
-    format: str = "ckpt",
-    dtype: str = "keep",
-    force: bool = False,
-    progress: bool = False,
-) -> Path:
-    """Write in-memory float weights (by parameter name) as a MindSpore model directory like convert_to_mindspore's,
-    so that `from_pretrained` and `convert_to_huggingface` take it."""
-    if format not in MINDSPORE_WEIGHTS:
-        raise ValueError(f"format {format!r} is not one of {sorted(MINDSPORE_WEIGHTS)}")
-    target_dtype = _resolve_dtype(dtype)
-    config = config.replace(architectures=[architecture]) if config.architecture != architecture else config
-    tensors = {
-        name: TensorInfo(name, "F32", tuple(array.shape), "<model>", lambda array=array: np.asarray(array, np.float32))
-        for name, array in weights.items()
-    }
-    plan = plan_weights(tensors, config, architecture, allow_missing=False, source="the model")
-    directory = Path(directory)
-    with staged_directory(directory, force) as staging:
-        config.save_pretrained(staging)
-        weights_file = MINDSPORE_WEIGHTS[format]
-        written = _write_weights(plan, {}, staging / weights_file, format, target_dtype, {"format": "ms"}, progress)
-        _record_weights_dtype(staging / CONFIG, written)
-        from mindformer_gf import __version__
-
-        manifest = {
-            "tool": "mindformer_gf",
-            "tool_version": __version__,
-            "direction": "model->mindspore",
-            "format": format,
-            "weights_file": weights_file,
-            "architecture": architecture,
-            "tensor_count": sum(written.values()),
-            "dtypes": dict(sorted(written.items())),
-            "dtype_requested": dtype,
-            "source": None,
-        }
-        _write_json(staging / MANIFEST, manifest)
-    return directory
 
 
 # Options of convert_to_mindspore that have no meaning for the Hugging Face output.
@@ -468,6 +318,7 @@ def verify_conversion(
     """
     from mindspore import Tensor
 
+    # imported here: MindSpore loads only when a converted model is verified
     from mindformer_gf import reference
     from mindformer_gf.pretrained import from_pretrained
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from mindformer_gf.tokenizer.writer import check_dataset_matches_vocab, read_dictionary_metadata, save_dataset
+
 # Geneformer's dictionaries put <pad> at 0 and <mask> at 1 (V1 and V2); used only when a dataset does not say.
 DEFAULT_SPECIAL_TOKENS = {"<pad>": 0, "<mask>": 1}
 
@@ -30,26 +32,8 @@ def load_corpus(dataset_or_dir: Any, vocab_size: int | None = None) -> Any:
     if not isinstance(dataset, Dataset) or "input_ids" not in dataset.column_names:
         raise ValueError(f"{dataset_or_dir} is not a tokenized dataset: it needs an `input_ids` column")
     if vocab_size is not None:
-        _check_vocab(dataset, vocab_size)
-    return dataset
-
-
-def _check_vocab(dataset: Any, vocab_size: int) -> None:
-    try:
-        from mindformer_gf.tokenizer.writer import check_dataset_matches_vocab
-    except ImportError:
-        check_dataset_matches_vocab = None
-    if check_dataset_matches_vocab is not None:
         check_dataset_matches_vocab(dataset, vocab_size)
-        return
-    import pyarrow.compute as pc
-
-    maximum = pc.max(pc.list_flatten(dataset.data.column("input_ids"))).as_py()
-    if maximum is not None and maximum >= vocab_size:
-        raise ValueError(
-            f"the dataset holds token id {maximum}, beyond the model's vocabulary of {vocab_size} tokens: tokenize the "
-            "cells with the dictionary of this model (V1 and V2 dictionaries do not mix)"
-        )
+    return dataset
 
 
 def corpus_lengths(dataset: Any) -> np.ndarray:
@@ -79,11 +63,7 @@ def corpus_special_tokens(dataset: Any) -> dict[str, int]:
     Read from the tokenizer's record; a dataset without one (e.g. made by the reference package) gets Geneformer's
     `<pad>`=0 and `<mask>`=1 with a warning, since <cls>/<eos> cannot then be known.
     """
-    try:
-        from mindformer_gf.tokenizer.writer import read_dictionary_metadata
-    except ImportError:
-        read_dictionary_metadata = None
-    record = read_dictionary_metadata(dataset) if read_dictionary_metadata is not None else None
+    record = read_dictionary_metadata(dataset)
     if record and record.get("dictionary", {}).get("special_tokens"):
         return {str(k): int(v) for k, v in record["dictionary"]["special_tokens"].items()}
     warnings.warn(
@@ -99,8 +79,6 @@ def compact_vocabulary(source: str | os.PathLike, target: str | os.PathLike) -> 
     at `target`; returns (target, n + 2). The same cells and ranks with an output layer of n + 2 tokens instead of
     the dictionary's ~25,000: a small model on a small corpus trains in seconds."""
     from datasets import Dataset, load_from_disk
-
-    from mindformer_gf.tokenizer.writer import save_dataset
 
     dataset = load_from_disk(str(source))
     cells = [np.asarray(c) for c in dataset["input_ids"]]

@@ -25,7 +25,8 @@ from mindspore import ops as msops
 from mindformer_gf import ops
 from mindformer_gf.config import GeneformerConfig
 from mindformer_gf.model.dropout import SeededDropout, site_salt, site_seed
-from mindformer_gf.ops.fused import random_seed
+from mindformer_gf.ops.dropout_seed import random_seed
+from mindformer_gf.reference import init_weights
 
 
 def _activation(name: str, x: Tensor) -> Tensor:
@@ -207,8 +208,6 @@ class GeneformerPreTrainedModel(nn.Cell):
 
     def init_weights(self, seed: int = 0) -> None:
         """Initialise as Hugging Face does (N(0, initializer_range), zero biases, unit LN scale), reproducibly."""
-        from mindformer_gf.reference import init_weights
-
         self.load_weights(init_weights(self.config, self.architecture, seed))
 
     def named_parameters(self) -> dict[str, Parameter]:

@@ -3,7 +3,7 @@
 `attention` and `add_layer_norm` have one semantics (written down in `mindformer_gf.reference`) and several
 backends; only this package knows which one runs:
 - "composed": MindSpore primitives (BatchMatMul, Softmax, LayerNorm); runs everywhere, the fallback;
-- "fused": this project's kernels (kernels/cpu on CPU through `fused.py`, kernels/ascend on Ascend through
+- "fused": this project's kernels (kernels/cpu on CPU through `cpu.py`, kernels/ascend on Ascend through
   `ascend.py`), the default on CPU;
 - "builtin": MindSpore's Ascend fused operators (flash_attention_score, layer_norm).
 `impl="auto"` picks the best one available for the device. The choice is a Python constant, so in graph mode it is

@@ -5,7 +5,7 @@ fused: the four operators of kernels/ascend (GfFlashAttention, GfFlashAttentionG
 GfAddLayerNormGrad), built by kernels/ascend/build.sh into custom_opp_<os>_<arch>.run and installed either under
 $ASCEND_OPP_PATH/vendors/mindformer_gf or in a directory named by ASCEND_CUSTOM_OPP_PATH (kernels/ascend/README.md;
 tools/ascend_selftest.py does both). MindSpore calls them through their generated aclnn API with
-`ops.Custom(func="<OpName>", func_type="aot", ...)`. Their inputs are the CPU kernels' (mindformer_gf.ops.fused),
+`ops.Custom(func="<OpName>", func_type="aot", ...)`. Their inputs are the CPU kernels' (mindformer_gf.ops.cpu),
 in the same order with the same names, and so is the attention dropout: the same counter-based hash keyed by the
 same int64 seed (mindformer_gf.reference.attention_dropout), so a seed drops the same probabilities on both devices.
 
@@ -41,7 +41,7 @@ import mindspore as ms
 from mindspore import ops
 from mindspore.ops import CustomRegOp, DataType
 
-from mindformer_gf.ops.fused import random_seed
+from mindformer_gf.ops.dropout_seed import random_seed
 
 VENDOR = "mindformer_gf"
 # A header every installed package of ours has (MindSpore reads the aclnn prototypes from it).
@@ -283,7 +283,7 @@ def attention_ascend_fused(
     dropout_seed: ms.Tensor | None = None,
 ) -> ms.Tensor:
     """softmax(q k^T / sqrt(d) + key mask) v over [batch, heads, length, head_dim] on the Ascend C FlashAttention-2
-    operator; the signature and semantics of `mindformer_gf.ops.fused.attention` (the CPU kernel)."""
+    operator; the signature and semantics of `mindformer_gf.ops.cpu.attention` (the CPU kernel)."""
     return attention_ascend_fused_with_lse(query, key, value, attention_mask, dropout_prob, training, dropout_seed)[0]
 
 

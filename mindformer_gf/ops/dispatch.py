@@ -7,7 +7,7 @@ from functools import cache
 
 import mindspore as ms
 
-from mindformer_gf.ops import ascend, composed, fused
+from mindformer_gf.ops import ascend, composed, cpu
 
 IMPLS = ("auto", "fused", "builtin", "composed")
 
@@ -45,7 +45,7 @@ def resolve_impl(impl: str) -> str:
     device = _device()
     if impl == "auto":
         if device == "CPU":
-            if fused.is_available():
+            if cpu.is_available():
                 return "fused"
             _warn_cpu_fallback()
             return "composed"
@@ -59,8 +59,8 @@ def resolve_impl(impl: str) -> str:
             return impl
         if device != "CPU":
             raise NotImplementedError(f"attention_impl 'fused' has no kernels for {device}; use 'composed' (or 'auto')")
-        if not fused.is_available():
-            raise fused.KernelLibraryMissing(f"attention_impl 'fused' needs the CPU kernel library: {fused.BUILD_HINT}")
+        if not cpu.is_available():
+            raise cpu.KernelLibraryMissing(f"attention_impl 'fused' needs the CPU kernel library: {cpu.BUILD_HINT}")
         return impl
     if impl == "builtin" and device != "Ascend":
         raise NotImplementedError(
@@ -89,14 +89,14 @@ def attention(
     the mask is 0 get zero weight; softmax over keys; dropout on the probabilities in training; probabilities times
     v. A row with no valid key returns 0. `impl` must already be resolved (see `resolve_impl`).
 
-    dropout_seed (int64 tensor, one element) fixes the fused kernel's dropout mask (see `mindformer_gf.ops.fused`);
+    dropout_seed (int64 tensor, one element) fixes the fused kernel's dropout mask (see `mindformer_gf.ops.cpu`);
     None draws a fresh one per call. The composed backend uses MindSpore's own dropout and ignores it.
     """
     # graph_on_ascend() is evaluated once, at compile time: the device of a process does not change.
     if not sequence_major:
         return _attention_head_major(query, key, value, attention_mask, dropout_prob, training, impl, dropout_seed)
     if impl == "fused" and not ascend.graph_on_ascend():
-        return fused.attention(query, key, value, attention_mask, dropout_prob, training, dropout_seed, True)
+        return cpu.attention(query, key, value, attention_mask, dropout_prob, training, dropout_seed, True)
     context = _attention_head_major(
         query.transpose(0, 2, 1, 3),
         key.transpose(0, 2, 1, 3),
@@ -116,7 +116,7 @@ def _attention_head_major(query, key, value, attention_mask, dropout_prob, train
             return ascend.attention_ascend_fused(
                 query, key, value, attention_mask, dropout_prob, training, dropout_seed
             )
-        return fused.attention(query, key, value, attention_mask, dropout_prob, training, dropout_seed)
+        return cpu.attention(query, key, value, attention_mask, dropout_prob, training, dropout_seed)
     if impl == "builtin":
         return ascend.attention_ascend_builtin(query, key, value, attention_mask, dropout_prob, training, dropout_seed)
     return composed.attention(query, key, value, attention_mask, dropout_prob, training)
@@ -127,7 +127,7 @@ def layer_norm(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float, imp
     if impl == "fused":
         if ascend.graph_on_ascend():
             return ascend.layer_norm_ascend_fused(x, weight, bias, eps)
-        return fused.layer_norm(x, weight, bias, eps)
+        return cpu.layer_norm(x, weight, bias, eps)
     if impl == "builtin":
         return ascend.layer_norm_ascend_builtin(x, weight, bias, eps)
     return composed.layer_norm(x, weight, bias, eps)
@@ -140,7 +140,7 @@ def add_layer_norm(
     if impl == "fused":
         if ascend.graph_on_ascend():
             return ascend.add_layer_norm_ascend_fused(x, residual, weight, bias, eps)
-        return fused.add_layer_norm(x, residual, weight, bias, eps)
+        return cpu.add_layer_norm(x, residual, weight, bias, eps)
     if impl == "builtin":
         return ascend.add_layer_norm_ascend_builtin(x, residual, weight, bias, eps)
     return composed.add_layer_norm(x, residual, weight, bias, eps)
@@ -162,7 +162,7 @@ def dropout(
     if ascend.graph_on_ascend():
         return _dropout_ext()(x, drop_probability, ms.ops.reshape(seed, ()), ms.ops.zeros((), ms.int64))[0]
     if impl == "fused":
-        return fused.dropout(x, drop_probability, seed)
+        return cpu.dropout(x, drop_probability, seed)
     return ms.ops.dropout(x, p=drop_probability, training=True)
 
 

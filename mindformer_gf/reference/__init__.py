@@ -3,6 +3,7 @@
 Imports neither MindSpore nor torch.
 """
 
+from mindformer_gf.reference.attention import attention_backward, attention_forward, scaled_dot_product_attention
 from mindformer_gf.reference.bert import (
     add_layer_norm,
     cross_entropy,
@@ -10,11 +11,12 @@ from mindformer_gf.reference.bert import (
     forward,
     init_weights,
     layer_norm,
-    scaled_dot_product_attention,
 )
 
 __all__ = [
     "add_layer_norm",
+    "attention_backward",
+    "attention_forward",
     "cross_entropy",
     "encoder",
     "forward",

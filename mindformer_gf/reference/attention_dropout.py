@@ -29,7 +29,7 @@ is a bijection); across heads, codes of their own make two rows with the same ke
 head's offset costs nothing per entry: the codes of a key block are mix32 of (head_key + first column) + lane.
 
 The mask is applied to the normalised probabilities before they multiply V, so
-O = (softmax(S) * keep / (1 - p)) V; `attention_with_dropout` is that composition in float64.
+O = (softmax(S) * keep / (1 - p)) V; `reference.attention.attention_with_dropout` is that composition in float64.
 """
 
 from __future__ import annotations
@@ -97,28 +97,3 @@ def keep_mask(seed: int, drop_probability: float, batch: int, heads: int, rows: 
 def keep_scale(drop_probability: float) -> float:
     """1 / (1 - p) as the kernels compute it, in float32."""
     return float(np.float32(1.0) / (np.float32(1.0) - np.float32(drop_probability)))
-
-
-def attention_with_dropout(
-    query: np.ndarray,
-    key: np.ndarray,
-    value: np.ndarray,
-    attention_mask: np.ndarray,
-    drop_probability: float,
-    seed: int,
-) -> np.ndarray:
-    """Training-mode attention in float64 with the kernels' dropout mask; a row with no valid key gives 0."""
-    q, k, v = (np.asarray(t, dtype=np.float64) for t in (query, key, value))
-    batch, heads, length, head_dim = q.shape
-    scores = q @ np.swapaxes(k, -1, -2) / np.sqrt(head_dim)
-    valid = np.asarray(attention_mask).astype(bool)[:, None, None, :]
-    scores = np.where(valid, scores, -np.inf)
-    row_max = scores.max(axis=-1, keepdims=True)
-    row_max = np.where(np.isfinite(row_max), row_max, 0.0)
-    weights = np.exp(scores - row_max)
-    total = weights.sum(axis=-1, keepdims=True)
-    probs = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
-    if drop_probability > 0.0:
-        keep = keep_mask(seed, drop_probability, batch, heads, length, length)
-        probs = probs * keep * keep_scale(drop_probability)
-    return probs @ v

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from mindformer_gf.config import GeneformerConfig
-from mindformer_gf.reference.attention_dropout import attention_with_dropout
+from mindformer_gf.reference.attention import attention_with_dropout, scaled_dot_product_attention
 from mindformer_gf.reference.dropout import dropout, site_seed
 
 Weights = Mapping[str, np.ndarray]
@@ -59,22 +59,7 @@ def activation(name: str, x: np.ndarray) -> np.ndarray:
     raise ValueError(f"activation {name!r} is not implemented")
 
 
-# ---- attention ----------------------------------------------------------------------------------------------------
-def scaled_dot_product_attention(
-    query: np.ndarray, key: np.ndarray, value: np.ndarray, attention_mask: np.ndarray
-) -> np.ndarray:
-    """softmax(q k^T / sqrt(d)) v over [batch, heads, length, d], keys with mask 0 excluded.
-
-    A row whose cell has no valid key at all (length 0) attends to nothing and returns 0.
-    """
-    scores = query @ key.swapaxes(-1, -2) / np.sqrt(query.shape[-1])
-    valid_key = attention_mask.astype(bool)[:, None, None, :]
-    scores = np.where(valid_key, scores, -np.inf)
-    has_keys = valid_key.any(axis=-1, keepdims=True)
-    probs = softmax(np.where(has_keys, scores, 0.0)) * has_keys
-    return probs @ value
-
-
+# ---- attention (the formula: mindformer_gf.reference.attention) ------------------------------------------------
 def split_heads(x: np.ndarray, num_heads: int) -> np.ndarray:
     """[batch, length, hidden] -> [batch, heads, length, head_dim]."""
     batch, length, hidden = x.shape

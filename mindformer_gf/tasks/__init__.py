@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from mindformer_gf.finetune.fit import FineTuneSettings
 from mindformer_gf.tasks.cell import CellClassifier, CellRunResult, CellTaskResult
 from mindformer_gf.tasks.embeddings import Embeddings, EmbExtractor
-from mindformer_gf.tasks.finetune import FineTuneSettings
 from mindformer_gf.tasks.gene import GeneClassifier, GeneTaskResult
 from mindformer_gf.tasks.multitask import MultitaskClassifier, MultitaskResult
 
@@ -53,8 +53,9 @@ def __getattr__(name: str) -> Any:
 
 
 def run_demo(*args: Any, **kwargs: Any) -> Any:
-    """The main job on the shipped PBMC cells (see mindformer_gf.tasks.demo)."""
-    from mindformer_gf.tasks.demo import run_demo as _run_demo
+    """The main job on the shipped PBMC cells (see mindformer_gf.tasks.pbmc_demo)."""
+    # imported here: the demo's stack (tokenizer, pretraining, plots) loads only when it runs
+    from mindformer_gf.tasks.pbmc_demo import run_demo as _run_demo
 
     return _run_demo(*args, **kwargs)
 

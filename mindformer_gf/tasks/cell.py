@@ -2,7 +2,8 @@
 validation macro-F1, evaluate on the test cells, save the model.
 
     from mindformer_gf.tasks import CellClassifier, FineTuneSettings
-    classifier = CellClassifier(state_key="cell_type", settings=FineTuneSettings(num_epochs=5, learning_rate=1e-4))
+    settings = FineTuneSettings(num_train_epochs=5, learning_rate=1e-4)
+    classifier = CellClassifier(state_key="cell_type", settings=settings)
     result = classifier.run("pbmc.dataset", "pretrained_model_dir", "out", split_sizes=(0.7, 0.15, 0.15))
     result.test_metrics["macro_f1"]
 
@@ -26,24 +27,8 @@ from typing import Any
 import numpy as np
 
 from mindformer_gf.data import corpus_lengths
-from mindformer_gf.tasks.common import (
-    TargetScale,
-    bucket_widths,
-    build_model_for_task,
-    dataset_for_model,
-    ensure_dir,
-    evaluate_saved,
-    load_saved_model,
-    model_config_of,
-    open_dataset,
-    sharded_forward,
-    task_description,
-    training_source,
-    validation,
-)
-from mindformer_gf.tasks.finetune import FineTuneSettings, fit, prepare_device, seed_everything
-from mindformer_gf.tasks.io import write_csv, write_json
-from mindformer_gf.tasks.labels import (
+from mindformer_gf.finetune.fit import FineTuneSettings, fit
+from mindformer_gf.finetune.labels import (
     ALL_STATES,
     PreparedCells,
     column_values,
@@ -51,7 +36,7 @@ from mindformer_gf.tasks.labels import (
     prepare_targets,
     to_model_classes,
 )
-from mindformer_gf.tasks.metrics import (
+from mindformer_gf.finetune.metrics import (
     classification_metrics,
     plot_confusion_matrix,
     plot_regression,
@@ -60,7 +45,22 @@ from mindformer_gf.tasks.metrics import (
     softmax,
     summarise_folds,
 )
-from mindformer_gf.tasks.splits import Split, k_fold_splits, split_by_fractions
+from mindformer_gf.finetune.runs import (
+    TargetScale,
+    bucket_widths,
+    build_model_for_task,
+    task_description,
+    training_source,
+    validation,
+)
+from mindformer_gf.finetune.search import best_trial_result
+from mindformer_gf.finetune.splits import Split, k_fold_splits, split_by_fractions
+from mindformer_gf.finetune.task_model import RegressionObjective, save_task_model
+from mindformer_gf.infer.datasets import dataset_for_model, model_config_of, open_dataset
+from mindformer_gf.io import ensure_dir, write_csv, write_json
+from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation, positions_evaluator
+from mindformer_gf.train import ClassificationObjective
+from mindformer_gf.train.device import prepare_device, seed_everything
 from mindformer_gf.train.distributed import ParallelContext
 
 logger = logging.getLogger("mindformer_gf.tasks")
@@ -94,7 +94,7 @@ class CellTaskResult:
         return self.runs[0].test_metrics if len(self.runs) == 1 else self.summary.get("pooled")
 
 
-class CellClassifier:
+class CellClassifier(SavedModelEvaluation):
     """The reference's `Classifier(classifier="cell", ...)`.
 
     state_key: the dataset column to predict; states: "all" or the states to keep; filter_data: {column: [values]}
@@ -126,7 +126,7 @@ class CellClassifier:
 
     # ---- data ----------------------------------------------------------------------------------------------------
     def prepare_data(self, dataset: Any, output_dir: str | os.PathLike | None = None) -> PreparedCells:
-        """Cells and labels (see `mindformer_gf.tasks.labels.prepare_cells`); writes `label_map.json` and
+        """Cells and labels (see `mindformer_gf.finetune.labels.prepare_cells`); writes `label_map.json` and
         `prepared_cells.csv` (dataset row, state, label id) into `output_dir` when given."""
         dataset = open_dataset(dataset)
         if self.regression:
@@ -218,28 +218,26 @@ class CellClassifier:
                 cell_targets=scale.forward(prepared.targets[split.train]),
                 pad_token_id=pad_id,
             )
-            from mindformer_gf.tasks.models import RegressionObjective
 
             objective = RegressionObjective(model)
         else:
-            from mindformer_gf.train import ClassificationObjective
-
             source = training_source(
                 train_data, buckets, settings, cell_labels=prepared.labels[split.train], pad_token_id=pad_id
             )
             objective = ClassificationObjective(model)
 
-        def evaluate_positions(positions: np.ndarray, desc: str) -> tuple[dict[str, Any] | None, Any, Any]:
-            """(metrics, predictions, the sharded pass) of the cells at `positions`; (None, None, pass) on the ranks
-            other than 0 of a data-parallel run. The test predictions' record goes beside them."""
-            where, prefix = (out, "predictions") if desc == "test" else (out / "training", "validation")
-            record = {"command": "classify cell", "pass": desc, "split": split.name, "model": str(model_dir)}
-            rows = prepared.indices[positions]
-            merged, job = sharded_forward(model, dataset, rows, settings, buckets, where, prefix, record, pad_id, desc)
-            if merged is None:
-                return None, None, job
-            return (*self._score(prepared, positions, merged[0], scale), job)
-
+        evaluate_positions = positions_evaluator(
+            model,
+            dataset,
+            prepared.indices,
+            settings,
+            buckets,
+            out,
+            "classify cell",
+            {"split": split.name, "model": str(model_dir)},
+            pad_id,
+            lambda positions, outputs: self._score(prepared, positions, outputs[0], scale),
+        )
         evaluate = validation(evaluate_positions, split.valid)
         run = fit(
             model,
@@ -264,7 +262,6 @@ class CellClassifier:
             source_model=str(model_dir),
             best_step=run.best_step,
         )
-        from mindformer_gf.tasks.models import save_task_model
 
         model_path = save_task_model(model, out / "model", task)
         return CellRunResult(
@@ -324,6 +321,9 @@ class CellClassifier:
                 plot_roc(prepared.labels[positions], outputs[:, 1], names[1], out / "roc", f"{self.state_key} (test)")
         return [write_csv(out / "predictions.csv", frame), write_json(out / "metrics.json", metrics)]
 
+    evaluate_command = "classify cell --evaluate"
+    saved_architecture = "BertForSequenceClassification"
+
     def evaluate_saved_model(
         self,
         model_dir: str | os.PathLike,
@@ -338,48 +338,35 @@ class CellClassifier:
         `dataset`, with the model's own label map; writes predictions, metrics, plots and `predictions_run.json`
         into `output_dir`.
 
-        Under msrun every rank predicts a share of the cells (`mindformer_gf.tasks.sharded`); rank 0 returns the
+        Under msrun every rank predicts a share of the cells (`mindformer_gf.infer.sharded`); rank 0 returns the
         metrics and writes the files, the other ranks return None. `resume` keeps the shards of an interrupted
         run."""
-        settings = self.settings
-        prepare_device(settings.device)
-        model, task = load_saved_model(model_dir, "BertForSequenceClassification")
-        dataset, pad_id = dataset_for_model(dataset, model.config)
+        return super().evaluate_saved_model(
+            model_dir, dataset, output_dir, resume, shard_timeout, parallel, prepared=prepared
+        )
+
+    def _evaluation_plan(
+        self, model: Any, task: dict[str, Any], dataset: Any, output_dir: Path, prepared: PreparedCells | None = None
+    ) -> EvaluationPlan:
         prepared = prepared or self.prepare_data(dataset)
         if not self.regression:
             labels, id2label = to_model_classes(prepared.labels, prepared.id2label, model.config.id2label)
             prepared = PreparedCells(prepared.indices, labels, id2label, prepared.state_key)
-        lengths = corpus_lengths(dataset)[prepared.indices]
-        buckets = bucket_widths(lengths, settings, model.config.max_position_embeddings)
         record = {
-            "command": "classify cell --evaluate",
             "state_key": self.state_key,
             "states": self.states,
             "filter_data": self.filter_data,
             "max_ncells": self.max_ncells,
             "regression": self.regression,
         }
-        merged, job = evaluate_saved(
-            model,
-            model_dir,
-            dataset,
-            prepared.indices,
-            settings,
-            buckets,
-            output_dir,
-            record,
-            pad_id,
-            resume=resume,
-            timeout=shard_timeout,
-            parallel=parallel,
-        )
-        if merged is None:
-            return None  # another rank's share: rank 0 writes the files
         scale = task.get("target_scale") or {"mean": 0.0, "std": 1.0}
         positions = np.arange(prepared.indices.size)
-        metrics, outputs = self._score(prepared, positions, merged[0], TargetScale(scale["mean"], scale["std"]))
-        job.finish(self._write_evaluation(Path(output_dir), prepared, positions, metrics, outputs))
-        return metrics
+
+        def score(merged: list[Any]) -> tuple[dict[str, Any], list[Path]]:
+            metrics, outputs = self._score(prepared, positions, merged[0], TargetScale(scale["mean"], scale["std"]))
+            return metrics, self._write_evaluation(output_dir, prepared, positions, metrics, outputs)
+
+        return EvaluationPlan(prepared.indices, corpus_lengths(dataset)[prepared.indices], record, score)
 
     # ---- the whole job -------------------------------------------------------------------------------------------
     def run(
@@ -395,11 +382,9 @@ class CellClassifier:
     ) -> CellTaskResult:
         """Prepare, split (fractions or `n_folds` folds, grouped by `group_by`), train and evaluate every split;
         `summary.json` holds each run's test metrics and, for folds, their mean, sd and the pooled predictions'.
-        With `n_hyperopt_trials`, a hyperparameter search (mindformer_gf.tasks.search) over that many trials; the
+        With `n_hyperopt_trials`, a hyperparameter search (mindformer_gf.finetune.search) over that many trials; the
         result is the best trial's, with the search in `.search`."""
         if n_hyperopt_trials:
-            from mindformer_gf.tasks.search import best_trial_result
-
             return best_trial_result(
                 self,
                 lambda task, trial_dir: task.run(dataset, model_dir, trial_dir, split_sizes, n_folds, group_by),

@@ -13,7 +13,7 @@
   to a few fixed widths internally.
 - `summary_stat`: "exact_mean" / "exact_median" (or "mean" / "median": also exact here) per label value.
 - under `msrun` each rank embeds whole batches of the plan one process makes, and rank 0 writes the same files as
-  one process, bit for bit (`mindformer_gf.tasks.sharded`); every run also writes `{prefix}_run.json` (settings,
+  one process, bit for bit (`mindformer_gf.infer.sharded`); every run also writes `{prefix}_run.json` (settings,
   ranks, seconds).
 """
 
@@ -32,17 +32,20 @@ from mindspore import Tensor, nn
 
 from mindformer_gf.data import corpus_lengths, read_cells
 from mindformer_gf.data.buckets import choose_bucket_widths
-from mindformer_gf.tasks.common import ensure_dir, open_dataset, special_token_ids
-from mindformer_gf.tasks.inference import length_sorted_batches
-from mindformer_gf.tasks.io import matplotlib_pyplot, save_figure, write_csv, write_npy
-from mindformer_gf.tasks.labels import column_values, filter_rows
-from mindformer_gf.tasks.sharded import (
+from mindformer_gf.finetune.labels import column_values, filter_rows
+from mindformer_gf.finetune.task_model import load_encoder
+from mindformer_gf.infer.batches import length_sorted_batches, pool_weights
+from mindformer_gf.infer.datasets import open_dataset, special_token_ids
+from mindformer_gf.infer.sharded import (
     ShardedInference,
     cell_costs,
     dataset_location,
     forward_share,
     input_stamps,
 )
+from mindformer_gf.io import atomic_file, ensure_dir, matplotlib_pyplot, save_figure, write_csv
+from mindformer_gf.tokenizer import token_dictionary_for
+from mindformer_gf.train.device import prepare_device
 from mindformer_gf.train.distributed import ParallelContext
 
 EMB_MODES = ("cell", "cls", "gene")
@@ -67,31 +70,6 @@ class EmbeddingForward(nn.Cell):
         if self.mode == "cls":
             return hidden[:, 0]
         return hidden
-
-
-def pool_weights(input_ids: np.ndarray, attention_mask: np.ndarray, special_ids: Sequence[int]) -> np.ndarray:
-    """1.0 on gene positions, 0.0 on padding and special tokens (<cls>, <eos>, <pad>, <mask>)."""
-    weights = attention_mask.astype(np.float32)
-    if len(special_ids):
-        weights[np.isin(input_ids, np.asarray(special_ids))] = 0.0
-    return weights
-
-
-def load_encoder(model_dir: str | os.PathLike) -> nn.Cell:
-    """The BertModel of any model directory: pretrained (MLM), a classifier, or a task model of this package
-    (adapters included). Heads are not loaded."""
-    from mindformer_gf.tasks.models import encoder_of, load_task_model, read_task
-
-    if read_task(model_dir) is not None:
-        return encoder_of(load_task_model(model_dir))
-    from mindformer_gf.pretrained import from_pretrained
-
-    with warnings.catch_warnings():
-        # the MLM head or classifier of the checkpoint is deliberately not loaded, the unused pooler may be fresh
-        warnings.filterwarnings("ignore", message=".*(dropped|not used by|initialised fresh).*")
-        encoder = from_pretrained(model_dir, "BertModel")
-    encoder.set_train(False)
-    return encoder
 
 
 @dataclass
@@ -180,8 +158,6 @@ class EmbExtractor:
         embeddings and writes the files, the other ranks return None."""
         import pandas as pd
 
-        from mindformer_gf.tasks.finetune import prepare_device
-
         prepare_device(self.device)
         encoder = encoder if encoder is not None else load_encoder(model_dir)
         config = encoder.config
@@ -249,7 +225,9 @@ class EmbExtractor:
         if output_dir is not None:
             out = ensure_dir(output_dir)
             embs.files.append(write_csv(out / f"{output_prefix}.csv", embs.frame()))
-            embs.files.append(write_npy(out / f"{output_prefix}.npy", matrix))
+            with atomic_file(out / f"{output_prefix}.npy") as tmp:
+                np.save(tmp, matrix, allow_pickle=False)
+            embs.files.append(out / f"{output_prefix}.npy")
             if self.summary_stat and self.emb_mode != "gene":
                 for label in self.emb_label:
                     states = self.get_state_embs(embs, label)
@@ -337,8 +315,6 @@ class EmbExtractor:
 def _token_names(dataset: Any) -> dict[int, str]:
     """token id -> Ensembl ID, from the shipped V1 dictionary when it is the dataset's (else the ids)."""
     try:
-        from mindformer_gf.tasks.gene import token_dictionary_for
-
         return {v: k for k, v in token_dictionary_for(dataset).items()}
     except (ValueError, OSError):
         return {}

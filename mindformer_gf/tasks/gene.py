@@ -4,7 +4,7 @@ wherever they occur in a cell; k folds over genes, so no gene is both trained on
     from mindformer_gf.tasks import GeneClassifier, FineTuneSettings
     from mindformer_gf.resources import geneformer_v1_path
     genes = GeneClassifier(geneformer_v1_path("dosage_sens_tf_labels.csv"), n_folds=4,
-                           settings=FineTuneSettings(num_epochs=1, freeze_layers=4))
+                           settings=FineTuneSettings(num_train_epochs=1, freeze_layers=4))
     result = genes.run("pbmc.dataset", "pretrained_model_dir", "out")
     result.summary["overall"]["roc_auc"]
 
@@ -27,22 +27,8 @@ from typing import Any
 import numpy as np
 
 from mindformer_gf.data import read_cells
-from mindformer_gf.tasks.common import (
-    TargetScale,
-    bucket_widths,
-    build_model_for_task,
-    dataset_for_model,
-    ensure_dir,
-    evaluate_saved,
-    load_saved_model,
-    model_config_of,
-    sharded_forward,
-    task_description,
-    training_source,
-)
-from mindformer_gf.tasks.finetune import FineTuneSettings, fit, prepare_device, seed_everything
-from mindformer_gf.tasks.io import write_csv, write_json
-from mindformer_gf.tasks.labels import (
+from mindformer_gf.finetune.fit import FineTuneSettings, fit, report_intermediate
+from mindformer_gf.finetune.labels import (
     GeneLabels,
     cells_holding,
     filter_rows,
@@ -53,7 +39,7 @@ from mindformer_gf.tasks.labels import (
     to_model_classes,
     token_label_arrays,
 )
-from mindformer_gf.tasks.metrics import (
+from mindformer_gf.finetune.metrics import (
     classification_metrics,
     plot_fold_rocs,
     plot_metric_bars,
@@ -62,32 +48,23 @@ from mindformer_gf.tasks.metrics import (
     softmax,
     summarise_folds,
 )
-from mindformer_gf.tasks.search import report_intermediate
-from mindformer_gf.tasks.splits import gene_folds
-from mindformer_gf.train.distributed import ParallelContext
-
-
-def token_dictionary_for(dataset: Any, token_dictionary_file: str | os.PathLike | None = None) -> dict[str, int]:
-    """The token dictionary that tokenized `dataset`: the shipped V1 one unless a file is given; checked against
-    the dataset's record (its hash) when the dataset has one."""
-    from mindformer_gf.tokenizer import read_dictionary_file, read_dictionary_metadata, token_dictionary_sha256
-
-    if token_dictionary_file is None:
-        from mindformer_gf.tokenizer import load_gene_dictionaries
-
-        token = load_gene_dictionaries("V1").token
-    else:
-        token = read_dictionary_file(token_dictionary_file, "token")[0]
-    record = read_dictionary_metadata(dataset)
-    expected = (record or {}).get("dictionary", {}).get("token_dictionary_sha256")
-    if expected and expected != token_dictionary_sha256(token):
-        name = record["dictionary"].get("name")
-        raise ValueError(
-            f"the dataset was tokenized with the dictionary '{name}', not "
-            f"{'the shipped V1 dictionary' if token_dictionary_file is None else token_dictionary_file}: pass that "
-            "token dictionary (token_dictionary_file / --token-dictionary) to map gene IDs to tokens"
-        )
-    return token
+from mindformer_gf.finetune.runs import (
+    TargetScale,
+    bucket_widths,
+    build_model_for_task,
+    sharded_forward,
+    task_description,
+    training_source,
+)
+from mindformer_gf.finetune.search import best_trial_result
+from mindformer_gf.finetune.splits import gene_folds
+from mindformer_gf.finetune.task_model import RegressionObjective, save_task_model
+from mindformer_gf.infer.datasets import dataset_for_model, model_config_of
+from mindformer_gf.io import ensure_dir, write_csv, write_json
+from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation
+from mindformer_gf.tokenizer import token_dictionary_for
+from mindformer_gf.train import ClassificationObjective
+from mindformer_gf.train.device import prepare_device, seed_everything
 
 
 @dataclass
@@ -100,7 +77,7 @@ class GeneTaskResult:
     search: Any = None
 
 
-class GeneClassifier:
+class GeneClassifier(SavedModelEvaluation):
     """The reference's `Classifier(classifier="gene", gene_class_dict=...)`.
 
     gene_classes: {label: [Ensembl IDs]}, a CSV with one column per class, a JSON object, or {label: text file};
@@ -125,7 +102,7 @@ class GeneClassifier:
         self.max_ncells = max_ncells
         self.regression = regression
         self.token_dictionary_file = token_dictionary_file
-        self.settings = settings or FineTuneSettings(num_epochs=1.0, freeze_layers=4)
+        self.settings = settings or FineTuneSettings(num_train_epochs=1.0, freeze_layers=4)
         self.settings.validate()
 
     def prepare_data(self, dataset: Any) -> tuple[GeneLabels, np.ndarray, list[np.ndarray]]:
@@ -165,8 +142,6 @@ class GeneClassifier:
         """Train and test one model per fold of genes. With `n_hyperopt_trials`, a hyperparameter search scored on
         the folds' held-out genes (as the reference does); the best trial's result, with the search in `.search`."""
         if n_hyperopt_trials:
-            from mindformer_gf.tasks.search import best_trial_result
-
             return best_trial_result(
                 self,
                 lambda task, trial_dir: task.run(dataset, model_dir, trial_dir),
@@ -224,32 +199,23 @@ class GeneClassifier:
         write_json(out / "summary.json", summary)
         return GeneTaskResult(fold_results, summary, out, genes)
 
-    def evaluate_saved_model(
-        self,
-        model_dir: str | os.PathLike,
-        dataset: Any,
-        output_dir: str | os.PathLike,
-        resume: bool = False,
-        shard_timeout: float = 1800.0,
-        parallel: ParallelContext | None = None,
-    ) -> dict[str, Any] | None:
-        """Score a saved fine-tuned gene model (a fold's `model/` directory) on `dataset`: every occurrence of a
-        labelled gene the model was not trained on (its task.json's `train_genes`; all of them for a model without
-        one), in the cells holding one, classes matched by name. Writes `predictions.csv` and `metrics.json` as a
-        training run writes for a fold's test genes, and `predictions_run.json`, into `output_dir`; on the same data
-        and labels, a fold's model reproduces the fold's test predictions.
+    evaluate_command = "classify gene --evaluate"
+    saved_architecture = "BertForTokenClassification"
 
-        Under msrun every rank predicts a share of the cells; rank 0 returns the metrics and writes the files, the
-        other ranks return None. `resume` keeps the shards of an interrupted run."""
-        settings = self.settings
-        prepare_device(settings.device)
-        model, task = load_saved_model(model_dir, "BertForTokenClassification")
+    def _load_saved(self, model_dir: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+        model, task = super()._load_saved(model_dir)
         if task and task.get("kind") not in ("gene_classification", "gene_regression"):
             raise ValueError(f"{model_dir} is a {task.get('kind')} model, not a gene classifier")
         if task and (task["kind"] == "gene_regression") != self.regression:
             wanted = "--gene-values (gene_values)" if not self.regression else "--gene-labels (gene_classes)"
             raise ValueError(f"{model_dir} is a {task['kind']} model: pass {wanted}")
-        dataset, pad_id = dataset_for_model(dataset, model.config)
+        return model, task
+
+    def _evaluation_plan(self, model: Any, task: dict[str, Any], dataset: Any, output_dir: Path) -> EvaluationPlan:
+        """Every occurrence of a labelled gene the model was not trained on (its task.json's `train_genes`; all of
+        them for a model without one), in the cells holding one. Writes `predictions.csv` and `metrics.json` as a
+        training run writes for a fold's test genes: on the same data and labels, a fold's model reproduces the
+        fold's test predictions."""
         genes, rows, cells = self.prepare_data(dataset)
         if not self.regression:
             labels, id2label = to_model_classes(genes.labels, genes.id2label, model.config.id2label, "gene classes")
@@ -259,10 +225,8 @@ class GeneClassifier:
         if test_genes.size == 0:
             raise ValueError("every labelled gene in the cells is one the model was trained on: nothing to score")
         test_cells = cells_holding(cells, genes.tokens[test_genes])
-        buckets = bucket_widths(np.asarray([len(c) for c in cells]), settings, model.config.max_position_embeddings)
         gene_classes = self.gene_classes
         record = {
-            "command": "classify gene --evaluate",
             "gene_classes": str(gene_classes) if isinstance(gene_classes, (str, os.PathLike)) else None,
             "filter_data": self.filter_data,
             "max_ncells": self.max_ncells,
@@ -270,30 +234,18 @@ class GeneClassifier:
         }
         # the genes' labels in the shards' fingerprint: another label file matches no old shard
         labels = (genes.labels if genes.targets is None else genes.targets).tolist()
-        merged, job = evaluate_saved(
-            model,
-            model_dir,
-            dataset,
-            rows[test_cells],
-            settings,
-            buckets,
-            output_dir,
-            record,
-            pad_id,
-            inputs={"genes": genes.genes, "labels": labels},
-            resume=resume,
-            timeout=shard_timeout,
-            parallel=parallel,
-        )
-        if merged is None:
-            return None  # another rank's share: rank 0 writes the files
         scale = TargetScale(**task["target_scale"]) if task.get("target_scale") else None
-        frame, metrics = self._score_occurrences(
-            task.get("fold"), genes, rows, cells, test_cells, test_genes, merged[0], scale
-        )
-        out = Path(output_dir)
-        job.finish([write_csv(out / "predictions.csv", frame), write_json(out / "metrics.json", metrics)])
-        return metrics
+
+        def score(merged: list[Any]) -> tuple[dict[str, Any], list[Path]]:
+            frame, metrics = self._score_occurrences(
+                task.get("fold"), genes, rows, cells, test_cells, test_genes, merged[0], scale
+            )
+            files = [write_csv(output_dir / "predictions.csv", frame), write_json(output_dir / "metrics.json", metrics)]
+            return metrics, files
+
+        lengths = np.asarray([len(c) for c in cells])
+        inputs = {"genes": genes.genes, "labels": labels}
+        return EvaluationPlan(rows[test_cells], lengths, record, score, inputs)
 
     def _run_fold(
         self,
@@ -322,8 +274,6 @@ class GeneClassifier:
         train_data = dataset.select(rows[train_cells])
         scale = None
         if self.regression:
-            from mindformer_gf.tasks.models import RegressionObjective
-
             scale = TargetScale.fit(genes.targets[train_genes])
             mapping = dict(
                 zip(genes.tokens[train_genes].tolist(), scale.forward(genes.targets[train_genes]).tolist(), strict=True)
@@ -332,8 +282,6 @@ class GeneClassifier:
             source = training_source(train_data, buckets, settings, token_targets=targets, pad_token_id=pad_id)
             objective = RegressionObjective(model)
         else:
-            from mindformer_gf.train import ClassificationObjective
-
             mapping = dict(zip(genes.tokens[train_genes].tolist(), genes.labels[train_genes].tolist(), strict=True))
             labels = token_label_arrays([cells[i] for i in train_cells], mapping)
             source = training_source(train_data, buckets, settings, token_labels=labels, pad_token_id=pad_id)
@@ -355,7 +303,6 @@ class GeneClassifier:
             return None, None  # another rank's share of the test cells: rank 0 scores the fold
         frame, metrics = self._score_occurrences(k, genes, rows, cells, test_cells, test_genes, merged[0], scale)
         job.finish([write_csv(out / "predictions.csv", frame), write_json(out / "metrics.json", metrics)])
-        from mindformer_gf.tasks.models import save_task_model
 
         save_task_model(
             model,

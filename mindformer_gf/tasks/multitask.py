@@ -3,7 +3,8 @@ the config and never loads the weights), one pooling (position 0, or learned att
 padding), one linear head per task; loss = sum_t w_t * cross-entropy_t (MSE for a numeric task).
 
     from mindformer_gf.tasks import MultitaskClassifier, FineTuneSettings
-    mtl = MultitaskClassifier(["cell_type", "phase"], pooling="attention", settings=FineTuneSettings(num_epochs=3))
+    settings = FineTuneSettings(num_train_epochs=3)
+    mtl = MultitaskClassifier(["cell_type", "phase"], pooling="attention", settings=settings)
     result = mtl.run("pbmc.dataset", "pretrained_model_dir", "out")
     result.test_metrics["cell_type"]["macro_f1"]
 
@@ -25,31 +26,40 @@ from typing import Any
 import numpy as np
 
 from mindformer_gf.data import corpus_lengths
-from mindformer_gf.tasks.common import (
-    TargetScale,
-    bucket_widths,
-    dataset_for_model,
-    ensure_dir,
-    evaluate_saved,
-    model_config_of,
-    sharded_forward,
-    task_description,
-    training_source,
-    validation,
-)
-from mindformer_gf.tasks.finetune import FineTuneSettings, fit, prepare_device, seed_everything
-from mindformer_gf.tasks.io import write_csv, write_json
-from mindformer_gf.tasks.labels import column_values, filter_rows, to_model_classes
-from mindformer_gf.tasks.metrics import (
+from mindformer_gf.finetune.fit import FineTuneSettings, fit
+from mindformer_gf.finetune.labels import column_values, filter_rows, to_model_classes
+from mindformer_gf.finetune.metrics import (
     classification_metrics,
     plot_confusion_matrix,
     plot_metric_bars,
     regression_metrics,
     softmax,
 )
-from mindformer_gf.tasks.models import POOLINGS
-from mindformer_gf.tasks.splits import Split, split_by_fractions
-from mindformer_gf.train.distributed import ParallelContext
+from mindformer_gf.finetune.runs import (
+    TargetScale,
+    bucket_widths,
+    task_description,
+    training_source,
+    validation,
+)
+from mindformer_gf.finetune.search import best_trial_result
+from mindformer_gf.finetune.splits import Split, split_by_fractions
+from mindformer_gf.finetune.task_model import (
+    POOLINGS,
+    MultitaskModel,
+    MultitaskObjective,
+    apply_strategy,
+    describe_parameter_counts,
+    load_pretrained,
+    load_task_model,
+    parameter_counts,
+    read_task,
+    save_task_model,
+)
+from mindformer_gf.infer.datasets import dataset_for_model, model_config_of
+from mindformer_gf.io import ensure_dir, write_csv, write_json
+from mindformer_gf.tasks.classifier import EvaluationPlan, SavedModelEvaluation, positions_evaluator
+from mindformer_gf.train.device import prepare_device, seed_everything
 
 
 @dataclass
@@ -76,7 +86,7 @@ class MultitaskResult:
     search: Any = None
 
 
-class MultitaskClassifier:
+class MultitaskClassifier(SavedModelEvaluation):
     """The reference's MTLClassifier, with the pretrained encoder actually loaded.
 
     task_columns: dataset columns, one task each; task_weights: loss weights (default 1 each);
@@ -145,14 +155,6 @@ class MultitaskClassifier:
         return MultitaskData(rows, self.tasks, labels, id2labels, self.regression)
 
     def build_model(self, model_dir: str | os.PathLike, data: MultitaskData) -> Any:
-        from mindformer_gf.tasks.models import (
-            MultitaskModel,
-            apply_strategy,
-            describe_parameter_counts,
-            load_pretrained,
-            parameter_counts,
-        )
-
         settings = self.settings
         encoder = load_pretrained(model_dir, "BertModel", settings.seed, extra_layer=settings.strategy == "extra_layer")
         sizes = [1 if r else len(m) for r, m in zip(data.regression, data.id2labels, strict=True)]
@@ -176,11 +178,7 @@ class MultitaskClassifier:
         with the best mean validation macro-F1, evaluate every task on the test cells, save. With
         `n_hyperopt_trials`, a hyperparameter search (task weights included) whose best trial's result is returned,
         with the search in `.search`."""
-        from mindformer_gf.tasks.models import MultitaskObjective, save_task_model
-
         if n_hyperopt_trials:
-            from mindformer_gf.tasks.search import best_trial_result
-
             return best_trial_result(
                 self,
                 lambda task, trial_dir: task.run(dataset, model_dir, trial_dir, split_sizes, group_by),
@@ -223,17 +221,18 @@ class MultitaskClassifier:
         )
         objective = MultitaskObjective(model, data.regression, self.weights)
 
-        def evaluate_positions(positions: np.ndarray, desc: str) -> tuple[dict[str, Any] | None, Any, Any]:
-            """(metrics, predictions per task, the sharded pass) of the cells at `positions`; (None, None, pass) on
-            the ranks other than 0 of a data-parallel run. The test predictions' record goes beside them."""
-            where, prefix = (out, "predictions") if desc == "test" else (out / "training", "validation")
-            record = {"command": "classify multitask", "pass": desc, "model": str(model_dir)}
-            rows = data.rows[positions]
-            outputs, job = sharded_forward(model, dataset, rows, settings, buckets, where, prefix, record, pad_id, desc)
-            if outputs is None:
-                return None, None, job
-            return (*score_tasks(data, positions, outputs, scales), job)
-
+        evaluate_positions = positions_evaluator(
+            model,
+            dataset,
+            data.rows,
+            settings,
+            buckets,
+            out,
+            "classify multitask",
+            {"model": str(model_dir)},
+            pad_id,
+            lambda positions, outputs: score_tasks(data, positions, outputs, scales),
+        )
         evaluate = validation(evaluate_positions, split.valid)
         run = fit(
             model,
@@ -304,30 +303,21 @@ class MultitaskClassifier:
         plot_metric_bars(bars, out / "multitask_metrics", f"multitask ({self.pooling} pooling): test metrics per task")
         return [write_csv(out / "predictions.csv", frame), write_json(out / "metrics.json", metrics)]
 
-    def evaluate_saved_model(
-        self,
-        model_dir: str | os.PathLike,
-        dataset: Any,
-        output_dir: str | os.PathLike,
-        resume: bool = False,
-        shard_timeout: float = 1800.0,
-        parallel: ParallelContext | None = None,
-    ) -> dict[str, Any] | None:
-        """Score a saved multitask model (the `model/` directory of a run) on every selected cell of `dataset`: its
-        tasks (the classifier's must be the same columns), pooling, classes (matched by name) and target scales.
-        Writes `predictions.csv`, `metrics.json` (per task) and the plots as a training run writes for its test
-        cells, and `predictions_run.json`, into `output_dir`.
+    evaluate_command = "classify multitask --evaluate"
 
-        Under msrun every rank predicts a share of the cells; rank 0 returns the metrics ({"tasks": {task: ...},
-        and the means}) and writes the files, the other ranks return None. `resume` keeps the shards of an
-        interrupted run."""
-        from mindformer_gf.tasks.models import load_task_model, read_task
-
+    def _load_saved(self, model_dir: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+        """A saved multitask model of the classifier's tasks (the same columns): its pooling, classes (matched by
+        name) and target scales come with it."""
         task = read_task(model_dir) or {}
         if task.get("kind") != "multitask":
             raise ValueError(f"{model_dir} is not a multitask model of this package (no multitask task.json)")
         if sorted(self.tasks) != sorted(task["tasks"]):
             raise ValueError(f"tasks {self.tasks} are not the model's {task['tasks']}")
+        return load_task_model(model_dir), task
+
+    def _evaluation_plan(self, model: Any, task: dict[str, Any], dataset: Any, output_dir: Path) -> EvaluationPlan:
+        """Every selected cell, on each task; writes `predictions.csv`, `metrics.json` (per task, and the means) and
+        the plots as a training run writes for its test cells."""
         saved = MultitaskClassifier(
             task["tasks"],
             regression_tasks=[t for t, r in zip(task["tasks"], task["regression"], strict=True) if r],
@@ -336,10 +326,6 @@ class MultitaskClassifier:
             max_ncells=self.max_ncells,
             settings=self.settings,
         )
-        settings = self.settings
-        prepare_device(settings.device)
-        model = load_task_model(model_dir)
-        dataset, pad_id = dataset_for_model(dataset, model.config)
         data = saved.prepare_data(dataset)
         for t, regression in enumerate(data.regression):
             if not regression:
@@ -347,34 +333,14 @@ class MultitaskClassifier:
                     data.labels[t], data.id2labels[t], task["id2labels"][t], f"{data.tasks[t]} classes"
                 )
         scales = [None if s is None else TargetScale(**s) for s in task["target_scales"]]
-        lengths = corpus_lengths(dataset)[data.rows]
-        buckets = bucket_widths(lengths, settings, model.config.max_position_embeddings)
-        record = {
-            "command": "classify multitask --evaluate",
-            "tasks": data.tasks,
-            "filter_data": self.filter_data,
-            "max_ncells": self.max_ncells,
-        }
-        outputs, job = evaluate_saved(
-            model,
-            model_dir,
-            dataset,
-            data.rows,
-            settings,
-            buckets,
-            output_dir,
-            record,
-            pad_id,
-            resume=resume,
-            timeout=shard_timeout,
-            parallel=parallel,
-        )
-        if outputs is None:
-            return None  # another rank's share: rank 0 writes the files
+        record = {"tasks": data.tasks, "filter_data": self.filter_data, "max_ncells": self.max_ncells}
         positions = np.arange(data.rows.size)
-        metrics, predictions = score_tasks(data, positions, outputs, scales)
-        job.finish(saved._write_evaluation(Path(output_dir), data, positions, metrics["tasks"], predictions))
-        return metrics
+
+        def score(outputs: list[Any]) -> tuple[dict[str, Any], list[Path]]:
+            metrics, predictions = score_tasks(data, positions, outputs, scales)
+            return metrics, saved._write_evaluation(output_dir, data, positions, metrics["tasks"], predictions)
+
+        return EvaluationPlan(data.rows, corpus_lengths(dataset)[data.rows], record, score)
 
 
 def score_tasks(

@@ -26,6 +26,7 @@ from mindformer_gf.tokenizer.writer import (
     DictionaryMismatchError,
     check_dataset_matches_vocab,
     read_dictionary_metadata,
+    token_dictionary_for,
 )
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "rank_value_encode",
     "read_dictionary_file",
     "read_dictionary_metadata",
+    "token_dictionary_for",
     "token_dictionary_sha256",
     "tokenize",
     "truncate_cells",

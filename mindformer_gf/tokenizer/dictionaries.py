@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from mindformer_gf.io import write_bytes
 from mindformer_gf.resources import GENEFORMER_V1_DIR
 from mindformer_gf.safe_pickle import safe_load
 
@@ -95,20 +96,11 @@ def write_dictionary_file(
         "entries": _coerce_entries(entries, kind, str(path)),
     }
     payload = json.dumps(document, ensure_ascii=False, indent=0).encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as raw:
-            # mtime=0 and no file name: the same entries always give the same bytes (reproducible resources).
-            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as compressed:
-                compressed.write(payload)
-        # mkstemp creates the file private (0600); a shipped resource must be readable by everyone.
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    compressed = io.BytesIO()
+    # mtime=0 and no file name: the same entries always give the same bytes (reproducible resources).
+    with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0) as stream:
+        stream.write(payload)
+    write_bytes(path, compressed.getvalue())
 
 
 def read_dictionary_file(path: str | os.PathLike[str], kind: str) -> tuple[dict[str, Any], str]:
@@ -157,6 +149,36 @@ def token_dictionary_sha256(token_dictionary: Mapping[str, int]) -> str:
     """Hash of the (token, id) pairs, independent of file format and entry order."""
     canonical = json.dumps(sorted((str(k), int(v)) for k, v in token_dictionary.items()), separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class DictionaryMismatchError(ValueError):
+    """A tokenized dataset and a model or dictionary that do not fit together (typically V1 data, V2 model)."""
+
+
+def check_token_dictionary(
+    record: Mapping[str, Any] | None, token_dictionary: Mapping[str, int], described_as: str
+) -> None:
+    """The one check that a dataset was tokenized with `token_dictionary`: `record` is the dataset's tokenizer record
+    (`read_dictionary_metadata`), whose hash must match when it has one; `described_as` names the dictionary."""
+    expected = (record or {}).get("dictionary", {}).get("token_dictionary_sha256")
+    if expected and expected != token_dictionary_sha256(token_dictionary):
+        raise DictionaryMismatchError(
+            f"the dataset was tokenized with the dictionary '{record['dictionary'].get('name')}', not {described_as}: "
+            "pass that token dictionary (token_dictionary_file / --token-dictionary) to map gene IDs to tokens"
+        )
+
+
+def dataset_token_dictionary(
+    record: Mapping[str, Any] | None, token_dictionary_file: str | os.PathLike | None = None
+) -> dict[str, int]:
+    """The token dictionary that tokenized the dataset whose tokenizer record is `record`: the shipped V1 one unless
+    a file is given, checked against the record."""
+    if token_dictionary_file is None:
+        token, described_as = load_gene_dictionaries("V1").token, "the shipped V1 dictionary"
+    else:
+        token, described_as = read_dictionary_file(token_dictionary_file, "token")[0], str(token_dictionary_file)
+    check_token_dictionary(record, token, described_as)
+    return token
 
 
 @dataclass

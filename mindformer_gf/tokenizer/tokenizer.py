@@ -29,6 +29,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 import mindformer_gf
+from mindformer_gf.io import staging_directory
 from mindformer_gf.tokenizer import native
 from mindformer_gf.tokenizer.dictionaries import (
     CLS_TOKEN,
@@ -64,7 +65,6 @@ from mindformer_gf.tokenizer.writer import (
     cells_table,
     dataset_schema,
     publish_dataset,
-    temporary_output_dir,
 )
 
 logger = logging.getLogger(__name__)
@@ -518,7 +518,7 @@ class TranscriptomeTokenizer:
         total_cells = sum(plan.n_cells for plan in plans)
         n_workers = max(1, min(self.nproc, -(-total_cells // self.chunk_size)))
         output_directory.mkdir(parents=True, exist_ok=True)
-        temporary_dir = temporary_output_dir(final_dir)
+        temporary_dir = staging_directory(final_dir)
         try:
             shard_names, stats = self._run(plans, settings, temporary_dir, n_workers, total_cells)
             written = sum(s["cells_written"] for s in stats.values())

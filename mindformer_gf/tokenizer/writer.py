@@ -23,24 +23,25 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from mindformer_gf.tokenizer.dictionaries import KNOWN_VOCAB_SIZES, describe_vocab_size
+from mindformer_gf.io import publish_directory, staging_directory
+from mindformer_gf.tokenizer.dictionaries import (
+    KNOWN_VOCAB_SIZES,
+    DictionaryMismatchError,
+    dataset_token_dictionary,
+    describe_vocab_size,
+)
 from mindformer_gf.tokenizer.encode import RankedCells
 
 METADATA_FORMAT = "mindformer_gf.tokenized_dataset"
 METADATA_FORMAT_VERSION = 1
 RESERVED_COLUMNS = ("input_ids", "length")
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # save_to_disk's default shard size
-
-
-class DictionaryMismatchError(ValueError):
-    """A tokenized dataset and a model whose vocabularies do not fit together (typically V1 data, V2 model)."""
 
 
 def dataset_schema(attribute_types: dict[str, pa.DataType]) -> pa.Schema:
@@ -130,13 +131,6 @@ class ShardWriter:
         return self.shards
 
 
-def temporary_output_dir(final_dir: Path) -> Path:
-    """A fresh hidden directory beside `final_dir`, on the same file system so the final rename is atomic."""
-    temporary = final_dir.parent / f".{final_dir.name}.incomplete-{uuid.uuid4().hex[:12]}"
-    temporary.mkdir(parents=True)
-    return temporary
-
-
 def publish_dataset(
     temporary_dir: Path,
     shard_names: list[str],
@@ -171,16 +165,7 @@ def publish_dataset(
     info["license"] = ""
     with open(temporary_dir / "dataset_info.json", "w", encoding="utf-8") as handle:
         json.dump(info, handle, indent=2)
-    if final_dir.exists():
-        if not overwrite:
-            raise FileExistsError(f"{final_dir} appeared while tokenizing; pass force=True (--force) to replace it")
-        retired = final_dir.parent / f".{final_dir.name}.replaced-{uuid.uuid4().hex[:12]}"
-        os.replace(final_dir, retired)
-        os.replace(temporary_dir, final_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(temporary_dir, final_dir)
-    return final_dir
+    return publish_directory(temporary_dir, final_dir, overwrite)
 
 
 def save_dataset(dataset: Any, path: str | os.PathLike, overwrite: bool = False, rows_per_batch: int = 10_000) -> Path:
@@ -193,7 +178,7 @@ def save_dataset(dataset: Any, path: str | os.PathLike, overwrite: bool = False,
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     rows = dataset.with_format("arrow")
     schema = pa.schema(list(dataset.features.arrow_schema))
-    temporary_dir = temporary_output_dir(final_dir)
+    temporary_dir = staging_directory(final_dir)
     try:
         writer = ShardWriter(temporary_dir, "shard", schema)
         for start in range(0, len(dataset), rows_per_batch):
@@ -230,6 +215,12 @@ def read_dictionary_metadata(dataset_or_dir: Any) -> dict[str, Any] | None:
     if not isinstance(record, dict) or record.get("format") != METADATA_FORMAT:
         return None
     return record
+
+
+def token_dictionary_for(dataset_or_dir: Any, token_dictionary_file: str | os.PathLike | None = None) -> dict[str, int]:
+    """The token dictionary that tokenized a dataset (a `datasets.Dataset` or its directory): the shipped V1 one
+    unless a file is given; checked against the dataset's record (its hash) when the dataset has one."""
+    return dataset_token_dictionary(read_dictionary_metadata(dataset_or_dir), token_dictionary_file)
 
 
 def _max_token_id(dataset_or_dir: Any) -> int:

@@ -12,26 +12,26 @@ Generic use (pretraining and fine-tuning alike):
   the step number, so resuming needs only the step.
 - outputs in `settings.output_dir`: `metrics.csv` (step, loss, accuracy, lr, grad norm, loss scale, skipped steps,
   cells/s, tokens/s, padding waste), `loss_curve.png`, `train_config.json`, `checkpoints/step-XXXXXXXX/` (last
-  `keep_last` kept; each one is also a model directory for `from_pretrained`).
+  `save_total_limit` kept; each one is also a model directory for `from_pretrained`).
 - settings: `TrainSettings`/`PretrainSettings` from YAML/JSON via `load_settings(cls, path, overrides)`.
 - data parallel: start the same command under `msrun`; `init_distributed()` joins the group and the loop averages
   gradients over ranks (see `mindformer_gf.train.distributed`).
 Pretraining end to end: `pretrain(PretrainSettings(...))`.
 """
 
-from mindformer_gf.train.config import (
+from mindformer_gf.train.distributed import ParallelContext, init_distributed
+from mindformer_gf.train.loop import Trainer, TrainResult
+from mindformer_gf.train.objectives import ClassificationObjective, MaskedLMObjective, summed_cross_entropy
+from mindformer_gf.train.optim import AdamW, build_adamw, decays_weight
+from mindformer_gf.train.pretraining import pretrain, unigram_entropy
+from mindformer_gf.train.schedule import learning_rate
+from mindformer_gf.train.settings import (
     PretrainSettings,
     TrainSettings,
     load_settings,
     parse_overrides,
     save_settings,
 )
-from mindformer_gf.train.distributed import ParallelContext, init_distributed
-from mindformer_gf.train.loop import Trainer, TrainResult
-from mindformer_gf.train.objectives import ClassificationObjective, MaskedLMObjective, summed_cross_entropy
-from mindformer_gf.train.optim import AdamW, build_adamw, decays_weight
-from mindformer_gf.train.pretrain import pretrain, unigram_entropy
-from mindformer_gf.train.schedule import learning_rate
 from mindformer_gf.train.step import Objective
 
 __all__ = [

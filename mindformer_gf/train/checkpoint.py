@@ -16,12 +16,14 @@ import json
 import os
 import random
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+
+from mindformer_gf.convert.writer import write_model_directory
+from mindformer_gf.io import atomic_directory, write_json
 
 CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
@@ -29,14 +31,6 @@ STATE_FILE = "trainer_state.json"
 
 def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:08d}"
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -77,19 +71,12 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint `step` atomically, then delete all but the newest `keep_last` ones. Returns its path."""
     root = Path(checkpoints_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    temporary = root / f".tmp-{checkpoint_name(step)}-{uuid.uuid4().hex[:8]}"
-    temporary.mkdir()
-    try:
+    with atomic_directory(final, force=True) as temporary:
         write_model_files(model, temporary)
         save_file(optimizer_state, str(temporary / "optimizer.safetensors"))
-        _write_json(temporary / "train_config.json", train_config)
-        _write_json(temporary / STATE_FILE, {**trainer_state, "step": int(step)})
-        _replace_dir(temporary, final)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+        write_json(temporary / "train_config.json", train_config, sort_keys=True, fsync=True)
+        write_json(temporary / STATE_FILE, {**trainer_state, "step": int(step)}, sort_keys=True, fsync=True)
     for old in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -102,29 +89,11 @@ def write_model_files(model: Any, directory: Path) -> None:
 
 
 def save_model_dir(model: Any, directory: str | os.PathLike) -> Path:
-    """A model directory that `from_pretrained` loads, written into a temporary sibling and renamed into place."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    temporary = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
-    temporary.mkdir()
-    try:
-        write_model_files(model, temporary)
-        _replace_dir(temporary, directory)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    return directory
-
-
-def _replace_dir(source: Path, target: Path) -> None:
-    """Rename `source` to `target`, moving an existing `target` aside first (a directory rename cannot overwrite)."""
-    if target.exists():
-        retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(target, retired)
-        os.replace(source, target)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(source, target)
+    """A model directory that `from_pretrained` loads (config.json and model.safetensors, Hugging Face names, fp32),
+    written atomically; an existing one is replaced."""
+    return write_model_directory(
+        model.state_dict(), model.config, model.architecture, directory, layout="huggingface", force=True
+    )
 
 
 def list_checkpoints(checkpoints_dir: str | os.PathLike) -> list[Path]:

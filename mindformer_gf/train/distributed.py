@@ -39,22 +39,6 @@ class LaunchError(RuntimeError):
 
 
 _CONTEXT: ParallelContext | None = None
-DEVICES = ("auto", "CPU", "Ascend")
-
-
-def prepare_mindspore(device: str = "auto") -> str:
-    """Graph mode on `device` ("auto": MindSpore's default target, Ascend when present); returns the target.
-
-    Call before building models and before `init_distributed`.
-    """
-    import mindspore as ms
-
-    if device not in DEVICES:
-        raise ValueError(f"device {device!r} is not one of {DEVICES}")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    if device != "auto" and ms.get_context("device_target") != device:
-        ms.set_device(device)
-    return ms.get_context("device_target")
 
 
 def init_distributed() -> ParallelContext:

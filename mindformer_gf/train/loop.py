@@ -45,12 +45,12 @@ from mindformer_gf.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from mindformer_gf.train.config import TrainSettings, save_settings
 from mindformer_gf.train.distributed import ParallelContext, init_distributed
-from mindformer_gf.train.metrics import MetricsLog, plot_loss_curve
 from mindformer_gf.train.optim import build_adamw
 from mindformer_gf.train.precision import DynamicLossScale, apply_precision, resolve_precision
+from mindformer_gf.train.run_log import MetricsLog, plot_loss_curve
 from mindformer_gf.train.schedule import learning_rate
+from mindformer_gf.train.settings import TrainSettings, save_settings
 from mindformer_gf.train.step import ApplyStep, MicroStep, Objective, make_buffers
 
 logger = logging.getLogger("mindformer_gf.train")
@@ -135,18 +135,18 @@ class Trainer:
         self.checkpoints_dir = self.output_dir / "checkpoints"
         self.device = ms.get_context("device_target")
         self.precision = resolve_precision(settings.precision, self.device)
-        per_step = settings.gradient_accumulation * self.parallel.world_size
+        per_step = settings.gradient_accumulation_steps * self.parallel.world_size
         group_size = getattr(getattr(source, "plan", None), "group_size", per_step)
         if group_size != per_step:
             raise ValueError(
                 f"the step source plans {group_size} micro-batches per step but {self.parallel.world_size} rank(s) x "
-                f"{settings.gradient_accumulation} accumulation steps = {per_step}: build the plan with "
+                f"{settings.gradient_accumulation_steps} accumulation steps = {per_step}: build the plan with "
                 f"group_size={per_step}"
             )
         if settings.max_steps > 0:
             self.total_steps = settings.max_steps
         else:
-            self.total_steps = max(1, math.ceil(settings.num_epochs * source.steps_per_epoch))
+            self.total_steps = max(1, math.ceil(settings.num_train_epochs * source.steps_per_epoch))
         apply_precision(model, self.precision)
         self.optimizer = build_adamw(
             model.named_parameters(),
@@ -179,7 +179,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "loss_scale": self.loss_scale.state(),
             "data_plan": self.source.fingerprint(),
-            "micro_batches_per_step": self.settings.gradient_accumulation * self.parallel.world_size,
+            "micro_batches_per_step": self.settings.gradient_accumulation_steps * self.parallel.world_size,
             "rng": capture_rng_state(),
         }
 
@@ -195,7 +195,7 @@ class Trainer:
             self.optimizer.state_arrays(),
             self._trainer_state(step),
             self.run_config,
-            self.settings.keep_last,
+            self.settings.save_total_limit,
         )
 
     def _resume(self, resume: str | bool | None) -> int:
@@ -253,7 +253,7 @@ class Trainer:
             self.settings.learning_rate,
             self.settings.warmup_steps,
             self.total_steps,
-            self.settings.lr_schedule,
+            self.settings.lr_scheduler_type,
             self.settings.min_lr_ratio,
             self.settings.lr_power,
             self.settings.lr_num_cycles,
@@ -426,7 +426,7 @@ class Trainer:
                 self.settings.learning_rate,
                 self.settings.warmup_steps,
                 self.total_steps,
-                self.settings.lr_schedule,
+                self.settings.lr_scheduler_type,
                 self.settings.min_lr_ratio,
                 self.settings.lr_power,
                 self.settings.lr_num_cycles,

@@ -96,7 +96,9 @@ def test_classify_cell_missing_label_column(small_dataset, model_dir, tmp_path, 
 def test_classify_cell_bad_value(small_dataset, model_dir, tmp_path, capsys):
     argv = ["classify", "cell", "--dataset", str(small_dataset), "--model", str(model_dir)]
     argv += ["--output-dir", str(tmp_path / "out"), "--label", "cell_type", "--epochs", "-1"]
-    expected = "gf classify cell: error: num_epochs must be > 0, batch_size and forward_batch_size >= 1"
+    expected = (
+        "gf classify cell: error: num_train_epochs must be > 0, per_device_train_batch_size and forward_batch_size >= 1"
+    )
     expect_one_line(argv, capsys, expected)
 
 

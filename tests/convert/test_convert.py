@@ -10,12 +10,12 @@ import mindspore as ms
 import numpy as np
 import pytest
 import torch
-from convert_helpers import AUTO_CLASSES, HF_CLASSES, LAYOUTS, bits, hf_model, parameters_by_name, save
+from helpers.convert import AUTO_CLASSES, HF_CLASSES, LAYOUTS, bits, hf_model, parameters_by_name, save
 from safetensors.torch import load_file, save_file
 
 import mindformer_gf
 from mindformer_gf.convert import convert_to_huggingface, convert_to_mindspore
-from mindformer_gf.convert.checkpoint import open_mindspore_weights
+from mindformer_gf.convert.readers import open_mindspore_weights
 from mindformer_gf.pretrained import save_pretrained
 
 

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from convert_helpers import bits, hf_model, parameters_by_name, save
+from helpers.convert import bits, hf_model, parameters_by_name, save
 
 from mindformer_gf.cli import main
-from mindformer_gf.convert.checkpoint import open_mindspore_weights
+from mindformer_gf.convert.readers import open_mindspore_weights
 
 
 def test_convert_prints_a_report_and_goes_back(tmp_path, capsys):

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from convert_helpers import WritesAFile, hf_model, malicious_state_dict_pickle, replace_zip_member, save
+from helpers.convert import WritesAFile, hf_model, malicious_state_dict_pickle, replace_zip_member, save
 from safetensors.torch import load_file, save_file
 
 from mindformer_gf.convert import CheckpointError, convert_to_huggingface, convert_to_mindspore
-from mindformer_gf.convert import converter as converter_module
+from mindformer_gf.convert import writer as converter_module
 from mindformer_gf.safe_pickle import UnsafePickleError
 
 

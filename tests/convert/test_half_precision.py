@@ -8,7 +8,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 import torch
-from convert_helpers import AUTO_CLASSES, hf_model, parameters_by_name, save
+from helpers.convert import AUTO_CLASSES, hf_model, parameters_by_name, save
 
 import mindformer_gf
 from mindformer_gf.convert import convert_to_huggingface, convert_to_mindspore

@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from convert_helpers import (
+from helpers.convert import (
     ExecsCode,
     WritesAFile,
     bits,
@@ -22,8 +22,8 @@ from convert_helpers import (
 )
 from safetensors.torch import load_file, save_file
 
-from mindformer_gf.convert.checkpoint import open_huggingface_weights
 from mindformer_gf.convert.dtypes import bfloat16_bits_to_float32, cast, float32_to_bfloat16_bits
+from mindformer_gf.convert.readers import open_huggingface_weights
 from mindformer_gf.convert.safetensors_io import SafetensorsReader, SafetensorsWriter
 from mindformer_gf.convert.tensors import CheckpointError
 from mindformer_gf.convert.torch_bin import TorchBinReader

@@ -5,12 +5,12 @@ import json
 
 import numpy as np
 import pytest
+from helpers.convert import read_state_dict
 from mindspore import Tensor
 
 import mindformer_gf
 from mindformer_gf import reference
 from mindformer_gf.config import GeneformerConfig
-from mindformer_gf.convert.hf import read_state_dict
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from mindformer_gf.ops import fused
+from mindformer_gf.ops import cpu
 
 
 def _has_avx2() -> bool:
     try:
-        fused.set_cpu_isa("avx2")
+        cpu.set_cpu_isa("avx2")
     except ValueError:
         return False
     finally:
-        fused.set_cpu_isa("auto")
+        cpu.set_cpu_isa("auto")
     return True
 
 
@@ -22,7 +22,7 @@ def cpu_isa(request) -> str:
     """Runs the test once per tile-kernel table (AVX2+FMA and portable C++), restoring the default afterwards."""
     if request.param == "avx2" and not _has_avx2():
         pytest.skip("this CPU has no AVX2/FMA")
-    fused.set_cpu_isa(request.param)
-    assert fused.cpu_isa() == request.param
+    cpu.set_cpu_isa(request.param)
+    assert cpu.cpu_isa() == request.param
     yield request.param
-    fused.set_cpu_isa("auto")
+    cpu.set_cpu_isa("auto")

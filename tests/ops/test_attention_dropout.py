@@ -8,14 +8,14 @@ import ctypes
 
 import numpy as np
 import pytest
-from fused_harness import TOLERANCE, AttentionWithLse, random_problem, run_forward, run_gradients
+from helpers.fused_ops import TOLERANCE, AttentionWithLse, random_problem, run_forward, run_gradients
+from helpers.oracles import attention_backward, relative_error
 from mindspore import Tensor, nn
-from ops_oracle import attention_backward, relative_error
 from scipy import stats
 
-from mindformer_gf.ops import fused
+from mindformer_gf.ops import cpu
+from mindformer_gf.reference.attention import attention_with_dropout
 from mindformer_gf.reference.attention_dropout import (
-    attention_with_dropout,
     column_code,
     dropout_words,
     head_key,
@@ -61,7 +61,7 @@ def test_words_known_answers(seed, outer, row, column):
     expected = word_by_hand(seed, outer, row, column)
     assert int(dropout_words(seed, outer, row, column)) == expected
     words = np.empty(1, np.uint32)
-    fused.native().MindformerGfDropoutWords(words.ctypes.data, 1, ctypes.c_uint64(seed), outer, row, column)
+    cpu.native().MindformerGfDropoutWords(words.ctypes.data, 1, ctypes.c_uint64(seed), outer, row, column)
     assert int(words[0]) == expected
 
 
@@ -87,7 +87,7 @@ def test_two_heads_sharing_a_row_key_still_draw_different_masks():
     words_a, words_b = dropout_words(SEED, head_a, row_a, columns), dropout_words(SEED, head_b, row_b, columns)
     assert np.count_nonzero(words_a == words_b) <= 1
     native = np.empty(128, np.uint32)
-    fused.native().MindformerGfDropoutWords(native.ctypes.data, 128, ctypes.c_uint64(SEED), head_b, row_b, 0)
+    cpu.native().MindformerGfDropoutWords(native.ctypes.data, 128, ctypes.c_uint64(SEED), head_b, row_b, 0)
     np.testing.assert_array_equal(native, words_b)
 
 
@@ -103,7 +103,7 @@ def test_threshold_rule():
 def test_kernel_words_codes_and_mask_rows_match_reference(cpu_isa, outer, row, col0, columns):
     """Scalar words, the vector (8 lanes) or portable column codes and keep factors equal the reference's, tails
     included."""
-    native = fused.native()
+    native = cpu.native()
     columns_range = np.arange(col0, col0 + columns)
     words = np.empty(columns, np.uint32)
     native.MindformerGfDropoutWords(words.ctypes.data, columns, ctypes.c_uint64(SEED), outer, row, col0)
@@ -222,7 +222,7 @@ def test_fresh_seed_per_call_without_a_seed():
 
     class Net(nn.Cell):
         def construct(self, q, k, v, mask):
-            return fused.attention(q, k, v, mask, 0.1, True)
+            return cpu.attention(q, k, v, mask, 0.1, True)
 
     q, k, v, mask = random_problem(1, 2, 64, 16, [64], seed=23)
     net = Net()

@@ -7,15 +7,15 @@ import warnings
 
 import pytest
 
-from mindformer_gf.ops import dispatch, fused
+from mindformer_gf.ops import cpu, dispatch
 
 
 @pytest.fixture
 def library_not_built(monkeypatch, tmp_path):
     # The loader looks for the library in an empty directory, as in a source checkout that was never built.
-    monkeypatch.setattr(fused, "_LIBRARY_DIR", tmp_path)
+    monkeypatch.setattr(cpu, "_LIBRARY_DIR", tmp_path)
     monkeypatch.setattr(dispatch, "_fallback_warned", False)
-    assert fused.library_path() is None
+    assert cpu.library_path() is None
 
 
 def test_auto_without_kernels_warns_once_naming_the_build(library_not_built):
@@ -28,13 +28,13 @@ def test_auto_without_kernels_warns_once_naming_the_build(library_not_built):
     message = str(fallbacks[0].message)
     for command in ("make setup", "pip install -e .", "python setup.py build_ext --inplace", "'composed'"):
         assert command in message
-    with pytest.raises(fused.KernelLibraryMissing, match=r"python setup.py build_ext --inplace"):
+    with pytest.raises(cpu.KernelLibraryMissing, match=r"python setup.py build_ext --inplace"):
         dispatch.resolve_impl("fused")
 
 
 def test_no_warning_when_the_kernels_are_built(monkeypatch):
     monkeypatch.setattr(dispatch, "_fallback_warned", False)
-    assert fused.library_path() is not None
+    assert cpu.library_path() is not None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert dispatch.resolve_impl("auto") == "fused"

@@ -8,11 +8,11 @@ import ctypes
 import mindspore as ms
 import numpy as np
 import pytest
-from fused_harness import TOLERANCE, AttentionLoss, random_problem, run_forward, run_gradients
+from helpers.fused_ops import TOLERANCE, AttentionLoss, random_problem, run_forward, run_gradients
+from helpers.oracles import attention_backward, attention_forward, relative_error
 from mindspore import Tensor, nn
-from ops_oracle import attention_backward, attention_forward, relative_error
 
-from mindformer_gf.ops import dispatch, fused
+from mindformer_gf.ops import cpu, dispatch
 
 # (length, head_dim, per-cell lengths): not multiples of the 64 x 128 tiles or of the 16-wide panels, a block boundary
 # crossed by one key (129), length 1, and a cell that is all padding.
@@ -187,16 +187,16 @@ def test_resolve_impl_prefers_fused_on_cpu():
 
 
 def test_missing_library_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(fused, "library_path", lambda: None)
+    monkeypatch.setattr(cpu, "library_path", lambda: None)
     assert dispatch.resolve_impl("auto") == "composed"
-    with pytest.raises(fused.KernelLibraryMissing, match=r"pip install -e \."):
+    with pytest.raises(cpu.KernelLibraryMissing, match=r"pip install -e \."):
         dispatch.resolve_impl("fused")
 
 
 def test_wrong_rank_is_named_before_the_kernel_runs():
     class Net(nn.Cell):
         def construct(self, q, k, v, mask):
-            return fused.attention(q, k, v, mask)
+            return cpu.attention(q, k, v, mask)
 
     q, k, v, mask = random_problem(1, 2, 10, 8, [10])
     with pytest.raises(ValueError, match=r"must be \[batch, heads, length, head_dim\], got ranks 3, 3, 3"):
@@ -207,7 +207,7 @@ def test_wrong_rank_is_named_before_the_kernel_runs():
 
 def test_kernel_rejects_mismatched_shapes(capfd):
     """Called with a key of the wrong length, the kernel refuses (non-zero status) and says what is wrong."""
-    library = fused.native()
+    library = cpu.native()
     q = np.zeros((1, 1, 8, 16), np.float32)
     k = np.zeros((1, 1, 9, 16), np.float32)
     arrays = [q, k, q, np.ones((1, 8), np.int32), np.zeros(1, np.int64), np.zeros(1, np.float32), q.copy(), q[..., 0]]
@@ -285,7 +285,7 @@ def test_casts_other_dtypes():
 
     class Net(nn.Cell):
         def construct(self, q, k, v, mask):
-            return fused.attention(q, k, v, mask)
+            return cpu.attention(q, k, v, mask)
 
     out = Net()(*(Tensor(t.astype(np.float16)) for t in (q, k, v)), Tensor(mask))
     assert out.dtype == ms.float16
@@ -299,7 +299,7 @@ def test_input_mask_dtype_is_free():
 
     class Net(nn.Cell):
         def construct(self, q, k, v, mask):
-            return fused.attention(q, k, v, mask)
+            return cpu.attention(q, k, v, mask)
 
     expected = attention_forward(q, k, v, mask)[0]
     for dtype in (np.int64, np.float32, np.bool_):

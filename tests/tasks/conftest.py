@@ -14,8 +14,8 @@ TOKENS_PER_CELL = 64
 
 @pytest.fixture(scope="session")
 def pbmc_dataset_dir(tmp_path_factory) -> Path:
+    from mindformer_gf.data.pbmc68k import counts_h5ad
     from mindformer_gf.resources import example_cells_path
-    from mindformer_gf.tasks.demo import counts_h5ad
     from mindformer_gf.tokenizer import tokenize
 
     root = tmp_path_factory.mktemp("pbmc")

@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from mindformer_gf.tasks.sharded import RankFailed
+from mindformer_gf.infer.sharded import RankFailed
 from mindformer_gf.train.distributed import ParallelContext
 
 Batch = tuple[int, tuple[tuple[int, ...], ...]]  # (padded width, the cells' tokens row by row)
@@ -22,7 +22,7 @@ Batch = tuple[int, tuple[tuple[int, ...], ...]]  # (padded width, the cells' tok
 @pytest.fixture
 def recorded(monkeypatch):
     """The batches padded from now on: a list that the test empties between ranks."""
-    import mindformer_gf.tasks.inference
+    import mindformer_gf.infer.batches
     import mindformer_gf.tasks.perturb.engine
     from mindformer_gf.data.collate import pad_cells
 
@@ -32,7 +32,7 @@ def recorded(monkeypatch):
         batches.append((int(width), tuple(tuple(int(t) for t in c) for c in cells)))
         return pad_cells(cells, width, pad_token_id, rows=rows)
 
-    monkeypatch.setattr(mindformer_gf.tasks.inference, "pad_cells", recording)
+    monkeypatch.setattr(mindformer_gf.infer.batches, "pad_cells", recording)
     monkeypatch.setattr(mindformer_gf.tasks.perturb.engine, "pad_cells", recording)
     return batches
 
@@ -85,8 +85,8 @@ def varied_cells(pbmc_dataset, lengths):
 
 
 def test_embed_ranks_run_exactly_the_batches_of_one_process(tiny_model_dir, pbmc_dataset, tmp_path, recorded):
+    from mindformer_gf.finetune.task_model import load_encoder
     from mindformer_gf.tasks import EmbExtractor
-    from mindformer_gf.tasks.embeddings import load_encoder
 
     # 26 cells of 6..64 genes: 2 widths, batches of 4, shares of unequal cell counts
     lengths = [64 if i % 9 == 0 else 6 + (5 * i) % 27 for i in range(26)]
@@ -115,7 +115,7 @@ def test_embed_ranks_run_exactly_the_batches_of_one_process(tiny_model_dir, pbmc
 def test_classify_evaluate_ranks_run_exactly_the_batches_of_one_process(
     tiny_config, pbmc_dataset, tmp_path, recorded, monkeypatch
 ):
-    from task_helpers import quick_settings
+    from helpers.tasks import quick_settings
 
     import mindformer_gf.tasks.cell
     from mindformer_gf.model import build_model
@@ -149,7 +149,7 @@ def test_classify_evaluate_ranks_run_exactly_the_batches_of_one_process(
 
 
 def test_perturb_ranks_run_exactly_the_batches_of_one_process(tiny_model_dir, pbmc_dataset, tmp_path, recorded):
-    from mindformer_gf.tasks.embeddings import load_encoder
+    from mindformer_gf.finetune.task_model import load_encoder
     from mindformer_gf.tasks.perturb import InSilicoPerturber, read_table
 
     # batches of 3 copies: windows of cells with >= 24 copies between them, 4 windows, 2 widths

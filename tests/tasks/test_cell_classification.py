@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.tasks import padded_rows, quick_settings
 from safetensors.numpy import load_file
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, r2_score, roc_auc_score
-from task_helpers import padded_rows, quick_settings
 
 from mindformer_gf.tasks import CellClassifier
 
@@ -93,7 +93,7 @@ def test_saved_model_reproduces_the_predictions_and_exports_to_transformers(cell
     from transformers import BertForSequenceClassification
 
     from mindformer_gf.convert import convert_to_huggingface
-    from mindformer_gf.tasks.models import load_task_model
+    from mindformer_gf.finetune.task_model import load_task_model
 
     classifier, result, out = cell_run
     predictions = pd.read_csv(out / "predictions.csv").head(8)
@@ -115,7 +115,7 @@ def test_saved_model_reproduces_the_predictions_and_exports_to_transformers(cell
 
 
 def test_regression_head_with_adapters(tiny_model_dir, pbmc_dataset_dir, tmp_path, tiny_weights):
-    from mindformer_gf.tasks.models import load_task_model
+    from mindformer_gf.finetune.task_model import load_task_model
 
     settings = quick_settings(num_epochs=3.0, learning_rate=3e-3, strategy="adapters", adapter_size=8)
     regressor = CellClassifier(state_key="percent_mito", regression=True, max_ncells=200, settings=settings)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from task_helpers import V2_CLS, V2_EOS, v2_dataset
+from helpers.tasks import V2_CLS, V2_EOS, v2_dataset
 
 from mindformer_gf import reference
 from mindformer_gf.tasks import EmbExtractor

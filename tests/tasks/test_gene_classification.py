@@ -97,7 +97,7 @@ def test_metrics_per_fold_and_overall_equal_scikit_learn(gene_run):
 
 
 def test_extra_layer_trains_only_the_new_layer_and_the_head(gene_run, tiny_weights, tiny_config):
-    from mindformer_gf.tasks.models import load_task_model
+    from mindformer_gf.finetune.task_model import load_task_model
 
     summary, out = gene_run
     model = load_task_model(out / "fold0" / "model")
@@ -122,8 +122,8 @@ def test_evaluate_scores_a_fold_model_on_its_held_out_genes_alone_and_on_two_msr
     scikit-learn's on the written predictions, probabilities equal to a direct forward of the saved model; and the
     same files bit for bit from 2 msrun workers."""
     from mindformer_gf.cli import main
-    from mindformer_gf.tasks.metrics import softmax
-    from mindformer_gf.tasks.models import load_task_model
+    from mindformer_gf.finetune.metrics import softmax
+    from mindformer_gf.finetune.task_model import load_task_model
 
     _, out = gene_run
     arguments = ["gene", "--evaluate", "--model", str(out / "fold0" / "model"), "--dataset", str(pbmc_dataset_dir)]
@@ -143,8 +143,8 @@ def test_evaluate_scores_a_fold_model_on_its_held_out_genes_alone_and_on_two_msr
     y = (predictions.true_label == names[1]).astype(int)
     assert metrics["roc_auc"] == pytest.approx(roc_auc_score(y, predictions[f"p({names[1]})"]))
 
+    from helpers.tasks import padded_rows
     from mindspore import Tensor
-    from task_helpers import padded_rows
 
     first = predictions[predictions.dataset_row.isin(predictions.dataset_row.unique()[:3])]
     rows = first.dataset_row.unique()
@@ -156,7 +156,7 @@ def test_evaluate_scores_a_fold_model_on_its_held_out_genes_alone_and_on_two_msr
     run = json.loads((alone / "predictions_run.json").read_text())
     assert run["world_size"] == 1 and run["cells_per_rank"] == [predictions.dataset_row.nunique()]
 
-    from msrun_helpers import GF, msrun_gf
+    from helpers.msrun import GF, msrun_gf
 
     if __import__("shutil").which("msrun") is None or not GF.exists():
         pytest.skip("msrun or the gf command is missing")

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.tasks import padded_rows
 from safetensors.numpy import load_file
 from sklearn.metrics import accuracy_score, r2_score
-from task_helpers import padded_rows
 
 from mindformer_gf import reference
 from mindformer_gf.cli import main
@@ -62,8 +62,8 @@ def test_gf_tokenize_ranks_genes_by_normalised_expression(pbmc_dataset, tmp_path
     first (ties by token id), top 64, computed here by hand."""
     import anndata
 
+    from mindformer_gf.data.pbmc68k import counts_h5ad
     from mindformer_gf.resources import example_cells_path
-    from mindformer_gf.tasks.demo import counts_h5ad
     from mindformer_gf.tokenizer import load_gene_dictionaries
 
     counts = counts_h5ad(example_cells_path("pbmc68k_reduced"), tmp_path / "counts.h5ad")

@@ -16,10 +16,11 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from task_helpers import quick_settings
+from helpers.tasks import quick_settings
 
+from mindformer_gf.finetune.fit import report_intermediate
+from mindformer_gf.finetune.search import search_hyperparameters
 from mindformer_gf.tasks import CellClassifier, FineTuneSettings
-from mindformer_gf.tasks.search import report_intermediate, search_hyperparameters
 
 SPACE = {
     "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},

@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mindformer_gf.resources import geneformer_v1_path
-from mindformer_gf.tasks.labels import (
+from mindformer_gf.finetune.labels import (
     PreparedCells,
     cells_holding,
     gene_labels_for_tokens,
@@ -16,7 +15,8 @@ from mindformer_gf.tasks.labels import (
     read_label_map,
     token_label_arrays,
 )
-from mindformer_gf.tasks.splits import gene_folds, k_fold_splits, split_by_fractions
+from mindformer_gf.finetune.splits import gene_folds, k_fold_splits, split_by_fractions
+from mindformer_gf.resources import geneformer_v1_path
 
 
 @pytest.fixture(scope="module")

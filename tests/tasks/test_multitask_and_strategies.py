@@ -10,9 +10,9 @@ import mindspore as ms
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.tasks import padded_rows, quick_settings
 from mindspore import Tensor
 from sklearn.metrics import accuracy_score, f1_score, r2_score
-from task_helpers import padded_rows, quick_settings
 
 from mindformer_gf.tasks import FineTuneSettings, MultitaskClassifier
 
@@ -76,7 +76,7 @@ def test_training_lowers_the_loss_and_per_task_metrics_equal_scikit_learn(multit
 
 @pytest.mark.slow
 def test_saved_multitask_model_rebuilds_with_its_heads(multitask_run, pbmc_dataset):
-    from mindformer_gf.tasks.models import MultitaskModel, load_task_model
+    from mindformer_gf.finetune.task_model import MultitaskModel, load_task_model
 
     _, out = multitask_run
     model = load_task_model(out / "model")
@@ -91,7 +91,7 @@ def test_saved_multitask_model_rebuilds_with_its_heads(multitask_run, pbmc_datas
 @pytest.mark.slow
 def test_regression_task_predictions_are_on_the_targets_scale(multitask_run, pbmc_dataset):
     """Recomputed from the saved model's output and the TRAINING cells' mean and sd of percent_mito."""
-    from mindformer_gf.tasks.models import load_task_model
+    from mindformer_gf.finetune.task_model import load_task_model
 
     classifier, out = multitask_run
     split = json.loads((out / "splits.json").read_text())["split"]
@@ -109,7 +109,7 @@ def test_regression_task_predictions_are_on_the_targets_scale(multitask_run, pbm
 def test_multitask_objective_is_the_weighted_sum_of_per_task_losses(tiny_model_dir, pbmc_dataset):
     """Cross-entropy for two classification tasks and squared error for a regression task, summed over a fixed
     batch in numpy, weighted by unequal task weights."""
-    from mindformer_gf.tasks.models import MultitaskObjective
+    from mindformer_gf.finetune.task_model import MultitaskObjective
 
     weights = [1.0, 0.3, 2.5]
     classifier = MultitaskClassifier(
@@ -140,7 +140,7 @@ def test_multitask_objective_is_the_weighted_sum_of_per_task_losses(tiny_model_d
 
 
 def test_attention_pooling_ignores_padding():
-    from mindformer_gf.tasks.models import AttentionPooling
+    from mindformer_gf.finetune.task_model import AttentionPooling
 
     rng = np.random.default_rng(0)
     pool = AttentionPooling(8, 0.5, rng)
@@ -159,7 +159,7 @@ def test_attention_pooling_ignores_padding():
 
 
 def test_adapters_start_as_the_identity_and_are_counted(tiny_model_dir, tiny_config):
-    from mindformer_gf.tasks.models import add_adapters, load_pretrained, parameter_counts
+    from mindformer_gf.finetune.task_model import add_adapters, load_pretrained, parameter_counts
 
     ids = np.asarray([[5, 900, 77, 31, 0, 0]], np.int32)
     mask = (ids > 0).astype(np.int32)
@@ -177,8 +177,8 @@ def test_adapters_start_as_the_identity_and_are_counted(tiny_model_dir, tiny_con
 def test_adapters_with_random_weights_compute_x_plus_up_relu_down_x(tiny_model_dir, tiny_config, pbmc_dataset):
     """Every adapter set to random non-zero weights: the model's logits equal the numpy reference's forward pass in
     which each adapted projection's output y becomes y + up(relu(down(y)))."""
+    from mindformer_gf.finetune.task_model import add_adapters, load_pretrained
     from mindformer_gf.reference import bert as reference_bert
-    from mindformer_gf.tasks.models import add_adapters, load_pretrained
 
     model = load_pretrained(tiny_model_dir, "BertForSequenceClassification", seed=2, id2label={0: "a", 1: "b"})
     add_adapters(model, bottleneck=4)
@@ -218,7 +218,7 @@ def test_adapters_with_random_weights_compute_x_plus_up_relu_down_x(tiny_model_d
 
 
 def test_polynomial_schedule_is_transformers_decay_to_lr_end():
-    from mindformer_gf.tasks.finetune import schedule_for_trainer
+    from mindformer_gf.finetune.fit import schedule_for_trainer
     from mindformer_gf.train import learning_rate
 
     for power in (1.0, 2.0):
@@ -236,10 +236,16 @@ def test_polynomial_schedule_is_transformers_decay_to_lr_end():
                     1 - progress
                 ) ** power + 1e-7  # get_polynomial_decay_schedule_with_warmup
             got = learning_rate(
-                step, settings.learning_rate, warmup, total, loop["lr_schedule"], loop["min_lr_ratio"], loop["lr_power"]
+                step,
+                settings.learning_rate,
+                warmup,
+                total,
+                loop["lr_scheduler_type"],
+                loop["min_lr_ratio"],
+                loop["lr_power"],
             )
             assert got == pytest.approx(expected, rel=1e-9, abs=1e-15)
-    with pytest.raises(ValueError, match="polynomial_power"):
+    with pytest.raises(ValueError, match="lr_power"):
         FineTuneSettings(lr_schedule="polynomial", polynomial_power=0.0).validate()
 
 
@@ -253,7 +259,7 @@ def test_evaluate_scores_the_saved_model_on_every_cell_as_the_run_scored_its_tes
     per-task metrics equal scikit-learn's on the written predictions; the numeric task is a direct forward of the
     saved model on the training cells' scale."""
     from mindformer_gf.cli import main
-    from mindformer_gf.tasks.models import load_task_model
+    from mindformer_gf.finetune.task_model import load_task_model
 
     _, out = multitask_run
     evaluated = tmp_path / "evaluated"

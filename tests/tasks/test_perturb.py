@@ -9,7 +9,7 @@ import copy
 import numpy as np
 import pandas as pd
 import pytest
-from task_helpers import V2_CLS, V2_EOS, v2_dataset
+from helpers.tasks import V2_CLS, V2_EOS, v2_dataset
 
 from mindformer_gf import reference
 from mindformer_gf.tasks.perturb import InSilicoPerturber, PerturbationInputError, read_table
@@ -53,7 +53,7 @@ _ENCODERS = {}
 
 def run(model_dir, dataset, out, prefix="run", resume=False, **options):
     """The perturber's table; runs share one loaded encoder, hence its compiled graphs (one per padded width)."""
-    from mindformer_gf.tasks.embeddings import load_encoder
+    from mindformer_gf.finetune.task_model import load_encoder
 
     options.setdefault("progress", False)
     options.setdefault("forward_batch_size", 8)

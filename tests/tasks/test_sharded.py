@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mindformer_gf.cli import main
-from mindformer_gf.tasks.sharded import (
+from mindformer_gf.infer.sharded import (
     RankFailed,
     ShardedInference,
     batches_within,
@@ -231,7 +231,7 @@ def test_classify_evaluation_on_two_ranks_writes_the_single_process_files(
 ):
     """One process through `gf classify cell --evaluate`; then two ranks one after another in this process: rank 0
     alone (times out waiting for rank 1), rank 1, rank 0 resumed."""
-    from task_helpers import quick_settings
+    from helpers.tasks import quick_settings
 
     import mindformer_gf.tasks.cell
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from msrun_helpers import GF, msrun_gf, msrun_nodes
+from helpers.msrun import GF, msrun_gf, msrun_nodes
 
 from mindformer_gf.cli import main
 

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from msrun_helpers import GF, msrun_gf
+from helpers.msrun import GF, msrun_gf
 from test_sharded_msrun import rank_env
 
 from mindformer_gf.cli import main

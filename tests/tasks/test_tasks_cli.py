@@ -24,7 +24,7 @@ def test_classify_arguments_become_fine_tuning_settings():
     gene = build_parser().parse_args(
         "classify gene --dataset d --model m --output-dir o --gene-labels x.csv --strategy adapters".split()
     )
-    assert _gene_defaults(gene) == {"num_epochs": 1.0}  # no freeze_layers: adapters freeze the whole encoder
+    assert _gene_defaults(gene) == {"num_train_epochs": 1.0}  # no freeze_layers: adapters freeze the whole encoder
     with pytest.raises(SystemExit):
         build_parser().parse_args(
             "classify cell --dataset d --model m --output-dir o --label x --strategy lora".split()

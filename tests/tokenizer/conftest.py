@@ -1,4 +1,4 @@
-"""Fixtures of the tokenizer tests (helpers live in tokenizer_helpers.py)."""
+"""Fixtures of the tokenizer tests (helpers live in tests/helpers/tokenizer.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import anndata
 import pytest
-from tokenizer_helpers import read_shipped
+from helpers.tokenizer import read_shipped
 
 from mindformer_gf.resources import example_cells_path
 

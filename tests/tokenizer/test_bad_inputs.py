@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from datasets import load_from_disk
-from tokenizer_helpers import cell_counts, oracle_cell, write_h5ad
+from helpers.tokenizer import cell_counts, oracle_cell, write_h5ad
 
+from mindformer_gf.cli.tokenize import add_tokenize_arguments, run_tokenize
 from mindformer_gf.tokenizer import TokenizerInputError, TokenizerWarning, read_dictionary_metadata, tokenize
-from mindformer_gf.tokenizer.cli import add_tokenize_arguments, run_tokenize
 
 SYMBOLS = ["CD3E", "MS4A1", "LYZ", "GNLY", "NKG7", "CD14", "FCGR3A", "PPBP"]
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from datasets import load_from_disk
-from tokenizer_helpers import cell_counts, oracle_cell
+from helpers.tokenizer import cell_counts, oracle_cell
 
 from mindformer_gf.resources import example_cells_path
 from mindformer_gf.tokenizer import TokenizerWarning, native, rank_value_encode, read_dictionary_metadata, tokenize

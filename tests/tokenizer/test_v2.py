@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from datasets import load_from_disk
-from tokenizer_helpers import oracle_cell, write_h5ad, write_v2_dictionaries
+from helpers.tokenizer import oracle_cell, write_h5ad, write_v2_dictionaries
 
 from mindformer_gf.tokenizer import (
     TokenizerInputError,

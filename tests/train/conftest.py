@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from train_helpers import SPECIAL_TOKENS, TINY_MODEL, write_corpus
+from helpers.train import SPECIAL_TOKENS, TINY_MODEL, write_corpus
 
 
 @pytest.fixture(scope="session")

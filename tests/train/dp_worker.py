@@ -15,9 +15,9 @@ import numpy as np
 from mindformer_gf.data import MaskedLMCollator
 from mindformer_gf.train import PretrainSettings, Trainer, init_distributed
 from mindformer_gf.train.checkpoint import checkpoint_name, latest_checkpoint
-from mindformer_gf.train.distributed import prepare_mindspore
+from mindformer_gf.train.device import prepare_device
 from mindformer_gf.train.objectives import MaskedLMObjective
-from mindformer_gf.train.pretrain import build_pretraining_data, build_pretraining_model
+from mindformer_gf.train.pretraining import build_pretraining_data, build_pretraining_model
 
 
 class RecordingCollator:
@@ -55,7 +55,7 @@ def wait_for_checkpoint(settings: PretrainSettings, step: int, timeout: float = 
 
 def main(settings_file: str, out_dir: str, stop_at: str) -> None:
     settings = PretrainSettings(**json.loads(Path(settings_file).read_text()))
-    prepare_mindspore(settings.device)
+    prepare_device(settings.device)
     parallel = init_distributed()
     cells: list[int] = []
     _, first, initial = train(replace(settings, max_steps=int(stop_at)), parallel, cells, resume=False)

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from msrun_helpers import msrun
-from train_helpers import TINY_MODEL
+from helpers.msrun import msrun
+from helpers.train import TINY_MODEL
 
 from mindformer_gf.train import Trainer
 from mindformer_gf.train.objectives import MaskedLMObjective
-from mindformer_gf.train.pretrain import build_pretraining_data, build_pretraining_model
+from mindformer_gf.train.pretraining import build_pretraining_data, build_pretraining_model
 
 WORKER = Path(__file__).with_name("dp_worker.py")
 

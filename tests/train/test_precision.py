@@ -11,8 +11,8 @@ import csv
 import mindspore as ms
 import numpy as np
 import pytest
+from helpers.train import TINY_MODEL, ListSource, PoisonedObjective, make_steps
 from mindspore import Tensor, nn, ops
-from train_helpers import TINY_MODEL, ListSource, PoisonedObjective, make_steps
 
 from mindformer_gf import reference
 from mindformer_gf.config import GeneformerConfig

@@ -14,7 +14,7 @@ from mindformer_gf.data import corpus_lengths, load_corpus
 from mindformer_gf.pretrained import from_pretrained
 from mindformer_gf.train import Trainer
 from mindformer_gf.train.checkpoint import list_checkpoints, load_checkpoint
-from mindformer_gf.train.pretrain import build_pretraining_data, build_pretraining_model
+from mindformer_gf.train.pretraining import build_pretraining_data, build_pretraining_model
 
 
 def test_gf_pretrain_compiles_once_per_bucket_and_writes_outputs(tiny_settings, tmp_path, monkeypatch):

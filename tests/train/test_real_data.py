@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from mindformer_gf.data import compact_vocabulary
-from mindformer_gf.tasks.demo import tokenize_pbmc68k
+from mindformer_gf.data.pbmc68k import tokenize_pbmc68k
 from mindformer_gf.train import PretrainSettings, pretrain, unigram_entropy
-from mindformer_gf.train.pretrain import build_pretraining_model, held_out_masked_genes
+from mindformer_gf.train.pretraining import build_pretraining_model, held_out_masked_genes
 
 
 def test_pretraining_on_pbmc68k_beats_the_unigram_baseline(tmp_path):

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from train_helpers import TINY_MODEL
+from helpers.train import TINY_MODEL
 
 from mindformer_gf.reference import init_weights
 from mindformer_gf.train import pretrain

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from train_helpers import TINY_MODEL, ListSource, PoisonedObjective, make_steps
+from helpers.train import TINY_MODEL, ListSource, PoisonedObjective, make_steps
 
 from mindformer_gf.pretrained import from_pretrained
 from mindformer_gf.train import MaskedLMObjective, Trainer, TrainSettings, decays_weight, learning_rate

@@ -21,8 +21,7 @@ from mindspore import ops as msops
 
 from mindformer_gf.data.buckets import LengthBuckets
 from mindformer_gf.data.collate import pad_cells
-from mindformer_gf.tasks.embeddings import pool_weights
-from mindformer_gf.tasks.inference import length_sorted_batches
+from mindformer_gf.infer.batches import length_sorted_batches, pool_weights
 from mindformer_gf.tasks.perturb.plan import Perturbation
 
 

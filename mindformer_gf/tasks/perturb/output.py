@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mindformer_gf.tasks.io import atomic_path, read_json, write_csv, write_json
+from mindformer_gf.io import atomic_file, read_json, write_csv, write_json
 
 RUN_FILE = "_run.json"
 CORE_COLUMNS = ("perturbed", "affected", "value")
@@ -131,7 +131,7 @@ class ShardedTable:
     def _write_part(self, frame: Any) -> None:
         frame = frame.astype({"cell": np.int64, "value": np.float64})
         path = self.directory / f"part-{self.next_part:05d}.parquet"
-        with atomic_path(path) as tmp:
+        with atomic_file(path) as tmp:
             frame.to_parquet(tmp, index=False)
         self.parts.append(path)
         self.next_part += 1

@@ -21,7 +21,7 @@ Faster than the reference by construction: no MLM logits, the encoder stops at `
 once, perturbed copies share full batches across cells, and a few padded widths bound the graph compilations.
 A group whose genes occur in different numbers across the cells works with any batch size. Under msrun each rank
 perturbs whole windows of the plan one process makes (cells whose originals and copies share batches), balanced by
-genes squared (`tasks.sharded`), and rank 0 merges the table: one process's, bit for bit.
+genes squared (`infer.sharded`), and rank 0 merges the table: one process's, bit for bit.
 """
 
 from __future__ import annotations
@@ -38,9 +38,12 @@ import numpy as np
 
 from mindformer_gf.data import corpus_lengths, read_cells
 from mindformer_gf.data.buckets import choose_bucket_widths
-from mindformer_gf.tasks.common import ensure_dir, open_dataset, special_token_ids
-from mindformer_gf.tasks.io import read_json
-from mindformer_gf.tasks.labels import column_values, filter_rows
+from mindformer_gf.finetune.labels import column_values, filter_rows
+from mindformer_gf.finetune.task_model import load_encoder
+from mindformer_gf.infer.datasets import open_dataset, special_token_ids
+from mindformer_gf.infer.sharded import ShardedInference, cell_costs, input_stamps
+from mindformer_gf.io import ensure_dir, read_json
+from mindformer_gf.tasks.embeddings import EmbExtractor
 from mindformer_gf.tasks.perturb.engine import Job, PerturbationEngine
 from mindformer_gf.tasks.perturb.output import (
     RUN_FILE,
@@ -51,7 +54,8 @@ from mindformer_gf.tasks.perturb.output import (
     table_dir,
 )
 from mindformer_gf.tasks.perturb.plan import PERTURB_TYPES, CellLayout, cell_perturbations, count_perturbations
-from mindformer_gf.tasks.sharded import ShardedInference, cell_costs, input_stamps
+from mindformer_gf.tokenizer import load_gene_dictionaries, read_dictionary_file, token_dictionary_for
+from mindformer_gf.train.device import prepare_device
 from mindformer_gf.train.distributed import ParallelContext, launched_context
 
 EMB_MODES = ("cell", "cls", "cell_and_gene", "cls_and_gene")
@@ -72,8 +76,6 @@ class GeneNames:
     @functools.lru_cache(maxsize=4)
     def shipped(cls) -> GeneNames:
         """The shipped V1 token and gene-name dictionaries (read once per process)."""
-        from mindformer_gf.tokenizer import load_gene_dictionaries
-
         dictionaries = load_gene_dictionaries("V1", load_gene_names=True)
         return cls(dictionaries.token, dictionaries.gene_names or {})
 
@@ -84,25 +86,17 @@ class GeneNames:
         token_dictionary_file: str | None = None,
         gene_name_id_dictionary_file: str | None = None,
     ) -> GeneNames:
-        from mindformer_gf.tokenizer import read_dictionary_file
-
         if token_dictionary_file is None and gene_name_id_dictionary_file is None:
             if dataset is not None:
-                _check_shipped_dictionary(dataset)
+                token_dictionary_for(dataset)  # checks that the dataset was tokenized with the shipped dictionary
             return cls.shipped()
         if dataset is not None:
-            from mindformer_gf.tasks.gene import token_dictionary_for
-
             token = token_dictionary_for(dataset, token_dictionary_file)
         elif token_dictionary_file is not None:
             token = read_dictionary_file(token_dictionary_file, "token")[0]
         else:
-            from mindformer_gf.tokenizer import load_gene_dictionaries
-
             token = load_gene_dictionaries("V1").token
         if gene_name_id_dictionary_file is None:
-            from mindformer_gf.tokenizer import load_gene_dictionaries
-
             names = load_gene_dictionaries("V1", load_gene_names=True).gene_names or {}
         else:
             names = read_dictionary_file(gene_name_id_dictionary_file, "gene_name")[0]
@@ -127,19 +121,6 @@ class GeneNames:
         return self.id_to_name.get(ensembl_id)
 
 
-def _check_shipped_dictionary(dataset: Any) -> None:
-    """The dataset, when it records its dictionary, was tokenized with the shipped V1 one."""
-    from mindformer_gf.tokenizer import read_dictionary_metadata, token_dictionary_sha256
-
-    record = read_dictionary_metadata(dataset) or {}
-    expected = record.get("dictionary", {}).get("token_dictionary_sha256")
-    if expected and expected != token_dictionary_sha256(GeneNames.shipped().token):
-        raise PerturbationInputError(
-            f"the dataset was tokenized with the dictionary '{record['dictionary'].get('name')}', not the shipped V1 "
-            "one: pass token_dictionary_file (gf perturb --token-dictionary) to map gene IDs to tokens"
-        )
-
-
 def get_state_embs(
     cell_states_to_model: Mapping[str, Any],
     model_directory: str | os.PathLike,
@@ -153,8 +134,6 @@ def get_state_embs(
 ) -> dict[str, np.ndarray]:
     """{state: mean embedding of that state's cells} for every state of `cell_states_to_model` (start, goal and
     alt states), as the reference's `EmbExtractor.get_state_embs`; the `state_embs_dict` of InSilicoPerturber."""
-    from mindformer_gf.tasks.embeddings import EmbExtractor
-
     states = possible_states(cell_states_to_model)
     key = cell_states_to_model["state_key"]
     extractor = EmbExtractor(
@@ -384,9 +363,6 @@ class InSilicoPerturber:
         balanced by genes squared, into its own table under `{output_prefix}_shards/`; rank 0 merges them into the
         table one process writes (same rows, same order, same bits) and returns its directory, the other ranks
         return None."""
-        from mindformer_gf.tasks.embeddings import load_encoder
-        from mindformer_gf.tasks.finetune import prepare_device
-
         prepare_device(self.device)
         encoder = encoder if encoder is not None else load_encoder(model_directory)
         config = encoder.config

@@ -37,8 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from mindformer_gf.tasks.common import ensure_dir
-from mindformer_gf.tasks.io import matplotlib_pyplot, save_figure, write_csv
+from mindformer_gf.io import ensure_dir, matplotlib_pyplot, save_figure, write_csv
 from mindformer_gf.tasks.perturb.output import PerturbationInputError, read_table
 from mindformer_gf.tasks.perturb.perturber import GeneNames, possible_states
 

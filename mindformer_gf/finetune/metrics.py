@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mindformer_gf.tasks.io import matplotlib_pyplot, save_figure
+from mindformer_gf.io import matplotlib_pyplot, save_figure
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

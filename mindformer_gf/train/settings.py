@@ -2,7 +2,11 @@
 checkpoints (`train_config.json`) so a run can be resumed and audited.
 
 `TrainSettings` is what the generic loop needs (optimiser, schedule, precision, checkpoints, logging);
-`PretrainSettings` adds the corpus, the model and masking. Defaults are the reference's V1 pretraining settings
+`PretrainSettings` adds the corpus, the model and masking. Fine-tuning (`FineTuneSettings`) uses the same names for
+the same knobs: transformers' `TrainingArguments` names where one exists (`num_train_epochs`, `lr_scheduler_type`,
+`warmup_steps`, `weight_decay`, `gradient_accumulation_steps`, `save_total_limit`, ...), else ours (`lr_power`,
+`lr_num_cycles`, `min_lr_ratio`). The names of earlier releases (`RENAMED_SETTINGS`) still work for one release, with
+a DeprecationWarning. Defaults are the reference's V1 pretraining settings
 (AdamW, lr 1e-3, weight decay 0.001, linear warmup 10,000 steps then linear decay, batch 12 per device).
 """
 
@@ -10,29 +14,102 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import os
-import tempfile
 import typing
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from mindformer_gf.io import write_json
 from mindformer_gf.train.schedule import SCHEDULES
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
+# old setting name -> the name it has now (one vocabulary for pretraining and fine-tuning, transformers' where it
+# has one); the old names are accepted, with a DeprecationWarning, for one release
+RENAMED_SETTINGS = {
+    "num_epochs": "num_train_epochs",
+    "batch_size": "per_device_train_batch_size",
+    "lr_schedule": "lr_scheduler_type",
+    "gradient_accumulation": "gradient_accumulation_steps",
+    "keep_last": "save_total_limit",
+    "polynomial_power": "lr_power",
+    "num_cycles": "lr_num_cycles",
+}
 
+
+def _warn_renamed(old: str, new: str, stacklevel: int) -> None:
+    warnings.warn(
+        f"the setting {old!r} is now called {new!r} (transformers' TrainingArguments name where it has one); the old "
+        "name still works in this release only",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def upgrade_setting_names(
+    cls: type, values: dict[str, Any], stacklevel: int = 4, context: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """`values` with the old names of `cls`'s settings replaced by the new ones (a DeprecationWarning for each),
+    and their values converted where the meaning changed with the name (`cls.upgrade_value`, which sees the other
+    settings: `context` overridden by `values`)."""
+    known = {f.name for f in fields(cls)}
+    converted = getattr(cls, "CONVERTED_SETTINGS", {})
+    upgraded = dict(values)
+    # plain renames first: a converted value may depend on a renamed setting (lr_end on lr_schedule)
+    for table in (RENAMED_SETTINGS, converted):
+        for old in [key for key in upgraded if key not in known and key in table]:
+            new = table[old]
+            if new not in known:
+                continue
+            if new in upgraded:
+                raise ValueError(
+                    f"settings {old!r} and {new!r} are the same knob (old and new name): give only {new!r}"
+                )
+            _warn_renamed(old, new, stacklevel)
+            value = upgraded.pop(old)
+            upgraded[new] = (
+                cls.upgrade_value(old, value, {**(context or {}), **upgraded}) if table is converted else value
+            )
+    return upgraded
+
+
+def accepts_old_setting_names(cls: type) -> type:
+    """Class decorator for a settings dataclass: its constructor takes the old names too (see RENAMED_SETTINGS),
+    and reading an old name as an attribute gives the new one's value; both with a DeprecationWarning."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **upgrade_setting_names(type(self), kwargs))
+
+    def __getattr__(self: Any, name: str) -> Any:
+        new = RENAMED_SETTINGS.get(name)
+        if new is None or new not in {f.name for f in fields(self)}:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        _warn_renamed(name, new, 2)
+        return getattr(self, new)
+
+    cls.__init__ = __init__
+    cls.__getattr__ = __getattr__
+    return cls
+
+
+@accepts_old_setting_names
 @dataclass
 class TrainSettings:
     output_dir: str = "gf-train"
-    # length of the run: max_steps when > 0, else num_epochs over the corpus
+    # length of the run: max_steps when > 0, else num_train_epochs over the corpus
     max_steps: int = 0
-    num_epochs: float = 3.0
-    batch_size: int = 12
-    gradient_accumulation: int = 1
+    num_train_epochs: float = 3.0
+    # cells per micro-batch on each device
+    per_device_train_batch_size: int = 12
+    gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-3
-    lr_schedule: str = "linear"
+    lr_scheduler_type: str = "linear"
     warmup_steps: int = 10_000
     min_lr_ratio: float = 0.0
     # "polynomial": the power of the decay; "cosine_with_restarts": the number of cosines (transformers' defaults)
@@ -58,20 +135,28 @@ class TrainSettings:
     save_every: int = 1000
     # evaluate on the eval data every this many steps (0: only at the end); needs eval data
     eval_every: int = 0
-    keep_last: int = 3
+    # checkpoints kept (the newest)
+    save_total_limit: int = 3
     progress_bar: bool = True
 
     def validate(self) -> None:
-        positive = ("batch_size", "gradient_accumulation", "log_every", "save_every", "keep_last", "loss_scale_window")
+        positive = (
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "log_every",
+            "save_every",
+            "save_total_limit",
+            "loss_scale_window",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"training setting {name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps < 0 or self.warmup_steps < 0 or self.eval_every < 0:
             raise ValueError("max_steps, warmup_steps and eval_every must be >= 0")
-        if self.max_steps == 0 and not self.num_epochs > 0:
-            raise ValueError("set max_steps > 0 or num_epochs > 0: the run has no length")
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule {self.lr_schedule!r} is not one of {SCHEDULES}")
+        if self.max_steps == 0 and not self.num_train_epochs > 0:
+            raise ValueError("set max_steps > 0 or num_train_epochs > 0: the run has no length")
+        if self.lr_scheduler_type not in SCHEDULES:
+            raise ValueError(f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of {SCHEDULES}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS}")
         if not self.learning_rate > 0 or self.weight_decay < 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -80,6 +165,7 @@ class TrainSettings:
             raise ValueError(f"lr_power must be > 0 and lr_num_cycles >= 1, got {self.lr_power}, {self.lr_num_cycles}")
 
 
+@accepts_old_setting_names
 @dataclass
 class PretrainSettings(TrainSettings):
     dataset: str = ""
@@ -141,13 +227,16 @@ def settings_from_dict(cls: type, data: dict[str, Any]) -> Any:
     """An instance of the settings class `cls` from a mapping; unknown keys are errors with a suggestion."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
+    # a value's error names the setting as the user wrote it (an old name too)
+    written_as = {RENAMED_SETTINGS[key]: key for key in data if key not in known and key in RENAMED_SETTINGS}
+    data = upgrade_setting_names(cls, data)
     kwargs = {}
     for key, value in data.items():
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"unknown training setting {key!r}{hint}; known: {sorted(known)}")
-        kwargs[key] = _coerce(value, hints[key], key)
+        kwargs[key] = _coerce(value, hints[key], written_as.get(key, key))
     settings = cls(**kwargs)
     settings.validate()
     return settings
@@ -185,15 +274,4 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 def save_settings(settings: TrainSettings, path: str | os.PathLike) -> Path:
     """Write the settings as JSON atomically (temporary file in the same directory, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(dataclasses.asdict(settings), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(path, dataclasses.asdict(settings), sort_keys=True)

@@ -21,14 +21,22 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mindformer_gf.tasks.io import write_json
+from mindformer_gf.data.pbmc68k import CELL_TYPE, expression_profile, tokenize_pbmc68k
+from mindformer_gf.finetune.fit import FineTuneSettings
+from mindformer_gf.finetune.metrics import classification_metrics
+from mindformer_gf.io import write_json
+from mindformer_gf.resources import example_cells_path
+from mindformer_gf.tasks.cell import CellClassifier
+from mindformer_gf.tasks.embeddings import EmbExtractor
+from mindformer_gf.tasks.perturb import InSilicoPerturber, InSilicoPerturberStats, get_state_embs
+from mindformer_gf.tokenizer.writer import save_dataset
+from mindformer_gf.train import PretrainSettings, pretrain, unigram_entropy
 
 # The demo model: small enough to pretrain and fine-tune on 2 CPU cores within minutes.
 DEMO_MODEL = {
@@ -38,7 +46,6 @@ DEMO_MODEL = {
     "intermediate_size": 128,
     "max_position_embeddings": 512,
 }
-CELL_TYPE = "cell_type"
 
 
 @dataclass
@@ -94,88 +101,12 @@ class StageClock:
         return time.perf_counter() - self._started
 
 
-def counts_h5ad(source: Path, target: Path) -> Path:
-    """Write `source`'s expm1(.raw.X) (proportional to counts) with gene symbols as the var index and the cell
-    annotations as obs columns: an input the tokenizer reads like any count matrix."""
-    import anndata
-    import pandas as pd
-    import scipy.sparse as sp
-
-    adata = anndata.read_h5ad(source)
-    if adata.raw is None:
-        raise ValueError(f"{source} has no .raw: expected scanpy's pbmc68k_reduced layout")
-    matrix = sp.csr_matrix(adata.raw.X, dtype=np.float32)
-    matrix.data = np.expm1(matrix.data)
-    obs = pd.DataFrame(
-        {
-            "barcode": np.asarray(adata.obs_names, dtype=str),
-            CELL_TYPE: adata.obs["bulk_labels"].astype(str).to_numpy(),
-            "louvain": adata.obs["louvain"].astype(str).to_numpy(),
-            "phase": adata.obs["phase"].astype(str).to_numpy(),
-            "percent_mito": adata.obs["percent_mito"].astype(np.float64).to_numpy(),
-            "n_genes": adata.obs["n_genes"].astype(np.int64).to_numpy(),
-            "n_counts": np.asarray(matrix.sum(axis=1)).ravel(),
-        },
-        index=adata.obs_names,
-    )
-    counts = anndata.AnnData(X=matrix, obs=obs, var=pd.DataFrame(index=adata.raw.var_names.astype(str)))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp.h5ad")
-    counts.write_h5ad(tmp)
-    os.replace(tmp, target)
-    return target
-
-
-def tokenize_pbmc68k(
-    output_dir: str | os.PathLike,
-    prefix: str,
-    attributes: dict[str, str] | None = None,
-    progress: bool = False,
-    genes_per_cell: int | None = None,
-) -> Any:
-    """The shipped pbmc68k_reduced cells (700) tokenized with the V1 dictionaries: the `TokenizeResult` of
-    `output_dir/prefix.dataset`, read from the counts file `output_dir/prefix_counts.h5ad` (see `counts_h5ad`) it
-    writes first; `attributes` ({column of counts_h5ad: dataset column}) carries cell annotations over;
-    `genes_per_cell` keeps only each cell's top-ranked genes (default: the tokenizer's V1 limit, 2,048)."""
-    from mindformer_gf.resources import example_cells_path
-    from mindformer_gf.tokenizer import TokenizerWarning, tokenize
-
-    output_dir = Path(output_dir)
-    counts = counts_h5ad(example_cells_path("pbmc68k_reduced"), output_dir / f"{prefix}_counts.h5ad")
-    with warnings.catch_warnings():
-        # expm1(raw.X) is normalised, so not integer: expected here, and ranking is all the tokenizer needs
-        warnings.filterwarnings("ignore", message=".*non-integer values.*", category=TokenizerWarning)
-        return tokenize(
-            counts,
-            output_dir,
-            prefix,
-            overwrite=True,
-            gene_id="symbol",
-            custom_attr_name_dict=attributes,
-            progress=progress,
-            **({} if genes_per_cell is None else {"model_input_size": genes_per_cell}),
-        )
-
-
-def expression_profile(source: Path, barcodes: np.ndarray) -> np.ndarray:
-    """log1p of normalised counts (the file's .raw.X) of the cells `barcodes`, in that order."""
-    import anndata
-
-    adata = anndata.read_h5ad(source)
-    position = {b: i for i, b in enumerate(np.asarray(adata.obs_names, dtype=str))}
-    matrix = adata.raw.X
-    matrix = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
-    return matrix[[position[b] for b in barcodes]].astype(np.float64)
-
-
 def logistic_regression_baseline(
     features: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray, class_names: list[str], seed: int
 ) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    from mindformer_gf.tasks.metrics import classification_metrics
 
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=seed))
     model.fit(features[train], labels[train])
@@ -186,8 +117,6 @@ def logistic_regression_baseline(
 
 def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False, progress: bool = True) -> dict:
     """Run the demo into `output_dir`; `quick` shortens every stage (a smoke test, numbers meaningless)."""
-    from mindformer_gf.resources import example_cells_path
-
     make = DemoSettings.quick if quick else DemoSettings
     settings = make(output_dir=str(output_dir), progress_bar=progress)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -219,14 +148,12 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False,
     dataset = clock.run("tokenize", tokenize_cells)
 
     # 2. split (the classifier's own preparation and splitter, so fine-tuning sees the same cells)
-    from mindformer_gf.tasks.cell import CellClassifier
-    from mindformer_gf.tasks.finetune import FineTuneSettings
 
     finetune = FineTuneSettings(
-        num_epochs=settings.finetune_epochs,
-        batch_size=settings.batch_size,
+        num_train_epochs=settings.finetune_epochs,
+        per_device_train_batch_size=settings.batch_size,
         learning_rate=settings.finetune_learning_rate,
-        lr_schedule="linear",
+        lr_scheduler_type="linear",
         warmup_ratio=0.1,
         weight_decay=0.001,
         seed=settings.seed,
@@ -245,9 +172,6 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False,
 
     # 3. pretrain on the train + validation cells only
     def pretrain_model() -> Path:
-        from mindformer_gf.tokenizer.writer import save_dataset
-        from mindformer_gf.train import PretrainSettings, pretrain, unigram_entropy
-
         pretrain_rows = np.sort(prepared.indices[np.concatenate([split.train, split.valid])])
         corpus = out / "data" / "pretrain_cells.dataset"
         save_dataset(dataset.select(pretrain_rows), corpus, overwrite=True)
@@ -258,14 +182,14 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False,
                 model="Geneformer-V1-10M",
                 model_overrides=dict(settings.model),
                 max_steps=settings.pretrain_steps,
-                batch_size=settings.batch_size,
+                per_device_train_batch_size=settings.batch_size,
                 learning_rate=settings.pretrain_learning_rate,
-                lr_schedule="cosine",
+                lr_scheduler_type="cosine",
                 min_lr_ratio=0.1,
                 warmup_steps=max(1, settings.pretrain_steps // 10),
                 num_buckets=settings.num_buckets,
                 save_every=settings.pretrain_steps,
-                keep_last=1,
+                save_total_limit=1,
                 log_every=max(1, settings.pretrain_steps // 20),
                 seed=settings.seed,
                 progress_bar=progress,
@@ -299,8 +223,6 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", quick: bool = False,
 
     # 6. embeddings and plots
     def embed() -> list[Path]:
-        from mindformer_gf.tasks.embeddings import EmbExtractor
-
         extractor = EmbExtractor(
             emb_mode="cell",
             emb_layer=-1,
@@ -378,8 +300,6 @@ def perturbation_stage(
     start-state cells deleted in turn, shifts toward the goal state's mean embedding (over at most
     `max_state_cells` cells of each state), the top genes plotted."""
     import shutil
-
-    from mindformer_gf.tasks.perturb import InSilicoPerturber, InSilicoPerturberStats, get_state_embs
 
     states = {"state_key": CELL_TYPE, "start_state": PERTURB_START, "goal_state": PERTURB_GOAL, "alt_states": []}
     target = out / "perturbation"

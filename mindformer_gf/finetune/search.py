@@ -24,7 +24,6 @@ A space is a dict {setting: spec}: {"type": "float", "low", "high", "log"}, {"ty
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import json
 import logging
@@ -36,16 +35,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mindformer_gf.tasks.finetune import FineTuneSettings
-from mindformer_gf.tasks.io import matplotlib_pyplot, save_figure, write_csv, write_json
-from mindformer_gf.tasks.metrics import selection_score
+from mindformer_gf.finetune.fit import ACTIVE_TRIAL, FineTuneSettings
+from mindformer_gf.finetune.metrics import selection_score
+from mindformer_gf.io import matplotlib_pyplot, save_figure, write_csv, write_json
 
 logger = logging.getLogger("mindformer_gf.tasks")
 
 CLASSIFIER_SEARCH_SPACE: dict[str, dict[str, Any]] = {
     "learning_rate": {"type": "float", "low": 1e-6, "high": 1e-3, "log": True},
     "weight_decay": {"type": "float", "low": 0.0, "high": 0.3},
-    "lr_schedule": {"type": "categorical", "choices": ["linear", "cosine", "polynomial"]},
+    "lr_scheduler_type": {"type": "categorical", "choices": ["linear", "cosine", "polynomial"]},
     "warmup_steps": {"type": "int", "low": 100, "high": 2000},
     "seed": {"type": "int", "low": 0, "high": 100},
 }
@@ -53,12 +52,9 @@ MULTITASK_SEARCH_SPACE: dict[str, dict[str, Any]] = {
     "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
     "warmup_ratio": {"type": "float", "low": 0.005, "high": 0.01},
     "weight_decay": {"type": "float", "low": 0.01, "high": 0.1},
-    "lr_schedule": {"type": "categorical", "choices": ["cosine"]},
+    "lr_scheduler_type": {"type": "categorical", "choices": ["cosine"]},
     "task_weights": {"type": "float", "low": 0.1, "high": 2.0},
 }
-
-# The Optuna trial of the search running in this context (None outside a search), for `report_intermediate`.
-_ACTIVE_TRIAL: contextvars.ContextVar[Any] = contextvars.ContextVar("mindformer_gf_search_trial", default=None)
 
 
 @dataclass
@@ -78,22 +74,10 @@ def default_search_space(task: Any, settings: FineTuneSettings) -> dict[str, dic
     are the task's own (the reference: `tune.choice([epochs])`)."""
     if hasattr(task, "tasks"):  # multitask
         return {**MULTITASK_SEARCH_SPACE}
-    return {**CLASSIFIER_SEARCH_SPACE, "num_epochs": {"type": "categorical", "choices": [settings.num_epochs]}}
-
-
-def report_intermediate(score: float) -> None:
-    """Report a validation score during a trial (called by `fit` after each evaluation); raises
-    optuna.TrialPruned when the pruner stops the trial. Does nothing outside a search."""
-    state = _ACTIVE_TRIAL.get()
-    if state is None:
-        return
-    trial, steps = state
-    trial.report(float(score), steps[0])
-    steps[0] += 1
-    if trial.should_prune():
-        import optuna
-
-        raise optuna.TrialPruned(f"validation score {score:.4g} at report {steps[0] - 1}")
+    return {
+        **CLASSIFIER_SEARCH_SPACE,
+        "num_train_epochs": {"type": "categorical", "choices": [settings.num_train_epochs]},
+    }
 
 
 def validation_score(result: Any) -> float:
@@ -180,11 +164,11 @@ def search_hyperparameters(
             trial_task.weights = list(params["task_weights"])
         trial_dir = out / f"trial-{trial.number:03d}"
         print(f"trial {trial.number}: {_describe(params)}")
-        token = _ACTIVE_TRIAL.set((trial, [0]))
+        token = ACTIVE_TRIAL.set((trial, [0]))
         try:
             result = run_trial(trial_task, trial_dir)
         finally:
-            _ACTIVE_TRIAL.reset(token)
+            ACTIVE_TRIAL.reset(token)
         score = validation_score(result)
         results[trial.number] = (result, trial_task.settings, trial_dir, getattr(trial_task, "weights", None))
         print(f"trial {trial.number}: validation score {score:.4f}")

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from mindformer_gf.config import PRESET_ALIASES, PRESETS, GeneformerConfig
 from mindformer_gf.data import (
     IGNORE_INDEX,
     LengthBuckets,
@@ -27,20 +28,20 @@ from mindformer_gf.data import (
     load_corpus,
     special_tokens_from_metadata,
 )
+from mindformer_gf.model import build_model
+from mindformer_gf.pretrained import from_pretrained
 from mindformer_gf.train.checkpoint import save_model_dir
-from mindformer_gf.train.config import PretrainSettings
-from mindformer_gf.train.distributed import init_distributed, prepare_mindspore
+from mindformer_gf.train.device import prepare_device
+from mindformer_gf.train.distributed import init_distributed
 from mindformer_gf.train.loop import Trainer, TrainResult
 from mindformer_gf.train.objectives import MaskedLMObjective
+from mindformer_gf.train.settings import PretrainSettings
 
 logger = logging.getLogger("mindformer_gf.train")
 
 
 def build_pretraining_model(settings: PretrainSettings):
     """A BertForMaskedLM: a fresh preset (initialised with `seed`, identical on every rank) or a model directory."""
-    from mindformer_gf.config import PRESET_ALIASES, PRESETS, GeneformerConfig
-    from mindformer_gf.model import build_model
-
     overrides = dict(settings.model_overrides)
     if settings.attention_impl != "auto":
         overrides["attention_impl"] = settings.attention_impl
@@ -48,8 +49,6 @@ def build_pretraining_model(settings: PretrainSettings):
         config = GeneformerConfig.from_preset(settings.model, architectures=["BertForMaskedLM"], **overrides)
         return build_model(config, "BertForMaskedLM", seed=settings.seed)
     if Path(settings.model).is_dir():
-        from mindformer_gf.pretrained import from_pretrained
-
         return from_pretrained(settings.model, "BertForMaskedLM", seed=settings.seed, **overrides)
     raise ValueError(
         f"model {settings.model!r} is neither a preset ({sorted(PRESETS)}) nor a model directory with config.json"
@@ -109,12 +108,27 @@ def build_pretraining_data(settings: PretrainSettings, model_config, group_size:
     # a batch padded to its longest cell is a new shape: only a dynamic-shape graph takes it without compiling again
     longest = settings.dynamic_shapes and not settings.pad_to_bucket_width
     source = masked_lm_source(
-        dataset, spec, buckets, settings.batch_size, group_size, settings.seed, pad_id, pad_to_longest=longest
+        dataset,
+        spec,
+        buckets,
+        settings.per_device_train_batch_size,
+        group_size,
+        settings.seed,
+        pad_id,
+        pad_to_longest=longest,
     )
     eval_source = None
     if held_out is not None:
         eval_source = masked_lm_source(
-            held_out, spec, buckets, settings.batch_size, 1, settings.seed, pad_id, False, pad_to_longest=longest
+            held_out,
+            spec,
+            buckets,
+            settings.per_device_train_batch_size,
+            1,
+            settings.seed,
+            pad_id,
+            False,
+            pad_to_longest=longest,
         )
     return PretrainingData(source, spec, source.plan.padding_waste(), buckets.widths, eval_source)
 
@@ -122,10 +136,10 @@ def build_pretraining_data(settings: PretrainSettings, model_config, group_size:
 def pretrain(settings: PretrainSettings, resume: str | bool | None = None) -> TrainResult:
     """Run (or resume) masked-gene-modelling pretraining as `settings` say; returns the run's summary."""
     settings.validate()
-    prepare_mindspore(settings.device)
+    prepare_device(settings.device)
     parallel = init_distributed()
     model = build_pretraining_model(settings)
-    group_size = settings.gradient_accumulation * parallel.world_size
+    group_size = settings.gradient_accumulation_steps * parallel.world_size
     data = build_pretraining_data(settings, model.config, group_size)
     logger.info(
         "corpus: %d steps per epoch, buckets %s, padding waste %.3f",

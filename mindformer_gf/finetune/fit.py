@@ -13,6 +13,7 @@ metrics per checkpoint), `loss_curve.png` (training loss and the validation scor
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import os
@@ -20,41 +21,50 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import numpy as np
-
-from mindformer_gf.tasks.io import matplotlib_pyplot, save_figure, write_csv
-from mindformer_gf.tasks.metrics import selection_score
+from mindformer_gf.finetune.metrics import selection_score
+from mindformer_gf.finetune.task_model import STRATEGIES
+from mindformer_gf.io import matplotlib_pyplot, save_figure, write_csv
+from mindformer_gf.train import Trainer, TrainSettings
+from mindformer_gf.train.checkpoint import list_checkpoints, load_checkpoint
+from mindformer_gf.train.distributed import broadcast_weights
 from mindformer_gf.train.schedule import SCHEDULES
+from mindformer_gf.train.settings import accepts_old_setting_names, upgrade_setting_names
 
 logger = logging.getLogger("mindformer_gf.tasks")
 
 
+@accepts_old_setting_names
 @dataclass
 class FineTuneSettings:
-    """Training options of the tasks. Defaults are the reference's cell classifier: batch 12, lr 5e-5, linear
-    schedule with 500 warmup steps, weight decay 0.001, 10 epochs."""
+    """Training options of the tasks, named as the pretraining's (`TrainSettings`) and transformers'
+    `TrainingArguments`. Defaults are the reference's cell classifier: batch 12, lr 5e-5, linear schedule with 500
+    warmup steps, weight decay 0.001, 10 epochs."""
 
-    num_epochs: float = 10.0
-    batch_size: int = 12
+    # old names accepted for one release (with a DeprecationWarning) whose values change with the name
+    CONVERTED_SETTINGS: ClassVar[dict[str, str]] = {"lr_end": "min_lr_ratio", "keep_checkpoints": "save_total_limit"}
+
+    num_train_epochs: float = 10.0
+    per_device_train_batch_size: int = 12
     learning_rate: float = 5e-5
-    lr_schedule: str = "linear"
+    lr_scheduler_type: str = "linear"
     warmup_steps: int = 500
     # when set, warmup is this fraction of all steps (overrides warmup_steps; handy for small data)
     warmup_ratio: float | None = None
-    # "polynomial" decays as (1 - progress)^power to lr_end (transformers' get_polynomial_decay_schedule_with_warmup);
-    # "cosine_with_restarts" runs num_cycles cosines (transformers' defaults)
-    polynomial_power: float = 1.0
-    lr_end: float = 1e-7
-    num_cycles: int = 1
+    # "polynomial" decays as (1 - progress)^lr_power (transformers' get_polynomial_decay_schedule_with_warmup);
+    # "cosine_with_restarts" runs lr_num_cycles cosines (transformers' defaults)
+    lr_power: float = 1.0
+    lr_num_cycles: int = 1
+    # the floor of the decay as a fraction of the peak; None: transformers' lr_end of 1e-7 for "polynomial", else 0
+    min_lr_ratio: float | None = None
     weight_decay: float = 0.001
     max_grad_norm: float = 1.0
     seed: int = 0
     # seed of the cell selection and splits when it must differ from `seed` (a hyperparameter search varies `seed`
     # per trial but keeps every trial on the same split); None: `seed`
     split_seed: int | None = None
-    # what trains: "finetune" (with freeze_layers), "adapters", "extra_layer" (see mindformer_gf.tasks.models)
+    # what trains: "finetune" (with freeze_layers), "adapters", "extra_layer" (see mindformer_gf.finetune.task_model)
     strategy: str = "finetune"
     freeze_layers: int = 0
     adapter_size: int = 64
@@ -62,26 +72,40 @@ class FineTuneSettings:
     num_buckets: int = 4
     forward_batch_size: int = 32
     evals_per_epoch: int = 1
-    keep_checkpoints: bool = False
+    # checkpoints left in the output after the run (the chosen one is loaded into the model either way): 0 none,
+    # N the newest N, None all
+    save_total_limit: int | None = 0
     progress_bar: bool = True
     device: str = "auto"
     precision: str = "auto"
 
-    def validate(self) -> None:
-        from mindformer_gf.tasks.models import STRATEGIES
+    @staticmethod
+    def upgrade_value(old: str, value: Any, values: dict[str, Any]) -> Any:
+        """The value of an old setting in its new name's terms: `lr_end` (the absolute end of the polynomial
+        schedule, ignored by the others) as a fraction of the peak; `keep_checkpoints` as a count (all or none)."""
+        if old == "keep_checkpoints":
+            return None if value else 0
+        if values.get("lr_scheduler_type", "linear") != "polynomial":
+            return None  # lr_end only ever applied to the polynomial schedule
+        return min(1.0, float(value) / float(values.get("learning_rate", 5e-5)))
 
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule {self.lr_schedule!r} is not one of {SCHEDULES}")
+    def validate(self) -> None:
+        if self.lr_scheduler_type not in SCHEDULES:
+            raise ValueError(f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of {SCHEDULES}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy {self.strategy!r} is not one of {STRATEGIES}")
-        if not self.num_epochs > 0 or self.batch_size < 1 or self.forward_batch_size < 1:
-            raise ValueError("num_epochs must be > 0, batch_size and forward_batch_size >= 1")
+        if not self.num_train_epochs > 0 or self.per_device_train_batch_size < 1 or self.forward_batch_size < 1:
+            raise ValueError("num_train_epochs must be > 0, per_device_train_batch_size and forward_batch_size >= 1")
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if not self.polynomial_power > 0 or self.num_cycles < 1:
+        if not self.lr_power > 0 or self.lr_num_cycles < 1:
             raise ValueError(
-                f"polynomial_power must be > 0 and num_cycles >= 1, got {self.polynomial_power} and {self.num_cycles}"
+                f"lr_power must be > 0 and lr_num_cycles >= 1, got {self.lr_power} and {self.lr_num_cycles}"
             )
+        if self.min_lr_ratio is not None and not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.save_total_limit is not None and self.save_total_limit < 0:
+            raise ValueError(f"save_total_limit must be >= 0 (or None: all), got {self.save_total_limit}")
         if self.freeze_layers < 0 or self.adapter_size < 1 or self.evals_per_epoch < 1:
             raise ValueError("freeze_layers must be >= 0, adapter_size and evals_per_epoch >= 1")
 
@@ -91,6 +115,7 @@ class FineTuneSettings:
         return self.seed if self.split_seed is None else self.split_seed
 
     def replace(self, **changes: Any) -> FineTuneSettings:
+        changes = upgrade_setting_names(FineTuneSettings, changes, stacklevel=3, context=asdict(self))
         known = {f.name for f in fields(self)}
         unknown = sorted(set(changes) - known)
         if unknown:
@@ -98,16 +123,43 @@ class FineTuneSettings:
         return FineTuneSettings(**{**asdict(self), **changes})
 
 
+# transformers' default end of the polynomial schedule (get_polynomial_decay_schedule_with_warmup's lr_end)
+POLYNOMIAL_LR_END = 1e-7
+
+
 def schedule_for_trainer(settings: FineTuneSettings) -> dict[str, Any]:
-    """The training loop's schedule settings (TrainSettings fields). Polynomial decay ends at lr_end, which the loop
-    expresses as a fraction of the peak."""
-    min_ratio = min(1.0, settings.lr_end / settings.learning_rate) if settings.lr_schedule == "polynomial" else 0.0
+    """The training loop's schedule settings (TrainSettings fields)."""
+    min_ratio = settings.min_lr_ratio
+    if min_ratio is None:
+        polynomial = settings.lr_scheduler_type == "polynomial"
+        min_ratio = min(1.0, POLYNOMIAL_LR_END / settings.learning_rate) if polynomial else 0.0
     return {
-        "lr_schedule": settings.lr_schedule,
+        "lr_scheduler_type": settings.lr_scheduler_type,
         "min_lr_ratio": min_ratio,
-        "lr_power": settings.polynomial_power,
-        "lr_num_cycles": settings.num_cycles,
+        "lr_power": settings.lr_power,
+        "lr_num_cycles": settings.lr_num_cycles,
     }
+
+
+# The Optuna trial of the search running in this context (None outside a search): `fit` reports each validation score
+# to it (mindformer_gf.finetune.search sets it around a trial).
+ACTIVE_TRIAL: contextvars.ContextVar[Any] = contextvars.ContextVar("mindformer_gf_search_trial", default=None)
+
+
+def report_intermediate(score: float) -> None:
+    """Report a validation score during a trial (called by `fit` after each evaluation); raises
+    optuna.TrialPruned when the pruner stops the trial. Does nothing outside a search."""
+    state = ACTIVE_TRIAL.get()
+    if state is None:
+        return
+    trial, steps = state
+    trial.report(float(score), steps[0])
+    steps[0] += 1
+    if trial.should_prune():
+        # imported here: optuna is optional, needed only by a hyperparameter search (which is running)
+        import optuna
+
+        raise optuna.TrialPruned(f"validation score {score:.4g} at report {steps[0] - 1}")
 
 
 @dataclass
@@ -136,14 +188,10 @@ def fit(
     best (the last one without `evaluate`). The model holds the chosen weights on return."""
     import time
 
-    from mindformer_gf.train import Trainer, TrainSettings
-    from mindformer_gf.train.checkpoint import list_checkpoints, load_checkpoint
-    from mindformer_gf.train.distributed import broadcast_weights
-
     settings.validate()
     output_dir = Path(output_dir)
     steps_per_epoch = source.steps_per_epoch
-    total = max(1, math.ceil(settings.num_epochs * steps_per_epoch))
+    total = max(1, math.ceil(settings.num_train_epochs * steps_per_epoch))
     interval = max(1, steps_per_epoch // settings.evals_per_epoch)
     warmup = settings.warmup_steps if settings.warmup_ratio is None else int(settings.warmup_ratio * total)
     if warmup >= total:
@@ -153,7 +201,7 @@ def fit(
     train_settings = TrainSettings(
         output_dir=str(output_dir),
         max_steps=total,
-        batch_size=settings.batch_size,
+        per_device_train_batch_size=settings.per_device_train_batch_size,
         learning_rate=settings.learning_rate,
         warmup_steps=warmup,
         **schedule_for_trainer(settings),
@@ -164,7 +212,7 @@ def fit(
         seed=settings.seed,
         log_every=max(1, min(10, interval)),
         save_every=interval,
-        keep_last=total // interval + 2,
+        save_total_limit=total // interval + 2,
         progress_bar=settings.progress_bar,
     )
     config = {**asdict(train_settings), "fine_tuning": asdict(settings), **(run_config or {})}
@@ -175,8 +223,6 @@ def fit(
         """Validation metrics of the weights just saved, while training runs (so that a hyperparameter search can
         stop a bad trial early: `report_intermediate`). Every rank of a data-parallel run predicts its share of the
         validation cells; rank 0 alone scores (the others' `evaluate()` is None)."""
-        from mindformer_gf.tasks.search import report_intermediate
-
         metrics = evaluate()
         if metrics is None:
             return
@@ -222,8 +268,11 @@ def fit(
             losses=result.losses,
             output_dir=output_dir,
         )
-    if not settings.keep_checkpoints:
+    if settings.save_total_limit == 0:
         shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    elif settings.save_total_limit is not None:
+        for old in list_checkpoints(output_dir / "checkpoints")[: -settings.save_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
     try:
         # replaces the loop's loss_curve.png, whose labels are those of masked-gene modelling
         plot_training_curve(output_dir / "metrics.csv", history, output_dir / "loss_curve")
@@ -275,20 +324,3 @@ def plot_training_curve(metrics_csv: str | os.PathLike, history: list[dict[str, 
     loss_axis.legend(handles=handles, loc="center right", fontsize=8)
     loss_axis.set_title("fine-tuning")
     return save_figure(figure, stem, formats=("png",))
-
-
-def prepare_device(device: str = "auto") -> str:
-    """Graph mode on `device` (what the training loop expects)."""
-    from mindformer_gf.train.distributed import prepare_mindspore
-
-    return prepare_mindspore(device)
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import mindspore as ms
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    ms.set_seed(seed)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from pathlib import Path
+
+from mindformer_gf.io import atomic_file, matplotlib_pyplot
 
 METRIC_COLUMNS = (
     "step",
@@ -42,12 +43,10 @@ class MetricsLog:
 
 
 def _rewrite(path: Path, rows: list[dict[str, str]]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, METRIC_COLUMNS)
         writer.writeheader()
         writer.writerows({k: row.get(k, "") for k in METRIC_COLUMNS} for row in rows)
-    os.replace(tmp, path)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, str]]:
@@ -62,11 +61,7 @@ def plot_loss_curve(
     title: str = "masked-gene modelling",
 ) -> Path:
     """Loss and masked accuracy against step, with an optional horizontal baseline; written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = matplotlib_pyplot()
     all_rows = read_metrics(metrics_csv)
     rows = [r for r in all_rows if r.get("loss")]
     evaluations = [r for r in all_rows if r.get("eval_loss")]
@@ -95,8 +90,7 @@ def plot_loss_curve(
     loss_axis.set_title(title)
     figure.tight_layout()
     png_path = Path(png_path)
-    tmp = png_path.with_name(f".{png_path.stem}.tmp.png")
-    figure.savefig(tmp)
+    with atomic_file(png_path) as tmp:
+        figure.savefig(tmp)
     plt.close(figure)
-    os.replace(tmp, png_path)
     return png_path

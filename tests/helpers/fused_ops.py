@@ -6,7 +6,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn
 
-from mindformer_gf.ops import fused
+from mindformer_gf.ops import cpu
 
 TOLERANCE = 1e-5
 
@@ -23,8 +23,8 @@ class AttentionWithLse(nn.Cell):
 
     def construct(self, q, k, v, mask, seed):
         if not self.sequence_major:
-            return fused.attention_with_lse(q, k, v, mask, self.dropout_prob, self.apply_dropout, seed)
-        out, lse = fused.attention_with_lse(
+            return cpu.attention_with_lse(q, k, v, mask, self.dropout_prob, self.apply_dropout, seed)
+        out, lse = cpu.attention_with_lse(
             q.transpose(0, 2, 1, 3),
             k.transpose(0, 2, 1, 3),
             v.transpose(0, 2, 1, 3),

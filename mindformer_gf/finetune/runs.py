@@ -1,5 +1,6 @@
-"""Plumbing shared by the tasks: datasets in, step sources for the training loop, forward passes for evaluation
-(sharded over the ranks under msrun), model construction with a strategy, and regression target scaling."""
+"""What every fine-tuning run does around `fit`: step sources for the training loop, forward passes for validation
+and evaluation (sharded over the ranks under msrun), model construction with a strategy, regression target scaling,
+and the saved task model's loading and description."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,47 +17,27 @@ from mindformer_gf.data import (
     LengthGroupedPlan,
     PlannedBatches,
     corpus_lengths,
-    load_corpus,
     read_cells,
 )
 from mindformer_gf.data.buckets import LengthBuckets, choose_bucket_widths
 from mindformer_gf.data.collate import collate, pad_cells
 from mindformer_gf.data.sampler import MicroBatch
-from mindformer_gf.tasks.finetune import FineTuneSettings
-from mindformer_gf.tasks.inference import length_sorted_batches
-from mindformer_gf.tasks.sharded import ShardedInference, cell_costs, dataset_location, forward_share, input_stamps
+from mindformer_gf.finetune.fit import FineTuneSettings
+from mindformer_gf.finetune.task_model import (
+    apply_strategy,
+    describe_parameter_counts,
+    load_pretrained,
+    load_task_model,
+    parameter_counts,
+    read_task,
+)
+from mindformer_gf.infer.batches import length_sorted_batches
+from mindformer_gf.infer.sharded import ShardedInference, cell_costs, dataset_location, forward_share, input_stamps
+from mindformer_gf.io import ensure_dir
+from mindformer_gf.pretrained import from_pretrained
+from mindformer_gf.train.distributed import init_distributed
 
 logger = logging.getLogger("mindformer_gf.tasks")
-
-
-def open_dataset(dataset_or_dir: Any, vocab_size: int | None = None) -> Any:
-    """A tokenized dataset (or its directory), checked against the model's vocabulary when given."""
-    return load_corpus(dataset_or_dir, vocab_size)
-
-
-def model_config_of(model_dir: str | os.PathLike):
-    from mindformer_gf.config import GeneformerConfig
-
-    return GeneformerConfig.from_pretrained(model_dir)
-
-
-def special_token_ids(dataset: Any) -> dict[str, int]:
-    """The dataset's special tokens ({"<pad>": 0, "<mask>": 1, maybe "<cls>", "<eos>"}), without a warning for
-    datasets that do not record them (Geneformer's <pad>=0 and <mask>=1 are then assumed)."""
-    import warnings
-
-    from mindformer_gf.data import corpus_special_tokens
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return corpus_special_tokens(dataset)
-
-
-def dataset_for_model(dataset: Any, config: Any) -> tuple[Any, int]:
-    """`dataset` checked against the model's vocabulary, and its <pad> id: 0 (Geneformer's) when the dataset
-    records none."""
-    dataset = open_dataset(dataset, config.vocab_size)
-    return dataset, special_token_ids(dataset).get("<pad>", 0)
 
 
 def validation(
@@ -142,11 +122,11 @@ def training_source(
 
     Under msrun each step takes one micro-batch per rank (data parallel, as pretraining): `batch_size` cells per
     rank, so a step sees batch_size x ranks cells and an epoch has that many times fewer steps."""
-    from mindformer_gf.train.distributed import init_distributed
-
     group_size = init_distributed().world_size
-    plan = LengthGroupedPlan(corpus_lengths(dataset), buckets, settings.batch_size, group_size, settings.seed)
-    batch = settings.batch_size
+    plan = LengthGroupedPlan(
+        corpus_lengths(dataset), buckets, settings.per_device_train_batch_size, group_size, settings.seed
+    )
+    batch = settings.per_device_train_batch_size
     if task_labels is not None:
         collator = MultiLabelCollator(dataset, batch, task_labels, pad_token_id)
         return PlannedBatches(plan, collator)
@@ -231,8 +211,6 @@ def build_model_for_task(
 ) -> Any:
     """`architecture` from the pretrained `model_dir` with a fresh head of `id2label` outputs and the strategy of
     `settings` applied (what trains is printed)."""
-    from mindformer_gf.tasks.models import apply_strategy, describe_parameter_counts, load_pretrained, parameter_counts
-
     overrides: dict[str, Any] = {"id2label": dict(id2label), "architectures": [architecture]}
     if regression:
         overrides["problem_type"] = "regression"
@@ -283,12 +261,9 @@ def evaluate_saved(
 def load_saved_model(model_dir: str | os.PathLike, architecture: str) -> tuple[Any, dict[str, Any]]:
     """A saved fine-tuned model ready for inference and its task description (`task.json`); a model without one
     (e.g. converted from Hugging Face) is loaded as `architecture`, with an empty description."""
-    from mindformer_gf.tasks.models import load_task_model, read_task
-
     task = read_task(model_dir)
     if task is not None:
         return load_task_model(model_dir), task
-    from mindformer_gf.pretrained import from_pretrained
 
     return from_pretrained(model_dir, architecture), {}
 
@@ -302,9 +277,3 @@ def task_description(kind: str, settings: FineTuneSettings, **fields: Any) -> di
         "adapter_size": settings.adapter_size,
         **fields,
     }
-
-
-def ensure_dir(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,8 +29,11 @@ from mindspore import Tensor, nn
 from mindspore import ops as msops
 
 from mindformer_gf.config import GeneformerConfig
+from mindformer_gf.convert.writer import write_model_directory
+from mindformer_gf.io import read_json, write_json
 from mindformer_gf.model import BertModel, GeneformerPreTrainedModel, build_model
 from mindformer_gf.model.dropout import SeededDropout
+from mindformer_gf.pretrained import from_pretrained
 from mindformer_gf.train.objectives import summed_cross_entropy
 from mindformer_gf.train.step import Objective
 
@@ -108,10 +109,6 @@ def add_adapters(model: nn.Cell, bottleneck: int, seed: int = 0) -> None:
             param.name = name
 
 
-def has_adapters(model: nn.Cell) -> bool:
-    return any(".adapter." in name for name, _ in model.parameters_and_names())
-
-
 # ---- freezing ------------------------------------------------------------------------------------------------------
 def layer_index(name: str) -> int | None:
     match = LAYER_INDEX.search(name)
@@ -177,8 +174,6 @@ def describe_parameter_counts(counts: dict[str, int]) -> str:
 
 # ---- building task models ------------------------------------------------------------------------------------------
 def _quiet_from_pretrained(directory: str | os.PathLike, architecture: str, seed: int, **overrides: Any):
-    from mindformer_gf.pretrained import from_pretrained
-
     with warnings.catch_warnings():
         # a classifier built from a pretrained (MLM) model has a fresh head and no MLM head: that is the point
         warnings.filterwarnings("ignore", message=".*initialised fresh.*")
@@ -362,9 +357,6 @@ def save_task_model(model: nn.Cell, directory: str | os.PathLike, task: dict[str
     """
     from safetensors.numpy import save_file
 
-    from mindformer_gf.convert.converter import save_mindspore_model
-    from mindformer_gf.tasks.io import write_json
-
     directory = Path(directory)
     if isinstance(model, MultitaskModel):
         encoder = model.bert
@@ -376,30 +368,19 @@ def save_task_model(model: nn.Cell, directory: str | os.PathLike, task: dict[str
     else:
         architecture, config = model.architecture, model.config
         weights, extras = split_extras(model.state_dict(), config, architecture)
-    staging = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        save_mindspore_model(weights, config, architecture, staging, format="safetensors")
+
+    def write_task_files(staging: Path) -> None:
         if extras:
             save_file(extras, str(staging / EXTRAS_FILE))
         write_json(staging / TASK_FILE, {**task, "architecture": architecture, "extras": sorted(extras)})
-        if directory.exists():
-            if not force:
-                raise FileExistsError(f"{directory} exists; pass force=True to replace it")
-            retired = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(directory, retired)
-            os.replace(staging, directory)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    write_model_directory(
+        weights, config, architecture, directory, format="safetensors", force=force, extra_files=write_task_files
+    )
     return directory
 
 
 def read_task(directory: str | os.PathLike) -> dict[str, Any] | None:
-    from mindformer_gf.tasks.io import read_json
-
     path = Path(directory) / TASK_FILE
     return read_json(path) if path.is_file() else None
 
@@ -429,3 +410,17 @@ def load_task_model(directory: str | os.PathLike) -> nn.Cell:
     model.load_weights(weights)
     model.set_train(False)
     return model
+
+
+def load_encoder(model_dir: str | os.PathLike) -> nn.Cell:
+    """The BertModel of any model directory: pretrained (MLM), a classifier, or a task model of this package
+    (adapters included). Heads are not loaded."""
+    if read_task(model_dir) is not None:
+        return encoder_of(load_task_model(model_dir))
+
+    with warnings.catch_warnings():
+        # the MLM head or classifier of the checkpoint is deliberately not loaded, the unused pooler may be fresh
+        warnings.filterwarnings("ignore", message=".*(dropped|not used by|initialised fresh).*")
+        encoder = from_pretrained(model_dir, "BertModel")
+    encoder.set_train(False)
+    return encoder

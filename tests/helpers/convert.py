@@ -12,6 +12,9 @@ import numpy as np
 import torch
 import transformers
 
+from mindformer_gf.convert.dtypes import to_float32
+from mindformer_gf.convert.readers import open_huggingface_weights
+
 HF_CLASSES = {
     "BertForMaskedLM": transformers.BertForMaskedLM,
     "BertForSequenceClassification": transformers.BertForSequenceClassification,
@@ -153,3 +156,13 @@ def replace_zip_member(path: Path, suffix: str, data: bytes) -> None:
 
 def malicious_state_dict_pickle(payload) -> bytes:
     return pickle.dumps({"bert.embeddings.word_embeddings.weight": payload}, protocol=2)
+
+
+def read_state_dict(directory: str | Path) -> dict[str, np.ndarray]:
+    """Every tensor of a Hugging Face model directory's weights (any layout) by file key, in memory (small models);
+    bfloat16 widened to float32."""
+    with open_huggingface_weights(directory) as weights:
+        return {
+            key: to_float32(info.read(), info.dtype) if info.dtype == "BF16" else info.read()
+            for key, info in weights.tensors.items()
+        }

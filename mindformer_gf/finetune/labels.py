@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mindformer_gf.data.collate import IGNORE_INDEX
-from mindformer_gf.tasks.io import read_json, write_json
+from mindformer_gf.io import read_json, write_json
 
 ALL_STATES = "all"
 

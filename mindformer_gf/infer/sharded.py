@@ -50,9 +50,10 @@ from typing import Any
 
 import numpy as np
 
+from mindformer_gf import __version__
 from mindformer_gf.data import read_cells
-from mindformer_gf.tasks.inference import Batches, run_forward
-from mindformer_gf.tasks.io import atomic_path, read_json, write_json
+from mindformer_gf.infer.batches import Batches, run_forward
+from mindformer_gf.io import atomic_file, read_json, write_json
 from mindformer_gf.train.distributed import ParallelContext, launched_context
 
 COST_MODELS = ("genes", "genes_squared")
@@ -164,7 +165,7 @@ def forward_share(
     extra_inputs: Callable[[np.ndarray, np.ndarray], Sequence[np.ndarray]] | None = None,
     check_cells: Callable[[list[np.ndarray]], None] | None = None,
 ) -> Callable[[np.ndarray, Callable[[int], None]], Outputs]:
-    """The `compute` of a ShardedInference that runs `forward` (see `tasks.inference.run_forward`) over the dataset
+    """The `compute` of a ShardedInference that runs `forward` (see `infer.batches.run_forward`) over the dataset
     rows `rows[positions]`, batch by batch as `batches` says: the plan one process makes from every cell
     (`length_sorted_batches` of all of `rows`), whose batches are the job's groups. A rank thus runs exactly the
     batches one process runs, and its cells' outputs are that process's bit for bit. `check_cells(cells)` may
@@ -265,7 +266,7 @@ def save_shard(path: Path, positions: np.ndarray, outputs: Outputs, meta: Mappin
             values = np.concatenate(output) if len(output) else np.zeros((0,))
             arrays[f"ragged{k}_values"], arrays[f"ragged{k}_offsets"] = values, offsets
     arrays["meta"] = np.asarray(json.dumps(dict(meta)))
-    with atomic_path(path) as tmp:
+    with atomic_file(path) as tmp:
         np.savez(tmp, **arrays)
     return path
 
@@ -571,7 +572,6 @@ class ShardedInference:
         size, cells, cost and seconds per rank), then the shards are removed. None on other ranks."""
         if not self.parallel.is_main:
             return None
-        from mindformer_gf import __version__
 
         record = {
             "prefix": self.prefix,

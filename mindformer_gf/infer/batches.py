@@ -14,13 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from mindformer_gf.data.buckets import LengthBuckets, choose_bucket_widths
+from mindformer_gf.data.buckets import LengthBuckets
 from mindformer_gf.data.collate import pad_cells
-
-
-def default_buckets(lengths: np.ndarray, max_length: int, num_buckets: int = 4) -> LengthBuckets:
-    return choose_bucket_widths(np.asarray(lengths), num_buckets, max_length)
-
 
 Batches = list[tuple[int, np.ndarray]]  # [(padded width, cell positions in row order)], in the order they run
 
@@ -30,7 +25,7 @@ def length_sorted_batches(lengths: np.ndarray, buckets: LengthBuckets, batch_siz
 
     This is THE batch plan of a pass: which cells share a batch, in which rows, at which width. A cell's outputs
     may differ in the last bits with its batch (CPU matrix kernels take other paths for other rows), so a pass
-    sharded over ranks makes this plan from all its cells and hands out whole batches (`tasks.sharded`)."""
+    sharded over ranks makes this plan from all its cells and hands out whole batches (`infer.sharded`)."""
     lengths = np.asarray(lengths)
     bucket_of = buckets.assign(lengths)
     order = np.argsort(lengths, kind="stable")
@@ -115,3 +110,11 @@ def run_forward(
             if on_batch is not None:
                 on_batch(int(positions.size))
     return results
+
+
+def pool_weights(input_ids: np.ndarray, attention_mask: np.ndarray, special_ids: Sequence[int]) -> np.ndarray:
+    """1.0 on gene positions, 0.0 on padding and special tokens (<cls>, <eos>, <pad>, <mask>)."""
+    weights = attention_mask.astype(np.float32)
+    if len(special_ids):
+        weights[np.isin(input_ids, np.asarray(special_ids))] = 0.0
+    return weights

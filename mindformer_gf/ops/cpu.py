@@ -1,0 +1,365 @@
+"""The fused backend on CPU: this project's kernels (kernels/cpu) as MindSpore custom operators.
+
+The kernels live in one shared library, `mindformer_gf/ops/_cpu_kernels.<python-suffix>.so`, built with the package
+(`pip install -e .` or `python setup.py build_ext --inplace`). MindSpore loads it itself through
+`ops.Custom(func="<path>:<Function>", func_type="aot")`; shapes are inferred by the library's C++ `<Function>InferShape`
+functions, so graph mode with dynamic shapes (`Cell.set_inputs` with `None` dimensions) compiles once.
+
+Each operator has a `bprop` calling the matching backward kernel, so `ms.grad` and training work in graph and
+PyNative mode.
+
+Attention dropout runs inside the kernel on the probabilities, from a counter-based hash (mix32 of a row key plus a
+column code, see `mindformer_gf.reference.attention_dropout`): the mask is a pure function of (seed, cell, head,
+query row, key column), so the backward kernel regenerates it instead of storing it. The seed must differ between
+training steps and between layers. `attention(..., dropout_seed=None)` draws a fresh seed inside the graph on every
+call (one random op per layer), which needs nothing from the caller; a caller that wants reproducible masks passes an
+int64 tensor of shape [1] instead (both 32-bit halves enter the heads' keys); the model derives one per layer from
+the step seed it is fed (`mindformer_gf.model.dropout`).
+
+`dropout(x, p, seed)` (HashDropout) drops activations with the same generator, x viewed as [outer, rows, columns]
+(`mindformer_gf.reference.dropout.keep_mask`); its backward is the same kernel on the incoming gradient.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from functools import cache
+from pathlib import Path
+
+import mindspore as ms
+from mindspore import ops
+from mindspore.ops import CustomRegOp, DataType
+
+from mindformer_gf.ops.dropout_seed import random_seed
+
+_LIBRARY_DIR = Path(__file__).resolve().parent
+_LIBRARY_GLOB = "_cpu_kernels*.so"
+
+BUILD_HINT = (
+    "build them with `pip install -e .` (or `python setup.py build_ext --inplace` in the repository), which needs a "
+    "C++17 compiler (g++), or choose attention_impl='composed'"
+)
+
+
+class KernelLibraryMissing(RuntimeError):
+    """The fused backend was requested but its native library is not built."""
+
+
+def library_path() -> Path | None:
+    """Path of the built kernel library inside the package, or None when it has not been built."""
+    candidates = sorted(_LIBRARY_DIR.glob(_LIBRARY_GLOB))
+    return candidates[0] if candidates else None
+
+
+def is_available() -> bool:
+    """Whether the fused CPU kernel library is built (the device check is `dispatch.resolve_impl`'s)."""
+    return library_path() is not None
+
+
+def _require_library() -> Path:
+    path = library_path()
+    if path is None:
+        raise KernelLibraryMissing(
+            f"the fused CPU kernels are not built (no {_LIBRARY_DIR / _LIBRARY_GLOB}): {BUILD_HINT}"
+        )
+    return path
+
+
+@cache
+def native() -> ctypes.CDLL:
+    """The library opened with ctypes (the same loaded copy MindSpore uses): ISA and thread controls for tests."""
+    library = ctypes.CDLL(str(_require_library()))
+    library.MindformerGfCpuIsa.restype = ctypes.c_char_p
+    library.MindformerGfSetCpuIsa.argtypes = [ctypes.c_char_p]
+    library.MindformerGfDropoutWords.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_uint64,
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+    ]
+    library.MindformerGfDropoutColumnCodes.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint32]
+    library.MindformerGfDropoutFactors.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_uint64,
+        ctypes.c_float,
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+    ]
+    return library
+
+
+def cpu_isa() -> str:
+    """The instruction set the kernels use now: "avx2" or "portable"."""
+    return native().MindformerGfCpuIsa().decode()
+
+
+def set_cpu_isa(name: str) -> None:
+    """Switch the kernels to "avx2", "portable" or "auto" (the best this CPU runs), for the whole process."""
+    if native().MindformerGfSetCpuIsa(name.encode()) != 0:
+        raise ValueError(f"instruction set {name!r} is not available on this CPU/build; use 'portable' or 'auto'")
+
+
+def _float_formats(count: int) -> tuple:
+    return (DataType.F32_Default,) * count
+
+
+def _attention_forward_info(name: str) -> str:
+    reg = CustomRegOp(name)
+    for index, name in enumerate(("query", "key", "value", "key_mask", "seed", "drop_probability")):
+        reg = reg.input(index, name)
+    reg = reg.output(0, "out").output(1, "lse")
+    formats = _float_formats(3) + (DataType.I32_Default, DataType.I64_Default) + _float_formats(3)
+    return reg.dtype_format(*formats).target("CPU").get_op_info()
+
+
+def _attention_backward_info(name: str) -> str:
+    reg = CustomRegOp(name)
+    names = ("query", "key", "value", "key_mask", "seed", "drop_probability", "out", "lse", "d_out", "d_lse")
+    for index, name in enumerate(names):
+        reg = reg.input(index, name)
+    reg = reg.output(0, "d_query").output(1, "d_key").output(2, "d_value")
+    formats = _float_formats(3) + (DataType.I32_Default, DataType.I64_Default) + _float_formats(5 + 3)
+    return reg.dtype_format(*formats).target("CPU").get_op_info()
+
+
+def _dropout_info(name: str) -> str:
+    reg = CustomRegOp(name).input(0, "x").input(1, "seed").input(2, "drop_probability").output(0, "y")
+    formats = (DataType.F32_Default, DataType.I64_Default, DataType.F32_Default, DataType.F32_Default)
+    return reg.dtype_format(*formats).target("CPU").get_op_info()
+
+
+def _layer_norm_info(name: str, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> str:
+    reg = CustomRegOp(name)
+    for index, input_name in enumerate(inputs):
+        reg = reg.input(index, input_name)
+    for index, output_name in enumerate(outputs):
+        reg = reg.output(index, output_name)
+    return reg.dtype_format(*_float_formats(len(inputs) + len(outputs))).target("CPU").get_op_info()
+
+
+def _custom(function: str, outputs: int, reg_info: str, bprop=None) -> ops.Custom:
+    return ops.Custom(
+        f"{_require_library()}:{function}",
+        out_shape=None,
+        out_dtype=ms.float32 if outputs == 1 else (ms.float32,) * outputs,
+        func_type="aot",
+        bprop=bprop,
+        reg_info=reg_info,
+    )
+
+
+def _attention_input_grads(backward, query, key, value, key_mask, seed, drop_probability, out, dout):
+    """The forward's input gradients from `backward` (either layout): dQ, dK, dV, and zeros for the mask, the seed
+    and the drop probability, which take no gradient."""
+    d_query, d_key, d_value = backward(
+        query, key, value, key_mask, seed, drop_probability, out[0], out[1], dout[0], dout[1]
+    )
+    return d_query, d_key, d_value, ops.zeros_like(key_mask), ops.zeros_like(seed), ops.zeros_like(drop_probability)
+
+
+def _attention_bprop(query, key, value, key_mask, seed, drop_probability, out, dout):
+    return _attention_input_grads(
+        _kernels().attention_backward, query, key, value, key_mask, seed, drop_probability, out, dout
+    )
+
+
+def _attention_sequence_major_bprop(query, key, value, key_mask, seed, drop_probability, out, dout):
+    return _attention_input_grads(
+        _kernels().attention_backward_sequence_major, query, key, value, key_mask, seed, drop_probability, out, dout
+    )
+
+
+def _add_layer_norm_bprop(x, residual, weight, bias, eps, out, dout):
+    dx, d_weight, d_bias = _kernels().add_layer_norm_backward(
+        dout[0], x, residual, weight, out[1], out[2], dout[1], dout[2]
+    )
+    return dx, dx, d_weight, d_bias, ops.zeros_like(eps)
+
+
+def _dropout_bprop(x, seed, drop_probability, out, dout):
+    # y = x * factor(seed): the gradient is dy times the same factors, i.e. the same kernel on dy
+    return _kernels().dropout(dout, seed, drop_probability), ops.zeros_like(seed), ops.zeros_like(drop_probability)
+
+
+def _layer_norm_bprop(x, weight, bias, eps, out, dout):
+    dx, d_weight, d_bias = _kernels().layer_norm_backward(dout[0], x, weight, out[1], out[2], dout[1], dout[2])
+    return dx, d_weight, d_bias, ops.zeros_like(eps)
+
+
+class _Kernels:
+    """The custom operators, created once per process (MindSpore registers each by name)."""
+
+    def __init__(self) -> None:
+        self.attention_forward = _custom(
+            "FlashAttentionForward", 2, _attention_forward_info("FlashAttentionForward"), _attention_bprop
+        )
+        self.attention_backward = _custom(
+            "FlashAttentionBackward", 3, _attention_backward_info("FlashAttentionBackward")
+        )
+        # The same kernels over [batch, length, heads, head_dim]: the projections' own layout, no head transposes.
+        self.attention_forward_sequence_major = _custom(
+            "FlashAttentionForwardBLHD",
+            2,
+            _attention_forward_info("FlashAttentionForwardBLHD"),
+            _attention_sequence_major_bprop,
+        )
+        self.attention_backward_sequence_major = _custom(
+            "FlashAttentionBackwardBLHD", 3, _attention_backward_info("FlashAttentionBackwardBLHD")
+        )
+        self.dropout = _custom("HashDropout", 1, _dropout_info("HashDropout"), _dropout_bprop)
+        self.add_layer_norm_forward = _custom(
+            "AddLayerNormForward",
+            3,
+            _layer_norm_info("AddLayerNormForward", ("x", "residual", "weight", "bias", "eps"), ("y", "mean", "rstd")),
+            _add_layer_norm_bprop,
+        )
+        self.add_layer_norm_backward = _custom(
+            "AddLayerNormBackward",
+            3,
+            _layer_norm_info(
+                "AddLayerNormBackward",
+                ("dy", "x", "residual", "weight", "mean", "rstd", "d_mean", "d_rstd"),
+                ("dx", "d_weight", "d_bias"),
+            ),
+        )
+        self.layer_norm_forward = _custom(
+            "LayerNormForward",
+            3,
+            _layer_norm_info("LayerNormForward", ("x", "weight", "bias", "eps"), ("y", "mean", "rstd")),
+            _layer_norm_bprop,
+        )
+        self.layer_norm_backward = _custom(
+            "LayerNormBackward",
+            3,
+            _layer_norm_info(
+                "LayerNormBackward",
+                ("dy", "x", "weight", "mean", "rstd", "d_mean", "d_rstd"),
+                ("dx", "d_weight", "d_bias"),
+            ),
+        )
+
+
+@cache
+def _kernels() -> _Kernels:
+    return _Kernels()
+
+
+# Graph mode compiles the functions below into the caller's graph; there a call to the cached factory is resolved
+# at compile time like any other Python constant, so the operators are built once, on first use.
+# Only ranks are checked here: sizes can be dynamic in graph mode, and a Python test on a dynamic size turns the
+# graph into one MindSpore must interpret at run time. The kernels check every size and name what is wrong.
+def _check_attention_ranks(
+    query: ms.Tensor, key: ms.Tensor, value: ms.Tensor, attention_mask: ms.Tensor, sequence_major: bool
+) -> None:
+    if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
+        layout = "[batch, length, heads, head_dim]" if sequence_major else "[batch, heads, length, head_dim]"
+        raise ValueError(
+            f"attention: query, key and value must be {layout}, got ranks {query.ndim}, {key.ndim}, {value.ndim}"
+        )
+    if attention_mask.ndim != 2:
+        raise ValueError(f"attention: attention_mask must be [batch, length], got rank {attention_mask.ndim}")
+
+
+def _check_layer_norm_ranks(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> None:
+    if x.ndim < 1 or weight.ndim != 1 or bias.ndim != 1:
+        raise ValueError(
+            f"layer norm: x needs a feature axis and weight, bias must be vectors, got ranks {x.ndim}, "
+            f"{weight.ndim}, {bias.ndim}"
+        )
+
+
+def _float32(x: ms.Tensor) -> ms.Tensor:
+    # The dtype is a compile-time constant in graph mode: float32 inputs reach the kernel without a copy.
+    return x if x.dtype == ms.float32 else ops.cast(x, ms.float32)
+
+
+def _like(y: ms.Tensor, dtype) -> ms.Tensor:
+    return y if dtype == ms.float32 else ops.cast(y, dtype)
+
+
+def attention_with_lse(
+    query: ms.Tensor,
+    key: ms.Tensor,
+    value: ms.Tensor,
+    attention_mask: ms.Tensor,
+    dropout_prob: float = 0.0,
+    training: bool = False,
+    dropout_seed: ms.Tensor | None = None,
+    sequence_major: bool = False,
+) -> tuple[ms.Tensor, ms.Tensor]:
+    """Fused attention returning (output, row log-sum-exp [batch, heads, length]); see `attention`."""
+    if not 0.0 <= dropout_prob < 1.0:
+        raise ValueError(f"dropout_prob must be in [0, 1), got {dropout_prob}")
+    _check_attention_ranks(query, key, value, attention_mask, sequence_major)
+    drop = dropout_prob if training else 0.0
+    if drop > 0.0 and dropout_seed is None:
+        dropout_seed = random_seed()
+    if dropout_seed is None:
+        dropout_seed = ms.Tensor([0], ms.int64)
+    dtype = query.dtype
+    key_mask = ops.cast(ops.cast(attention_mask, ms.bool_), ms.int32)
+    forward = _kernels().attention_forward_sequence_major if sequence_major else _kernels().attention_forward
+    out, lse = forward(
+        _float32(query),
+        _float32(key),
+        _float32(value),
+        key_mask,
+        ops.reshape(ops.cast(dropout_seed, ms.int64), (1,)),
+        ms.Tensor([drop], ms.float32),
+    )
+    return _like(out, dtype), lse
+
+
+def attention(
+    query: ms.Tensor,
+    key: ms.Tensor,
+    value: ms.Tensor,
+    attention_mask: ms.Tensor,
+    dropout_prob: float = 0.0,
+    training: bool = False,
+    dropout_seed: ms.Tensor | None = None,
+    sequence_major: bool = False,
+) -> ms.Tensor:
+    """softmax(q k^T / sqrt(d) + key mask) v over [batch, heads, length, head_dim], fused (FlashAttention-2).
+
+    sequence_major: query, key, value and the output are [batch, length, heads, head_dim] instead.
+
+    attention_mask [batch, length]: nonzero = valid key. A row with no valid key returns 0. Computed in float32 (other
+    dtypes are cast in and out). In training with dropout_prob > 0 the probabilities are dropped inside the kernel;
+    dropout_seed (int64, one element) picks the mask, or a fresh random seed is drawn per call when it is None.
+    """
+    return attention_with_lse(query, key, value, attention_mask, dropout_prob, training, dropout_seed, sequence_major)[
+        0
+    ]
+
+
+def dropout(x: ms.Tensor, drop_probability: float, seed: ms.Tensor) -> ms.Tensor:
+    """x * keep / (1 - p) with the keep mask of `mindformer_gf.reference.dropout.keep_mask` for `seed` (int64 [1]):
+    the attention kernel's dropout hash over x viewed as [outer, rows, columns]."""
+    dtype = x.dtype
+    y = _kernels().dropout(
+        _float32(x), ops.reshape(ops.cast(seed, ms.int64), (1,)), ms.Tensor([drop_probability], ms.float32)
+    )
+    return _like(y, dtype)
+
+
+def add_layer_norm(x: ms.Tensor, residual: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> ms.Tensor:
+    """LayerNorm(x + residual) over the last axis in one pass, float32 statistics."""
+    _check_layer_norm_ranks(x, weight, bias)
+    dtype = x.dtype
+    y, _, _ = _kernels().add_layer_norm_forward(
+        _float32(x), _float32(residual), _float32(weight), _float32(bias), ms.Tensor([eps], ms.float32)
+    )
+    return _like(y, dtype)
+
+
+def layer_norm(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> ms.Tensor:
+    """LayerNorm over the last axis, float32 statistics."""
+    _check_layer_norm_ranks(x, weight, bias)
+    dtype = x.dtype
+    y, _, _ = _kernels().layer_norm_forward(_float32(x), _float32(weight), _float32(bias), ms.Tensor([eps], ms.float32))
+    return _like(y, dtype)
