@@ -4,10 +4,10 @@ One list for both places the kernels run: the functional model of the Ascend C A
 and an Atlas machine (tools/ascend_selftest.py --model-cases), so the first device run compares against the same
 expectations the model passed.
 
-Oracle: float64 numpy from the plain formulas (tests/ops/ops_oracle.py: full score matrices, no tiling, the textbook
-LayerNorm backward), fed the very inputs the kernel gets (already rounded to the kernel's dtype), with the dropout
-keep mask of mindformer_gf.reference.attention_dropout (the specification) and LayerNorm from
-mindformer_gf.reference.bert.
+Oracle: float64 numpy from the plain formulas (mindformer_gf.reference.attention and .normalization: full score
+matrices, no tiling, the textbook LayerNorm backward), fed the very inputs the kernel gets (already rounded to the
+kernel's dtype), with the dropout keep mask of mindformer_gf.reference.attention_dropout (the specification); the
+LayerNorm output is also checked against mindformer_gf.reference.bert's.
 
 Tolerances, normwise (max |got - want| / max |want| per output), from the precision of the data, not tuned: u is the
 unit roundoff of the kernel's 16-bit dtype (fp16 2^-11, bf16 2^-8). A 16-bit output passes through at most three
@@ -21,7 +21,6 @@ model (correctly rounded or within 1 ulp); the device's may differ by a few fp32
 
 from __future__ import annotations
 
-import importlib.util
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,23 +29,16 @@ from pathlib import Path
 import numpy as np
 
 from mindformer_gf.reference import attention_dropout
+from mindformer_gf.reference.attention import attention_backward, attention_forward
 from mindformer_gf.reference.bert import add_layer_norm
+from mindformer_gf.reference.errors import relative_error
+from mindformer_gf.reference.normalization import add_layer_norm_forward
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 OPS = ("add_layer_norm", "add_layer_norm_grad", "flash_attention", "flash_attention_grad")
 UNIT_ROUNDOFF = {"fp16": 2.0**-11, "bf16": 2.0**-8}
 FP32_TOLERANCE = 2.0**-16
 EPS = 1e-12
-
-
-def _oracle():
-    spec = importlib.util.spec_from_file_location("gf_ops_oracle", REPOSITORY / "tests" / "ops" / "ops_oracle.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ORACLE = _oracle()
 
 
 def tolerance(dtype: str, output_dtype: str) -> float:
@@ -166,7 +158,7 @@ def _prepare_layer_norm(case: Case, rng: np.random.Generator) -> Prepared:
     r, rv = _rounded(rng.standard_normal((rows, hidden)), case.dtype)
     weight = (1.0 + 0.3 * rng.standard_normal(hidden)).astype(np.float32)
     bias = (0.2 * rng.standard_normal(hidden)).astype(np.float32)
-    y_want, mean, rstd = ORACLE.layer_norm_forward(xv, rv, weight.astype(np.float64), bias.astype(np.float64), EPS)
+    y_want, mean, rstd = add_layer_norm_forward(xv, rv, weight.astype(np.float64), bias.astype(np.float64), EPS)
     y_ref = add_layer_norm(xv, rv, weight.astype(np.float64), bias.astype(np.float64), EPS)
     assert np.allclose(y_ref, y_want, rtol=1e-9, atol=1e-9), "the two float64 LayerNorm references disagree"
     nan = storage_dtype(case.dtype)
@@ -248,7 +240,7 @@ def _prepare_attention(case: Case, rng: np.random.Generator) -> Prepared:
     if case.drop > 0:
         keep = attention_dropout.keep_mask(case.seed, case.drop, batch, heads, length, length)
         scale = attention_dropout.keep_scale(case.drop)
-    out, lse = ORACLE.attention_forward(qv, kv, vv, mask, keep, scale)
+    out, lse = attention_forward(qv, kv, vv, mask, keep, scale)
     nan = storage_dtype(case.dtype)
     if case.op == "flash_attention":
         arrays = [q, k, v, mask, seed, drop, _poison(shape, nan), _poison(shape[:3])]
@@ -259,7 +251,7 @@ def _prepare_attention(case: Case, rng: np.random.Generator) -> Prepared:
     lse32 = lse.astype(np.float32)
     d_out, d_out_v = _rounded(rng.standard_normal(shape), case.dtype)
     d_lse = (0.5 * rng.standard_normal(shape[:3])).astype(np.float32)
-    dq, dk, dv = ORACLE.attention_backward(qv, kv, vv, mask, d_out_v, keep, scale, d_lse.astype(np.float64))
+    dq, dk, dv = attention_backward(qv, kv, vv, mask, d_out_v, keep, scale, d_lse.astype(np.float64))
     # The kernel takes D = rowsum(dO o O) from the O it is given (rounded to the dtype): the oracle's D is exact, and
     # the difference is the O rounding already counted in the tolerance.
     del out_v
@@ -326,7 +318,7 @@ def compare(case: Case, prepared: Prepared, results: dict[str, np.ndarray]) -> O
             problems.append(f"{name}: {int(np.sum(~np.isfinite(got)))} non-finite values (unwritten or overflow)")
             errors[name] = float("inf")
             continue
-        errors[name] = ORACLE.relative_error(got, want)
+        errors[name] = relative_error(got, want)
         if errors[name] > tol:
             problems.append(f"{name}: normwise error {errors[name]:.3g} > tolerance {tol:.3g}")
     if case.census and "out" in results:

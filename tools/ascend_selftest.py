@@ -11,9 +11,9 @@
    package (what `source <dir>/vendors/mindformer_gf/bin/set_env.bash` does), since the Ascend runtime reads them
    when it starts.
 3. Checks, in graph mode: forward and backward of GfFlashAttention(+Grad) and GfAddLayerNorm(+Grad) against the
-   float64 numpy formulas below (right-padded and holed key masks, a length that is no multiple of the tiles, a cell
-   of length 1 and one of length 0, head_dim 64 and 128, dropout with a fixed seed against the hash mask of
-   mindformer_gf.reference.attention_dropout); the builtin path's forward too.
+   float64 oracles of mindformer_gf.reference (right-padded and holed key masks, a length that is no multiple of the
+   tiles, a cell of length 1 and one of length 0, head_dim 64 and 128, dropout with a fixed seed against the hash
+   mask of mindformer_gf.reference.attention_dropout); the builtin path's forward too.
    Then the cases the kernels pass on our functional model of the Ascend C API (tools/ascend_cases.py, the list
    `make test` / `make ascend-model` run; --model-cases quick|full|none), through the four raw operators, against
    the same float64 oracle and tolerances, so the first device run compares against the model's expectations.
@@ -37,6 +37,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+# the float64 oracles are the package's own (numpy only; importing them loads no MindSpore)
+from mindformer_gf.reference.attention import attention_backward, attention_forward
+from mindformer_gf.reference.errors import relative_error
+from mindformer_gf.reference.normalization import add_layer_norm_backward, add_layer_norm_forward
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 ASCEND_PROJECT = REPOSITORY / "kernels" / "ascend"
@@ -113,71 +118,6 @@ def environment_with_package(environ: Mapping[str, str], vendor: Path) -> dict[s
     for name, value in (("ASCEND_CUSTOM_OPP_PATH", vendor), ("LD_LIBRARY_PATH", vendor / "op_api" / "lib")):
         updated[name] = f"{value}:{environ[name]}" if environ.get(name) else str(value)
     return updated
-
-
-# ---- float64 references (the plain formulas, no tiling) ----------------------------------------------------------
-def reference_attention(q, k, v, mask, keep=None, keep_scale=1.0):
-    """O and LSE of (softmax(s Q K^T + mask) o Z) V in float64; rows of a cell with no valid key: O = 0, LSE = 0."""
-    import numpy as np
-
-    q, k, v = (np.asarray(t, np.float64) for t in (q, k, v))
-    valid = np.asarray(mask).astype(bool)[:, None, None, :]
-    scores = np.where(valid, q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1]), -np.inf)
-    row_max = np.max(scores, -1, keepdims=True)
-    row_max = np.where(np.isfinite(row_max), row_max, 0.0)
-    weights = np.exp(scores - row_max)
-    total = weights.sum(-1, keepdims=True)
-    probs = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
-    lse = np.where(total[..., 0] > 0, row_max[..., 0] + np.log(np.maximum(total[..., 0], 1e-300)), 0.0)
-    dropped = probs if keep is None else probs * keep * keep_scale
-    return dropped @ v, lse, probs
-
-
-def reference_attention_backward(q, k, v, mask, d_out, keep=None, keep_scale=1.0):
-    """dQ, dK, dV of sum(d_out o O) by the chain rule through softmax (dS = P o (dP - rowsum(P o dP)))."""
-    import numpy as np
-
-    q, k, v, d_out = (np.asarray(t, np.float64) for t in (q, k, v, d_out))
-    scale = 1.0 / np.sqrt(q.shape[-1])
-    _, _, probs = reference_attention(q, k, v, mask)
-    factor = 1.0 if keep is None else keep * keep_scale
-    d_value = np.swapaxes(probs * factor, -1, -2) @ d_out
-    d_probs = (d_out @ np.swapaxes(v, -1, -2)) * factor
-    d_scores = probs * (d_probs - (probs * d_probs).sum(-1, keepdims=True))
-    return scale * d_scores @ k, scale * np.swapaxes(d_scores, -1, -2) @ q, d_value
-
-
-def reference_add_layer_norm(x, residual, weight, bias, eps):
-    """y, mean, rstd of LayerNorm(x + residual) over the last axis, float64."""
-    import numpy as np
-
-    z = np.asarray(x, np.float64) + np.asarray(residual, np.float64)
-    mean = z.mean(-1)
-    rstd = 1.0 / np.sqrt(((z - mean[..., None]) ** 2).mean(-1) + eps)
-    return (z - mean[..., None]) * rstd[..., None] * weight + bias, mean, rstd
-
-
-def reference_add_layer_norm_backward(dy, x, residual, weight, eps):
-    """dx (= dresidual), dweight, dbias of sum(dy o LayerNorm(x + residual))."""
-    import numpy as np
-
-    dy = np.asarray(dy, np.float64)
-    _, mean, rstd = reference_add_layer_norm(x, residual, np.ones_like(weight), np.zeros_like(weight), eps)
-    z = np.asarray(x, np.float64) + np.asarray(residual, np.float64)
-    zhat = (z - mean[..., None]) * rstd[..., None]
-    g = dy * weight
-    dx = rstd[..., None] * (g - g.mean(-1, keepdims=True) - zhat * (g * zhat).mean(-1, keepdims=True))
-    axes = tuple(range(dy.ndim - 1))
-    return dx, (dy * zhat).sum(axes), dy.sum(axes)
-
-
-def relative_error(actual, expected) -> float:
-    """max |actual - expected| / max |expected| (the whole tensor's normwise error)."""
-    import numpy as np
-
-    expected = np.asarray(expected, np.float64)
-    scale = float(np.abs(expected).max()) if expected.size else 0.0
-    return float(np.abs(np.asarray(actual, np.float64) - expected).max() / (scale if scale > 0 else 1.0))
 
 
 # ---- 3. checks -----------------------------------------------------------------------------------------------------
@@ -269,7 +209,7 @@ def check_attention(
         return implementation(query, key, value, mask_tensor, drop, training, seed_tensor)
 
     out = _jit(attend)(*tensors)
-    expected, _, _ = reference_attention(q, k, v, mask, keep, scale)
+    expected, _ = attention_forward(q, k, v, mask, keep, scale)
     results = [CheckResult(f"{name}: forward", relative_error(_numpy(out), expected), forward_tolerance)]
     if backward:
         d_out_tensor = _tensor(d_out, dtype)
@@ -278,7 +218,7 @@ def check_attention(
             return (attend(query, key, value).astype(ms.float32) * d_out_tensor.astype(ms.float32)).sum()
 
         grads = _jit_grad(loss, (0, 1, 2))(*tensors)
-        expected_grads = reference_attention_backward(q, k, v, mask, _numpy(d_out_tensor), keep, scale)
+        expected_grads = attention_backward(q, k, v, mask, _numpy(d_out_tensor), keep, scale)
         for label, actual, wanted in zip(("dQ", "dK", "dV"), grads, expected_grads, strict=True):
             results.append(CheckResult(f"{name}: {label}", relative_error(_numpy(actual), wanted), backward_tolerance))
     return results
@@ -295,7 +235,7 @@ def check_attention_lse(dtype: str, shape: tuple[int, int, int, int], mask) -> l
     out, lse = _jit(lambda q, k, v: ascend.attention_ascend_fused_with_lse(q, k, v, ms.Tensor(mask, ms.int32)))(
         *tensors
     )
-    _, expected_lse, _ = reference_attention(*(_numpy(t) for t in tensors), mask)
+    _, expected_lse = attention_forward(*(_numpy(t) for t in tensors), mask)
     empty = ~np.asarray(mask).astype(bool).any(-1)
     lse_error = float(np.abs(lse.asnumpy() - expected_lse).max())
     empty_output = float(np.abs(_numpy(out)[empty]).max()) if empty.any() else 0.0
@@ -325,7 +265,7 @@ def check_add_layer_norm(
         return implementation(a, b, w, c, eps)
 
     y = _jit(normalise)(x_tensor, residual_tensor, weight_tensor, bias_tensor)
-    expected, _, _ = reference_add_layer_norm(x, residual, weight, bias, eps)
+    expected, _, _ = add_layer_norm_forward(x, residual, weight, bias, eps)
     results = [CheckResult(f"{name}: forward", relative_error(_numpy(y), expected), forward_tolerance)]
     if backward:
 
@@ -333,7 +273,7 @@ def check_add_layer_norm(
             return (normalise(a, b, w, c).astype(ms.float32) * dy_tensor.astype(ms.float32)).sum()
 
         grads = _jit_grad(loss, (0, 1, 2, 3))(x_tensor, residual_tensor, weight_tensor, bias_tensor)
-        dx, d_weight, d_bias = reference_add_layer_norm_backward(dy, x, residual, weight, eps)
+        dx, d_weight, d_bias = add_layer_norm_backward(dy, x, residual, weight, eps)
         for label, actual, wanted in zip(
             ("dx", "dresidual", "dweight", "dbias"), grads, (dx, dx, d_weight, d_bias), strict=True
         ):

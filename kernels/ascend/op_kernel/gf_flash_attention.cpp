@@ -1,5 +1,5 @@
 // GfFlashAttention: FlashAttention-2 forward (Dao, 2023) for the Atlas A2, the algorithm of
-// kernels/cpu/flash_attention.cc (see ../shared/design/kernel-maths.md) mapped onto the split AI core:
+// kernels/cpu/flash_attention.cc (equations: mindformer_gf/reference/attention.py) mapped onto the split AI core:
 //
 //   per (cell, head) and block of Br query rows Q_i, walking key blocks K_j, V_j of Bc keys:
 //     S_ij = s Q_i K_j^T                           cube (Matmul API), fp16/bf16 in, fp32 out
