@@ -140,6 +140,35 @@ void Run(const std::string& scenario)
         if (gOutput[0] != 2.0f) {
             gfm::Fail(std::source_location::current(), "queue-hand-off computed the wrong value");
         }
+    } else if (scenario == "datacopypad-tail-while-vector-reads") {
+        // V reads lanes 5..7 only (bit mask); DataCopyPad of 5 floats then writes the rest of that 32-byte block
+        // with dummy data, so it needs the V_MTE2 flag although its blockLen never reaches those lanes.
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        Duplicate(t, 1.0f, 64);
+        SetFlag<HardEvent::V_MTE2>(0);  // orders the Duplicate before the copy, not the Add after it
+        PipeBarrier<PIPE_V>();
+        const uint64_t lanes5to7[2] = {0xE0, 0};
+        Add(t[64], t, t, lanes5to7, 1, BinaryRepeatParams());
+        WaitFlag<HardEvent::V_MTE2>(0);
+        DataCopyPad(t, input, DataCopyExtParams{1, 5 * sizeof(float), 0, 0, 0}, DataCopyPadExtParams<float>{});  // LINE
+    } else if (scenario == "datacopypad-tail-is-dummy") {
+        // What was in the block before the copy does not survive: the page's dummy is the block's first element.
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        Duplicate(t, 9.0f, 8);
+        SetFlag<HardEvent::V_MTE2>(0);
+        WaitFlag<HardEvent::V_MTE2>(0);
+        gInput[0] = 3.0f;
+        DataCopyPad(t, input, DataCopyExtParams{1, 5 * sizeof(float), 0, 0, 0}, DataCopyPadExtParams<float>{});
+        const float* ub = t.Raw();
+        const float want[8] = {3.0f, 1.0f, 1.0f, 1.0f, 1.0f, 3.0f, 3.0f, 3.0f};
+        for (int i = 0; i < 8; ++i) {
+            if (ub[i] != want[i]) {
+                gfm::Fail(std::source_location::current(), "DataCopyPad left element " + std::to_string(i) +
+                                                                 " = " + std::to_string(ub[i]));
+            }
+        }
     } else if (scenario == "cast-bf16-none") {
         pipe.InitBuffer(calc, 4096);
         LocalTensor<float> f = calc.Get<float>();

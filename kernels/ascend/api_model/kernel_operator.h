@@ -1099,8 +1099,12 @@ inline void DataCopy(const GlobalTensor<T>& dst, const LocalTensor<T>& src, uint
 }
 
 // doc: 数据搬运/DataCopyPad（GMToUB非对齐数据搬运）.md: blockCount blocks of blockLen bytes, GM blocks srcStride
-// bytes apart (after each block's end), each landing on a 32-byte boundary in UB, dstStride 32-byte blocks apart;
-// the rest of each block's last 32 bytes is padValue when isPad (else left as it was: the model leaves the bytes).
+// bytes apart (after each block's end), each landing on a 32-byte boundary in UB, dstStride 32-byte blocks apart.
+// The hardware writes the whole of each block's last 32 bytes: with no left / right padding (all the model serves)
+// the page's parameter notes and its second example say the dummy bytes after blockLen repeat the block's first
+// element, whatever isPad says (paddingValue fills leftPadding / rightPadding only). So the rest of the 32 bytes is
+// written on MTE2 (tracked as such) and holds that element: a kernel that expected the bytes it left there before
+// the copy to survive fails here as it would on the device.
 template <typename T>
 inline void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src, const DataCopyExtParams& p,
                         const DataCopyPadExtParams<T>& pad, Where where = GFM_HERE)
@@ -1120,12 +1124,10 @@ inline void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src, c
             reinterpret_cast<const uint8_t*>(src.address_) + static_cast<uint64_t>(i) * (p.blockLen + p.srcStride);
         const uint32_t to = base + i * (blockUb + p.dstStride * 32u);
         gfm::TrackGm(from, p.blockLen, gfm::kPipeMte2, s, false, where);
-        gfm::TrackUb(to, pad.isPad ? blockUb : p.blockLen, gfm::kPipeMte2, s, true, where);
+        gfm::TrackUb(to, blockUb, gfm::kPipeMte2, s, true, where);
         std::memcpy(gfm::Model().ub + to, from, p.blockLen);
-        if (pad.isPad) {
-            for (uint32_t b = p.blockLen; b < blockUb; b += sizeof(T)) {
-                model::StoreUb<T>(to + b, pad.paddingValue);
-            }
+        for (uint32_t b = p.blockLen; b < blockUb; b += sizeof(T)) {
+            std::memcpy(gfm::Model().ub + to + b, from, sizeof(T));
         }
     }
 }
