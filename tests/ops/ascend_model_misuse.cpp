@@ -140,6 +140,13 @@ void Run(const std::string& scenario)
         if (gOutput[0] != 2.0f) {
             gfm::Fail(std::source_location::current(), "queue-hand-off computed the wrong value");
         }
+    } else if (scenario == "write-into-input") {
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        Duplicate(t, 1.0f, 64);
+        SetFlag<HardEvent::V_MTE3>(0);
+        WaitFlag<HardEvent::V_MTE3>(0);
+        DataCopy(input, t, 64);  // LINE
     } else if (scenario == "datacopypad-tail-while-vector-reads") {
         // V reads lanes 5..7 only (bit mask); DataCopyPad of 5 floats then writes the rest of that 32-byte block
         // with dummy data, so it needs the V_MTE2 flag although its blockLen never reaches those lanes.

@@ -166,6 +166,7 @@ MISUSES = {
     "mte2-then-vector-without-flag": "pipe hazard: read on V of UB byte 0 written on MTE2",
     "vector-then-mte3-without-flag": "pipe hazard: read on MTE3 of UB byte 0 written on V",
     "cast-bf16-none": "CAST_NONE is not listed for A2",
+    "write-into-input": "GM write into 'input', which the launch passed as an input the kernel only reads",
     "datacopypad-tail-while-vector-reads": "pipe hazard: write on MTE2 of UB byte 20 still being read on V",
 }
 CORRECT_USES = ("raw-with-barrier", "mte2-then-vector-with-flag", "queue-hand-off", "datacopypad-tail-is-dummy")
