@@ -631,32 +631,22 @@ inline void StoreUb(uint32_t byte, T v)
 template <typename T>
 struct Arith {
     using Wide = typename std::conditional<std::is_integral<T>::value, int64_t, float>::type;
-    static Wide Widen(T v) { return static_cast<Wide>(static_cast<float>(v)); }
-    static T Narrow(Wide w) { return T(static_cast<float>(w)); }
-};
-template <>
-struct Arith<int32_t> {
-    using Wide = int64_t;
-    static Wide Widen(int32_t v) { return v; }
-    static int32_t Narrow(Wide w) { return static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(w))); }
-};
-template <>
-struct Arith<uint32_t> {
-    using Wide = int64_t;
-    static Wide Widen(uint32_t v) { return v; }
-    static uint32_t Narrow(Wide w) { return static_cast<uint32_t>(static_cast<uint64_t>(w)); }
-};
-template <>
-struct Arith<int16_t> {
-    using Wide = int64_t;
-    static Wide Widen(int16_t v) { return v; }
-    static int16_t Narrow(Wide w) { return static_cast<int16_t>(static_cast<uint16_t>(static_cast<uint64_t>(w))); }
-};
-template <>
-struct Arith<uint16_t> {
-    using Wide = int64_t;
-    static Wide Widen(uint16_t v) { return v; }
-    static uint16_t Narrow(Wide w) { return static_cast<uint16_t>(static_cast<uint64_t>(w)); }
+    static Wide Widen(T v)
+    {
+        if constexpr (std::is_integral<T>::value) {
+            return static_cast<Wide>(v);
+        } else {
+            return static_cast<float>(v);
+        }
+    }
+    static T Narrow(Wide w)
+    {
+        if constexpr (std::is_integral<T>::value) {  // the low bits, as the hardware keeps them
+            return static_cast<T>(static_cast<typename std::make_unsigned<T>::type>(static_cast<uint64_t>(w)));
+        } else {
+            return T(static_cast<float>(w));
+        }
+    }
 };
 
 enum class Op { kAdd, kSub, kMul, kDiv, kMax, kMin, kAnd, kOr };
