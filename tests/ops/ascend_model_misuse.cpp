@@ -187,6 +187,38 @@ void Run(const std::string& scenario)
     }
 }
 
+// The level-0 forms on distinct inputs, printed for tests/ops/test_ascend_model.py to compare with the mask, block
+// stride and repeat stride rules worked out there from the documentation (src[i] = i, every dst filled with -1).
+void Level0Listing()
+{
+    Setup();
+    for (size_t i = 0; i < gInput.size(); ++i) {
+        gInput[i] = static_cast<float>(i);
+    }
+    TPipe pipe;
+    TBuf<TPosition::VECCALC> srcBuf, dstBuf;
+    pipe.InitBuffer(srcBuf, 1024 * sizeof(float));
+    pipe.InitBuffer(dstBuf, 3 * 256 * sizeof(float));
+    GlobalTensor<float> input;
+    input.SetGlobalBuffer(gInput.data());
+    LocalTensor<float> src = srcBuf.Get<float>();
+    LocalTensor<float> add = dstBuf.Get<float>(), brcb = add[256], reduce = add[512];
+    DataCopy(src, input, 1024);
+    Duplicate(add, -1.0f, 3 * 256);
+    SetFlag<HardEvent::MTE2_V>(0);
+    WaitFlag<HardEvent::MTE2_V>(0);
+    PipeBarrier<PIPE_V>();
+    // Lanes 0, 9, 17..23 and 63 of 64, two repeats; src0 every other block, 16 blocks a repeat; src1 block stride 0
+    // (the first block of each repeat again), repeats 1 block apart; dst blocks 1 apart, repeats 9 apart.
+    const uint64_t lanes[2] = {(1ull << 0) | (1ull << 9) | (0x7Full << 17) | (1ull << 63), 0};
+    Add(add, src, src[512], lanes, 2, BinaryRepeatParams(1, 2, 0, 9, 16, 1));
+    Brcb(brcb, src[8], 2, BrcbRepeatParams(2, 16));
+    WholeReduceSum(reduce, src, 40, 3, 2, 2, 20);
+    for (int i = 0; i < 3 * 256; ++i) {
+        std::printf("%g\n", static_cast<double>(add.Raw()[i]));
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv)
@@ -205,6 +237,10 @@ int main(int argc, char** argv)
                 std::printf("%04x %04x\n", gfm::FloatToHalfBits(f), gfm::FloatToBf16Bits(f));
             }
         }
+        return 0;
+    }
+    if (argc == 2 && std::strcmp(argv[1], "level0-listing") == 0) {
+        Level0Listing();
         return 0;
     }
     if (argc != 2) {

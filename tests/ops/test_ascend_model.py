@@ -249,3 +249,31 @@ def test_model_rounding_to_16_bits_is_nearest_even(misuse_program: Path) -> None
     )
     want = (values.view(np.uint32) >> 16) + pick_high.astype(np.uint32)
     assert np.array_equal(got[:, 1], want)
+
+
+def test_level0_mask_block_and_repeat_strides_follow_the_documentation(misuse_program: Path) -> None:
+    """Add (bit mask, block stride 0 and 2, repeat strides), Brcb and WholeReduceSum on src[i] = i, against the rules
+    of the SIMD pages worked out here: lane l of repeat r of a 32-bit operand is element
+    (r * repStride + (l // 8) * blkStride) * 8 + l % 8; bit l of mask[0] selects lane l; Brcb puts src[8 r + i] in
+    every element of dst block r * dstRepStride + i * dstBlkStride; WholeReduceSum puts the sum of repeat r's first
+    `mask` lanes at dst[r * dstRepStride]."""
+    listing = subprocess.run([misuse_program, "level0-listing"], capture_output=True, text=True, check=True)
+    got = np.array([float(v) for v in listing.stdout.split()])
+    want = np.full(3 * 256, -1.0)
+
+    def element(r: int, lane: int, blk: int, rep: int) -> int:
+        return (r * rep + (lane // 8) * blk) * 8 + lane % 8
+
+    add = want[:256]
+    for r in range(2):
+        for lane in [0, 9, *range(17, 24), 63]:
+            add[element(r, lane, 1, 9)] = element(r, lane, 2, 16) + 512 + element(r, lane, 0, 1)
+    brcb = want[256:512]
+    for r in range(2):
+        for i in range(8):
+            block = r * 16 + i * 2
+            brcb[block * 8 : block * 8 + 8] = 8 + 8 * r + i
+    reduce = want[512:]
+    for r in range(3):
+        reduce[r * 2] = sum(element(r, lane, 2, 20) for lane in range(40))
+    np.testing.assert_array_equal(got, want)
