@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernel_operator.h"
+#include "lib/activation/softmaxflashv2.h"
 
 using namespace AscendC;
 
@@ -176,6 +177,16 @@ void Run(const std::string& scenario)
                                                                  " = " + std::to_string(ub[i]));
             }
         }
+    } else if (scenario == "softmax-expmax-over-inmax") {
+        // expMax written over inMax: the page allows max / inMax to share space, not expMax / inMax.
+        pipe.InitBuffer(calc, 8192);
+        LocalTensor<float> t = calc.Get<float>();
+        LocalTensor<float> scores = t, sum = t[512], max = t[576], inSum = t[640], inMax = t[704];
+        Duplicate(t, 0.5f, 768);
+        PipeBarrier<PIPE_V>();
+        const SoftMaxShapeInfo shape = {8, 64, 8, 64};
+        SoftmaxFlashV2<float, true>(scores, sum, max, scores, inMax, inSum, inMax,  // LINE
+                                    t[1024].ReinterpretCast<uint8_t>(), SoftMaxTiling(), shape);
     } else if (scenario == "cast-bf16-none") {
         pipe.InitBuffer(calc, 4096);
         LocalTensor<float> f = calc.Get<float>();

@@ -167,6 +167,7 @@ MISUSES = {
     "vector-then-mte3-without-flag": "pipe hazard: read on MTE3 of UB byte 0 written on V",
     "cast-bf16-none": "CAST_NONE is not listed for A2",
     "write-into-input": "GM write into 'input', which the launch passed as an input the kernel only reads",
+    "softmax-expmax-over-inmax": "SoftmaxFlashV2: expMaxTensor and inMaxTensor overlap",
     "datacopypad-tail-while-vector-reads": "pipe hazard: write on MTE2 of UB byte 20 still being read on V",
 }
 CORRECT_USES = ("raw-with-barrier", "mte2-then-vector-with-flag", "queue-hand-off", "datacopypad-tail-is-dummy")
@@ -175,7 +176,7 @@ CORRECT_USES = ("raw-with-barrier", "mte2-then-vector-with-flag", "queue-hand-of
 @pytest.fixture(scope="module")
 def misuse_program() -> Path:
     digest = hashlib.sha256(MISUSE_SOURCE.read_bytes())
-    for header in sorted(ascend_model.MODEL.glob("*.h")):
+    for header in sorted(ascend_model.MODEL.rglob("*.h")):
         digest.update(header.read_bytes())
     target = ascend_model.CACHE / f"ascend_model_misuse_{digest.hexdigest()[:16]}"
     if not target.exists():
