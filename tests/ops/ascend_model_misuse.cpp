@@ -187,6 +187,33 @@ void Run(const std::string& scenario)
         const SoftMaxShapeInfo shape = {8, 64, 8, 64};
         SoftmaxFlashV2<float, true>(scores, sum, max, scores, inMax, inSum, inMax,  // LINE
                                     t[1024].ReinterpretCast<uint8_t>(), SoftMaxTiling(), shape);
+    } else if (scenario == "partial-overlap-in-iteration") {
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        Duplicate(t, 1.0f, 128);
+        PipeBarrier<PIPE_V>();
+        Adds(t, t[8], 1.0f, 64);  // LINE
+    } else if (scenario == "overlap-across-iterations") {
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        Duplicate(t, 1.0f, 256);
+        PipeBarrier<PIPE_V>();
+        Adds(t[64], t, 1.0f, 128);  // LINE
+    } else if (scenario == "accumulation-over-iterations") {
+        // The overlap the rule allows: dst = src1 with dstRepStride = src1RepStride = 0, so each iteration adds its
+        // block of src0 to what the one before wrote: acc = 1 + 2 + 2 + 2 + 2.
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        LocalTensor<float> acc = t[512];
+        Duplicate(t, 2.0f, 256);
+        Duplicate(acc, 1.0f, 64);
+        PipeBarrier<PIPE_V>();
+        Add(acc, t, acc, 64, 4, BinaryRepeatParams(1, 1, 1, 0, 8, 0));
+        for (int i = 0; i < 64; ++i) {
+            if (acc.Raw()[i] != 9.0f) {
+                gfm::Fail(std::source_location::current(), "accumulation gave " + std::to_string(acc.Raw()[i]));
+            }
+        }
     } else if (scenario == "cast-bf16-none") {
         pipe.InitBuffer(calc, 4096);
         LocalTensor<float> f = calc.Get<float>();

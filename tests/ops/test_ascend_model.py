@@ -168,9 +168,17 @@ MISUSES = {
     "cast-bf16-none": "CAST_NONE is not listed for A2",
     "write-into-input": "GM write into 'input', which the launch passed as an input the kernel only reads",
     "softmax-expmax-over-inmax": "SoftmaxFlashV2: expMaxTensor and inMaxTensor overlap",
+    "partial-overlap-in-iteration": "Adds: src partly overlaps the destination within one iteration",
+    "overlap-across-iterations": "Adds: iteration 1 reads src at UB byte 256, which iteration 0",
     "datacopypad-tail-while-vector-reads": "pipe hazard: write on MTE2 of UB byte 20 still being read on V",
 }
-CORRECT_USES = ("raw-with-barrier", "mte2-then-vector-with-flag", "queue-hand-off", "datacopypad-tail-is-dummy")
+CORRECT_USES = (
+    "raw-with-barrier",
+    "mte2-then-vector-with-flag",
+    "queue-hand-off",
+    "datacopypad-tail-is-dummy",
+    "accumulation-over-iterations",
+)
 
 
 @pytest.fixture(scope="module")

@@ -696,34 +696,99 @@ void CheckTypes(Op op, const Where& where, const char* name)
     GFM_CHECK(ok, where, std::string(name) + ": data type not supported on Atlas A2 (doc table of the page)");
 }
 
+// doc: SIMD-API/通用说明和约束.md, 通用地址重叠约束: within one iteration a source may overlap the destination only
+// 100% (each element read by the lane that writes it); across iterations no later iteration may read what an
+// earlier one wrote, except for Add, Sub, Mul, Max, Min of half / int32_t / float when only src1 overlaps and
+// src1RepStride or dstRepStride is 0 (an accumulation). The model reads every input before writing any output, so
+// without this check an overlap the hardware computes differently would give the right numbers here.
+// `lanes` lists the UB byte addresses lane by lane, repeat after repeat, `perRepeat` lanes in each.
+inline void CheckOverlap(const std::vector<uint32_t>& dstLanes, const std::vector<uint32_t>& srcLanes,
+                         size_t perRepeat, bool accumulationAllowed, const Where& where, const char* name,
+                         const char* operand)
+{
+    static std::vector<uint32_t> stamp(gfm::kUbBytes / 2), firstLane(gfm::kUbBytes / 2);
+    static uint32_t epoch = 0;
+    if (++epoch == 0) {  // wrapped: forget every stamp
+        std::fill(stamp.begin(), stamp.end(), 0u);
+        epoch = 1;
+    }
+    for (size_t g = 0; g < dstLanes.size(); ++g) {
+        const uint32_t slot = dstLanes[g] / 2;
+        if (stamp[slot] != epoch) {  // lanes come in repeat order: the first writer is the earliest iteration
+            stamp[slot] = epoch;
+            firstLane[slot] = static_cast<uint32_t>(g);
+        }
+    }
+    for (size_t j = 0; j < srcLanes.size(); ++j) {
+        const uint32_t slot = srcLanes[j] / 2;
+        if (stamp[slot] != epoch || firstLane[slot] == j) {
+            continue;  // not written by this instruction, or in place
+        }
+        const size_t writer = firstLane[slot] / perRepeat, reader = j / perRepeat;
+        GFM_CHECK(writer != reader, where,
+                  std::string(name) + ": " + operand + " partly overlaps the destination within one iteration (UB byte " +
+                      std::to_string(srcLanes[j]) + "): only a 100% overlap is allowed");
+        GFM_CHECK(writer > reader || accumulationAllowed, where,
+                  std::string(name) + ": iteration " + std::to_string(reader) + " reads " + operand + " at UB byte " +
+                      std::to_string(srcLanes[j]) + ", which iteration " + std::to_string(writer) +
+                      " of the same instruction writes (overlap across iterations is not supported)");
+    }
+}
+
+template <typename T>
+size_t LanesPerRepeat(const std::vector<uint8_t>& laneMask)
+{
+    size_t n = 0;
+    for (uint8_t bit : laneMask) {
+        n += bit;
+    }
+    return n;
+}
+
+template <typename T>
+constexpr bool kAccumulates(Op op)
+{
+    return (op == Op::kAdd || op == Op::kSub || op == Op::kMul || op == Op::kMax || op == Op::kMin) &&
+           (std::is_same<T, half>::value || std::is_same<T, int32_t>::value || std::is_same<T, float>::value);
+}
+
 // dst[i] = src0[i] op src1[i] over the lanes given by the offset lists (all read before any write).
 template <typename T>
 void Binary(Op op, const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T>& b,
             const std::vector<uint32_t>& od, const std::vector<uint32_t>& oa, const std::vector<uint32_t>& ob,
-            const Where& where, const char* name)
+            size_t perRepeat, bool zeroRepStride, const Where& where, const char* name)
 {
     CheckTypes<T>(op, where, name);
     const uint32_t s = gfm::Begin(gfm::kPipeV);
     const auto ba = Operand(a, oa, gfm::kPipeV, s, false, where, name);
     const auto bb = Operand(b, ob, gfm::kPipeV, s, false, where, name);
     const auto bd = Operand(dst, od, gfm::kPipeV, s, true, where, name);
-    std::vector<T> out(bd.size());
-    for (size_t i = 0; i < bd.size(); ++i) {
-        out[i] = Arith<T>::Narrow(Apply(op, Arith<T>::Widen(LoadUb<T>(ba[i])), Arith<T>::Widen(LoadUb<T>(bb[i]))));
-    }
-    for (size_t i = 0; i < bd.size(); ++i) {
-        StoreUb<T>(bd[i], out[i]);
+    CheckOverlap(bd, ba, perRepeat, false, where, name, "src0");
+    CheckOverlap(bd, bb, perRepeat, zeroRepStride && kAccumulates<T>(op), where, name, "src1");
+    // Iteration by iteration, each reading its lanes before writing them: exact for an in-place iteration and for
+    // the accumulation the overlap rule allows (a later iteration sees what an earlier one wrote).
+    std::vector<T> out(perRepeat);
+    for (size_t first = 0; first < bd.size(); first += perRepeat) {
+        const size_t last = std::min(bd.size(), first + perRepeat);
+        for (size_t i = first; i < last; ++i) {
+            out[i - first] =
+                Arith<T>::Narrow(Apply(op, Arith<T>::Widen(LoadUb<T>(ba[i])), Arith<T>::Widen(LoadUb<T>(bb[i]))));
+        }
+        for (size_t i = first; i < last; ++i) {
+            StoreUb<T>(bd[i], out[i - first]);
+        }
     }
 }
 
 template <typename T>
 void WithScalar(Op op, const LocalTensor<T>& dst, const LocalTensor<T>& a, T scalar, const std::vector<uint32_t>& od,
-                const std::vector<uint32_t>& oa, const Where& where, const char* name)
+                const std::vector<uint32_t>& oa, size_t perRepeat, const Where& where, const char* name)
 {
     CheckTypes<T>(op, where, name);
     const uint32_t s = gfm::Begin(gfm::kPipeV);
     const auto ba = Operand(a, oa, gfm::kPipeV, s, false, where, name);
     const auto bd = Operand(dst, od, gfm::kPipeV, s, true, where, name);
+    CheckOverlap(bd, ba, perRepeat, false, where, name, "src");
     const auto w = Arith<T>::Widen(scalar);
     std::vector<T> out(bd.size());
     for (size_t i = 0; i < bd.size(); ++i) {
@@ -746,6 +811,7 @@ void UnaryFn(Fn fn, const LocalTensor<T>& dst, const LocalTensor<T>& src, int32_
     const auto offsets = Contiguous(count, where);
     const auto bs = Operand(src, offsets, gfm::kPipeV, s, false, where, name);
     const auto bd = Operand(dst, offsets, gfm::kPipeV, s, true, where, name);
+    CheckOverlap(bd, bs, Lanes<T>::kPerRepeat, false, where, name, "src");
     std::vector<T> out(bd.size());
     for (size_t i = 0; i < bd.size(); ++i) {
         const float x = static_cast<float>(LoadUb<T>(bs[i]));
@@ -793,7 +859,7 @@ struct Filling {
                      Where where = GFM_HERE)                                                                          \
     {                                                                                                                 \
         const auto o = model::Contiguous(count, where);                                                              \
-        model::Binary(OP, dst, a, b, o, o, o, where, #NAME);                                                         \
+        model::Binary(OP, dst, a, b, o, o, o, model::Lanes<T>::kPerRepeat, false, where, #NAME);                     \
     }                                                                                                                 \
     template <typename T>                                                                                             \
     inline void NAME(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T>& b, uint64_t mask,      \
@@ -803,7 +869,8 @@ struct Filling {
         const auto m = model::ContinuousMask<T>(mask, where);                                                        \
         model::Binary(OP, dst, a, b, model::Level0Offsets<T>(m, repeat, p.dstBlkStride, p.dstRepStride),             \
                       model::Level0Offsets<T>(m, repeat, p.src0BlkStride, p.src0RepStride),                          \
-                      model::Level0Offsets<T>(m, repeat, p.src1BlkStride, p.src1RepStride), where, #NAME);           \
+                      model::Level0Offsets<T>(m, repeat, p.src1BlkStride, p.src1RepStride),                          \
+                      model::LanesPerRepeat<T>(m), p.src1RepStride == 0 || p.dstRepStride == 0, where, #NAME);       \
     }                                                                                                                 \
     template <typename T>                                                                                             \
     inline void NAME(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T>& b,                     \
@@ -813,7 +880,8 @@ struct Filling {
         const auto m = model::BitMask<T>(mask, where);                                                               \
         model::Binary(OP, dst, a, b, model::Level0Offsets<T>(m, repeat, p.dstBlkStride, p.dstRepStride),             \
                       model::Level0Offsets<T>(m, repeat, p.src0BlkStride, p.src0RepStride),                          \
-                      model::Level0Offsets<T>(m, repeat, p.src1BlkStride, p.src1RepStride), where, #NAME);           \
+                      model::Level0Offsets<T>(m, repeat, p.src1BlkStride, p.src1RepStride),                          \
+                      model::LanesPerRepeat<T>(m), p.src1RepStride == 0 || p.dstRepStride == 0, where, #NAME);       \
     }
 
 GFM_BINARY(Add, model::Op::kAdd)  // doc: 基础算术/Add.md
@@ -830,7 +898,7 @@ GFM_BINARY(Or, model::Op::kOr)    // doc: 逻辑计算/Or.md (int16 / uint16)
                      const typename model::NonDeduced<T>::type& scalar, int32_t count, Where where = GFM_HERE)        \
     {                                                                                                                 \
         const auto o = model::Contiguous(count, where);                                                              \
-        model::WithScalar(OP, dst, src, scalar, o, o, where, #NAME);                                                  \
+        model::WithScalar(OP, dst, src, scalar, o, o, model::Lanes<T>::kPerRepeat, where, #NAME);                    \
     }                                                                                                                 \
     template <typename T>                                                                                             \
     inline void NAME(const LocalTensor<T>& dst, const LocalTensor<T>& src,                                            \
@@ -840,7 +908,8 @@ GFM_BINARY(Or, model::Op::kOr)    // doc: 逻辑计算/Or.md (int16 / uint16)
         GFM_CHECK(p.dstBlkStride != 0, where, #NAME ": dstBlkStride 0 is undefined");                              \
         const auto m = model::ContinuousMask<T>(mask, where);                                                        \
         model::WithScalar(OP, dst, src, scalar, model::Level0Offsets<T>(m, repeat, p.dstBlkStride, p.dstRepStride),  \
-                          model::Level0Offsets<T>(m, repeat, p.srcBlkStride, p.srcRepStride), where, #NAME);         \
+                          model::Level0Offsets<T>(m, repeat, p.srcBlkStride, p.srcRepStride),                        \
+                          model::LanesPerRepeat<T>(m), where, #NAME);                                                \
     }
 
 GFM_SCALAR(Adds, model::Op::kAdd)  // doc: 基础算术/Adds.md
