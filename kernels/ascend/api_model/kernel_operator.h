@@ -9,8 +9,8 @@
 //
 // Numbers: fp32 vector operations in fp32 (Exp, Ln, Sqrt from libm, Div and Sqrt IEEE-rounded), 16-bit float
 // operations in fp32 then rounded to the 16-bit type with ties-to-even (innocuous double rounding for + - * / sqrt),
-// 32-bit integer operations modulo 2^32, Cast per the A2 table of the Cast page. See api_model/README section of
-// kernels/ascend/README.md for what this can and cannot show.
+// 32-bit integer operations modulo 2^32, Cast per the A2 table of the Cast page. What this can and cannot show:
+// kernels/ascend/README.md, "Running on the API model".
 #pragma once
 
 #include <cmath>
