@@ -214,6 +214,13 @@ void Run(const std::string& scenario)
                 gfm::Fail(std::source_location::current(), "accumulation gave " + std::to_string(acc.Raw()[i]));
             }
         }
+    } else if (scenario == "cast-narrowing-in-place") {
+        // float -> half onto its own source: iteration 0 writes the first half of the 256 bytes it reads.
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> f = calc.Get<float>();
+        Duplicate(f, 1.0f, 128);
+        PipeBarrier<PIPE_V>();
+        Cast(f.ReinterpretCast<half>(), f, RoundMode::CAST_RINT, 128);  // LINE
     } else if (scenario == "cast-bf16-none") {
         pipe.InitBuffer(calc, 4096);
         LocalTensor<float> f = calc.Get<float>();

@@ -170,6 +170,7 @@ MISUSES = {
     "softmax-expmax-over-inmax": "SoftmaxFlashV2: expMaxTensor and inMaxTensor overlap",
     "partial-overlap-in-iteration": "Adds: src partly overlaps the destination within one iteration",
     "overlap-across-iterations": "Adds: iteration 1 reads src at UB byte 256, which iteration 0",
+    "cast-narrowing-in-place": "Cast: src partly overlaps the destination within one iteration",
     "datacopypad-tail-while-vector-reads": "pipe hazard: write on MTE2 of UB byte 20 still being read on V",
 }
 CORRECT_USES = (

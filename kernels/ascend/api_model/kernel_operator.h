@@ -701,10 +701,11 @@ void CheckTypes(Op op, const Where& where, const char* name)
 // earlier one wrote, except for Add, Sub, Mul, Max, Min of half / int32_t / float when only src1 overlaps and
 // src1RepStride or dstRepStride is 0 (an accumulation). The model reads every input before writing any output, so
 // without this check an overlap the hardware computes differently would give the right numbers here.
-// `lanes` lists the UB byte addresses lane by lane, repeat after repeat, `perRepeat` lanes in each.
-inline void CheckOverlap(const std::vector<uint32_t>& dstLanes, const std::vector<uint32_t>& srcLanes,
-                         size_t perRepeat, bool accumulationAllowed, const Where& where, const char* name,
-                         const char* operand)
+// The lists hold the UB byte address of each lane, repeat after repeat, `perRepeat` lanes in each; elements of
+// `dstSize` and `srcSize` bytes (a Cast changes the size: then no overlap within an iteration is 100%).
+inline void CheckOverlap(const std::vector<uint32_t>& dstLanes, uint32_t dstSize, const std::vector<uint32_t>& srcLanes,
+                         uint32_t srcSize, size_t perRepeat, bool accumulationAllowed, const Where& where,
+                         const char* name, const char* operand)
 {
     static std::vector<uint32_t> stamp(gfm::kUbBytes / 2), firstLane(gfm::kUbBytes / 2);
     static uint32_t epoch = 0;
@@ -713,25 +714,28 @@ inline void CheckOverlap(const std::vector<uint32_t>& dstLanes, const std::vecto
         epoch = 1;
     }
     for (size_t g = 0; g < dstLanes.size(); ++g) {
-        const uint32_t slot = dstLanes[g] / 2;
-        if (stamp[slot] != epoch) {  // lanes come in repeat order: the first writer is the earliest iteration
-            stamp[slot] = epoch;
-            firstLane[slot] = static_cast<uint32_t>(g);
+        for (uint32_t slot = dstLanes[g] / 2; slot < (dstLanes[g] + dstSize) / 2; ++slot) {
+            if (stamp[slot] != epoch) {  // lanes come in repeat order: the first writer is the earliest iteration
+                stamp[slot] = epoch;
+                firstLane[slot] = static_cast<uint32_t>(g);
+            }
         }
     }
     for (size_t j = 0; j < srcLanes.size(); ++j) {
-        const uint32_t slot = srcLanes[j] / 2;
-        if (stamp[slot] != epoch || firstLane[slot] == j) {
-            continue;  // not written by this instruction, or in place
+        for (uint32_t slot = srcLanes[j] / 2; slot < (srcLanes[j] + srcSize) / 2; ++slot) {
+            if (stamp[slot] != epoch || (dstSize == srcSize && firstLane[slot] == j)) {
+                continue;  // not written by this instruction, or in place
+            }
+            const size_t writer = firstLane[slot] / perRepeat, reader = j / perRepeat;
+            GFM_CHECK(writer != reader, where,
+                      std::string(name) + ": " + operand +
+                          " partly overlaps the destination within one iteration (UB byte " +
+                          std::to_string(slot * 2) + "): only a 100% overlap is allowed");
+            GFM_CHECK(writer > reader || accumulationAllowed, where,
+                      std::string(name) + ": iteration " + std::to_string(reader) + " reads " + operand +
+                          " at UB byte " + std::to_string(slot * 2) + ", which iteration " + std::to_string(writer) +
+                          " of the same instruction writes (overlap across iterations is not supported)");
         }
-        const size_t writer = firstLane[slot] / perRepeat, reader = j / perRepeat;
-        GFM_CHECK(writer != reader, where,
-                  std::string(name) + ": " + operand + " partly overlaps the destination within one iteration (UB byte " +
-                      std::to_string(srcLanes[j]) + "): only a 100% overlap is allowed");
-        GFM_CHECK(writer > reader || accumulationAllowed, where,
-                  std::string(name) + ": iteration " + std::to_string(reader) + " reads " + operand + " at UB byte " +
-                      std::to_string(srcLanes[j]) + ", which iteration " + std::to_string(writer) +
-                      " of the same instruction writes (overlap across iterations is not supported)");
     }
 }
 
@@ -763,8 +767,8 @@ void Binary(Op op, const LocalTensor<T>& dst, const LocalTensor<T>& a, const Loc
     const auto ba = Operand(a, oa, gfm::kPipeV, s, false, where, name);
     const auto bb = Operand(b, ob, gfm::kPipeV, s, false, where, name);
     const auto bd = Operand(dst, od, gfm::kPipeV, s, true, where, name);
-    CheckOverlap(bd, ba, perRepeat, false, where, name, "src0");
-    CheckOverlap(bd, bb, perRepeat, zeroRepStride && kAccumulates<T>(op), where, name, "src1");
+    CheckOverlap(bd, sizeof(T), ba, sizeof(T), perRepeat, false, where, name, "src0");
+    CheckOverlap(bd, sizeof(T), bb, sizeof(T), perRepeat, zeroRepStride && kAccumulates<T>(op), where, name, "src1");
     // Iteration by iteration, each reading its lanes before writing them: exact for an in-place iteration and for
     // the accumulation the overlap rule allows (a later iteration sees what an earlier one wrote).
     std::vector<T> out(perRepeat);
@@ -788,7 +792,7 @@ void WithScalar(Op op, const LocalTensor<T>& dst, const LocalTensor<T>& a, T sca
     const uint32_t s = gfm::Begin(gfm::kPipeV);
     const auto ba = Operand(a, oa, gfm::kPipeV, s, false, where, name);
     const auto bd = Operand(dst, od, gfm::kPipeV, s, true, where, name);
-    CheckOverlap(bd, ba, perRepeat, false, where, name, "src");
+    CheckOverlap(bd, sizeof(T), ba, sizeof(T), perRepeat, false, where, name, "src");
     const auto w = Arith<T>::Widen(scalar);
     std::vector<T> out(bd.size());
     for (size_t i = 0; i < bd.size(); ++i) {
@@ -811,7 +815,7 @@ void UnaryFn(Fn fn, const LocalTensor<T>& dst, const LocalTensor<T>& src, int32_
     const auto offsets = Contiguous(count, where);
     const auto bs = Operand(src, offsets, gfm::kPipeV, s, false, where, name);
     const auto bd = Operand(dst, offsets, gfm::kPipeV, s, true, where, name);
-    CheckOverlap(bd, bs, Lanes<T>::kPerRepeat, false, where, name, "src");
+    CheckOverlap(bd, sizeof(T), bs, sizeof(T), Lanes<T>::kPerRepeat, false, where, name, "src");
     std::vector<T> out(bd.size());
     for (size_t i = 0; i < bd.size(); ++i) {
         const float x = static_cast<float>(LoadUb<T>(bs[i]));
@@ -1101,6 +1105,8 @@ inline void Cast(const LocalTensor<D>& dst, const LocalTensor<S>& src, RoundMode
     const auto o = model::Contiguous(count, where);
     const auto bs = model::Operand(src, o, gfm::kPipeV, s, false, where, "Cast");
     const auto bd = model::Operand(dst, o, gfm::kPipeV, s, true, where, "Cast");
+    // Cast.md: the general overlap rule, and a widening cast over its own source may go wrong.
+    model::CheckOverlap(bd, sizeof(D), bs, sizeof(S), 256 / std::max(sizeof(D), sizeof(S)), false, where, "Cast", "src");
     std::vector<D> out(bd.size());
     for (size_t i = 0; i < bd.size(); ++i) {
         if constexpr (fromInt) {
