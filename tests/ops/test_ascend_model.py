@@ -222,9 +222,14 @@ def test_model_half_conversion_matches_numpy_on_every_pattern(misuse_program: Pa
     rows = np.array([[int(w, 16) for w in line.split()] for line in listing.stdout.splitlines()], np.uint64)
     halves = np.arange(65536, dtype=np.uint16).view(np.float16)
     want = halves.astype(np.float32).view(np.uint32)
-    finite = np.isfinite(halves)
-    assert np.array_equal(rows[finite, 0], want[finite].astype(np.uint64))
-    assert np.array_equal(rows[finite, 1], np.arange(65536, dtype=np.uint64)[finite])
+    numbers = ~np.isnan(halves)  # finite values and both infinities: exact both ways
+    assert np.array_equal(rows[numbers, 0], want[numbers].astype(np.uint64))
+    assert np.array_equal(rows[numbers, 1], np.arange(65536, dtype=np.uint64)[numbers])
+    # NaN stays NaN both ways, with its sign
+    nan_rows = rows[~numbers]
+    assert np.all(np.isnan(nan_rows[:, 0].astype(np.uint32).view(np.float32)))
+    assert np.all(np.isnan(nan_rows[:, 1].astype(np.uint16).view(np.float16)))
+    assert np.array_equal(nan_rows[:, 1] >> 15, np.arange(65536, dtype=np.uint64)[~numbers] >> 15)
 
 
 def test_model_rounding_to_16_bits_is_nearest_even(misuse_program: Path) -> None:
