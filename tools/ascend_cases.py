@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mindformer_gf.config import PRESETS
 from mindformer_gf.reference import attention_dropout
 from mindformer_gf.reference.attention import attention_backward, attention_forward
 from mindformer_gf.reference.bert import add_layer_norm
@@ -351,9 +352,12 @@ def census_problems(case: Case, prepared: Prepared, out: np.ndarray) -> list[str
 
 # ---- the case lists ----------------------------------------------------------------------------------------------
 
-# Released models (shared/design): V1-10M hidden 256 (4 heads of 64), V2-104M hidden 768 (12 heads of 64), V2-316M
-# hidden 1152 (18 heads of 64).
-MODELS = {"V1-10M": (256, 4), "V2-104M": (768, 12), "V2-316M": (1152, 18)}
+# Released models, (hidden, heads) from mindformer_gf.config.PRESETS: V1-10M 256 and 4 heads of 64, V2-104M 768 and
+# 12, V2-316M 1,152 and 18.
+MODELS = {
+    name: (PRESETS[f"Geneformer-{name}"]["hidden_size"], PRESETS[f"Geneformer-{name}"]["num_attention_heads"])
+    for name in ("V1-10M", "V2-104M", "V2-316M")
+}
 HEAD_DIM = 64
 LENGTHS = (1, 63, 64, 65, 127, 129, 1000, 2048, 4096)
 LAYER_NORM_DTYPES = ("fp16", "bf16", "float")

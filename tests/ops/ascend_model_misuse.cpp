@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernel_operator.h"
+#include "lib/activation/softmaxflashv2.h"
 
 using namespace AscendC;
 
@@ -140,6 +141,86 @@ void Run(const std::string& scenario)
         if (gOutput[0] != 2.0f) {
             gfm::Fail(std::source_location::current(), "queue-hand-off computed the wrong value");
         }
+    } else if (scenario == "write-into-input") {
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        Duplicate(t, 1.0f, 64);
+        SetFlag<HardEvent::V_MTE3>(0);
+        WaitFlag<HardEvent::V_MTE3>(0);
+        DataCopy(input, t, 64);  // LINE
+    } else if (scenario == "datacopypad-tail-while-vector-reads") {
+        // V reads lanes 5..7 only (bit mask); DataCopyPad of 5 floats then writes the rest of that 32-byte block
+        // with dummy data, so it needs the V_MTE2 flag although its blockLen never reaches those lanes.
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        Duplicate(t, 1.0f, 64);
+        SetFlag<HardEvent::V_MTE2>(0);  // orders the Duplicate before the copy, not the Add after it
+        PipeBarrier<PIPE_V>();
+        const uint64_t lanes5to7[2] = {0xE0, 0};
+        Add(t[64], t, t, lanes5to7, 1, BinaryRepeatParams());
+        WaitFlag<HardEvent::V_MTE2>(0);
+        DataCopyPad(t, input, DataCopyExtParams{1, 5 * sizeof(float), 0, 0, 0}, DataCopyPadExtParams<float>{});  // LINE
+    } else if (scenario == "datacopypad-tail-is-dummy") {
+        // What was in the block before the copy does not survive: the page's dummy is the block's first element.
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        Duplicate(t, 9.0f, 8);
+        SetFlag<HardEvent::V_MTE2>(0);
+        WaitFlag<HardEvent::V_MTE2>(0);
+        gInput[0] = 3.0f;
+        DataCopyPad(t, input, DataCopyExtParams{1, 5 * sizeof(float), 0, 0, 0}, DataCopyPadExtParams<float>{});
+        const float* ub = t.Raw();
+        const float want[8] = {3.0f, 1.0f, 1.0f, 1.0f, 1.0f, 3.0f, 3.0f, 3.0f};
+        for (int i = 0; i < 8; ++i) {
+            if (ub[i] != want[i]) {
+                gfm::Fail(std::source_location::current(), "DataCopyPad left element " + std::to_string(i) +
+                                                                 " = " + std::to_string(ub[i]));
+            }
+        }
+    } else if (scenario == "softmax-expmax-over-inmax") {
+        // expMax written over inMax: the page allows max / inMax to share space, not expMax / inMax.
+        pipe.InitBuffer(calc, 8192);
+        LocalTensor<float> t = calc.Get<float>();
+        LocalTensor<float> scores = t, sum = t[512], max = t[576], inSum = t[640], inMax = t[704];
+        Duplicate(t, 0.5f, 768);
+        PipeBarrier<PIPE_V>();
+        const SoftMaxShapeInfo shape = {8, 64, 8, 64};
+        SoftmaxFlashV2<float, true>(scores, sum, max, scores, inMax, inSum, inMax,  // LINE
+                                    t[1024].ReinterpretCast<uint8_t>(), SoftMaxTiling(), shape);
+    } else if (scenario == "partial-overlap-in-iteration") {
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        Duplicate(t, 1.0f, 128);
+        PipeBarrier<PIPE_V>();
+        Adds(t, t[8], 1.0f, 64);  // LINE
+    } else if (scenario == "overlap-across-iterations") {
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        Duplicate(t, 1.0f, 256);
+        PipeBarrier<PIPE_V>();
+        Adds(t[64], t, 1.0f, 128);  // LINE
+    } else if (scenario == "accumulation-over-iterations") {
+        // The overlap the rule allows: dst = src1 with dstRepStride = src1RepStride = 0, so each iteration adds its
+        // block of src0 to what the one before wrote: acc = 1 + 2 + 2 + 2 + 2.
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> t = calc.Get<float>();
+        LocalTensor<float> acc = t[512];
+        Duplicate(t, 2.0f, 256);
+        Duplicate(acc, 1.0f, 64);
+        PipeBarrier<PIPE_V>();
+        Add(acc, t, acc, 64, 4, BinaryRepeatParams(1, 1, 1, 0, 8, 0));
+        for (int i = 0; i < 64; ++i) {
+            if (acc.Raw()[i] != 9.0f) {
+                gfm::Fail(std::source_location::current(), "accumulation gave " + std::to_string(acc.Raw()[i]));
+            }
+        }
+    } else if (scenario == "cast-narrowing-in-place") {
+        // float -> half onto its own source: iteration 0 writes the first half of the 256 bytes it reads.
+        pipe.InitBuffer(calc, 4096);
+        LocalTensor<float> f = calc.Get<float>();
+        Duplicate(f, 1.0f, 128);
+        PipeBarrier<PIPE_V>();
+        Cast(f.ReinterpretCast<half>(), f, RoundMode::CAST_RINT, 128);  // LINE
     } else if (scenario == "cast-bf16-none") {
         pipe.InitBuffer(calc, 4096);
         LocalTensor<float> f = calc.Get<float>();
@@ -148,6 +229,38 @@ void Run(const std::string& scenario)
         Cast(calc.Get<bfloat16_t>()[512], f, RoundMode::CAST_NONE, 64);  // LINE
     } else {
         gfm::Fail(std::source_location::current(), "unknown scenario " + scenario);
+    }
+}
+
+// The level-0 forms on distinct inputs, printed for tests/ops/test_ascend_model.py to compare with the mask, block
+// stride and repeat stride rules worked out there from the documentation (src[i] = i, every dst filled with -1).
+void Level0Listing()
+{
+    Setup();
+    for (size_t i = 0; i < gInput.size(); ++i) {
+        gInput[i] = static_cast<float>(i);
+    }
+    TPipe pipe;
+    TBuf<TPosition::VECCALC> srcBuf, dstBuf;
+    pipe.InitBuffer(srcBuf, 1024 * sizeof(float));
+    pipe.InitBuffer(dstBuf, 3 * 256 * sizeof(float));
+    GlobalTensor<float> input;
+    input.SetGlobalBuffer(gInput.data());
+    LocalTensor<float> src = srcBuf.Get<float>();
+    LocalTensor<float> add = dstBuf.Get<float>(), brcb = add[256], reduce = add[512];
+    DataCopy(src, input, 1024);
+    Duplicate(add, -1.0f, 3 * 256);
+    SetFlag<HardEvent::MTE2_V>(0);
+    WaitFlag<HardEvent::MTE2_V>(0);
+    PipeBarrier<PIPE_V>();
+    // Lanes 0, 9, 17..23 and 63 of 64, two repeats; src0 every other block, 16 blocks a repeat; src1 block stride 0
+    // (the first block of each repeat again), repeats 1 block apart; dst blocks 1 apart, repeats 9 apart.
+    const uint64_t lanes[2] = {(1ull << 0) | (1ull << 9) | (0x7Full << 17) | (1ull << 63), 0};
+    Add(add, src, src[512], lanes, 2, BinaryRepeatParams(1, 2, 0, 9, 16, 1));
+    Brcb(brcb, src[8], 2, BrcbRepeatParams(2, 16));
+    WholeReduceSum(reduce, src, 40, 3, 2, 2, 20);
+    for (int i = 0; i < 3 * 256; ++i) {
+        std::printf("%g\n", static_cast<double>(add.Raw()[i]));
     }
 }
 
@@ -169,6 +282,10 @@ int main(int argc, char** argv)
                 std::printf("%04x %04x\n", gfm::FloatToHalfBits(f), gfm::FloatToBf16Bits(f));
             }
         }
+        return 0;
+    }
+    if (argc == 2 && std::strcmp(argv[1], "level0-listing") == 0) {
+        Level0Listing();
         return 0;
     }
     if (argc != 2) {

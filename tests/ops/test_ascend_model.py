@@ -166,14 +166,26 @@ MISUSES = {
     "mte2-then-vector-without-flag": "pipe hazard: read on V of UB byte 0 written on MTE2",
     "vector-then-mte3-without-flag": "pipe hazard: read on MTE3 of UB byte 0 written on V",
     "cast-bf16-none": "CAST_NONE is not listed for A2",
+    "write-into-input": "GM write into 'input', which the launch passed as an input the kernel only reads",
+    "softmax-expmax-over-inmax": "SoftmaxFlashV2: expMaxTensor and inMaxTensor overlap",
+    "partial-overlap-in-iteration": "Adds: src partly overlaps the destination within one iteration",
+    "overlap-across-iterations": "Adds: iteration 1 reads src at UB byte 256, which iteration 0",
+    "cast-narrowing-in-place": "Cast: src partly overlaps the destination within one iteration",
+    "datacopypad-tail-while-vector-reads": "pipe hazard: write on MTE2 of UB byte 20 still being read on V",
 }
-CORRECT_USES = ("raw-with-barrier", "mte2-then-vector-with-flag", "queue-hand-off")
+CORRECT_USES = (
+    "raw-with-barrier",
+    "mte2-then-vector-with-flag",
+    "queue-hand-off",
+    "datacopypad-tail-is-dummy",
+    "accumulation-over-iterations",
+)
 
 
 @pytest.fixture(scope="module")
 def misuse_program() -> Path:
     digest = hashlib.sha256(MISUSE_SOURCE.read_bytes())
-    for header in sorted(ascend_model.MODEL.glob("*.h")):
+    for header in sorted(ascend_model.MODEL.rglob("*.h")):
         digest.update(header.read_bytes())
     target = ascend_model.CACHE / f"ascend_model_misuse_{digest.hexdigest()[:16]}"
     if not target.exists():
@@ -210,9 +222,14 @@ def test_model_half_conversion_matches_numpy_on_every_pattern(misuse_program: Pa
     rows = np.array([[int(w, 16) for w in line.split()] for line in listing.stdout.splitlines()], np.uint64)
     halves = np.arange(65536, dtype=np.uint16).view(np.float16)
     want = halves.astype(np.float32).view(np.uint32)
-    finite = np.isfinite(halves)
-    assert np.array_equal(rows[finite, 0], want[finite].astype(np.uint64))
-    assert np.array_equal(rows[finite, 1], np.arange(65536, dtype=np.uint64)[finite])
+    numbers = ~np.isnan(halves)  # finite values and both infinities: exact both ways
+    assert np.array_equal(rows[numbers, 0], want[numbers].astype(np.uint64))
+    assert np.array_equal(rows[numbers, 1], np.arange(65536, dtype=np.uint64)[numbers])
+    # NaN stays NaN both ways, with its sign
+    nan_rows = rows[~numbers]
+    assert np.all(np.isnan(nan_rows[:, 0].astype(np.uint32).view(np.float32)))
+    assert np.all(np.isnan(nan_rows[:, 1].astype(np.uint16).view(np.float16)))
+    assert np.array_equal(nan_rows[:, 1] >> 15, np.arange(65536, dtype=np.uint64)[~numbers] >> 15)
 
 
 def test_model_rounding_to_16_bits_is_nearest_even(misuse_program: Path) -> None:
@@ -247,3 +264,31 @@ def test_model_rounding_to_16_bits_is_nearest_even(misuse_program: Path) -> None
     )
     want = (values.view(np.uint32) >> 16) + pick_high.astype(np.uint32)
     assert np.array_equal(got[:, 1], want)
+
+
+def test_level0_mask_block_and_repeat_strides_follow_the_documentation(misuse_program: Path) -> None:
+    """Add (bit mask, block stride 0 and 2, repeat strides), Brcb and WholeReduceSum on src[i] = i, against the rules
+    of the SIMD pages worked out here: lane l of repeat r of a 32-bit operand is element
+    (r * repStride + (l // 8) * blkStride) * 8 + l % 8; bit l of mask[0] selects lane l; Brcb puts src[8 r + i] in
+    every element of dst block r * dstRepStride + i * dstBlkStride; WholeReduceSum puts the sum of repeat r's first
+    `mask` lanes at dst[r * dstRepStride]."""
+    listing = subprocess.run([misuse_program, "level0-listing"], capture_output=True, text=True, check=True)
+    got = np.array([float(v) for v in listing.stdout.split()])
+    want = np.full(3 * 256, -1.0)
+
+    def element(r: int, lane: int, blk: int, rep: int) -> int:
+        return (r * rep + (lane // 8) * blk) * 8 + lane % 8
+
+    add = want[:256]
+    for r in range(2):
+        for lane in [0, 9, *range(17, 24), 63]:
+            add[element(r, lane, 1, 9)] = element(r, lane, 2, 16) + 512 + element(r, lane, 0, 1)
+    brcb = want[256:512]
+    for r in range(2):
+        for i in range(8):
+            block = r * 16 + i * 2
+            brcb[block * 8 : block * 8 + 8] = 8 + 8 * r + i
+    reduce = want[512:]
+    for r in range(3):
+        reduce[r * 2] = sum(element(r, lane, 2, 20) for lane in range(40))
+    np.testing.assert_array_equal(got, want)

@@ -273,6 +273,10 @@ inline void TrackGm(const void* address, uint64_t bytes, int p, uint32_t s, bool
     GFM_CHECK(a->ownerCore < 0 || a->ownerCore == m.core, where,
           "vector core " + std::to_string(m.core) + " touches '" + a->name + "', which belongs to vector core " +
               std::to_string(a->ownerCore));
+    // An input (registered without a shadow) is the caller's tensor: a kernel that writes it corrupts what the
+    // framework hands to later operators, and the comparison of the outputs would not see it.
+    GFM_CHECK(!write || !a->shadow.empty(), where,
+              "GM write into '" + a->name + "', which the launch passed as an input the kernel only reads");
     if (a->shadow.empty()) {
         return;  // an input nothing writes: bounds only
     }

@@ -9,8 +9,8 @@
 //
 // Numbers: fp32 vector operations in fp32 (Exp, Ln, Sqrt from libm, Div and Sqrt IEEE-rounded), 16-bit float
 // operations in fp32 then rounded to the 16-bit type with ties-to-even (innocuous double rounding for + - * / sqrt),
-// 32-bit integer operations modulo 2^32, Cast per the A2 table of the Cast page. See api_model/README section of
-// kernels/ascend/README.md for what this can and cannot show.
+// 32-bit integer operations modulo 2^32, Cast per the A2 table of the Cast page. What this can and cannot show:
+// kernels/ascend/README.md, "Running on the API model".
 #pragma once
 
 #include <cmath>
@@ -631,32 +631,22 @@ inline void StoreUb(uint32_t byte, T v)
 template <typename T>
 struct Arith {
     using Wide = typename std::conditional<std::is_integral<T>::value, int64_t, float>::type;
-    static Wide Widen(T v) { return static_cast<Wide>(static_cast<float>(v)); }
-    static T Narrow(Wide w) { return T(static_cast<float>(w)); }
-};
-template <>
-struct Arith<int32_t> {
-    using Wide = int64_t;
-    static Wide Widen(int32_t v) { return v; }
-    static int32_t Narrow(Wide w) { return static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(w))); }
-};
-template <>
-struct Arith<uint32_t> {
-    using Wide = int64_t;
-    static Wide Widen(uint32_t v) { return v; }
-    static uint32_t Narrow(Wide w) { return static_cast<uint32_t>(static_cast<uint64_t>(w)); }
-};
-template <>
-struct Arith<int16_t> {
-    using Wide = int64_t;
-    static Wide Widen(int16_t v) { return v; }
-    static int16_t Narrow(Wide w) { return static_cast<int16_t>(static_cast<uint16_t>(static_cast<uint64_t>(w))); }
-};
-template <>
-struct Arith<uint16_t> {
-    using Wide = int64_t;
-    static Wide Widen(uint16_t v) { return v; }
-    static uint16_t Narrow(Wide w) { return static_cast<uint16_t>(static_cast<uint64_t>(w)); }
+    static Wide Widen(T v)
+    {
+        if constexpr (std::is_integral<T>::value) {
+            return static_cast<Wide>(v);
+        } else {
+            return static_cast<float>(v);
+        }
+    }
+    static T Narrow(Wide w)
+    {
+        if constexpr (std::is_integral<T>::value) {  // the low bits, as the hardware keeps them
+            return static_cast<T>(static_cast<typename std::make_unsigned<T>::type>(static_cast<uint64_t>(w)));
+        } else {
+            return T(static_cast<float>(w));
+        }
+    }
 };
 
 enum class Op { kAdd, kSub, kMul, kDiv, kMax, kMin, kAnd, kOr };
@@ -706,34 +696,103 @@ void CheckTypes(Op op, const Where& where, const char* name)
     GFM_CHECK(ok, where, std::string(name) + ": data type not supported on Atlas A2 (doc table of the page)");
 }
 
+// doc: SIMD-API/通用说明和约束.md, 通用地址重叠约束: within one iteration a source may overlap the destination only
+// 100% (each element read by the lane that writes it); across iterations no later iteration may read what an
+// earlier one wrote, except for Add, Sub, Mul, Max, Min of half / int32_t / float when only src1 overlaps and
+// src1RepStride or dstRepStride is 0 (an accumulation). The model reads every input before writing any output, so
+// without this check an overlap the hardware computes differently would give the right numbers here.
+// The lists hold the UB byte address of each lane, repeat after repeat, `perRepeat` lanes in each; elements of
+// `dstSize` and `srcSize` bytes (a Cast changes the size: then no overlap within an iteration is 100%).
+inline void CheckOverlap(const std::vector<uint32_t>& dstLanes, uint32_t dstSize, const std::vector<uint32_t>& srcLanes,
+                         uint32_t srcSize, size_t perRepeat, bool accumulationAllowed, const Where& where,
+                         const char* name, const char* operand)
+{
+    static std::vector<uint32_t> stamp(gfm::kUbBytes / 2), firstLane(gfm::kUbBytes / 2);
+    static uint32_t epoch = 0;
+    if (++epoch == 0) {  // wrapped: forget every stamp
+        std::fill(stamp.begin(), stamp.end(), 0u);
+        epoch = 1;
+    }
+    for (size_t g = 0; g < dstLanes.size(); ++g) {
+        for (uint32_t slot = dstLanes[g] / 2; slot < (dstLanes[g] + dstSize) / 2; ++slot) {
+            if (stamp[slot] != epoch) {  // lanes come in repeat order: the first writer is the earliest iteration
+                stamp[slot] = epoch;
+                firstLane[slot] = static_cast<uint32_t>(g);
+            }
+        }
+    }
+    for (size_t j = 0; j < srcLanes.size(); ++j) {
+        for (uint32_t slot = srcLanes[j] / 2; slot < (srcLanes[j] + srcSize) / 2; ++slot) {
+            if (stamp[slot] != epoch || (dstSize == srcSize && firstLane[slot] == j)) {
+                continue;  // not written by this instruction, or in place
+            }
+            const size_t writer = firstLane[slot] / perRepeat, reader = j / perRepeat;
+            GFM_CHECK(writer != reader, where,
+                      std::string(name) + ": " + operand +
+                          " partly overlaps the destination within one iteration (UB byte " +
+                          std::to_string(slot * 2) + "): only a 100% overlap is allowed");
+            GFM_CHECK(writer > reader || accumulationAllowed, where,
+                      std::string(name) + ": iteration " + std::to_string(reader) + " reads " + operand +
+                          " at UB byte " + std::to_string(slot * 2) + ", which iteration " + std::to_string(writer) +
+                          " of the same instruction writes (overlap across iterations is not supported)");
+        }
+    }
+}
+
+template <typename T>
+size_t LanesPerRepeat(const std::vector<uint8_t>& laneMask)
+{
+    size_t n = 0;
+    for (uint8_t bit : laneMask) {
+        n += bit;
+    }
+    return n;
+}
+
+template <typename T>
+constexpr bool kAccumulates(Op op)
+{
+    return (op == Op::kAdd || op == Op::kSub || op == Op::kMul || op == Op::kMax || op == Op::kMin) &&
+           (std::is_same<T, half>::value || std::is_same<T, int32_t>::value || std::is_same<T, float>::value);
+}
+
 // dst[i] = src0[i] op src1[i] over the lanes given by the offset lists (all read before any write).
 template <typename T>
 void Binary(Op op, const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T>& b,
             const std::vector<uint32_t>& od, const std::vector<uint32_t>& oa, const std::vector<uint32_t>& ob,
-            const Where& where, const char* name)
+            size_t perRepeat, bool zeroRepStride, const Where& where, const char* name)
 {
     CheckTypes<T>(op, where, name);
     const uint32_t s = gfm::Begin(gfm::kPipeV);
     const auto ba = Operand(a, oa, gfm::kPipeV, s, false, where, name);
     const auto bb = Operand(b, ob, gfm::kPipeV, s, false, where, name);
     const auto bd = Operand(dst, od, gfm::kPipeV, s, true, where, name);
-    std::vector<T> out(bd.size());
-    for (size_t i = 0; i < bd.size(); ++i) {
-        out[i] = Arith<T>::Narrow(Apply(op, Arith<T>::Widen(LoadUb<T>(ba[i])), Arith<T>::Widen(LoadUb<T>(bb[i]))));
-    }
-    for (size_t i = 0; i < bd.size(); ++i) {
-        StoreUb<T>(bd[i], out[i]);
+    CheckOverlap(bd, sizeof(T), ba, sizeof(T), perRepeat, false, where, name, "src0");
+    CheckOverlap(bd, sizeof(T), bb, sizeof(T), perRepeat, zeroRepStride && kAccumulates<T>(op), where, name, "src1");
+    // Iteration by iteration, each reading its lanes before writing them: exact for an in-place iteration and for
+    // the accumulation the overlap rule allows (a later iteration sees what an earlier one wrote).
+    std::vector<T> out(perRepeat);
+    for (size_t first = 0; first < bd.size(); first += perRepeat) {
+        const size_t last = std::min(bd.size(), first + perRepeat);
+        for (size_t i = first; i < last; ++i) {
+            out[i - first] =
+                Arith<T>::Narrow(Apply(op, Arith<T>::Widen(LoadUb<T>(ba[i])), Arith<T>::Widen(LoadUb<T>(bb[i]))));
+        }
+        for (size_t i = first; i < last; ++i) {
+            StoreUb<T>(bd[i], out[i - first]);
+        }
     }
 }
 
 template <typename T>
 void WithScalar(Op op, const LocalTensor<T>& dst, const LocalTensor<T>& a, T scalar, const std::vector<uint32_t>& od,
-                const std::vector<uint32_t>& oa, const Where& where, const char* name)
+                const std::vector<uint32_t>& oa, size_t perRepeat, const Where& where, const char* name)
 {
     CheckTypes<T>(op, where, name);
     const uint32_t s = gfm::Begin(gfm::kPipeV);
     const auto ba = Operand(a, oa, gfm::kPipeV, s, false, where, name);
     const auto bd = Operand(dst, od, gfm::kPipeV, s, true, where, name);
+    CheckOverlap(bd, sizeof(T), ba, sizeof(T), perRepeat, false, where, name, "src");
     const auto w = Arith<T>::Widen(scalar);
     std::vector<T> out(bd.size());
     for (size_t i = 0; i < bd.size(); ++i) {
@@ -756,6 +815,7 @@ void UnaryFn(Fn fn, const LocalTensor<T>& dst, const LocalTensor<T>& src, int32_
     const auto offsets = Contiguous(count, where);
     const auto bs = Operand(src, offsets, gfm::kPipeV, s, false, where, name);
     const auto bd = Operand(dst, offsets, gfm::kPipeV, s, true, where, name);
+    CheckOverlap(bd, sizeof(T), bs, sizeof(T), Lanes<T>::kPerRepeat, false, where, name, "src");
     std::vector<T> out(bd.size());
     for (size_t i = 0; i < bd.size(); ++i) {
         const float x = static_cast<float>(LoadUb<T>(bs[i]));
@@ -803,7 +863,7 @@ struct Filling {
                      Where where = GFM_HERE)                                                                          \
     {                                                                                                                 \
         const auto o = model::Contiguous(count, where);                                                              \
-        model::Binary(OP, dst, a, b, o, o, o, where, #NAME);                                                         \
+        model::Binary(OP, dst, a, b, o, o, o, model::Lanes<T>::kPerRepeat, false, where, #NAME);                     \
     }                                                                                                                 \
     template <typename T>                                                                                             \
     inline void NAME(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T>& b, uint64_t mask,      \
@@ -813,7 +873,8 @@ struct Filling {
         const auto m = model::ContinuousMask<T>(mask, where);                                                        \
         model::Binary(OP, dst, a, b, model::Level0Offsets<T>(m, repeat, p.dstBlkStride, p.dstRepStride),             \
                       model::Level0Offsets<T>(m, repeat, p.src0BlkStride, p.src0RepStride),                          \
-                      model::Level0Offsets<T>(m, repeat, p.src1BlkStride, p.src1RepStride), where, #NAME);           \
+                      model::Level0Offsets<T>(m, repeat, p.src1BlkStride, p.src1RepStride),                          \
+                      model::LanesPerRepeat<T>(m), p.src1RepStride == 0 || p.dstRepStride == 0, where, #NAME);       \
     }                                                                                                                 \
     template <typename T>                                                                                             \
     inline void NAME(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T>& b,                     \
@@ -823,7 +884,8 @@ struct Filling {
         const auto m = model::BitMask<T>(mask, where);                                                               \
         model::Binary(OP, dst, a, b, model::Level0Offsets<T>(m, repeat, p.dstBlkStride, p.dstRepStride),             \
                       model::Level0Offsets<T>(m, repeat, p.src0BlkStride, p.src0RepStride),                          \
-                      model::Level0Offsets<T>(m, repeat, p.src1BlkStride, p.src1RepStride), where, #NAME);           \
+                      model::Level0Offsets<T>(m, repeat, p.src1BlkStride, p.src1RepStride),                          \
+                      model::LanesPerRepeat<T>(m), p.src1RepStride == 0 || p.dstRepStride == 0, where, #NAME);       \
     }
 
 GFM_BINARY(Add, model::Op::kAdd)  // doc: 基础算术/Add.md
@@ -840,7 +902,7 @@ GFM_BINARY(Or, model::Op::kOr)    // doc: 逻辑计算/Or.md (int16 / uint16)
                      const typename model::NonDeduced<T>::type& scalar, int32_t count, Where where = GFM_HERE)        \
     {                                                                                                                 \
         const auto o = model::Contiguous(count, where);                                                              \
-        model::WithScalar(OP, dst, src, scalar, o, o, where, #NAME);                                                  \
+        model::WithScalar(OP, dst, src, scalar, o, o, model::Lanes<T>::kPerRepeat, where, #NAME);                    \
     }                                                                                                                 \
     template <typename T>                                                                                             \
     inline void NAME(const LocalTensor<T>& dst, const LocalTensor<T>& src,                                            \
@@ -850,7 +912,8 @@ GFM_BINARY(Or, model::Op::kOr)    // doc: 逻辑计算/Or.md (int16 / uint16)
         GFM_CHECK(p.dstBlkStride != 0, where, #NAME ": dstBlkStride 0 is undefined");                              \
         const auto m = model::ContinuousMask<T>(mask, where);                                                        \
         model::WithScalar(OP, dst, src, scalar, model::Level0Offsets<T>(m, repeat, p.dstBlkStride, p.dstRepStride),  \
-                          model::Level0Offsets<T>(m, repeat, p.srcBlkStride, p.srcRepStride), where, #NAME);         \
+                          model::Level0Offsets<T>(m, repeat, p.srcBlkStride, p.srcRepStride),                        \
+                          model::LanesPerRepeat<T>(m), where, #NAME);                                                \
     }
 
 GFM_SCALAR(Adds, model::Op::kAdd)  // doc: 基础算术/Adds.md
@@ -1042,6 +1105,8 @@ inline void Cast(const LocalTensor<D>& dst, const LocalTensor<S>& src, RoundMode
     const auto o = model::Contiguous(count, where);
     const auto bs = model::Operand(src, o, gfm::kPipeV, s, false, where, "Cast");
     const auto bd = model::Operand(dst, o, gfm::kPipeV, s, true, where, "Cast");
+    // Cast.md: the general overlap rule, and a widening cast over its own source may go wrong.
+    model::CheckOverlap(bd, sizeof(D), bs, sizeof(S), 256 / std::max(sizeof(D), sizeof(S)), false, where, "Cast", "src");
     std::vector<D> out(bd.size());
     for (size_t i = 0; i < bd.size(); ++i) {
         if constexpr (fromInt) {
@@ -1099,8 +1164,12 @@ inline void DataCopy(const GlobalTensor<T>& dst, const LocalTensor<T>& src, uint
 }
 
 // doc: 数据搬运/DataCopyPad（GMToUB非对齐数据搬运）.md: blockCount blocks of blockLen bytes, GM blocks srcStride
-// bytes apart (after each block's end), each landing on a 32-byte boundary in UB, dstStride 32-byte blocks apart;
-// the rest of each block's last 32 bytes is padValue when isPad (else left as it was: the model leaves the bytes).
+// bytes apart (after each block's end), each landing on a 32-byte boundary in UB, dstStride 32-byte blocks apart.
+// The hardware writes the whole of each block's last 32 bytes: with no left / right padding (all the model serves)
+// the page's parameter notes and its second example say the dummy bytes after blockLen repeat the block's first
+// element, whatever isPad says (paddingValue fills leftPadding / rightPadding only). So the rest of the 32 bytes is
+// written on MTE2 (tracked as such) and holds that element: a kernel that expected the bytes it left there before
+// the copy to survive fails here as it would on the device.
 template <typename T>
 inline void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src, const DataCopyExtParams& p,
                         const DataCopyPadExtParams<T>& pad, Where where = GFM_HERE)
@@ -1120,12 +1189,10 @@ inline void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src, c
             reinterpret_cast<const uint8_t*>(src.address_) + static_cast<uint64_t>(i) * (p.blockLen + p.srcStride);
         const uint32_t to = base + i * (blockUb + p.dstStride * 32u);
         gfm::TrackGm(from, p.blockLen, gfm::kPipeMte2, s, false, where);
-        gfm::TrackUb(to, pad.isPad ? blockUb : p.blockLen, gfm::kPipeMte2, s, true, where);
+        gfm::TrackUb(to, blockUb, gfm::kPipeMte2, s, true, where);
         std::memcpy(gfm::Model().ub + to, from, p.blockLen);
-        if (pad.isPad) {
-            for (uint32_t b = p.blockLen; b < blockUb; b += sizeof(T)) {
-                model::StoreUb<T>(to + b, pad.paddingValue);
-            }
+        for (uint32_t b = p.blockLen; b < blockUb; b += sizeof(T)) {
+            std::memcpy(gfm::Model().ub + to + b, from, sizeof(T));
         }
     }
 }

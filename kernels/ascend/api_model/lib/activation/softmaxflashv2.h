@@ -9,9 +9,11 @@
 #pragma once
 
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "kernel_operator.h"
+#include "tiling/tiling_api.h"
 
 namespace AscendC {
 
@@ -34,6 +36,37 @@ inline void SoftmaxFlashV2(const LocalTensor<T>& dst, const LocalTensor<T>& expS
     GFM_CHECK(shape.oriSrcK == k && shape.oriSrcM == m, where, "SoftmaxFlashV2: padded shapes are not modelled");
     GFM_CHECK(sharedTmpBuffer.GetSize() > 0, where, "SoftmaxFlashV2: empty temporary buffer");
     constexpr uint32_t per = 32 / sizeof(T);
+    // The page lets src and dst, maxTensor and inMaxTensor, expSumTensor and inExpSumTensor share space; any other
+    // overlap (the temporary buffer included) is outside the API's contract, although reading every input before
+    // writing, as the model does, would compute it right.
+    struct Span {
+        const char* name;
+        uint32_t begin, end;
+    };
+    const auto span = [](const char* name, const auto& t, uint32_t bytes) {
+        return Span{name, t.addr_, t.addr_ + bytes};
+    };
+    const uint32_t tileBytes = m * k * sizeof(T), rowBytes = m * 32;
+    std::vector<Span> spans = {span("dst", dst, tileBytes), span("src", src, tileBytes),
+                               span("maxTensor", maxOut, rowBytes), span("expSumTensor", expSum, rowBytes),
+                               span("sharedTmpBuffer", sharedTmpBuffer, sharedTmpBuffer.GetSize())};
+    if (isUpdate) {
+        spans.push_back(span("expMaxTensor", expMax, rowBytes));
+        spans.push_back(span("inMaxTensor", inMax, rowBytes));
+        spans.push_back(span("inExpSumTensor", inExpSum, rowBytes));
+    }
+    const auto shareable = [](const std::string& a, const std::string& b) {
+        const auto pair = [&](const char* x, const char* y) { return (a == x && b == y) || (a == y && b == x); };
+        return pair("dst", "src") || pair("maxTensor", "inMaxTensor") || pair("expSumTensor", "inExpSumTensor");
+    };
+    for (size_t i = 0; i < spans.size(); ++i) {
+        for (size_t j = i + 1; j < spans.size(); ++j) {
+            const bool overlap = spans[i].begin < spans[j].end && spans[j].begin < spans[i].end;
+            GFM_CHECK(!overlap || shareable(spans[i].name, spans[j].name), where,
+                      std::string("SoftmaxFlashV2: ") + spans[i].name + " and " + spans[j].name +
+                          " overlap (only src/dst, max/inMax and expSum/inExpSum may share space)");
+        }
+    }
     const uint32_t s = gfm::Begin(gfm::kPipeV);
     const auto tile = model::Contiguous(static_cast<int64_t>(m) * k, where);
     const auto rows = model::Contiguous(static_cast<int64_t>(m) * per, where);
