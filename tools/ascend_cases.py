@@ -33,7 +33,7 @@ from mindformer_gf.reference import attention_dropout
 from mindformer_gf.reference.attention import attention_backward, attention_forward
 from mindformer_gf.reference.bert import add_layer_norm
 from mindformer_gf.reference.errors import relative_error
-from mindformer_gf.reference.normalization import add_layer_norm_forward
+from mindformer_gf.reference.normalization import add_layer_norm_backward, add_layer_norm_forward
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 OPS = ("add_layer_norm", "add_layer_norm_grad", "flash_attention", "flash_attention_grad")
@@ -178,7 +178,9 @@ def _prepare_layer_norm(case: Case, rng: np.random.Generator) -> Prepared:
     else:
         d_mean = np.zeros(rows, np.float32)
         d_rstd = np.zeros(rows, np.float32)
-    dx, d_weight, d_bias = _layer_norm_backward(dyv, xv, rv, weight, mean32, rstd32, d_mean, d_rstd)
+    dx, d_weight, d_bias = add_layer_norm_backward(
+        dyv, xv, rv, weight, EPS, d_mean, d_rstd, statistics=(mean32, rstd32)
+    )
     arrays = [
         dy,
         x,
@@ -196,21 +198,6 @@ def _prepare_layer_norm(case: Case, rng: np.random.Generator) -> Prepared:
     expected = {"dx": dx, "d_weight": d_weight, "d_bias": d_bias}
     out_dtypes = {"dx": case.dtype, "d_weight": "float", "d_bias": "float"}
     return Prepared(names, arrays, [8, 9, 10], expected, out_dtypes)
-
-
-def _layer_norm_backward(dy, x, r, weight, mean, rstd, d_mean, d_rstd):
-    """Textbook LayerNorm backward in float64 with the given (fp32) statistics, plus the statistics' own gradients:
-    d mean / dz = 1 / H, d rstd / dz = -rstd^2 zhat / H."""
-    mean = np.asarray(mean, np.float64)[:, None]
-    rstd = np.asarray(rstd, np.float64)[:, None]
-    z = x + r
-    zhat = (z - mean) * rstd
-    width = z.shape[-1]
-    g = dy * np.asarray(weight, np.float64)
-    dx = rstd / width * (width * g - g.sum(-1, keepdims=True) - zhat * (g * zhat).sum(-1, keepdims=True))
-    dx = dx + np.asarray(d_mean, np.float64)[:, None] / width
-    dx = dx - np.asarray(d_rstd, np.float64)[:, None] * rstd**2 * zhat / width
-    return dx, (dy * zhat).sum(0), dy.sum(0)
 
 
 def _poison(shape, dtype=np.float32) -> np.ndarray:

@@ -73,6 +73,24 @@ def test_add_layer_norm_backward_matches_finite_differences():
     np.testing.assert_allclose(d_bias, _finite_difference(loss, bias), rtol=1e-5, atol=1e-7)
 
 
+def test_add_layer_norm_backward_of_the_statistics_matches_finite_differences():
+    rng = np.random.default_rng(3)
+    x, residual, dy = (rng.standard_normal((3, 8)) for _ in range(3))
+    weight, bias = rng.standard_normal(8), rng.standard_normal(8)
+    d_mean, d_rstd = rng.standard_normal(3), rng.standard_normal(3)
+    dx, _, _ = add_layer_norm_backward(dy, x, residual, weight, 1e-5, d_mean, d_rstd)
+
+    def loss():
+        y, mean, rstd = add_layer_norm_forward(x, residual, weight, bias, 1e-5)
+        return float((y * dy).sum() + (mean * d_mean).sum() + (rstd * d_rstd).sum())
+
+    np.testing.assert_allclose(dx, _finite_difference(loss, x), rtol=1e-5, atol=1e-7)
+    # given the forward's own statistics, the same gradient
+    _, mean, rstd = add_layer_norm_forward(x, residual, weight, bias, 1e-5)
+    given = add_layer_norm_backward(dy, x, residual, weight, 1e-5, d_mean, d_rstd, statistics=(mean, rstd))
+    np.testing.assert_allclose(given[0], dx, atol=1e-12)
+
+
 def test_relative_error_is_the_normwise_error():
     assert relative_error(np.array([1.0, 2.5]), np.array([1.0, 2.0])) == pytest.approx(0.25)
     assert relative_error(np.zeros(3), np.zeros(3)) == 0.0
