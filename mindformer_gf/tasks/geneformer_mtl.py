@@ -279,6 +279,8 @@ class MTLClassifier:
         unknown = sorted(set(self.hyperparameters) - set(SEARCHABLE) - {"use_attention_pooling"})
         if unknown:
             raise ValueError(f"hyperparameters {unknown} are not searched by MTLClassifier; known: {list(SEARCHABLE)}")
+        for name, spec in self.hyperparameters.items():
+            _spec(name, spec)
         unknown = sorted(set(self.manual_hyperparameters) - set(MANUAL_KEYS))
         if unknown:
             raise ValueError(f"manual_hyperparameters {unknown} are not MTLClassifier settings; known: {MANUAL_KEYS}")
@@ -303,8 +305,10 @@ class MTLClassifier:
         self.config["manual_hyperparameters"] = self.manual_hyperparameters
         self.config["use_manual_hyperparameters"] = True
         self._check_launch()
+        # every setting checked before anything is written
+        values = self._manual_values(len(self.task_columns))
+        self._settings(values)
         data = self._training_data()
-        values = self._manual_values(len(data.tasks))
         print("\nManual hyperparameters being used:")
         for key, value in self.manual_hyperparameters.items():
             print(f"{key}: {value}")
@@ -342,9 +346,9 @@ class MTLClassifier:
         from mindformer_gf.finetune.search import trials_frame
         from mindformer_gf.io import write_csv
 
+        freeze = self._freeze_range()
         data = self._training_data()
         n_tasks = len(data.tasks)
-        freeze = self._freeze_range()
         best: dict[str, Any] = {}
 
         def objective(trial: Any) -> float:
@@ -881,6 +885,8 @@ def _plain(value: Any) -> Any:
 def _spec(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     """A search-space entry in our form: the reference draws categorical for "choices" and float otherwise
     (its "type" is informative), log-uniform with "log": True."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f'hyperparameters[{name!r}] must be a dict like {{"type": "float", "low": 0.0, "high": 1.0}}')
     spec = dict(spec)
     if "choices" in spec:
         return {"type": "categorical", "choices": list(spec["choices"])}
