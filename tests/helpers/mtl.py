@@ -74,3 +74,47 @@ def saved_model_probabilities(model_dir: Path, ids: np.ndarray, mask: np.ndarray
 def parse_probabilities(column: Any) -> np.ndarray:
     """A "p0,p1,..." column of the reference's prediction files as an array [cells, classes]."""
     return np.asarray([[float(p) for p in text.split(",")] for text in column])
+
+
+def tokenized_pbmc(root: Path, tokens_per_cell: int = 64) -> Any:
+    """The shipped PBMC cells tokenized to their top genes with barcode, cell type and phase (as the task tests'
+    fixture), opened."""
+    import warnings
+
+    from datasets import load_from_disk
+
+    from mindformer_gf.data.pbmc68k import counts_h5ad
+    from mindformer_gf.resources import example_cells_path
+    from mindformer_gf.tokenizer import tokenize
+
+    counts = counts_h5ad(example_cells_path("pbmc68k_reduced"), root / "pbmc_counts.h5ad")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # expm1 of normalised values is not integer: expected
+        result = tokenize(
+            counts,
+            root,
+            "pbmc",
+            gene_id="symbol",
+            model_input_size=tokens_per_cell,
+            custom_attr_name_dict={"barcode": "barcode", "cell_type": "cell_type", "phase": "phase"},
+            progress=False,
+        )
+    return load_from_disk(str(result.path))
+
+
+def tiny_pretrained_model(directory: Path, max_length: int = 64) -> Path:
+    """A pretrained-format (masked-LM) Geneformer with random weights, 2 layers of hidden size 32."""
+    from mindformer_gf.config import GeneformerConfig
+    from mindformer_gf.model import build_model
+    from mindformer_gf.train.checkpoint import save_model_dir
+
+    config = GeneformerConfig.from_preset(
+        "Geneformer-V1-10M",
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=max_length,
+        architectures=["BertForMaskedLM"],
+    )
+    return save_model_dir(build_model(config, "BertForMaskedLM", seed=7), directory)
