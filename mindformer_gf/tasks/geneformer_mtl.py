@@ -308,6 +308,12 @@ class MTLClassifier:
         # every setting checked before anything is written
         values = self._manual_values(len(self.task_columns))
         self._settings(values)
+        layers = _layer_count(self.pretrained_path)
+        if not 0 <= values["max_layers_to_freeze"] <= layers:
+            raise ValueError(
+                f"manual_hyperparameters max_layers_to_freeze={values['max_layers_to_freeze']} but the model has "
+                f"{layers} layers: give 0 to {layers}"
+            )
         data = self._training_data()
         print("\nManual hyperparameters being used:")
         for key, value in self.manual_hyperparameters.items():

@@ -206,6 +206,13 @@ def test_bad_data_is_refused_before_anything_is_written(mtl_datasets, tiny_model
     )
     with pytest.raises(ValueError, match="3 task_weights for 2 task_columns"):
         mc.run_manual_tuning()
+    # more layers to freeze than the model has
+    frozen = {**MANUAL, "max_layers_to_freeze": 3}
+    mc = _classifier(
+        mtl_datasets, tiny_model_dir, tmp_path, use_manual_hyperparameters=True, manual_hyperparameters=frozen
+    )
+    with pytest.raises(ValueError, match="max_layers_to_freeze=3 but the model has 2 layers"):
+        mc.run_manual_tuning()
     # the manual run needs use_manual_hyperparameters
     with pytest.raises(ValueError, match="Set use_manual_hyperparameters to True"):
         _classifier(mtl_datasets, tiny_model_dir, tmp_path).run_manual_tuning()
