@@ -314,12 +314,16 @@ class MTLClassifier:
                 f"manual_hyperparameters max_layers_to_freeze={values['max_layers_to_freeze']} but the model has "
                 f"{layers} layers: give 0 to {layers}"
             )
+        if _msrun_scheduler():
+            _serve_as_scheduler()
+            return None
         data = self._training_data()
         print("\nManual hyperparameters being used:")
         for key, value in self.manual_hyperparameters.items():
             print(f"{key}: {value}")
         run = self._train_and_validate(data, values, "manual_run", Path(self.results_dir) / "manual_run")
         if run.val_loss is None:
+            _wait_for_rank_0()  # the method returns once the model is saved, on every rank
             return None
         print(f"\nValidation loss with manual hyperparameters: {run.val_loss}")
         saved = {
@@ -331,6 +335,7 @@ class MTLClassifier:
             "use_attention_pooling": values["use_attention_pooling"],
         }
         self._save_model(run.model, data, values, saved)
+        _wait_for_rank_0()
         return run.val_loss
 
     def run_optuna_study(self) -> float | None:
@@ -413,6 +418,8 @@ class MTLClassifier:
         results_dir/test_preds.csv (and test_metrics.json when the test set has the task columns). Returns the
         predictions (a pandas DataFrame; None on the ranks other than 0 of an msrun launch)."""
         self._require("test_path", "model_save_path", "results_dir")
+        if _msrun_scheduler():
+            return None  # msrun's scheduler process has no share of the cells (the workers join no group here)
         import pandas as pd
 
         from mindformer_gf.finetune.metrics import softmax
@@ -468,8 +475,12 @@ class MTLClassifier:
         self._require("model_save_path")
         from mindformer_gf.finetune.task_model import encoder_of, load_task_model
         from mindformer_gf.train.checkpoint import save_model_dir
+        from mindformer_gf.train.distributed import launched_context
 
         model_dir = Path(self.model_save_path) / MODEL_DIR_NAME
+        context = launched_context()
+        if context is None or not context.is_main:
+            return model_dir / "model_without_heads"  # under msrun, rank 0 writes it
         if not (model_dir / "task.json").is_file():
             raise FileNotFoundError(f"{model_dir} has no trained model: run run_optuna_study or run_manual_tuning")
         path = save_model_dir(encoder_of(load_task_model(model_dir)), model_dir / "model_without_heads")
@@ -774,6 +785,42 @@ class _RunResult:
     model: Any
     val_loss: float | None
     metrics: dict[str, Any] | None
+
+
+def _msrun_scheduler() -> bool:
+    """Whether this is msrun's scheduler process, which runs the script too but takes no share of the work."""
+    return os.environ.get("MS_ROLE") == "MS_SCHED" and "MS_WORKER_NUM" in os.environ
+
+
+def _serve_as_scheduler() -> None:
+    """msrun's scheduler during a training run: the cluster's meta server until the workers are done."""
+    from mindformer_gf.train.distributed import init_distributed
+
+    try:
+        init_distributed()
+    except RuntimeError:
+        pass  # a worker failed or vanished: its own log says why
+
+
+def _wait_for_rank_0() -> None:
+    """Under msrun, every rank waits here until rank 0 has written the run's files (a sum over the ranks: each rank
+    calls it once, rank 0 after writing), so that what the script does next on any rank finds them."""
+    from mindformer_gf.train.distributed import init_distributed
+
+    if not init_distributed().distributed:
+        return
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    class SumOverRanks(nn.Cell):
+        def __init__(self) -> None:
+            super().__init__()
+            self.all_reduce = ops.AllReduce()
+
+        def construct(self, values: ms.Tensor) -> ms.Tensor:
+            return self.all_reduce(values)
+
+    SumOverRanks()(ms.Tensor(np.ones(1, np.float32))).asnumpy()
 
 
 def _path_text(path: Any) -> Any:

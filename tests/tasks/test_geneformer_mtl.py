@@ -14,6 +14,7 @@ import types
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.msrun import VENV_BIN
 from helpers.mtl import parse_probabilities, saved_model_probabilities, write_mtl_datasets
 from helpers.tasks import padded_rows, quick_settings
 from sklearn.metrics import accuracy_score, f1_score
@@ -481,3 +482,70 @@ def test_optuna_study_saves_the_trial_with_the_lowest_validation_loss(optuna_run
     frame = pd.read_csv(results / f"trial_{best}" / "val_preds.csv")
     for t, task in enumerate(("task1", "task2")):
         np.testing.assert_allclose(parse_probabilities(frame[f"{task}_all_probs"]), expected[t], rtol=1e-4, atol=1e-6)
+
+
+# ---- under msrun (slow: 2 workers) ---------------------------------------------------------------------------------
+MSRUN_SCRIPT = """
+import json, sys
+from mindformer_gf.tasks import FineTuneSettings, MTLClassifier
+
+arguments = json.loads(sys.argv[1])
+settings = FineTuneSettings(warmup_steps=0, num_buckets=1, forward_batch_size=64, progress_bar=False, device="CPU")
+mc = MTLClassifier(**arguments, settings=settings)
+mc.run_manual_tuning()
+mc.load_and_evaluate_test_model()
+search = {k: v for k, v in arguments.items() if k not in ("use_manual_hyperparameters", "manual_hyperparameters")}
+try:
+    MTLClassifier(**search).run_optuna_study()
+except ValueError as err:
+    print("refused:", err)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (VENV_BIN / "msrun").exists(), reason="msrun is missing")
+def test_two_msrun_workers_train_and_rank_0_writes_the_reference_s_files(mtl_datasets, tiny_model_dir, tmp_path):
+    from datasets import load_from_disk
+    from helpers.msrun import msrun
+
+    script = tmp_path / "mtl_script.py"
+    script.write_text(MSRUN_SCRIPT)
+    arguments = {
+        "task_columns": TASKS,
+        "pretrained_path": str(tiny_model_dir),
+        "train_path": str(mtl_datasets["train"]),
+        "val_path": str(mtl_datasets["val"]),
+        "test_path": str(mtl_datasets["test"]),
+        "model_save_path": str(tmp_path / "models"),
+        "results_dir": str(tmp_path / "results"),
+        "tensorboard_log_dir": str(tmp_path / "tb"),
+        "distributed_training": True,
+        "use_manual_hyperparameters": True,
+        "manual_hyperparameters": MANUAL,
+        "batch_size": 4,
+    }
+    completed, text = msrun(["python", str(script), json.dumps(arguments)], tmp_path)
+    assert completed.returncode == 0, text[-3000:]
+    assert "refused: run_optuna_study runs on one process" in text
+    results = tmp_path / "results"
+    # rank 0 scored every validation cell (the ranks predicted shares), and its numbers are scikit-learn's
+    val = load_from_disk(str(mtl_datasets["val"]))
+    frame = pd.read_csv(results / "manual_run_val_preds.csv")
+    metrics = json.loads((results / "manual_run_val_metrics.json").read_text())
+    assert frame["Cell ID"].tolist() == val["unique_cell_id"]
+    for task in ("task1", "task2"):
+        truth, predicted = frame[f"{task}_true_idx"], frame[f"{task}_pred_idx"]
+        assert metrics[task]["accuracy"] == pytest.approx(accuracy_score(truth, predicted), abs=1e-12)
+    # the test predictions are the saved model's (numpy forward pass), every cell once, in order
+    test = load_from_disk(str(mtl_datasets["test"]))
+    test_preds = pd.read_csv(results / "test_preds.csv")
+    assert test_preds["Cell ID"].tolist() == test["unique_cell_id"]
+    ids, mask = padded_rows(test, np.arange(test.num_rows))
+    expected = saved_model_probabilities(tmp_path / "models" / "GeneformerMultiTask", ids, mask)
+    for t, task in enumerate(("task1", "task2")):
+        probabilities = parse_probabilities(test_preds[f"{task} Probabilities"])
+        np.testing.assert_allclose(probabilities, expected[t], rtol=1e-4, atol=1e-6)
+    # data parallel: a step took one batch of 4 per rank
+    config = json.loads((results / "manual_run" / "training" / "train_config.json").read_text())
+    assert config["per_device_train_batch_size"] == 4
+    assert not list(results.rglob("*_shards"))
