@@ -309,7 +309,14 @@ def test_logging_goes_to_tensorboard_and_wandb_when_installed(tmp_path, monkeypa
 def manual_run(mtl_datasets, tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("mtl_manual")
     mc = _classifier(
-        mtl_datasets, tiny_model_dir, root, use_manual_hyperparameters=True, manual_hyperparameters=MANUAL, epochs=2
+        mtl_datasets,
+        tiny_model_dir,
+        root,
+        use_manual_hyperparameters=True,
+        manual_hyperparameters=MANUAL,
+        epochs=2,
+        batch_size=4,
+        gradient_accumulation_steps=3,
     )
     val_loss = mc.run_manual_tuning()
     predictions = mc.load_and_evaluate_test_model()
@@ -380,6 +387,9 @@ def test_manual_run_trains_with_the_manual_values(manual_run, tiny_weights):
     config = json.loads((root / "results" / "manual_run" / "training" / "train_config.json").read_text())
     assert (config["learning_rate"], config["weight_decay"], config["lr_scheduler_type"]) == (0.001, 0.1, "cosine")
     assert config["max_grad_norm"] == 0.0  # gradient_clipping=False
+    # a step accumulates 3 batches of 4 cells: 72 training cells are 6 steps an epoch
+    assert (config["per_device_train_batch_size"], config["gradient_accumulation_steps"]) == (4, 3)
+    assert config["max_steps"] == 2 * 6
     assert config["warmup_steps"] == int(0.01 * config["max_steps"])
     # max_layers_to_freeze=1: layer 0 is the pretrained one, layer 1 trained
     encoder = {
