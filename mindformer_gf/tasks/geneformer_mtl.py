@@ -281,6 +281,13 @@ class MTLClassifier:
             raise ValueError(f"hyperparameters {unknown} are not searched by MTLClassifier; known: {list(SEARCHABLE)}")
         for name, spec in self.hyperparameters.items():
             _spec(name, spec)
+        from mindformer_gf.train.schedule import SCHEDULES
+
+        schedules = list(self.hyperparameters.get("lr_scheduler_type", {}).get("choices", []))
+        schedules.append(self.manual_hyperparameters.get("lr_scheduler_type", "cosine"))
+        unknown = sorted({str(s) for s in schedules} - set(SCHEDULES))
+        if unknown:
+            raise ValueError(f"lr_scheduler_type {unknown} is not one of {SCHEDULES}")
         unknown = sorted(set(self.manual_hyperparameters) - set(MANUAL_KEYS))
         if unknown:
             raise ValueError(f"manual_hyperparameters {unknown} are not MTLClassifier settings; known: {MANUAL_KEYS}")

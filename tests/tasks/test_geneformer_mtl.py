@@ -141,6 +141,7 @@ def test_options_map_onto_the_fine_tuning_settings(tmp_path):
         ({"hyperparameters": {"momentum": {"low": 0.1, "high": 0.9}}}, "momentum"),
         ({"hyperparameters": {"learning_rate": {"type": "float", "low": 1e-5}}}, "learning_rate"),
         ({"manual_hyperparameters": {"learning_rate": 0.001, "momentum": 0.9}}, "momentum"),
+        ({"hyperparameters": {"lr_scheduler_type": {"choices": ["cosine", "onecycle"]}}}, "onecycle"),
         ({"max_layers_to_freeze": {"low": 0, "high": 1}}, "max_layers_to_freeze"),
     ],
 )
