@@ -60,6 +60,8 @@ class FineTuneSettings:
     min_lr_ratio: float | None = None
     weight_decay: float = 0.001
     max_grad_norm: float = 1.0
+    # micro-batches whose gradients are summed before one update (a step sees batch x this x ranks cells)
+    gradient_accumulation_steps: int = 1
     seed: int = 0
     # seed of the cell selection and splits when it must differ from `seed` (a hyperparameter search varies `seed`
     # per trial but keeps every trial on the same split); None: `seed`
@@ -106,6 +108,8 @@ class FineTuneSettings:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.save_total_limit is not None and self.save_total_limit < 0:
             raise ValueError(f"save_total_limit must be >= 0 (or None: all), got {self.save_total_limit}")
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError(f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
         if self.freeze_layers < 0 or self.adapter_size < 1 or self.evals_per_epoch < 1:
             raise ValueError("freeze_layers must be >= 0, adapter_size and evals_per_epoch >= 1")
 
@@ -202,6 +206,7 @@ def fit(
         output_dir=str(output_dir),
         max_steps=total,
         per_device_train_batch_size=settings.per_device_train_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
         learning_rate=settings.learning_rate,
         warmup_steps=warmup,
         **schedule_for_trainer(settings),

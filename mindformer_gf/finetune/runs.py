@@ -121,8 +121,9 @@ def training_source(
     """The loop's step source over all rows of `dataset` (already the training subset), with one kind of label.
 
     Under msrun each step takes one micro-batch per rank (data parallel, as pretraining): `batch_size` cells per
-    rank, so a step sees batch_size x ranks cells and an epoch has that many times fewer steps."""
-    group_size = init_distributed().world_size
+    rank, so a step sees batch_size x ranks cells (x gradient_accumulation_steps) and an epoch has that many times
+    fewer steps."""
+    group_size = init_distributed().world_size * settings.gradient_accumulation_steps
     plan = LengthGroupedPlan(
         corpus_lengths(dataset), buckets, settings.per_device_train_batch_size, group_size, settings.seed
     )

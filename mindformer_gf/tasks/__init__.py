@@ -10,6 +10,8 @@ Ascend with the same code, and writes files one can open (CSV, JSON, PNG/PDF, a 
 - `GeneClassifier(gene_classes, n_folds, ..., settings)`.run(dataset, model_dir, out)   `gf classify gene`
 - `EmbExtractor(emb_mode, emb_layer, emb_label, ...)`.extract_embs / plot_embs   `gf embed`
 - `MultitaskClassifier(task_columns, ..., pooling)`.run(dataset, model_dir, out)    `gf classify multitask`
+- `MTLClassifier(task_columns=..., train_path=..., val_path=..., ...)`: the reference's multitask workflow
+  (run_optuna_study / run_manual_tuning / load_and_evaluate_test_model) over MultitaskClassifier's model.
 - `Classifier(classifier="cell" | "gene", ...)`: the reference's entry point, returning one of the first two.
 - `InSilicoPerturber(...)`.perturb_data / `InSilicoPerturberStats(mode, ...)`.get_stats    `gf perturb`,
   `gf perturb-stats` (mindformer_gf.tasks.perturb)
@@ -28,9 +30,8 @@ from mindformer_gf.finetune.fit import FineTuneSettings
 from mindformer_gf.tasks.cell import CellClassifier, CellRunResult, CellTaskResult
 from mindformer_gf.tasks.embeddings import Embeddings, EmbExtractor
 from mindformer_gf.tasks.gene import GeneClassifier, GeneTaskResult
+from mindformer_gf.tasks.geneformer_mtl import MTLClassifier
 from mindformer_gf.tasks.multitask import MultitaskClassifier, MultitaskResult
-
-MTLClassifier = MultitaskClassifier
 
 
 def Classifier(classifier: str = "cell", **options: Any) -> CellClassifier | GeneClassifier:

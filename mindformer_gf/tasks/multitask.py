@@ -87,11 +87,13 @@ class MultitaskResult:
 
 
 class MultitaskClassifier(SavedModelEvaluation):
-    """The reference's MTLClassifier, with the pretrained encoder actually loaded.
+    """Multitask classification on one dataset (split here), with the pretrained encoder actually loaded; the
+    reference's three-dataset workflow over it is `MTLClassifier` (tasks/geneformer_mtl.py).
 
     task_columns: dataset columns, one task each; task_weights: loss weights (default 1 each);
     regression_tasks: columns to treat as numbers (MSE on standardised targets); pooling: "cls" (position 0) or
-    "attention"; filter_data / max_ncells: which cells take part (cells missing any task's value are left out).
+    "attention"; filter_data / max_ncells: which cells take part (cells missing any task's value are left out);
+    classifier_dropout: dropout on the pooled output before the heads (None: the pretrained config's).
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class MultitaskClassifier(SavedModelEvaluation):
         filter_data: Mapping[str, Sequence[Any]] | None = None,
         max_ncells: int | None = None,
         settings: FineTuneSettings | None = None,
+        classifier_dropout: float | None = None,
     ) -> None:
         self.tasks = list(task_columns)
         if not self.tasks or len(set(self.tasks)) != len(self.tasks):
@@ -121,6 +124,9 @@ class MultitaskClassifier(SavedModelEvaluation):
         self.max_ncells = max_ncells
         self.settings = settings or FineTuneSettings()
         self.settings.validate()
+        if classifier_dropout is not None and not 0.0 <= classifier_dropout < 1.0:
+            raise ValueError(f"classifier_dropout must be in [0, 1), got {classifier_dropout}")
+        self.classifier_dropout = classifier_dropout
 
     def prepare_data(self, dataset: Any) -> MultitaskData:
         rows = filter_rows(dataset, self.filter_data)
@@ -156,7 +162,9 @@ class MultitaskClassifier(SavedModelEvaluation):
 
     def build_model(self, model_dir: str | os.PathLike, data: MultitaskData) -> Any:
         settings = self.settings
-        encoder = load_pretrained(model_dir, "BertModel", settings.seed, extra_layer=settings.strategy == "extra_layer")
+        overrides = {} if self.classifier_dropout is None else {"classifier_dropout": float(self.classifier_dropout)}
+        extra_layer = settings.strategy == "extra_layer"
+        encoder = load_pretrained(model_dir, "BertModel", settings.seed, extra_layer=extra_layer, **overrides)
         sizes = [1 if r else len(m) for r, m in zip(data.regression, data.id2labels, strict=True)]
         model = MultitaskModel(encoder, sizes, self.pooling, settings.seed)
         apply_strategy(model, settings.strategy, settings.freeze_layers, settings.adapter_size, settings.seed)
