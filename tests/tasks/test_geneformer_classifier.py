@@ -29,7 +29,10 @@ from mindformer_gf.tasks.geneformer_classifier import (
 )
 
 CELL_STATES = {"state_key": "cell_type", "states": "all"}
-REFERENCE_NAMES = Path(__file__).parents[1] / "assets" / "reference_api_names.json"
+REFERENCE_NAMES = next(
+    (p for p in (Path(__file__).parents[1] / d / "reference_api_names.json" for d in ("assets", "data")) if p.is_file()),
+    Path(__file__).parents[1] / "assets" / "reference_api_names.json",
+)
 
 
 def cell_classifier(**options):
