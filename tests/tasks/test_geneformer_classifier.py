@@ -30,7 +30,11 @@ from mindformer_gf.tasks.geneformer_classifier import (
 
 CELL_STATES = {"state_key": "cell_type", "states": "all"}
 REFERENCE_NAMES = next(
-    (p for p in (Path(__file__).parents[1] / d / "reference_api_names.json" for d in ("assets", "data")) if p.is_file()),
+    (
+        p
+        for p in (Path(__file__).parents[1] / d / "reference_api_names.json" for d in ("assets", "data"))
+        if p.is_file()
+    ),
     Path(__file__).parents[1] / "assets" / "reference_api_names.json",
 )
 
@@ -408,3 +412,93 @@ def test_evaluate_saved_model_finds_the_model_in_the_ksplit_folder_and_plots(val
         assert (tmp_path / name).stat().st_size > 1000
     with pytest.raises(ValueError, match="custom_class_order names"):
         classifier.plot_conf_mat({"Geneformer": metrics["conf_matrix"]}, str(tmp_path), "t", ["nope"])
+
+
+# ---- the splits of validate (no training) ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gene_prepared(pbmc_dataset_dir, pbmc_dataset, tmp_path_factory):
+    from mindformer_gf.tokenizer import load_gene_dictionaries
+
+    gene = {t: g for g, t in load_gene_dictionaries("V1").token.items()}
+    counts = np.bincount(np.concatenate(pbmc_dataset["input_ids"]))
+    frequent = [gene[t] for t in np.argsort(-counts, kind="stable")[:30]]
+    classes = {"first": frequent[0::2], "second": frequent[1::2]}
+    out = tmp_path_factory.mktemp("gene_prepared")
+    classifier = Classifier(classifier="gene", gene_class_dict=classes, model_version="V1", num_crossval_splits=5)
+    classifier.prepare_data(str(pbmc_dataset_dir), str(out), "g")
+    return classifier, out
+
+
+def test_five_gene_folds_hold_every_gene_out_once_split_into_eval_and_test(gene_prepared, tmp_path):
+    from mindformer_gf.infer.datasets import open_dataset
+
+    classifier, out = gene_prepared
+    data = open_dataset(out / "g_labeled.dataset")
+    targets, labels = classifier._gene_targets(data)
+    assert targets.size == 30
+
+    def labelled(split):
+        found = set()
+        for tokens, token_labels in zip(split["input_ids"], split["labels"], strict=True):
+            found |= {t for t, label in zip(tokens, token_labels, strict=True) if label != -100}
+        return found
+
+    pairs = classifier._gene_split_pairs(data, tmp_path, "g", False, False)
+    assert len(pairs) == 5
+    held_out = []
+    for train, valid, test in pairs:
+        train_genes, eval_genes, test_genes = labelled(train), labelled(valid), labelled(test)
+        assert not train_genes & (eval_genes | test_genes) and not eval_genes & test_genes
+        assert len(train_genes) == 24 and len(eval_genes | test_genes) == 6  # 4/5 trained, 1/5 held out
+        # held-out genes split test : eval as split_sizes test : (valid / (train + valid)), as the reference
+        assert len(test_genes) == round(6 * 0.1 / (0.1 + 0.1 / 0.9))
+        held_out += sorted(eval_genes | test_genes)
+    assert sorted(held_out) == sorted(targets.tolist())
+
+
+def test_debug_gene_split_datasets_stops_after_saving_the_first_split(gene_prepared, tmp_path, tiny_config):
+    classifier, out = gene_prepared
+    tiny_config.save_pretrained(tmp_path / "model")
+    result = classifier.validate(
+        str(tmp_path / "model"),
+        str(out / "g_labeled.dataset"),
+        str(out / "g_id_class_dict.pkl"),
+        str(tmp_path),
+        "g",
+        debug_gene_split_datasets=True,
+    )
+    assert result is None
+    (run,) = tmp_path.glob("*_geneformer_geneClassifier_g")
+    assert sorted(p.name for p in run.iterdir()) == [
+        "g_test_gene_labeled_ksplit1.dataset",
+        "g_train_gene_labeled_ksplit1.dataset",
+        "g_valid_gene_labeled_ksplit1.dataset",
+    ]
+
+
+def test_five_cell_folds_partition_the_cells_by_class(pbmc_dataset_dir, tmp_path):
+    from mindformer_gf.infer.datasets import open_dataset
+
+    classifier = cell_classifier(num_crossval_splits=5)
+    classifier.prepare_data(str(pbmc_dataset_dir), str(tmp_path), "c", test_size=0)
+    data = open_dataset(tmp_path / "c_labeled.dataset")
+    labels = np.asarray(data["label"])
+    splits = classifier._cell_splits(data, None, None, None, 100, 0.1)
+    evaluated = np.concatenate([held for _, held, _ in splits])
+    assert sorted(evaluated.tolist()) == list(range(len(data)))
+    for train, held, _ in splits:
+        assert not set(train) & set(held) and train.size + held.size == len(data)
+        counts = np.bincount(labels[held], minlength=labels.max() + 1)
+        np.testing.assert_allclose(counts, np.bincount(labels) / 5, atol=1)  # stratified
+
+
+def test_validate_refusals(gene_prepared, tmp_path):
+    classifier, out = gene_prepared
+    arguments = ("model", str(out / "g_labeled.dataset"), str(out / "g_id_class_dict.pkl"), str(tmp_path), "g")
+    with pytest.raises(ValueError, match="binary gene classifications only|not supported here yet"):
+        classifier.validate(*arguments, gene_balance=True)
+    every = Classifier(classifier="gene", gene_class_dict=classifier.gene_class_dict, num_crossval_splits=0)
+    with pytest.raises(ValueError, match="num_crossval_splits must be 1 or 5"):
+        every.validate(*arguments)
+    with pytest.raises(FileNotFoundError, match="holds no model"):
+        classifier.validate(*arguments)
