@@ -348,6 +348,45 @@ def _balance_pvalue(train: np.ndarray, held_out: np.ndarray) -> tuple[Any, Any, 
     return dict(observed), dict(expected), float(pvalue)
 
 
+def balance_gene_occurrences(
+    cells: Sequence[np.ndarray], label_of: Mapping[int, int], max_trials: int = 25
+) -> dict[int, int]:
+    """The reference's `gene_balance` for binary gene classes: when the occurrences of class-0 genes in `cells` are
+    not within 0.8-1.25 times those of class-1 genes, drop a random share of the more frequent class's genes (redrawn
+    up to `max_trials` times with a growing or shrinking share) until they are; the genes kept ({token: class})."""
+    import random
+
+    tokens = np.concatenate([np.asarray(c, np.int64) for c in cells]) if len(cells) else np.zeros(0, np.int64)
+    present, counts = np.unique(tokens, return_counts=True)
+    occurrences = dict(zip(present.tolist(), counts.tolist(), strict=True))
+
+    def ratio(genes: Mapping[int, int]) -> float:
+        per_class = [sum(occurrences.get(t, 0) for t, c in genes.items() if c == k) for k in (0, 1)]
+        return per_class[0] / per_class[1] if per_class[1] else math.inf
+
+    original = ratio(label_of)
+    if 0.8 <= original <= 1.25:
+        return dict(label_of)
+    frequent = 0 if original > 1.25 else 1
+    candidates = sorted(t for t, c in label_of.items() if c == frequent)
+    current, boost = original, 1.0
+    best = (abs(math.log(original)) if 0 < original < math.inf else math.inf, dict(label_of))
+    for trial in range(max_trials):
+        excess = current if frequent == 0 else 1.0 / current
+        n_remove = max(1, int(np.floor(len(candidates) - len(candidates) / (excess * boost))))
+        removed = set(random.Random(trial).sample(candidates, min(n_remove, len(candidates) - 1)))
+        kept = {t: c for t, c in label_of.items() if t not in removed}
+        current = ratio(kept)
+        if 0 < current < math.inf and abs(math.log(current)) < best[0]:
+            best = (abs(math.log(current)), kept)
+        if 0.8 <= current <= 1.25:
+            return kept
+        too_many = current > 1.25 if frequent == 0 else current < 0.8
+        boost *= 1.1 if too_many else 0.9
+    logger.warning("gene sets not balanced within 0.8-1.25 after %d trials: keeping the closest", max_trials)
+    return best[1]
+
+
 def balanced_attribute_split(
     dataset: Any,
     labels: np.ndarray,
@@ -794,17 +833,12 @@ class Classifier:
         data = _open(prepared_input_data_file)
         out = self._run_directory(output_directory, output_prefix)
         if self.classifier == "gene":
-            data = self._gene_split_data(data, *self._gene_targets(data), None, "train")
+            data = self._gene_split_data(data, *self._gene_targets(data), None, "train", gene_balance)
         return self.train_classifier(model_directory, len(id_class_dict), data, None, out, id_class_dict=id_class_dict)
 
     def _check_gene_balance(self, gene_balance: bool) -> None:
         if gene_balance and (self.classifier != "gene" or len(self.gene_class_dict) != 2):
             raise ValueError("gene_balance balances the genes of binary gene classifications only")
-        if gene_balance:
-            raise ValueError(
-                "gene_balance=True is not supported here yet: balance the two gene lists of gene_class_dict "
-                "(similar numbers of occurrences in the cells) before passing them"
-            )
 
     def train_classifier(
         self,
@@ -963,7 +997,7 @@ class Classifier:
             pairs = [(data.select(train), data.select(held), None) for train, held, _ in splits]
         else:
             pairs = self._gene_split_pairs(
-                data, out, output_prefix, save_gene_split_datasets, debug_gene_split_datasets
+                data, out, output_prefix, save_gene_split_datasets, debug_gene_split_datasets, gene_balance
             )
             if pairs is None:
                 return None
@@ -1054,15 +1088,27 @@ class Classifier:
         return np.asarray(order, np.int64), np.asarray([found[t] for t in order], np.int32)
 
     def _gene_split_data(
-        self, data: Any, targets: np.ndarray, labels: np.ndarray, index: np.ndarray | None, name: str
+        self,
+        data: Any,
+        targets: np.ndarray,
+        labels: np.ndarray,
+        index: np.ndarray | None,
+        name: str,
+        balance: bool = False,
     ) -> Any:
         """The cells holding a gene of `targets[index]` (at most max_ncells, drawn at random), relabelled: the class
-        id on those genes, -100 elsewhere (the reference's prep_gene_classifier_split)."""
+        id on those genes, -100 elsewhere (the reference's prep_gene_classifier_split); `balance` first drops genes
+        of the more frequent class (balance_gene_occurrences)."""
         index = np.arange(targets.size) if index is None else index
         cells = [np.asarray(c, np.int64) for c in data["input_ids"]]
         holding = cells_holding(cells, targets[index])
         if holding.size == 0:
             raise ValueError(f"no cell holds a {name} gene of this split")
+        if balance:
+            label_of = dict(zip(targets[index].tolist(), labels[index].tolist(), strict=True))
+            kept = balance_gene_occurrences([cells[i] for i in holding], label_of)
+            index = index[np.isin(targets[index], list(kept))]
+            holding = cells_holding(cells, targets[index])
         if self.max_ncells and holding.size > self.max_ncells:
             rng = np.random.default_rng(SPLIT_SEED)
             holding = np.sort(rng.choice(holding, self.max_ncells, replace=False))
@@ -1072,7 +1118,7 @@ class Classifier:
         return subset.add_column("labels", relabelled)
 
     def _gene_split_pairs(
-        self, data: Any, out: Path, prefix: str, save: bool, debug: bool
+        self, data: Any, out: Path, prefix: str, save: bool, debug: bool, balance: bool = False
     ) -> list[tuple[Any, Any, Any]] | None:
         """Per split: (train, eval, test) cells of the reference's gene folds: int(1 / (1 - train)) stratified folds
         of genes; each held-out fold divided into eval and test genes in the proportion of split_sizes."""
@@ -1092,7 +1138,7 @@ class Classifier:
                 counts = np.bincount(labels[held])
                 stratify = labels[held] if counts[counts > 0].min() >= 2 else None
                 eval_genes, test_genes = train_test_split(held, test_size=test_ratio, stratify=stratify, random_state=0)
-            train_data = self._gene_split_data(data, targets, labels, train, "train")
+            train_data = self._gene_split_data(data, targets, labels, train, "train", balance)
             eval_data = self._gene_split_data(data, targets, labels, np.sort(eval_genes), "eval")
             test_data = None
             if test_genes.size:

@@ -21,6 +21,7 @@ from mindformer_gf.safe_pickle import safe_load
 from mindformer_gf.tasks.geneformer_classifier import (
     BITSANDBYTES_REFUSAL,
     Classifier,
+    balance_gene_occurrences,
     cross_valid_roc_metrics,
     lora_settings_from_quantize,
     roc_metrics,
@@ -495,10 +496,29 @@ def test_five_cell_folds_partition_the_cells_by_class(pbmc_dataset_dir, tmp_path
 def test_validate_refusals(gene_prepared, tmp_path):
     classifier, out = gene_prepared
     arguments = ("model", str(out / "g_labeled.dataset"), str(out / "g_id_class_dict.pkl"), str(tmp_path), "g")
-    with pytest.raises(ValueError, match="binary gene classifications only|not supported here yet"):
-        classifier.validate(*arguments, gene_balance=True)
+    three = Classifier(classifier="gene", gene_class_dict={"a": ["G1"], "b": ["G2"], "c": ["G3"]})
+    with pytest.raises(ValueError, match="binary gene classifications only"):
+        three.validate(*arguments, gene_balance=True)
     every = Classifier(classifier="gene", gene_class_dict=classifier.gene_class_dict, num_crossval_splits=0)
     with pytest.raises(ValueError, match="num_crossval_splits must be 1 or 5"):
         every.validate(*arguments)
     with pytest.raises(FileNotFoundError, match="holds no model"):
         classifier.validate(*arguments)
+
+
+def test_gene_balance_drops_genes_of_the_frequent_class_until_occurrences_match():
+    rng = np.random.default_rng(1)
+    label_of = {t: 0 for t in range(10, 30)} | {t: 1 for t in range(40, 50)}  # 20 genes vs 10, equally common
+    cells = [rng.choice(list(label_of), size=8, replace=False) for _ in range(300)]
+    kept = balance_gene_occurrences(cells, label_of)
+    tokens = np.concatenate(cells)
+
+    def occurrences(genes, label):
+        return int(np.isin(tokens, [t for t, c in genes.items() if c == label]).sum())
+
+    assert occurrences(label_of, 0) / occurrences(label_of, 1) > 1.8
+    assert 0.8 <= occurrences(kept, 0) / occurrences(kept, 1) <= 1.25
+    assert {t for t, c in kept.items() if c == 1} == set(range(40, 50))  # the rarer class keeps every gene
+    assert set(kept) < set(label_of) and all(kept[t] == label_of[t] for t in kept)
+    balanced = {t: 0 for t in range(10, 20)} | {t: 1 for t in range(40, 50)}
+    assert balance_gene_occurrences(cells, balanced) == balanced
