@@ -522,3 +522,51 @@ def test_gene_balance_drops_genes_of_the_frequent_class_until_occurrences_match(
     assert set(kept) < set(label_of) and all(kept[t] == label_of[t] for t in kept)
     balanced = {t: 0 for t in range(10, 20)} | {t: 1 for t in range(40, 50)}
     assert balance_gene_occurrences(cells, balanced) == balanced
+
+
+def test_quantize_with_peft_config_selects_the_lora_strategy(tmp_path, tiny_config):
+    from mindformer_gf.finetune.task_model import STRATEGIES
+
+    tiny_config.save_pretrained(tmp_path / "model")
+    peft = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["query", "value"]}
+    classifier = cell_classifier(quantize={"peft_config": peft})
+    if "lora" not in STRATEGIES:  # the LoRA strategy arrives with its own branch
+        with pytest.raises(ValueError, match="needs the 'lora' fine-tuning strategy"):
+            classifier.fine_tune_settings(tmp_path / "model")
+        return
+    settings = classifier.fine_tune_settings(tmp_path / "model")
+    assert (settings.strategy, settings.lora_r, settings.lora_alpha, settings.lora_dropout) == ("lora", 8, 16, 0.0)
+    assert tuple(settings.lora_target_modules) == ("query", "value")
+
+
+@pytest.mark.slow
+def test_n_hyperopt_trials_runs_our_search_per_split_and_returns_none(pbmc_dataset_dir, tiny_model_dir, tmp_path):
+    classifier = Classifier(
+        classifier="cell",
+        cell_state_dict={"state_key": "cell_type", "states": ["CD14+ Monocyte", "CD19+ B", "Dendritic"]},
+        max_ncells=120,
+        training_args={"num_train_epochs": 1, "warmup_steps": 0, "disable_tqdm": True},
+        ray_config={"learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}, "seed": [1, 2]},
+        forward_batch_size=64,
+    )
+    classifier.prepare_data(str(pbmc_dataset_dir), str(tmp_path), "h", test_size=0)
+    result = classifier.validate(
+        str(tiny_model_dir),
+        str(tmp_path / "h_labeled.dataset"),
+        str(tmp_path / "h_id_class_dict.pkl"),
+        str(tmp_path),
+        "h",
+        n_hyperopt_trials=2,
+    )
+    assert result is None  # as the reference
+    (run,) = tmp_path.glob("*_geneformer_cellClassifier_h")
+    search = run / "ksplit1" / "search"
+    trials = pd.read_csv(search / "trials.csv")
+    best = json.loads((search / "best_trial.json").read_text())
+    assert len(trials) == 2 and set(trials["state"]) == {"complete"}
+    assert best["score"] == pytest.approx(trials["score"].max())
+    assert 1e-4 <= best["params"]["learning_rate"] <= 3e-3 and best["params"]["seed"] in (1, 2)
+    assert (Path(best["directory"]) / "model" / "config.json").is_file()
+    # a trial's score is its run's best validation macro-F1 (the checkpoint it keeps)
+    history = pd.read_csv(Path(best["directory"]) / "training" / "eval_history.csv")
+    assert best["score"] == pytest.approx(history["macro_f1"].max())
