@@ -10,7 +10,8 @@ Ascend with the same code, and writes files one can open (CSV, JSON, PNG/PDF, a 
 - `GeneClassifier(gene_classes, n_folds, ..., settings)`.run(dataset, model_dir, out)   `gf classify gene`
 - `EmbExtractor(emb_mode, emb_layer, emb_label, ...)`.extract_embs / plot_embs   `gf embed`
 - `MultitaskClassifier(task_columns, ..., pooling)`.run(dataset, model_dir, out)    `gf classify multitask`
-- `Classifier(classifier="cell" | "gene", ...)`: the reference's entry point, returning one of the first two.
+- `Classifier(classifier="cell" | "gene", ...)`: the reference's class, keyword for keyword, over the first two
+  (mindformer_gf.tasks.geneformer_classifier)
 - `InSilicoPerturber(...)`.perturb_data / `InSilicoPerturberStats(mode, ...)`.get_stats    `gf perturb`,
   `gf perturb-stats` (mindformer_gf.tasks.perturb)
 
@@ -33,17 +34,11 @@ from mindformer_gf.tasks.multitask import MultitaskClassifier, MultitaskResult
 MTLClassifier = MultitaskClassifier
 
 
-def Classifier(classifier: str = "cell", **options: Any) -> CellClassifier | GeneClassifier:
-    """The reference's factory: `Classifier(classifier="cell", state_key=...)` or
-    `Classifier(classifier="gene", gene_classes=...)`."""
-    if classifier == "cell":
-        return CellClassifier(**options)
-    if classifier == "gene":
-        return GeneClassifier(**options)
-    raise ValueError(f"classifier must be 'cell' or 'gene', got {classifier!r}")
-
-
 def __getattr__(name: str) -> Any:
+    if name == "Classifier":  # the reference's Classifier (its prepare/validate/evaluate workflow)
+        from mindformer_gf.tasks.geneformer_classifier import Classifier
+
+        return Classifier
     # the perturbation classes load lazily: importing the tasks must not pay for scipy.stats and statsmodels
     if name in ("InSilicoPerturber", "InSilicoPerturberStats", "get_state_embs"):
         from mindformer_gf.tasks import perturb
