@@ -573,6 +573,26 @@ class Classifier:
             self.filter_data[self.cell_state_dict["state_key"]] = list(self.cell_state_dict["states"])
         if self.classifier == "gene" and self._token_dictionary_known():
             self._gene_tokens(self.gene_token_dict)  # the reference checks the genes against the dictionary here
+        self._check_launch()
+
+    def _check_launch(self) -> None:
+        """ngpu against the devices of this launch: msrun starts one process per device (ngpu itself starts none)."""
+        from mindformer_gf.train.distributed import launched_by_msrun
+
+        workers = int(os.environ.get("MS_WORKER_NUM", "1")) if launched_by_msrun() else 1
+        if self.ngpu > 1 and workers == 1:
+            logger.warning(
+                "ngpu=%d: one process here; to use %d devices, launch the script with msrun --worker_num=%d "
+                "--local_worker_num=%d",
+                self.ngpu,
+                self.ngpu,
+                self.ngpu,
+                self.ngpu,
+            )
+        elif workers != self.ngpu and workers > 1:
+            logger.warning(
+                "ngpu=%d, but msrun started %d workers: running data-parallel on %d", self.ngpu, workers, workers
+            )
 
     # ---- options ---------------------------------------------------------------------------------------------------
     def validate_options(self) -> None:

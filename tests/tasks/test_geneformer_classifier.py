@@ -570,3 +570,17 @@ def test_n_hyperopt_trials_runs_our_search_per_split_and_returns_none(pbmc_datas
     # a trial's score is its run's best validation macro-F1 (the checkpoint it keeps)
     history = pd.read_csv(Path(best["directory"]) / "training" / "eval_history.csv")
     assert best["score"] == pytest.approx(history["macro_f1"].max())
+
+
+def test_ngpu_names_the_msrun_launch_it_needs(caplog, monkeypatch):
+    for variable in ("MS_ROLE", "MS_WORKER_NUM"):
+        monkeypatch.delenv(variable, raising=False)
+    with caplog.at_level("WARNING", logger="mindformer_gf.tasks"):
+        cell_classifier(ngpu=4, training_args={})
+    assert "msrun --worker_num=4 --local_worker_num=4" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("MS_ROLE", "MS_WORKER")
+    monkeypatch.setenv("MS_WORKER_NUM", "4")
+    with caplog.at_level("WARNING", logger="mindformer_gf.tasks"):
+        cell_classifier(ngpu=4, training_args={})
+    assert "msrun" not in caplog.text
