@@ -1258,9 +1258,10 @@ class Classifier:
         output_prefix: str | None = None,
         predict_metadata: list[str] | None = None,
     ) -> dict[str, Any] | None:
-        """Predict `eval_data` with `model` (a model directory, or a loaded model) and score it: {"conf_mat",
-        "macro_f1", "acc", "roc_metrics" (two classes)}. `predict` writes `{output_prefix}_pred_dict.pkl`
-        ({"pred_ids", "label_ids", "predictions": logits, "prediction_metadata"}) into `output_directory`."""
+        """Predict `eval_data` with `model` (a model directory, a TrainedClassifier, or a loaded model) and score
+        it: {"conf_mat", "macro_f1", "acc", "roc_metrics" (two classes)}. `predict` writes
+        `{output_prefix}_pred_dict.pkl` ({"pred_ids", "label_ids", "predictions": logits, "prediction_metadata"})
+        into `output_directory`."""
         from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
         id_class_dict = {int(k): str(v) for k, v in id_class_dict.items()}
@@ -1314,6 +1315,8 @@ class Classifier:
         )
         prepare_device(settings.device)
         architecture = "BertForSequenceClassification" if self.classifier == "cell" else "BertForTokenClassification"
+        if isinstance(model, TrainedClassifier):
+            model = model.model_directory
         if isinstance(model, (str, os.PathLike)):
             model, _ = load_saved_model(_resolve_model_directory(model), architecture)
         data, pad_id = dataset_for_model(data, model.config)

@@ -584,3 +584,41 @@ def test_ngpu_names_the_msrun_launch_it_needs(caplog, monkeypatch):
     with caplog.at_level("WARNING", logger="mindformer_gf.tasks"):
         cell_classifier(ngpu=4, training_args={})
     assert "msrun" not in caplog.text
+
+
+@pytest.mark.slow
+def test_train_all_data_trains_on_every_prepared_cell(pbmc_dataset_dir, tiny_model_dir, tmp_path):
+    from safetensors.numpy import load_file
+
+    from mindformer_gf.infer.datasets import open_dataset
+
+    classifier = Classifier(
+        classifier="cell",
+        cell_state_dict={"state_key": "cell_type", "states": ["CD14+ Monocyte", "CD19+ B"]},
+        training_args={"num_train_epochs": 1, "warmup_steps": 0, "learning_rate": 1e-3, "disable_tqdm": True},
+        num_crossval_splits=0,
+        forward_batch_size=64,
+    )
+    classifier.prepare_data(str(pbmc_dataset_dir), str(tmp_path), "a", test_size=0)
+    trained = classifier.train_all_data(
+        str(tiny_model_dir),
+        str(tmp_path / "a_labeled.dataset"),
+        str(tmp_path / "a_id_class_dict.pkl"),
+        str(tmp_path),
+        "a",
+    )
+    assert trained.output_directory.name.endswith("_geneformer_cellClassifier_a")
+    assert trained.model.config.id2label == {0: "CD14+ Monocyte", 1: "CD19+ B"}
+    tuned = load_file(str(trained.model_directory / "mindspore_model.safetensors"))
+    pretrained = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert not np.array_equal(
+        tuned["bert.encoder.layer.0.attention.self.query.weight"],
+        pretrained["bert.encoder.layer.0.attention.self.query.weight"],
+    )
+    # every prepared cell trained: the run's steps cover them all in one epoch of batches of 12
+    cells = len(open_dataset(tmp_path / "a_labeled.dataset"))
+    steps = pd.read_csv(trained.output_directory / "training" / "metrics.csv")["step"].max()
+    assert steps == int(np.ceil(cells / 12))
+    # scored by evaluate_model with the run itself standing for the reference's trainer.model
+    scored = classifier.evaluate_model(trained, 2, {0: "CD14+ Monocyte", 1: "CD19+ B"}, tmp_path / "a_labeled.dataset")
+    assert scored["conf_mat"].sum() == cells and scored["roc_metrics"]["auc"] >= 0.0
