@@ -622,3 +622,15 @@ def test_train_all_data_trains_on_every_prepared_cell(pbmc_dataset_dir, tiny_mod
     # scored by evaluate_model with the run itself standing for the reference's trainer.model
     scored = classifier.evaluate_model(trained, 2, {0: "CD14+ Monocyte", 1: "CD19+ B"}, tmp_path / "a_labeled.dataset")
     assert scored["conf_mat"].sum() == cells and scored["roc_metrics"]["auc"] >= 0.0
+
+
+def test_v2_gene_classes_map_with_the_dictionary_the_dataset_records(pbmc_dataset_dir, tmp_path, gene_prepared):
+    from datasets import load_from_disk
+
+    v1, out = gene_prepared
+    v2 = Classifier(classifier="gene", gene_class_dict=v1.gene_class_dict)  # model_version "V2", no dictionary file
+    v2.prepare_data(str(pbmc_dataset_dir), str(tmp_path), "g")
+    assert (
+        load_from_disk(str(tmp_path / "g_labeled.dataset"))["labels"]
+        == load_from_disk(str(out / "g_labeled.dataset"))["labels"]
+    )
