@@ -12,7 +12,8 @@ Ascend with the same code, and writes files one can open (CSV, JSON, PNG/PDF, a 
 - `MultitaskClassifier(task_columns, ..., pooling)`.run(dataset, model_dir, out)    `gf classify multitask`
 - `MTLClassifier(task_columns=..., train_path=..., val_path=..., ...)`: the reference's multitask workflow
   (run_optuna_study / run_manual_tuning / load_and_evaluate_test_model) over MultitaskClassifier's model.
-- `Classifier(classifier="cell" | "gene", ...)`: the reference's entry point, returning one of the first two.
+- `Classifier(classifier="cell" | "gene", ...)`: the reference's class, keyword for keyword, over the first two
+  (mindformer_gf.tasks.geneformer_classifier)
 - `InSilicoPerturber(...)`.perturb_data / `InSilicoPerturberStats(mode, ...)`.get_stats    `gf perturb`,
   `gf perturb-stats` (mindformer_gf.tasks.perturb)
 
@@ -34,17 +35,11 @@ from mindformer_gf.tasks.geneformer_mtl import MTLClassifier
 from mindformer_gf.tasks.multitask import MultitaskClassifier, MultitaskResult
 
 
-def Classifier(classifier: str = "cell", **options: Any) -> CellClassifier | GeneClassifier:
-    """The reference's factory: `Classifier(classifier="cell", state_key=...)` or
-    `Classifier(classifier="gene", gene_classes=...)`."""
-    if classifier == "cell":
-        return CellClassifier(**options)
-    if classifier == "gene":
-        return GeneClassifier(**options)
-    raise ValueError(f"classifier must be 'cell' or 'gene', got {classifier!r}")
-
-
 def __getattr__(name: str) -> Any:
+    if name == "Classifier":  # the reference's Classifier (its prepare/validate/evaluate workflow)
+        from mindformer_gf.tasks.geneformer_classifier import Classifier
+
+        return Classifier
     # the perturbation classes load lazily: importing the tasks must not pay for scipy.stats and statsmodels
     if name in ("InSilicoPerturber", "InSilicoPerturberStats", "get_state_embs"):
         from mindformer_gf.tasks import perturb

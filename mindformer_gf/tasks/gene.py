@@ -295,14 +295,25 @@ class GeneClassifier(SavedModelEvaluation):
             None,
             run_config={"task": "gene", "fold": k, "model": str(model_dir)},
         )
-        record = {"command": "classify gene", "pass": "test", "fold": k, "model": str(model_dir)}
-        merged, job = sharded_forward(
-            model, dataset, rows[test_cells], settings, buckets, out, "predictions", record, pad_id, f"test fold {k}"
-        )
-        if merged is None:
-            return None, None  # another rank's share of the test cells: rank 0 scores the fold
-        frame, metrics = self._score_occurrences(k, genes, rows, cells, test_cells, test_genes, merged[0], scale)
-        job.finish([write_csv(out / "predictions.csv", frame), write_json(out / "metrics.json", metrics)])
+        frame, metrics = None, None
+        if test_genes.size:  # a run on every gene (the reference's train_all_data) has none to test
+            record = {"command": "classify gene", "pass": "test", "fold": k, "model": str(model_dir)}
+            merged, job = sharded_forward(
+                model,
+                dataset,
+                rows[test_cells],
+                settings,
+                buckets,
+                out,
+                "predictions",
+                record,
+                pad_id,
+                f"test fold {k}",
+            )
+            if merged is None:
+                return None, None  # another rank's share of the test cells: rank 0 scores the fold
+            frame, metrics = self._score_occurrences(k, genes, rows, cells, test_cells, test_genes, merged[0], scale)
+            job.finish([write_csv(out / "predictions.csv", frame), write_json(out / "metrics.json", metrics)])
 
         save_task_model(
             model,
@@ -323,7 +334,7 @@ class GeneClassifier(SavedModelEvaluation):
             "test_genes": int(test_genes.size),
             "train_cells": int(train_cells.size),
             "test_cells": int(test_cells.size),
-            "test_occurrences": len(frame),
+            "test_occurrences": 0 if frame is None else len(frame),
             "final_loss": run.final_loss,
             "seconds": round(time.perf_counter() - started, 1),
             "metrics": metrics,

@@ -45,3 +45,56 @@ def v2_dataset(cells: list[list[int]], vocab_size: int) -> Any:
     }
     columns = {"input_ids": cells, "length": [len(c) for c in cells]}
     return Dataset.from_dict(columns, info=DatasetInfo(description=json.dumps(record)))
+
+
+def tokenized_pbmc(root: Any, tokens_per_cell: int = 64) -> Any:
+    """The shipped PBMC cells (10 annotated types) tokenized to their top `tokens_per_cell` genes under `root`: the
+    dataset directory."""
+    import warnings
+
+    from mindformer_gf.data.pbmc68k import counts_h5ad
+    from mindformer_gf.resources import example_cells_path
+    from mindformer_gf.tokenizer import tokenize
+
+    counts = counts_h5ad(example_cells_path("pbmc68k_reduced"), root / "pbmc_counts.h5ad")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # expm1 of normalised values is not integer: expected
+        result = tokenize(
+            counts,
+            root,
+            "pbmc",
+            gene_id="symbol",
+            model_input_size=tokens_per_cell,
+            custom_attr_name_dict={
+                "barcode": "barcode",
+                "cell_type": "cell_type",
+                "louvain": "louvain",
+                "phase": "phase",
+                "percent_mito": "percent_mito",
+            },
+            progress=False,
+        )
+    return result.path
+
+
+def tiny_config(max_position_embeddings: int = 64) -> Any:
+    """A tiny Geneformer config (2 layers, hidden 32) with the V1 vocabulary."""
+    from mindformer_gf.config import GeneformerConfig
+
+    return GeneformerConfig.from_preset(
+        "Geneformer-V1-10M",
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=max_position_embeddings,
+        architectures=["BertForMaskedLM"],
+    )
+
+
+def tiny_pretrained_model(directory: Any, config: Any, seed: int = 7) -> Any:
+    """A pretrained-format (masked-LM) model directory with random weights (config.json + model.safetensors)."""
+    from mindformer_gf.model import build_model
+    from mindformer_gf.train.checkpoint import save_model_dir
+
+    return save_model_dir(build_model(config, "BertForMaskedLM", seed=seed), directory)
