@@ -122,7 +122,9 @@ def test_cls_and_eos_are_left_out_of_the_mean_and_cls_mode_reads_position_0(tiny
 
 
 def test_cls_mode_on_v1_cells_and_bad_layers_are_refused(tiny_model_dir, pbmc_dataset):
-    with pytest.raises(ValueError, match=r"emb_mode 'cls' \(the default, for V2 models\) needs cells that start with <cls>"):
+    with pytest.raises(
+        ValueError, match=r"emb_mode 'cls' \(the default, for V2 models\) needs cells that start with <cls>"
+    ):
         EmbExtractor(emb_mode="cls", max_ncells=4, progress=False).extract_embs(tiny_model_dir, pbmc_dataset)
     with pytest.raises(ValueError, match="outside -2..0"):
         EmbExtractor(emb_layer=-3, max_ncells=4, progress=False).extract_embs(tiny_model_dir, pbmc_dataset)
