@@ -51,14 +51,30 @@ DEFAULT_EXCEPTIONS: dict[tuple[str, str, str], tuple[Any, str]] = {
         None,
         "None = every supported format in the directory (a single file's own suffix); 'loom' still selects .loom",
     ),
-    ("InSilicoPerturberStats", "__init__", "pickle_suffix"): (
-        None,
-        "None = our perturber's results (the {prefix}.parquet table) or else the reference's '_raw.pickle' files",
-    ),
-    ("InSilicoPerturberStats", "__init__", "model_version"): (
-        None,
-        "None = the version recorded with the perturber's results (the reference's V2 when there is no record)",
-    ),
+}
+
+# (class, method) -> why the method is not ours: steps inside the reference's pipeline (in-memory lists, torch models
+# on CUDA) that user code does not call; ours does the same work streamed, in other functions. Listed in
+# docs/moving-from-geneformer.md; their rows skip with this reason.
+INTERNAL_STEPS: dict[tuple[str, str], str] = {
+    ("TranscriptomeTokenizer", "tokenize_anndata"): "the reference's per-file step returning token lists in memory; "
+    "ours streams each file in blocks inside tokenize_data",
+    ("TranscriptomeTokenizer", "tokenize_loom"): "the reference's per-file step returning token lists in memory; "
+    "ours streams each file in blocks inside tokenize_data",
+    ("TranscriptomeTokenizer", "create_dataset"): "the reference builds the dataset from in-memory lists; ours "
+    "writes Arrow shards as cells are encoded (tokenize_data)",
+    ("InSilicoPerturber", "apply_additional_filters"): "the reference's selection step on a loaded dataset; ours "
+    "is select_rows, inside perturb_data",
+    ("InSilicoPerturber", "isp_perturb_set"): "the reference's loop over a torch model on CUDA; ours is the "
+    "batched engine inside perturb_data",
+    ("InSilicoPerturber", "isp_perturb_set_special"): "the reference's loop over a torch model on CUDA; ours is "
+    "the batched engine inside perturb_data",
+    ("InSilicoPerturber", "isp_perturb_all"): "the reference's loop over a torch model on CUDA; ours is the "
+    "batched engine inside perturb_data",
+    ("InSilicoPerturber", "isp_perturb_all_special"): "the reference's loop over a torch model on CUDA; ours is "
+    "the batched engine inside perturb_data",
+    ("InSilicoPerturber", "update_perturbation_dictionary"): "the reference's in-memory result dictionary; ours "
+    "writes the results table in shards (output.ShardedTable)",
 }
 
 OTHER_BRANCH_MODULES = {"Classifier", "MTLClassifier"}
@@ -95,6 +111,10 @@ def test_the_json_covers_the_six_classes() -> None:
 @pytest.mark.parametrize("row", ROWS, ids=_row_id)
 def test_reference_keyword_is_accepted_with_its_default(row: dict[str, Any]) -> None:
     cls = _our_class(row["class"])
+    internal = INTERNAL_STEPS.get((row["class"], row["method"]))
+    if internal is not None:
+        assert not hasattr(cls, row["method"]), f"{_row_id(row)}: ours exists now; drop it from INTERNAL_STEPS"
+        pytest.skip(f"reference-internal step: {internal}")
     method = getattr(cls, row["method"], None)
     assert method is not None, f"{cls.__name__} has no method {row['method']}"
     parameters = inspect.signature(method).parameters
@@ -121,3 +141,4 @@ def test_reference_keyword_is_accepted_with_its_default(row: dict[str, Any]) -> 
 def test_exceptions_name_real_rows() -> None:
     keys = {(row["class"], row["method"], row["keyword"]) for row in ROWS}
     assert set(DEFAULT_EXCEPTIONS) <= keys
+    assert set(INTERNAL_STEPS) <= {(row["class"], row["method"]) for row in ROWS}
