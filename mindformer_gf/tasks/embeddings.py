@@ -398,8 +398,9 @@ class EmbExtractor:
     ) -> dict[str, Any]:
         """{state: exact mean (or median, per summary_stat) embedding of that state's cells} for the start, goal
         and alt states of `cell_states_to_model`: InSilicoPerturber's `state_embs_dict`; written to
-        `{output_directory}/{output_prefix}.pkl` as numpy arrays (plain data). The values returned are torch tensors
-        as the reference's when output_torch_embs (the default) and torch is installed, numpy arrays otherwise.
+        `{output_directory}/{output_prefix}.pkl` as lists of floats (plain data; the reference pickles tensors).
+        The values returned are torch tensors as the reference's when output_torch_embs (the default) and torch is
+        installed, numpy arrays otherwise.
 
         The earlier form `get_state_embs(embs, label)` (an Embeddings and a label column) is `state_embs`."""
         if isinstance(cell_states_to_model, Embeddings):
@@ -442,7 +443,8 @@ class EmbExtractor:
 
             path = ensure_dir(values["output_directory"]) / f"{output_prefix}.pkl"
             with atomic_file(path) as tmp, open(tmp, "wb") as handle:
-                pickle.dump({k: np.asarray(v) for k, v in found.items()}, handle, protocol=4)
+                # plain lists of floats: loadable with mindformer_gf.safe_pickle, and InSilicoPerturber takes them
+                pickle.dump({k: np.asarray(v, np.float64).tolist() for k, v in found.items()}, handle, protocol=4)
         if output_torch_embs:
             try:
                 import torch
