@@ -57,14 +57,6 @@ DEFAULT_EXCEPTIONS: dict[tuple[str, str, str], tuple[Any, str]] = {
 # on CUDA) that user code does not call; ours does the same work streamed, in other functions. Listed in
 # docs/moving-from-geneformer.md; their rows skip with this reason.
 INTERNAL_STEPS: dict[tuple[str, str], str] = {
-    ("TranscriptomeTokenizer", "tokenize_anndata"): "the reference's per-file step returning token lists in memory; "
-    "ours streams each file in blocks inside tokenize_data",
-    ("TranscriptomeTokenizer", "tokenize_loom"): "the reference's per-file step returning token lists in memory; "
-    "ours streams each file in blocks inside tokenize_data",
-    ("TranscriptomeTokenizer", "create_dataset"): "the reference builds the dataset from in-memory lists; ours "
-    "writes Arrow shards as cells are encoded (tokenize_data)",
-    ("InSilicoPerturber", "apply_additional_filters"): "the reference's selection step on a loaded dataset; ours "
-    "is select_rows, inside perturb_data",
     ("InSilicoPerturber", "isp_perturb_set"): "the reference's loop over a torch model on CUDA; ours is the "
     "batched engine inside perturb_data",
     ("InSilicoPerturber", "isp_perturb_set_special"): "the reference's loop over a torch model on CUDA; ours is "

@@ -12,6 +12,7 @@ process or many.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -308,14 +309,16 @@ def _encode_block(
     return cells_table(ranked, attributes, schema)
 
 
-def counts_column(block: sp.csr_matrix, n_counts: np.ndarray, ranked: RankedCells, genes: GenePlan) -> pa.Array:
+def counts_column(
+    block: sp.csr_matrix, n_counts: np.ndarray, ranked: RankedCells, genes: GenePlan, target_sum: float = TARGET_SUM
+) -> pa.Array:
     """The reference's keep_counts column: per cell, each token's count normalised to TARGET_SUM (count / n_counts
     * 10,000, not divided by the gene median), in the token order of input_ids; 0.0 at <cls>/<eos>. `block` holds
     the ranked cells' rows (empty cells dropped)."""
     selected = select_genes(block, genes)
     rows = np.repeat(np.arange(selected.shape[0], dtype=np.int64), np.diff(selected.indptr))
     tokens = genes.slot_tokens[selected.indices].astype(np.int64)
-    values = selected.data.astype(np.float64) / n_counts[rows] * TARGET_SUM
+    values = selected.data.astype(np.float64) / n_counts[rows] * target_sum
     stride = int(max(tokens.max(initial=0), ranked.tokens.max(initial=0))) + 1
     keys = rows * stride + tokens
     order = np.argsort(keys, kind="stable")
@@ -611,6 +614,104 @@ class TranscriptomeTokenizer:
         return self.tokenize_files(
             data_directory, output_directory, output_prefix, file_format, overwrite, input_identifier
         )
+
+    # -- the reference's in-memory steps (tokenize_data streams instead; these serve scripts that call them) ------
+    def tokenize_anndata(
+        self, adata_file_path: str | os.PathLike[str], target_sum: float = 10_000, file_format: str = "h5ad"
+    ) -> tuple[list[np.ndarray], dict[str, list] | None, list[np.ndarray]]:
+        """The reference's per-file step for .h5ad / .zarr: (token arrays, {column: values} or None, count arrays
+        with keep_counts else []), every cell's genes ranked, not yet truncated nor framed (create_dataset does
+        that); filter_pass and empty cells as in tokenize_data. Held in memory: for large files use tokenize_data."""
+        return self._tokenize_in_memory(adata_file_path, target_sum, file_format)
+
+    def tokenize_loom(
+        self, loom_file_path: str | os.PathLike[str], target_sum: float = 10_000, file_format: str = "loom"
+    ) -> tuple[list[np.ndarray], dict[str, list] | None, list[np.ndarray]]:
+        """The reference's per-file step for .loom (see tokenize_anndata)."""
+        return self._tokenize_in_memory(loom_file_path, target_sum, file_format)
+
+    def _tokenize_in_memory(
+        self, path: str | os.PathLike[str], target_sum: float, file_format: str
+    ) -> tuple[list[np.ndarray], dict[str, list] | None, list[np.ndarray]]:
+        path = Path(path)
+        if file_format_of(path) != file_format:
+            raise TokenizerInputError(f"{path}: not a .{file_format} file (file_format={file_format!r})")
+        plan = self._plan_file(path, {})
+        genes = plan.genes
+        cells: list[np.ndarray] = []
+        counts: list[np.ndarray] = []
+        metadata: dict[str, list] = {out: [] for out in self.custom_attr_name_dict.values()}
+        dropped = 0
+        with open_cell_file(path) as cell_file:
+            all_n_counts = cell_file.cell_attribute(N_COUNTS).astype(np.float64) if plan.has_n_counts else None
+            passing = cell_file.cell_attribute(FILTER_PASS) == 1 if plan.has_filter_pass else None
+            attributes = {name: cell_file.cell_attribute(name) for name in self.custom_attr_name_dict}
+            for start in range(0, plan.n_cells, self.chunk_size):
+                stop = min(start + self.chunk_size, plan.n_cells)
+                rows, block = np.arange(start, stop), cell_file.read_block(start, stop)
+                if passing is not None:
+                    rows, block = rows[passing[start:stop]], block[passing[start:stop]]
+                totals = np.asarray(block.sum(axis=1), dtype=np.float64).reshape(-1)
+                n_counts = totals if all_n_counts is None else all_n_counts[rows]
+                ranked = rank_value_encode(
+                    select_genes(block, genes), n_counts, genes.slot_tokens, genes.slot_medians, target_sum=target_sum
+                )
+                expressed = ranked.lengths > 0
+                dropped += int((~expressed).sum())
+                kept = drop_cells(ranked, expressed)
+                if self.keep_counts:
+                    column = counts_column(block[expressed], n_counts[expressed], kept, genes, target_sum)
+                    counts += [np.asarray(values, np.float64) for values in column.to_pylist()]
+                cells += [kept.cell(i).astype(np.int64) for i in range(len(kept.lengths))]
+                for name, out in self.custom_attr_name_dict.items():
+                    metadata[out] += attributes[name][rows[expressed]].tolist()
+        if dropped:
+            warnings.warn(
+                f"{path}: dropped {dropped} cells with no expressed gene of the dictionary", TokenizerWarning, 2
+            )
+        return cells, (metadata if self.custom_attr_name_dict else None), counts
+
+    def create_dataset(
+        self,
+        tokenized_cells: Sequence[Sequence[int]],
+        cell_metadata: Mapping[str, Sequence[Any]] | None,
+        tokenized_counts: Sequence[Sequence[float]],
+        use_generator: bool = False,
+        keep_uncropped_input_ids: bool = False,
+    ) -> Any:
+        """The reference's last step: a `datasets.Dataset` (in memory) of the cells cut to model_input_size and
+        framed with <cls>/<eos> when special_token (counts 0.0 there), with `length`, the metadata columns, `counts`
+        with keep_counts, and with keep_uncropped_input_ids `input_ids_uncropped` / `length_uncropped`.
+        use_generator is accepted (the table is built from lists either way)."""
+        from datasets import Dataset, DatasetInfo
+
+        del use_generator
+        token = self.dictionaries.token
+        limit = self.model_input_size - (2 if self.special_token else 0)
+        columns: dict[str, list] = {"input_ids": [], "length": []}
+        if keep_uncropped_input_ids:
+            columns.update(input_ids_uncropped=[], length_uncropped=[])
+        if self.keep_counts:
+            columns["counts"] = []
+        for index, cell in enumerate(tokenized_cells):
+            genes = [int(t) for t in cell]
+            if keep_uncropped_input_ids:
+                columns["input_ids_uncropped"].append(genes)
+                columns["length_uncropped"].append(len(genes))
+            ids = genes[:limit]
+            if self.special_token:
+                ids = [token[CLS_TOKEN], *ids, token[EOS_TOKEN]]
+            columns["input_ids"].append(ids)
+            columns["length"].append(len(ids))
+            if self.keep_counts:
+                values = [float(v) for v in tokenized_counts[index]][:limit]
+                columns["counts"].append([0.0, *values, 0.0] if self.special_token else values)
+        for name, values in dict(cell_metadata or {}).items():
+            if len(values) != len(tokenized_cells):
+                raise ValueError(f"cell_metadata[{name!r}] has {len(values)} values for {len(tokenized_cells)} cells")
+            columns[name] = list(values)
+        record = json.dumps(self._metadata([], {}), sort_keys=True)
+        return Dataset.from_dict(columns, info=DatasetInfo(description=record))
 
     def _run(
         self, plans: list[FilePlan], settings: Settings, temporary_dir: Path, n_workers: int, total_cells: int

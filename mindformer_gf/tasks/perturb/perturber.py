@@ -345,6 +345,15 @@ class InSilicoPerturber:
             raise PerturbationInputError("no cell left to perturb after filter_data, max_ncells and cell_inds")
         return rows
 
+    def apply_additional_filters(self, filtered_input_data: Any) -> Any:
+        """The reference's selection step: the cells perturb_data would perturb, as a dataset in that order
+        (filter_data, start-state cells, cells holding the genes to delete / the anchor gene, max_ncells after a
+        seeded shuffle, longest first, then cell_inds_to_perturb)."""
+        dataset = filtered_input_data
+        names = GeneNames.load(dataset, self.token_dictionary_file, self.gene_name_id_dictionary_file)
+        group, anchor = self.resolve_genes(names, dataset)
+        return dataset.select(self.select_rows(dataset, names, group, anchor))
+
     def resolve_genes(self, names: GeneNames, dataset: Any) -> tuple[list[int] | None, int | None]:
         """(group token ids or None for "all", anchor token id or None); genes occurring in no cell are errors."""
         group = None if self.genes_to_perturb == "all" else [names.token_of(g) for g in self.genes_to_perturb]

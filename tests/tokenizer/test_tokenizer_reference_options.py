@@ -89,3 +89,39 @@ def test_h5ad_index_identifier_generator_and_zarr(tmp_path, cells, v1_tokens, v1
     assert load_from_disk(str(tmp_path / "from_zarr.dataset"))["input_ids"] == dataset["input_ids"]
     with pytest.raises(TokenizerInputError, match="with 'nothing' in the name"):
         tk.tokenize_data(directory, tmp_path, "y", file_format="h5ad", input_identifier="nothing")
+
+
+def test_in_memory_steps_equal_tokenize_data(tmp_path, cells, v1_tokens, v1_medians):
+    """tokenize_anndata / tokenize_loom + create_dataset (the reference's steps) give tokenize_data's cells."""
+    import loompy
+
+    genes, counts, n_counts = cells
+    counts = counts.copy()
+    counts[2] = 0.0  # an empty cell: dropped by both paths
+    kinds = np.asarray(["a", "b", "c", "d", "e", "f"])
+    path = write_h5ad(tmp_path / "c.h5ad", counts, genes, obs={"n_counts": n_counts, "kind": kinds})
+    tk = TranscriptomeTokenizer(
+        {"kind": "kind"}, model_version="V1", keep_counts=True, model_input_size=12, progress=False
+    )
+    with pytest.warns(UserWarning, match="dropped 1"):
+        tokenized, metadata, tokenized_counts = tk.tokenize_anndata(path)
+    assert metadata == {"kind": ["a", "b", "d", "e", "f"]} and len(tokenized) == len(tokenized_counts) == 5
+    by_gene = {g: float(c) for g, c in zip(genes, counts[3], strict=True) if c}
+    assert list(tokenized[2]) == oracle_cell(by_gene, n_counts[3], v1_tokens, v1_medians, 10**6)  # uncropped
+    dataset = tk.create_dataset(tokenized, metadata, tokenized_counts, keep_uncropped_input_ids=True)
+    with pytest.warns(UserWarning, match="dropped 1"):
+        tk.tokenize_data(path, tmp_path, "streamed", file_format="h5ad")
+    streamed = load_from_disk(str(tmp_path / "streamed.dataset"))
+    assert dataset["input_ids"] == streamed["input_ids"] and dataset["length"] == streamed["length"]
+    np.testing.assert_allclose(np.concatenate(dataset["counts"]), np.concatenate(streamed["counts"]), rtol=1e-12)
+    assert dataset["kind"] == streamed["kind"] and dataset["input_ids_uncropped"][2] == list(tokenized[2])
+    # the same cells from a .loom file
+    loompy.create(
+        str(tmp_path / "c.loom"),
+        sp.csr_matrix(counts).T.tocsr(),
+        {"ensembl_id": np.asarray(genes)},
+        {"n_counts": n_counts, "kind": kinds},
+    )
+    with pytest.warns(UserWarning, match="dropped 1"):
+        from_loom, _, _ = tk.tokenize_loom(tmp_path / "c.loom")
+    assert [list(c) for c in from_loom] == [list(c) for c in tokenized]

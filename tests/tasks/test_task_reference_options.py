@@ -157,3 +157,24 @@ def test_stats_find_tables_in_the_output_directory_and_take_null_dict_list(tmp_p
         PerturbationInputError, match="model_version 'V2' \\(the default\\) needs token_dictionary_file"
     ):
         InSilicoPerturberStats()
+
+
+def test_apply_additional_filters_selects_the_cells_to_perturb(pbmc_dataset):
+    types = np.asarray(pbmc_dataset["cell_type"])
+    gene = int(pbmc_dataset[0]["input_ids"][0])
+    from mindformer_gf.tasks.perturb.perturber import GeneNames
+
+    ensembl = GeneNames.shipped().id_of(gene)
+    states = {"state_key": "cell_type", "start_state": types[0], "goal_state": types[1], "alt_states": []}
+    perturber = InSilicoPerturber(
+        emb_mode="cell",
+        genes_to_perturb=[ensembl],
+        cell_states_to_model=states,
+        state_embs_dict={types[0]: [0.0], types[1]: [0.0]},
+        max_ncells=5,
+    )
+    chosen = perturber.apply_additional_filters(pbmc_dataset)
+    holders = [i for i, c in enumerate(pbmc_dataset["input_ids"]) if gene in c and types[i] == types[0]]
+    assert len(chosen) == min(5, len(holders))
+    assert all(gene in c for c in chosen["input_ids"]) and set(chosen["cell_type"]) == {types[0]}
+    assert chosen["length"] == sorted(chosen["length"], reverse=True)  # longest first, as the reference
