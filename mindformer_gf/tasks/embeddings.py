@@ -560,6 +560,9 @@ class EmbExtractor:
         if plot_style not in ("umap", "heatmap"):
             raise ValueError(f"plot_style {plot_style!r} is not 'umap' or 'heatmap'")
         embs = self._as_embeddings(embs)
+        absent = [x for x in self.labels_to_plot if x not in embs.meta.columns]
+        if label is None and absent:
+            warnings.warn(f"labels_to_plot {absent} are not columns of the embeddings: not plotted", stacklevel=2)
         labels = [label] if label is not None else [x for x in self.labels_to_plot if x in embs.meta.columns]
         if not labels or any(x not in embs.meta.columns for x in labels):
             raise ValueError(
