@@ -31,7 +31,13 @@ def test_keep_counts_follows_the_tokens(tmp_path, cells, v1_tokens, v1_medians, 
     genes, counts, n_counts = cells
     path = write_h5ad(tmp_path / "c.h5ad", counts, genes, obs={"n_counts": n_counts})
     tk = TranscriptomeTokenizer(
-        model_version="V1", keep_counts=True, model_input_size=20, progress=False, backend=backend
+        model_version="V1",
+        keep_counts=True,
+        model_input_size=20,
+        progress=False,
+        backend=backend,
+        nproc=2,
+        chunk_size=2,
     )
     tk.tokenize_data(path, tmp_path, "kept", file_format="h5ad")
     dataset = load_from_disk(str(tmp_path / "kept.dataset"))
