@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 from datasets import load_from_disk
 from helpers.notebooks import (
     CELL_TYPES,
@@ -33,7 +32,6 @@ def cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-@pytest.mark.slow  # a few thousand perturbed cells through the tiny model
 def test_in_silico_perturbation_notebook(tmp_path):
     input_data = pbmc_disease_dataset(tmp_path, GENES_PER_CELL)
     model_dir = tiny_classifier_dir(tmp_path, GENES_PER_CELL)
