@@ -544,16 +544,25 @@ class TranscriptomeTokenizer:
     # -- running -----------------------------------------------------------------------------------------------------
     def tokenize_files(
         self,
-        data_directory: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-        output_directory: str | os.PathLike[str],
-        output_prefix: str,
+        data_directory: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+        output_directory: str | os.PathLike[str] | None = None,
+        output_prefix: str | None = None,
         file_format: str | None = None,
         overwrite: bool = False,
         input_identifier: str = "",
+        inputs: Sequence[str | os.PathLike[str]] | None = None,
     ) -> TokenizeResult:
         """Tokenize files and directories of files (one path or a list) into
         `{output_directory}/{output_prefix}.dataset`. Unlike the reference's tokenize_files, which returns the token
-        lists in memory for create_dataset, this streams them to the dataset."""
+        lists in memory for create_dataset, this streams them to the dataset. `inputs` is this method's earlier
+        name for data_directory (DeprecationWarning)."""
+        if inputs is not None:
+            if data_directory is not None:
+                raise TypeError("tokenize_files() got both 'inputs' and its reference name 'data_directory'")
+            warnings.warn("tokenize_files(inputs=...) is now data_directory=", DeprecationWarning, stacklevel=2)
+            data_directory = inputs
+        if data_directory is None or output_directory is None or output_prefix is None:
+            raise TypeError("tokenize_files() needs data_directory, output_directory and output_prefix")
         if not output_prefix or "/" in output_prefix or output_prefix.startswith("."):
             raise ValueError(f"output_prefix must be a plain file name, got {output_prefix!r}")
         inputs = [data_directory] if isinstance(data_directory, (str, os.PathLike)) else data_directory

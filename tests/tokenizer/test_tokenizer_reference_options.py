@@ -131,3 +131,12 @@ def test_in_memory_steps_equal_tokenize_data(tmp_path, cells, v1_tokens, v1_medi
     with pytest.warns(UserWarning, match="dropped 1"):
         from_loom, _, _ = tk.tokenize_loom(tmp_path / "c.loom")
     assert [list(c) for c in from_loom] == [list(c) for c in tokenized]
+
+
+def test_tokenize_files_earlier_name(tmp_path, cells):
+    genes, counts, n_counts = cells
+    path = write_h5ad(tmp_path / "c.h5ad", counts, genes, obs={"n_counts": n_counts})
+    tk = TranscriptomeTokenizer(model_version="V1", progress=False)
+    with pytest.warns(DeprecationWarning, match=r"tokenize_files\(inputs=...\) is now data_directory="):
+        result = tk.tokenize_files(inputs=[path], output_directory=tmp_path, output_prefix="old")
+    assert result.cells_written == len(counts)
