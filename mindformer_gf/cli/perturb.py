@@ -181,6 +181,7 @@ def run_stats(args: argparse.Namespace) -> int:
             combos=1 if args.anchor_gene else 0,
             anchor_gene=args.anchor_gene,
             cell_states_to_model=_states(args, "perturb-stats"),
+            model_version="V2" if args.token_dictionary else "V1",  # the shipped dictionary unless one is given
             token_dictionary_file=args.token_dictionary,
             gene_name_id_dictionary_file=args.gene_names,
         )

@@ -311,12 +311,13 @@ def perturbation_stage(
         cell_states_to_model=states,
         state_embs_dict=state_embs,
         max_ncells=n_cells,
+        emb_mode="cell",
         emb_label=[CELL_TYPE],
         forward_batch_size=64,
         progress=progress,
     )
     table = perturber.perturb_data(model_dir, dataset, target, "delete_all")
-    stats = InSilicoPerturberStats(mode="goal_state_shift", cell_states_to_model=states)
+    stats = InSilicoPerturberStats(model_version="V1", mode="goal_state_shift", cell_states_to_model=states)
     result = stats.get_stats(table, None, target, "goal_state_shift")
     # genes seen in one or two cells top a 5-cell ranking by chance: show those deleted in most of the cells
     often = result.table[result.table.N_Detections >= min(3, n_cells)]

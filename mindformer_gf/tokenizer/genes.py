@@ -87,7 +87,7 @@ def read_gene_ids(cell_file: CellFile, gene_id: str, attribute: str | None) -> t
         return cell_file.gene_attribute(attribute), attribute
     if attribute == INDEX_ATTRIBUTE and index is not None:
         return index, "var index"
-    where = "var columns" if cell_file.format == "h5ad" else "row attributes"
+    where = "var columns" if cell_file.format != "loom" else "row attributes"
     hints = []
     ensembl_like = [name for name in names if _looks_ensembl(cell_file.gene_attribute(name))]
     if ensembl_like:

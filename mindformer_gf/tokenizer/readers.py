@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-SUPPORTED_FORMATS = ("h5ad", "loom")
+SUPPORTED_FORMATS = ("h5ad", "loom", "zarr")
 
 
 class TokenizerInputError(ValueError):
@@ -29,7 +29,9 @@ class TokenizerWarning(UserWarning):
 def file_format_of(path: str | os.PathLike[str]) -> str:
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in SUPPORTED_FORMATS:
-        raise TokenizerInputError(f"{path}: unsupported file type '.{suffix}'; the tokenizer reads .h5ad and .loom")
+        raise TokenizerInputError(
+            f"{path}: unsupported file type '.{suffix}'; the tokenizer reads .h5ad, .loom and .zarr (AnnData)"
+        )
     return suffix
 
 
@@ -158,6 +160,31 @@ class H5adFile(CellFile):
             self._adata.file.close()
 
 
+class ZarrFile(H5adFile):
+    """An AnnData .zarr store (a directory). anndata reads it whole (it has no backed mode for zarr), as the
+    reference does: memory grows with the file; convert large ones to .h5ad (adata.write_h5ad) to read in blocks."""
+
+    format = "zarr"
+
+    def __init__(self, path: Path) -> None:
+        import anndata
+
+        self.path = path
+        try:
+            self._adata = anndata.read_zarr(str(path))
+        except Exception as error:
+            raise _corrupt(path, ".zarr", error) from error
+        self.n_cells, self.n_genes = (int(n) for n in self._adata.shape)
+        self._matrix = self._adata.X
+        self._csr_arrays = None
+        if self._matrix is None:
+            raise TokenizerInputError(f"{path}: the store has no X matrix; the tokenizer needs raw counts in X")
+        self._in_memory = sp.csr_matrix(self._matrix)
+
+    def close(self) -> None:
+        self._adata = None
+
+
 class LoomFile(CellFile):
     format = "loom"
 
@@ -198,9 +225,13 @@ class LoomFile(CellFile):
 
 
 def open_cell_file(path: str | os.PathLike[str]) -> CellFile:
-    """Open an .h5ad or .loom file for block reading; errors name the file and what is wrong with it."""
+    """Open an .h5ad, .loom or .zarr file for block reading; errors name the file and what is wrong with it."""
     path = Path(path)
     file_format = file_format_of(path)
+    if file_format == "zarr":  # a zarr store is a directory
+        if not path.is_dir():
+            raise TokenizerInputError(f"{path}: no such .zarr store (a directory)")
+        return ZarrFile(path)
     if not path.is_file():
         raise TokenizerInputError(f"{path}: no such file")
     if file_format == "h5ad":

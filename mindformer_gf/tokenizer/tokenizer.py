@@ -12,6 +12,7 @@ process or many.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -48,7 +49,7 @@ from mindformer_gf.tokenizer.encode import (
     resolve_backend,
     truncate_cells,
 )
-from mindformer_gf.tokenizer.genes import GenePlan, plan_genes
+from mindformer_gf.tokenizer.genes import INDEX_ATTRIBUTE, GenePlan, plan_genes
 from mindformer_gf.tokenizer.readers import (
     SUPPORTED_FORMATS,
     CellFile,
@@ -73,6 +74,7 @@ TIE_BREAK_RULE = "equal normalised values are ordered by token id, ascending"
 DEFAULT_MODEL_INPUT_SIZE = {"V1": 2048, "V2": 4096}
 N_COUNTS = "n_counts"
 FILTER_PASS = "filter_pass"
+COUNTS = "counts"  # the keep_counts column
 
 
 @dataclass
@@ -96,6 +98,7 @@ class Settings:
     attributes: dict[str, str]  # input cell attribute -> output column
     schema: pa.Schema
     backend: str = "native"  # "native" or "numpy", resolved in the parent
+    keep_counts: bool = False  # a "counts" column beside input_ids (the reference's keep_counts)
 
 
 STAT_KEYS = (
@@ -123,18 +126,29 @@ def _empty_stats() -> dict[str, int]:
     return dict.fromkeys(STAT_KEYS, 0)
 
 
-def find_input_files(inputs: Iterable[str | os.PathLike[str]], file_format: str | None = None) -> list[Path]:
-    """Input files in order: files as given, directories expanded to their .h5ad/.loom files (sorted by name)."""
+def find_input_files(
+    inputs: Iterable[str | os.PathLike[str]], file_format: str | None = None, input_identifier: str = ""
+) -> list[Path]:
+    """Input files in order: files as given, directories expanded to their .h5ad/.loom/.zarr files (sorted by name)
+    whose names contain `input_identifier` (the reference's `*{input_identifier}*.{file_format}`)."""
     formats = SUPPORTED_FORMATS if file_format is None else (file_format,)
     if file_format is not None and file_format not in SUPPORTED_FORMATS:
         raise ValueError(f"file_format must be one of {SUPPORTED_FORMATS}, got {file_format!r}")
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower().lstrip(".") in formats and p.is_file())
+        if path.is_dir() and path.suffix.lower() != ".zarr":
+            found = sorted(
+                p
+                for p in path.iterdir()
+                if p.suffix.lower().lstrip(".") in formats
+                and input_identifier in p.stem
+                and (p.is_file() or (p.suffix.lower() == ".zarr" and p.is_dir()))
+            )
             if not found:
-                raise TokenizerInputError(f"{path}: the directory holds no {' or '.join(formats)} files")
+                named = f" with '{input_identifier}' in the name" if input_identifier else ""
+                kinds = " or ".join(formats) if len(formats) < 3 else f"{', '.join(formats[:-1])} or {formats[-1]}"
+                raise TokenizerInputError(f"{path}: the directory holds no {kinds} files{named}")
             files.extend(found)
         elif path.exists():
             file_format_of(path)
@@ -289,7 +303,31 @@ def _encode_block(
         out: _arrow_column(cursor.attributes[name][rows], schema.field(out).type, name, plan.path)
         for name, out in settings.attributes.items()
     }
+    if settings.keep_counts:
+        positions = np.flatnonzero(expressed)
+        attributes[COUNTS] = counts_column(block[positions], n_counts[positions], ranked, plan.genes)
     return cells_table(ranked, attributes, schema)
+
+
+def counts_column(
+    block: sp.csr_matrix, n_counts: np.ndarray, ranked: RankedCells, genes: GenePlan, target_sum: float = TARGET_SUM
+) -> pa.Array:
+    """The reference's keep_counts column: per cell, each token's count normalised to TARGET_SUM (count / n_counts
+    * 10,000, not divided by the gene median), in the token order of input_ids; 0.0 at <cls>/<eos>. `block` holds
+    the ranked cells' rows (empty cells dropped)."""
+    selected = select_genes(block, genes)
+    rows = np.repeat(np.arange(selected.shape[0], dtype=np.int64), np.diff(selected.indptr))
+    tokens = genes.slot_tokens[selected.indices].astype(np.int64)
+    values = selected.data.astype(np.float64) / n_counts[rows] * target_sum
+    stride = int(max(tokens.max(initial=0), ranked.tokens.max(initial=0))) + 1
+    keys = rows * stride + tokens
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], values[order]
+    ranked_rows = np.repeat(np.arange(len(ranked.lengths), dtype=np.int64), ranked.lengths)
+    wanted = ranked_rows * stride + ranked.tokens.astype(np.int64)
+    found = np.minimum(np.searchsorted(keys, wanted), max(keys.size - 1, 0))
+    counts = np.where(keys.size and keys[found] == wanted, values[found] if keys.size else 0.0, 0.0)
+    return pa.ListArray.from_arrays(pa.array(ranked.offsets.astype(np.int32)), pa.array(counts, pa.float64()))
 
 
 def _run_segments(
@@ -379,7 +417,11 @@ class TranscriptomeTokenizer:
     nproc: worker processes. chunk_size: cells read and encoded at a time (bounds memory).
     model_input_size: tokens per cell including special tokens (default 2048 for V1, 4096 for V2).
     special_token: add <cls>/<eos> (default: False for V1, True for V2). collapse_gene_ids: sum genes that map to
-    the same Ensembl ID (else refuse them). model_version: "V1" (shipped dictionaries) or "V2" (pass the files).
+    the same Ensembl ID (else refuse them). use_h5ad_index: the .h5ad/.zarr var index holds the Ensembl IDs (the
+    reference's; same as gene_id_attr="index"). keep_counts: also write a "counts" column, each token's count
+    normalised to 10,000 per cell (not divided by the gene median), in input_ids' order, 0.0 at <cls>/<eos>.
+    model_version: "V2" (the reference's default: pass the V2 files, which are not shipped: token_dictionary_file,
+    gene_median_file and usually gene_mapping_file) or "V1" (the shipped dictionaries).
     gene_id: "ensembl" (IDs in the gene attribute `gene_id_attr`, default 'ensembl_id') or "symbol" (symbols in
     `gene_id_attr`, default the .h5ad var index / loom 'Gene', mapped through the gene name dictionary).
     backend: "auto" (the native kernel if built, else numpy with a warning), "native" or "numpy"; the datasets are
@@ -394,7 +436,9 @@ class TranscriptomeTokenizer:
         model_input_size: int | None = None,
         special_token: bool | None = None,
         collapse_gene_ids: bool = True,
-        model_version: str = "V1",
+        use_h5ad_index: bool = False,
+        keep_counts: bool = False,
+        model_version: str = "V2",
         gene_median_file: str | os.PathLike[str] | None = None,
         token_dictionary_file: str | os.PathLike[str] | None = None,
         gene_mapping_file: str | os.PathLike[str] | None = None,
@@ -444,6 +488,14 @@ class TranscriptomeTokenizer:
         self.nproc = int(nproc)
         self.chunk_size = int(chunk_size)
         self.collapse_gene_ids = collapse_gene_ids
+        if use_h5ad_index and gene_id_attr not in (None, INDEX_ATTRIBUTE):
+            raise ValueError(
+                f"use_h5ad_index=True reads gene IDs from the var index, not gene_id_attr={gene_id_attr!r}"
+            )
+        if keep_counts and COUNTS in self.custom_attr_name_dict.values():
+            raise ValueError(f"keep_counts=True writes the column {COUNTS!r}: rename that custom attribute")
+        self.use_h5ad_index = bool(use_h5ad_index)
+        self.keep_counts = bool(keep_counts)
         self.gene_id = gene_id
         self.gene_id_attr = gene_id_attr
         self.progress = progress
@@ -454,11 +506,14 @@ class TranscriptomeTokenizer:
     # -- planning ----------------------------------------------------------------------------------------------------
     def _plan_file(self, path: Path, attribute_types: dict[str, pa.DataType]) -> FilePlan:
         with open_cell_file(path) as cell_file:
-            genes = plan_genes(cell_file, self.dictionaries, self.gene_id, self.gene_id_attr, self.collapse_gene_ids)
+            attribute = self.gene_id_attr
+            if self.use_h5ad_index and cell_file.format != "loom":  # as the reference: the index of .h5ad/.zarr only
+                attribute = INDEX_ATTRIBUTE
+            genes = plan_genes(cell_file, self.dictionaries, self.gene_id, attribute, self.collapse_gene_ids)
             cell_attributes = cell_file.cell_attribute_names()
             missing = [name for name in self.custom_attr_name_dict if name not in cell_attributes]
             if missing:
-                where = "obs columns" if cell_file.format == "h5ad" else "column attributes"
+                where = "obs columns" if cell_file.format != "loom" else "column attributes"
                 raise TokenizerInputError(
                     f"{path}: custom attributes {missing} not found; {where} found: {cell_attributes or 'none'}"
                 )
@@ -489,23 +544,38 @@ class TranscriptomeTokenizer:
     # -- running -----------------------------------------------------------------------------------------------------
     def tokenize_files(
         self,
-        inputs: Sequence[str | os.PathLike[str]],
-        output_directory: str | os.PathLike[str],
-        output_prefix: str,
+        data_directory: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+        output_directory: str | os.PathLike[str] | None = None,
+        output_prefix: str | None = None,
         file_format: str | None = None,
         overwrite: bool = False,
+        input_identifier: str = "",
+        inputs: Sequence[str | os.PathLike[str]] | None = None,
     ) -> TokenizeResult:
-        """Tokenize files and directories of files into `{output_directory}/{output_prefix}.dataset`."""
+        """Tokenize files and directories of files (one path or a list) into
+        `{output_directory}/{output_prefix}.dataset`. Unlike the reference's tokenize_files, which returns the token
+        lists in memory for create_dataset, this streams them to the dataset. `inputs` is this method's earlier
+        name for data_directory (DeprecationWarning)."""
+        if inputs is not None:
+            if data_directory is not None:
+                raise TypeError("tokenize_files() got both 'inputs' and its reference name 'data_directory'")
+            warnings.warn("tokenize_files(inputs=...) is now data_directory=", DeprecationWarning, stacklevel=2)
+            data_directory = inputs
+        if data_directory is None or output_directory is None or output_prefix is None:
+            raise TypeError("tokenize_files() needs data_directory, output_directory and output_prefix")
         if not output_prefix or "/" in output_prefix or output_prefix.startswith("."):
             raise ValueError(f"output_prefix must be a plain file name, got {output_prefix!r}")
-        files = find_input_files(inputs, file_format)
+        inputs = [data_directory] if isinstance(data_directory, (str, os.PathLike)) else data_directory
+        files = find_input_files(inputs, file_format, input_identifier)
         output_directory = Path(output_directory)
         final_dir = output_directory / f"{output_prefix}.dataset"
         if final_dir.exists() and not overwrite:
             raise FileExistsError(f"{final_dir} already exists; pass force=True (--force) to replace it")
         attribute_types: dict[str, pa.DataType] = {}
         plans = [self._plan_file(path, attribute_types) for path in files]
-        schema = dataset_schema({out: attribute_types[out] for out in self.custom_attr_name_dict.values()})
+        columns = {COUNTS: pa.list_(pa.float64())} if self.keep_counts else {}
+        columns.update({out: attribute_types[out] for out in self.custom_attr_name_dict.values()})
+        schema = dataset_schema(columns)
         token = self.dictionaries.token
         settings = Settings(
             max_genes=self.model_input_size - (2 if self.special_token else 0),
@@ -514,6 +584,7 @@ class TranscriptomeTokenizer:
             attributes=self.custom_attr_name_dict,
             schema=schema,
             backend=resolve_backend(self.backend),
+            keep_counts=self.keep_counts,
         )
         total_cells = sum(plan.n_cells for plan in plans)
         n_workers = max(1, min(self.nproc, -(-total_cells // self.chunk_size)))
@@ -540,10 +611,116 @@ class TranscriptomeTokenizer:
         output_directory: str | os.PathLike[str],
         output_prefix: str,
         file_format: str | None = None,
+        input_identifier: str = "",
+        use_generator: bool = False,
         overwrite: bool = False,
     ) -> TokenizeResult:
-        """The reference's entry point: every `file_format` file in `data_directory` (or that one file)."""
-        return self.tokenize_files([data_directory], output_directory, output_prefix, file_format, overwrite)
+        """The reference's entry point: every `file_format` file in `data_directory` whose name contains
+        `input_identifier` (or that one file) into `{output_directory}/{output_prefix}.dataset`. file_format None
+        takes every supported format. use_generator is accepted for the reference's scripts: the reference builds
+        the dataset in memory unless it is set; here cells are always streamed to the dataset in shards."""
+        del use_generator  # always streamed: memory is bounded by chunk_size either way
+        return self.tokenize_files(
+            data_directory, output_directory, output_prefix, file_format, overwrite, input_identifier
+        )
+
+    # -- the reference's in-memory steps (tokenize_data streams instead; these serve scripts that call them) ------
+    def tokenize_anndata(
+        self, adata_file_path: str | os.PathLike[str], target_sum: float = 10_000, file_format: str = "h5ad"
+    ) -> tuple[list[np.ndarray], dict[str, list] | None, list[np.ndarray]]:
+        """The reference's per-file step for .h5ad / .zarr: (token arrays, {column: values} or None, count arrays
+        with keep_counts else []), every cell's genes ranked, not yet truncated nor framed (create_dataset does
+        that); filter_pass and empty cells as in tokenize_data. Held in memory: for large files use tokenize_data."""
+        return self._tokenize_in_memory(adata_file_path, target_sum, file_format)
+
+    def tokenize_loom(
+        self, loom_file_path: str | os.PathLike[str], target_sum: float = 10_000, file_format: str = "loom"
+    ) -> tuple[list[np.ndarray], dict[str, list] | None, list[np.ndarray]]:
+        """The reference's per-file step for .loom (see tokenize_anndata)."""
+        return self._tokenize_in_memory(loom_file_path, target_sum, file_format)
+
+    def _tokenize_in_memory(
+        self, path: str | os.PathLike[str], target_sum: float, file_format: str
+    ) -> tuple[list[np.ndarray], dict[str, list] | None, list[np.ndarray]]:
+        path = Path(path)
+        if file_format_of(path) != file_format:
+            raise TokenizerInputError(f"{path}: not a .{file_format} file (file_format={file_format!r})")
+        plan = self._plan_file(path, {})
+        genes = plan.genes
+        cells: list[np.ndarray] = []
+        counts: list[np.ndarray] = []
+        metadata: dict[str, list] = {out: [] for out in self.custom_attr_name_dict.values()}
+        dropped = 0
+        with open_cell_file(path) as cell_file:
+            all_n_counts = cell_file.cell_attribute(N_COUNTS).astype(np.float64) if plan.has_n_counts else None
+            passing = cell_file.cell_attribute(FILTER_PASS) == 1 if plan.has_filter_pass else None
+            attributes = {name: cell_file.cell_attribute(name) for name in self.custom_attr_name_dict}
+            for start in range(0, plan.n_cells, self.chunk_size):
+                stop = min(start + self.chunk_size, plan.n_cells)
+                rows, block = np.arange(start, stop), cell_file.read_block(start, stop)
+                if passing is not None:
+                    rows, block = rows[passing[start:stop]], block[passing[start:stop]]
+                totals = np.asarray(block.sum(axis=1), dtype=np.float64).reshape(-1)
+                n_counts = totals if all_n_counts is None else all_n_counts[rows]
+                ranked = rank_value_encode(
+                    select_genes(block, genes), n_counts, genes.slot_tokens, genes.slot_medians, target_sum=target_sum
+                )
+                expressed = ranked.lengths > 0
+                dropped += int((~expressed).sum())
+                kept = drop_cells(ranked, expressed)
+                if self.keep_counts:
+                    column = counts_column(block[expressed], n_counts[expressed], kept, genes, target_sum)
+                    counts += [np.asarray(values, np.float64) for values in column.to_pylist()]
+                cells += [kept.cell(i).astype(np.int64) for i in range(len(kept.lengths))]
+                for name, out in self.custom_attr_name_dict.items():
+                    metadata[out] += attributes[name][rows[expressed]].tolist()
+        if dropped:
+            warnings.warn(
+                f"{path}: dropped {dropped} cells with no expressed gene of the dictionary", TokenizerWarning, 2
+            )
+        return cells, (metadata if self.custom_attr_name_dict else None), counts
+
+    def create_dataset(
+        self,
+        tokenized_cells: Sequence[Sequence[int]],
+        cell_metadata: Mapping[str, Sequence[Any]] | None,
+        tokenized_counts: Sequence[Sequence[float]],
+        use_generator: bool = False,
+        keep_uncropped_input_ids: bool = False,
+    ) -> Any:
+        """The reference's last step: a `datasets.Dataset` (in memory) of the cells cut to model_input_size and
+        framed with <cls>/<eos> when special_token (counts 0.0 there), with `length`, the metadata columns, `counts`
+        with keep_counts, and with keep_uncropped_input_ids `input_ids_uncropped` / `length_uncropped`.
+        use_generator is accepted (the table is built from lists either way)."""
+        from datasets import Dataset, DatasetInfo
+
+        del use_generator
+        token = self.dictionaries.token
+        limit = self.model_input_size - (2 if self.special_token else 0)
+        columns: dict[str, list] = {"input_ids": [], "length": []}
+        if keep_uncropped_input_ids:
+            columns.update(input_ids_uncropped=[], length_uncropped=[])
+        if self.keep_counts:
+            columns["counts"] = []
+        for index, cell in enumerate(tokenized_cells):
+            genes = [int(t) for t in cell]
+            if keep_uncropped_input_ids:
+                columns["input_ids_uncropped"].append(genes)
+                columns["length_uncropped"].append(len(genes))
+            ids = genes[:limit]
+            if self.special_token:
+                ids = [token[CLS_TOKEN], *ids, token[EOS_TOKEN]]
+            columns["input_ids"].append(ids)
+            columns["length"].append(len(ids))
+            if self.keep_counts:
+                values = [float(v) for v in tokenized_counts[index]][:limit]
+                columns["counts"].append([0.0, *values, 0.0] if self.special_token else values)
+        for name, values in dict(cell_metadata or {}).items():
+            if len(values) != len(tokenized_cells):
+                raise ValueError(f"cell_metadata[{name!r}] has {len(values)} values for {len(tokenized_cells)} cells")
+            columns[name] = list(values)
+        record = json.dumps(self._metadata([], {}), sort_keys=True)
+        return Dataset.from_dict(columns, info=DatasetInfo(description=record))
 
     def _run(
         self, plans: list[FilePlan], settings: Settings, temporary_dir: Path, n_workers: int, total_cells: int
@@ -668,6 +845,7 @@ class TranscriptomeTokenizer:
             "tie_break": TIE_BREAK_RULE,
             "gene_id": self.gene_id,
             "collapse_gene_ids": self.collapse_gene_ids,
+            "keep_counts": self.keep_counts,
             "inputs": [
                 {
                     "file": Path(plan.path).name,
@@ -696,5 +874,7 @@ def tokenize(
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    # this function's default is the shipped V1 dictionaries; the class's is the reference's V2
+    tokenizer_options.setdefault("model_version", "V1")
     tokenizer = TranscriptomeTokenizer(**tokenizer_options)
     return tokenizer.tokenize_files(inputs, output_directory, output_prefix, file_format, overwrite)

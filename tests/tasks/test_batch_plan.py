@@ -95,6 +95,7 @@ def test_embed_ranks_run_exactly_the_batches_of_one_process(tiny_model_dir, pbmc
 
     def run_rank(parallel, resume, timeout):
         extractor = EmbExtractor(
+            emb_mode="cell",
             emb_label=["cell_type"],
             forward_batch_size=4,
             num_buckets=2,

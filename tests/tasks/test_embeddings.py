@@ -69,7 +69,7 @@ def test_written_csv_npy_and_exact_means(extracted, pbmc_dataset):
     means = pd.read_csv(out / "pbmc_mean_by_cell_type.csv", index_col="cell_type")
     by_hand = frame.groupby("cell_type")[[str(i) for i in range(matrix.shape[1])]].mean()
     np.testing.assert_allclose(means.loc[by_hand.index].to_numpy(), by_hand.to_numpy(), rtol=1e-5, atol=1e-7)
-    medians = EmbExtractor(emb_label=["cell_type"], summary_stat="exact_median").get_state_embs(embs, "cell_type")
+    medians = EmbExtractor(emb_label=["cell_type"], summary_stat="exact_median").state_embs(embs, "cell_type")
     dendritic = matrix[frame["cell_type"].to_numpy() == "Dendritic"]
     np.testing.assert_allclose(medians["Dendritic"], np.median(dendritic.astype(np.float64), axis=0), rtol=1e-12)
 
@@ -122,7 +122,9 @@ def test_cls_and_eos_are_left_out_of_the_mean_and_cls_mode_reads_position_0(tiny
 
 
 def test_cls_mode_on_v1_cells_and_bad_layers_are_refused(tiny_model_dir, pbmc_dataset):
-    with pytest.raises(ValueError, match="emb_mode 'cls' needs cells that start with <cls>"):
+    with pytest.raises(
+        ValueError, match=r"emb_mode 'cls' \(the default, for V2 models\) needs cells that start with <cls>"
+    ):
         EmbExtractor(emb_mode="cls", max_ncells=4, progress=False).extract_embs(tiny_model_dir, pbmc_dataset)
     with pytest.raises(ValueError, match="outside -2..0"):
         EmbExtractor(emb_layer=-3, max_ncells=4, progress=False).extract_embs(tiny_model_dir, pbmc_dataset)

@@ -56,6 +56,7 @@ def run(model_dir, dataset, out, prefix="run", resume=False, **options):
     from mindformer_gf.finetune.task_model import load_encoder
 
     options.setdefault("progress", False)
+    options.setdefault("emb_mode", "cell")  # V1 datasets: the reference's default "cls" is for V2 models
     options.setdefault("forward_batch_size", 8)
     options.setdefault("num_buckets", 1)
     if str(model_dir) not in _ENCODERS:
@@ -327,6 +328,8 @@ def test_a_cell_classifier_directory_perturbs_like_its_encoder(tiny_model_dir, c
     classifier_dir = save_model_dir(classifier, tmp_path / "classifier")
     one_cell = cells.select([2])
     mlm = run(tiny_model_dir, one_cell, tmp_path / "a")
-    table = InSilicoPerturber(model_type="CellClassifier", num_classes=3, progress=False, forward_batch_size=8)
+    table = InSilicoPerturber(
+        model_type="CellClassifier", num_classes=3, emb_mode="cell", progress=False, forward_batch_size=8
+    )
     table = read_table(table.perturb_data(classifier_dir, one_cell, tmp_path / "b", "run"))
     np.testing.assert_allclose(table.value, mlm.value, rtol=1e-5, atol=1e-6)

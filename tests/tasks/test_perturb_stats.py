@@ -45,7 +45,7 @@ def test_goal_state_shift_with_an_alt_state(genes, tmp_path):
     goal = {g: rng.normal(0.02 * i, 0.01, size=5 + i) for i, g in enumerate(genes)}
     alt = {g: rng.normal(-0.01 * i, 0.01, size=5 + i) for i, g in enumerate(genes)}
     table = pd.concat([long_table(goal, "B"), long_table(alt, "C"), long_table(alt, "A")])
-    result = InSilicoPerturberStats(mode="goal_state_shift", cell_states_to_model=STATES).get_stats(
+    result = InSilicoPerturberStats(model_version="V1", mode="goal_state_shift", cell_states_to_model=STATES).get_stats(
         table, None, tmp_path, "goal"
     )
     frame = result.table.set_index("Ensembl_ID").loc[genes]
@@ -76,7 +76,7 @@ def test_vs_null_against_ranksums(genes, tmp_path):
     rng = np.random.default_rng(2)
     test = {g: rng.normal(0.9 - 0.05 * i, 0.02, size=8) for i, g in enumerate(genes)}
     null = {g: rng.normal(0.9, 0.02, size=6) for g in genes[:-1]}  # the last gene has no null values: p = 1
-    result = InSilicoPerturberStats(mode="vs_null").get_stats(
+    result = InSilicoPerturberStats(model_version="V1", mode="vs_null").get_stats(
         long_table(test, "cell_emb"), long_table(null, "cell_emb"), tmp_path, "null"
     )
     frame = result.table.set_index("Ensembl_ID").loc[genes]
@@ -94,7 +94,7 @@ def test_mixture_model_matches_sklearn_and_handles_combos(genes, tmp_path):
     rng = np.random.default_rng(3)
     means = [0.99, 0.98, 0.985, 0.6, 0.62, 0.97]  # genes 3 and 4 move the cell: the impact component
     values = {g: rng.normal(m, 0.005, size=6) for g, m in zip(genes, means, strict=True)}
-    result = InSilicoPerturberStats(mode="mixture_model").get_stats(
+    result = InSilicoPerturberStats(model_version="V1", mode="mixture_model").get_stats(
         long_table(values, "cell_emb"), None, tmp_path, "mm"
     )
     frame = result.table.set_index("Ensembl_ID").loc[genes]
@@ -110,7 +110,7 @@ def test_mixture_model_matches_sklearn_and_handles_combos(genes, tmp_path):
     combo = {f"{anchor}+{g}": values[g] - 0.1 for g in genes[1:]}
     single = {anchor: values[anchor], **{g: values[g] for g in genes[1:]}}
     table = long_table({**combo, **single}, "cell_emb")
-    combos = InSilicoPerturberStats(mode="mixture_model", combos=1, anchor_gene="CD14").get_stats(
+    combos = InSilicoPerturberStats(model_version="V1", mode="mixture_model", combos=1, anchor_gene="CD14").get_stats(
         table, None, None, "x"
     )
     frame = combos.table.set_index("Ensembl_ID").loc[genes[1:]]
@@ -130,11 +130,13 @@ def test_aggregate_modes(genes, tmp_path):
             "value": [0.9, 0.5, 0.7, 0.8, 0.6, 0.75],
         }
     )
-    data = InSilicoPerturberStats(mode="aggregate_data", genes_perturbed=["CD14", "LYZ"]).get_stats(
+    data = InSilicoPerturberStats(model_version="V1", mode="aggregate_data", genes_perturbed=["CD14", "LYZ"]).get_stats(
         table, None, tmp_path, "agg"
     )
     assert list(data.table.Cosine_sim) == [0.9, 0.8] and set(data.table.Gene) == {"CD14+LYZ"}
-    shifts = InSilicoPerturberStats(mode="aggregate_gene_shifts").get_stats(table, None, tmp_path, "shifts")
+    shifts = InSilicoPerturberStats(model_version="V1", mode="aggregate_gene_shifts").get_stats(
+        table, None, tmp_path, "shifts"
+    )
     frame = shifts.table
     assert list(frame.Affected[:1]) == ["cell_emb"]  # cell_emb first, then by mean ascending
     assert list(frame.Affected_Ensembl_ID[1:]) == [genes[2], genes[3]]
@@ -146,10 +148,12 @@ def test_aggregate_modes(genes, tmp_path):
 
 def test_stats_bad_input(genes):
     with pytest.raises(PerturbationInputError, match="goal_state_shift needs cell_states_to_model"):
-        InSilicoPerturberStats(mode="goal_state_shift")
+        InSilicoPerturberStats(model_version="V1", mode="goal_state_shift")
     with pytest.raises(PerturbationInputError, match="vs_null needs the null run"):
-        InSilicoPerturberStats(mode="vs_null").get_stats(long_table({genes[0]: [1.0]}, "cell_emb"), None, None, "x")
+        InSilicoPerturberStats(model_version="V1", mode="vs_null").get_stats(
+            long_table({genes[0]: [1.0]}, "cell_emb"), None, None, "x"
+        )
     with pytest.raises(PerturbationInputError, match="no values for 'B'"):
-        InSilicoPerturberStats(mode="goal_state_shift", cell_states_to_model=STATES).get_stats(
+        InSilicoPerturberStats(model_version="V1", mode="goal_state_shift", cell_states_to_model=STATES).get_stats(
             long_table({genes[0]: [1.0]}, "cell_emb"), None, None, "x"
         )

@@ -211,7 +211,7 @@ def test_attributes_paths_and_formats(tmp_path: Path, genes) -> None:
     with pytest.raises(TokenizerInputError, match="no such file or directory"):
         tokenize(tmp_path / "missing.h5ad", tmp_path, "out", progress=False)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(TokenizerInputError, match="holds no h5ad or loom files"):
+    with pytest.raises(TokenizerInputError, match="holds no h5ad, loom or zarr files"):
         tokenize(tmp_path / "empty", tmp_path, "out", progress=False)
 
 

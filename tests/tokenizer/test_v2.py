@@ -111,14 +111,17 @@ def test_special_tokens_come_from_the_dictionary(tmp_path: Path, v2: dict) -> No
 
 def test_version_and_special_token_consistency(tmp_path: Path, v2: dict) -> None:
     with pytest.raises(ValueError, match="needs <cls> and <eos> .* V1 dictionary"):
-        TranscriptomeTokenizer(special_token=True)
+        TranscriptomeTokenizer(model_version="V1", special_token=True)
     with pytest.warns(TokenizerWarning, match="V2 models expect them"):
         TranscriptomeTokenizer(model_version="V2", special_token=False, **v2["files"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tokenizer = TranscriptomeTokenizer(model_version="V2", **v2["files"])
     assert tokenizer.model_input_size == 4096 and tokenizer.special_token
-    assert TranscriptomeTokenizer().model_input_size == 2048
+    assert TranscriptomeTokenizer(model_version="V1").model_input_size == 2048
+    # the reference's default is V2, whose dictionaries are not shipped: a one-line error naming the files
+    with pytest.raises(ValueError, match="model_version='V2' needs the V2 dictionaries"):
+        TranscriptomeTokenizer()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -148,7 +148,7 @@ def get_state_embs(
     )
     # whole on every rank under msrun: each rank's share of the perturbation needs every state
     embs = extractor.extract_embs(model_directory, input_data_file, parallel=ParallelContext())
-    found = extractor.get_state_embs(embs, key)
+    found = extractor.state_embs(embs, key)
     missing = [s for s in states if s not in found]
     if missing:
         raise PerturbationInputError(f"no cell of state(s) {missing} in column {key!r}")
@@ -167,9 +167,15 @@ class InSilicoPerturber:
     Reference arguments: perturb_type, perturb_rank_shift, genes_to_perturb ("all" or a list of Ensembl IDs or
     symbols, perturbed together), combos (0 / 1 with anchor_gene), anchor_gene, model_type, num_classes, emb_mode,
     cell_emb_style, filter_data, cell_states_to_model, state_embs_dict, max_ncells, cell_inds_to_perturb, emb_layer,
-    forward_batch_size, nproc (unused), token_dictionary_file. This package adds: emb_label (columns carried into
-    the table), gene_name_id_dictionary_file, output_format ("parquet" or "csv": the CSV in addition),
-    num_buckets, shard_cells, progress, device.
+    forward_batch_size, nproc (unused), model_version, token_dictionary_file, clear_mem_ncells. This package adds:
+    emb_label (columns carried into the table), gene_name_id_dictionary_file, output_format ("parquet" or "csv": the
+    CSV in addition), num_buckets, shard_cells, progress, device.
+
+    model_version: "V2" (the reference's default) or "V1"; as in the reference, "V1" turns emb_mode "cls" into
+    "cell" and "cls_and_gene" into "cell_and_gene" (V1 models have no <cls>), with a warning. The token dictionary
+    itself is the one recorded with the dataset (or token_dictionary_file).
+    clear_mem_ncells: the reference writes its results every clear_mem_ncells / 10 cells; here that is the number of
+    cells per written shard of the table (`shard_cells`, which overrides it when given).
     """
 
     def __init__(
@@ -181,7 +187,7 @@ class InSilicoPerturber:
         anchor_gene: str | None = None,
         model_type: str = "Pretrained",
         num_classes: int = 0,
-        emb_mode: str = "cell",
+        emb_mode: str = "cls",
         cell_emb_style: str = "mean_pool",
         filter_data: Mapping[str, Sequence[Any]] | None = None,
         cell_states_to_model: Mapping[str, Any] | None = None,
@@ -191,12 +197,14 @@ class InSilicoPerturber:
         emb_layer: int = -1,
         forward_batch_size: int = 100,
         nproc: int = 4,
+        model_version: str = "V2",
         token_dictionary_file: str | None = None,
+        clear_mem_ncells: int = 1000,
         gene_name_id_dictionary_file: str | None = None,
         emb_label: Sequence[str] | None = None,
         output_format: str = "parquet",
         num_buckets: int = 4,
-        shard_cells: int = 100,
+        shard_cells: int | None = None,
         progress: bool = True,
         device: str = "auto",
     ) -> None:
@@ -210,6 +218,18 @@ class InSilicoPerturber:
                 raise bad(f"perturb_type {perturb_type!r} needs perturb_rank_shift 1, 2 or 3 (quartiles to move)")
         if emb_mode not in EMB_MODES:
             raise bad(f"emb_mode {emb_mode!r} is not one of {EMB_MODES}")
+        if model_version not in ("V1", "V2"):
+            raise bad(f"model_version must be 'V1' or 'V2', got {model_version!r}")
+        if model_version == "V1" and emb_mode.startswith("cls"):
+            warnings.warn(
+                f"model_version V1: emb_mode {emb_mode!r} becomes {emb_mode.replace('cls', 'cell')!r} (V1 models have "
+                "no <cls> token), as in the reference",
+                UserWarning,
+                stacklevel=2,
+            )
+            emb_mode = emb_mode.replace("cls", "cell")
+        if int(clear_mem_ncells) < 1:
+            raise bad(f"clear_mem_ncells must be at least 1, got {clear_mem_ncells}")
         if cell_emb_style != "mean_pool":
             raise bad(f"cell_emb_style {cell_emb_style!r}: only 'mean_pool' exists (as in the reference)")
         if model_type not in MODEL_TYPES:
@@ -270,7 +290,11 @@ class InSilicoPerturber:
         self.gene_name_id_dictionary_file = gene_name_id_dictionary_file
         self.emb_label = list(emb_label or [])
         self.output_format = output_format
-        self.num_buckets, self.shard_cells = num_buckets, shard_cells
+        self.model_version = model_version
+        self.clear_mem_ncells = int(clear_mem_ncells)
+        # the reference flushes its results every clear_mem_ncells / 10 cells: our shard of the table
+        self.num_buckets = num_buckets
+        self.shard_cells = int(shard_cells) if shard_cells is not None else max(1, self.clear_mem_ncells // 10)
         self.progress, self.device = progress, device
 
     # ---- selection -------------------------------------------------------------------------------------------------
@@ -320,6 +344,15 @@ class InSilicoPerturber:
         if rows.size == 0:
             raise PerturbationInputError("no cell left to perturb after filter_data, max_ncells and cell_inds")
         return rows
+
+    def apply_additional_filters(self, filtered_input_data: Any) -> Any:
+        """The reference's selection step: the cells perturb_data would perturb, as a dataset in that order
+        (filter_data, start-state cells, cells holding the genes to delete / the anchor gene, max_ncells after a
+        seeded shuffle, longest first, then cell_inds_to_perturb)."""
+        dataset = filtered_input_data
+        names = GeneNames.load(dataset, self.token_dictionary_file, self.gene_name_id_dictionary_file)
+        group, anchor = self.resolve_genes(names, dataset)
+        return dataset.select(self.select_rows(dataset, names, group, anchor))
 
     def resolve_genes(self, names: GeneNames, dataset: Any) -> tuple[list[int] | None, int | None]:
         """(group token ids or None for "all", anchor token id or None); genes occurring in no cell are errors."""
@@ -373,7 +406,8 @@ class InSilicoPerturber:
             first = read_cells(dataset, [0])[0]
             if cls_id is None or first.size == 0 or first[0] != cls_id:
                 raise PerturbationInputError(
-                    f"emb_mode {self.emb_mode!r} needs cells that start with <cls> (a V2 dataset); use emb_mode "
+                    f"emb_mode {self.emb_mode!r} (the default, for V2 models) needs cells that start with <cls> (a "
+                    f"V2 dataset); for this dataset pass model_version='V1' or emb_mode "
                     f"'{self.emb_mode.replace('cls', 'cell')}'"
                 )
         for label in self.emb_label:

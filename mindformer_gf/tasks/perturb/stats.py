@@ -1,6 +1,6 @@
 """`InSilicoPerturberStats`: the reference's statistics over perturbation tables, with its output columns.
 
-    stats = InSilicoPerturberStats(mode="goal_state_shift", cell_states_to_model={...})
+    stats = InSilicoPerturberStats(model_version="V1", mode="goal_state_shift", cell_states_to_model={...})
     result = stats.get_stats("out/pbmc_delete.parquet", None, "out", "pbmc_stats")   # out/pbmc_stats.csv + plot
 
 Modes (per perturbed gene or group, "Gene" = its token id(s), "Gene_name" = symbol(s), "Ensembl_ID"):
@@ -82,11 +82,15 @@ class InSilicoPerturberStats:
         combos: int = 0,
         anchor_gene: str | None = None,
         cell_states_to_model: Mapping[str, Any] | None = None,
-        pickle_suffix: str | None = None,
-        model_version: str | None = None,
+        pickle_suffix: str | None = "_raw.pickle",
+        model_version: str = "V2",
         token_dictionary_file: str | None = None,
         gene_name_id_dictionary_file: str | None = None,
     ) -> None:
+        """model_version picks the token dictionary behind the "Gene" column (token ids): "V1" the shipped one;
+        "V2" (the reference's default) needs `token_dictionary_file` (token_dictionary_gc104M.pkl), as the V2
+        dictionaries are not shipped. pickle_suffix: the reference's raw result files; this package's perturber
+        writes `{prefix}.parquet` tables, which get_stats finds in the same directory (see get_stats)."""
         if mode not in MODES:
             raise PerturbationInputError(f"mode {mode!r} is not one of {MODES}")
         if mode == "goal_state_shift" and not cell_states_to_model:
@@ -97,6 +101,15 @@ class InSilicoPerturberStats:
         self.genes_perturbed = genes_perturbed if genes_perturbed == "all" else [str(g) for g in genes_perturbed]
         self.combos, self.anchor_gene = combos, anchor_gene
         self.cell_states_to_model = dict(cell_states_to_model) if cell_states_to_model else None
+        if model_version not in ("V1", "V2"):
+            raise PerturbationInputError(f"model_version must be 'V1' or 'V2', got {model_version!r}")
+        if model_version == "V2" and token_dictionary_file is None:
+            raise PerturbationInputError(
+                "model_version 'V2' (the default) needs token_dictionary_file=.../token_dictionary_gc104M.pkl: the V2 "
+                "dictionaries are not shipped with mindformer_gf; for V1 results pass model_version='V1'"
+            )
+        self.model_version = model_version
+        self.pickle_suffix = pickle_suffix
         self.names = GeneNames.load(None, token_dictionary_file, gene_name_id_dictionary_file)
 
     # ---- inputs ----------------------------------------------------------------------------------------------------
@@ -109,12 +122,46 @@ class InSilicoPerturberStats:
             return inputs
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
-        frames = [i if isinstance(i, pd.DataFrame) else read_table(i) for i in inputs]
+        frames = [
+            frame
+            for item in inputs
+            for frame in ([item] if isinstance(item, pd.DataFrame) else [read_table(p) for p in self.tables_in(item)])
+        ]
         table = pd.concat(frames, ignore_index=True)
         missing = {"perturbed", "affected", "value"} - set(table.columns)
         if missing:
             raise PerturbationInputError(f"the input is not a gf perturb table: no column(s) {sorted(missing)}")
         return table
+
+    def tables_in(self, path: str | os.PathLike, prefix: str | None = None) -> list[Path]:
+        """The perturbation tables at `path`: the table itself (a `{prefix}.parquet` directory or its .csv), or,
+        given the perturber's output_directory as the reference's scripts pass it, every table inside it (as the
+        reference reads every result file of the directory), or only `{prefix}.parquet` when `prefix` is given."""
+        path = Path(path)
+        if not path.is_dir() or any(path.glob("part-*.parquet")):
+            return [path]
+        pattern = f"{prefix}.parquet" if prefix else "*.parquet"
+        found = sorted(p for p in path.glob(pattern) if p.is_dir() and any(p.glob("part-*.parquet")))
+        if found:
+            return found
+        if self.pickle_suffix and any(p.name.endswith(self.pickle_suffix) for p in path.iterdir()):
+            raise PerturbationInputError(
+                f"{path} holds the reference's *{self.pickle_suffix} files, which are not read here: run "
+                "mindformer_gf's InSilicoPerturber (it writes {prefix}.parquet tables) and pass its output_directory"
+            )
+        raise PerturbationInputError(
+            f"{path} holds no perturbation results (no {pattern} table with part-*.parquet): pass the perturber's "
+            "output_directory or its {prefix}.parquet table"
+        )
+
+    def token_to_gene_name(self, item: Any) -> Any:
+        """Gene symbol of a token id (a tuple of them for a tuple), NaN when unknown, as the reference's."""
+        if isinstance(item, tuple):
+            return tuple(self.token_to_gene_name(i) for i in item)
+        if isinstance(item, (int, np.integer)):
+            name = self.names.name_of(self.names.id_of(int(item)))
+            return name if name is not None else float("nan")
+        return float("nan")
 
     def _ensembl(self, gene: str) -> str:
         return self.names.id_of(self.names.token_of(gene))
@@ -153,17 +200,34 @@ class InSilicoPerturberStats:
         null_dist_data_directory: Any,
         output_directory: str | os.PathLike | None,
         output_prefix: str,
+        null_dict_list: Any = None,
         null_prefix: str | None = None,
     ) -> StatsResult:
-        """Read the table(s) (a gf perturb output directory, a list of them, or DataFrames), compute the mode's
-        statistics, write `{output_prefix}.csv` and the plot when `output_directory` is given."""
+        """Read the table(s), compute the mode's statistics, write `{output_prefix}.csv` and the plot when
+        `output_directory` is given.
+
+        input_data_directory / null_dist_data_directory: the perturber's output_directory (every table in it, as
+        the reference reads every result file there), one `{prefix}.parquet` table (or its .csv), a list of them,
+        or DataFrames. null_dict_list: the null run already loaded (a DataFrame or a list of them, e.g.
+        `read_table(...)`), reused across several comparisons as the reference's list of loaded null dictionaries;
+        it takes the place of null_dist_data_directory. null_prefix: only `{null_prefix}.parquet` of the null
+        directory."""
         table = self._selected(self._read(input_data_directory))
         if self.mode == "goal_state_shift":
             frame = self.goal_state_shift(table)
         elif self.mode == "vs_null":
-            if null_dist_data_directory is None:
-                raise PerturbationInputError("vs_null needs the null run's table (null_dist_data_directory / --null)")
-            frame = self.vs_null(table, self._selected(self._read(null_dist_data_directory)))
+            if null_dict_list is not None:
+                null = self._read(list(null_dict_list) if isinstance(null_dict_list, (list, tuple)) else null_dict_list)
+            elif null_dist_data_directory is not None:
+                paths = null_dist_data_directory
+                if null_prefix and isinstance(paths, (str, os.PathLike)):
+                    paths = self.tables_in(paths, null_prefix)
+                null = self._read(paths)
+            else:
+                raise PerturbationInputError(
+                    "vs_null needs the null run: null_dist_data_directory (--null) or null_dict_list"
+                )
+            frame = self.vs_null(table, self._selected(null))
         elif self.mode == "mixture_model":
             frame = self.mixture_model(table)
         elif self.mode == "aggregate_data":
