@@ -3,15 +3,12 @@ facts read from the reference snapshot, github explorerwjy/Geneformer dff467cb, 
 name, with the reference's default unless a documented exception below says why not.
 
 A keyword counts as accepted only as an explicit parameter (inspect.signature), not through **kwargs. A keyword the
-reference requires may have a default here (we accept more). Rows of Classifier and MTLClassifier skip only while
-their modules (built on other branches) do not exist yet.
+reference requires may have a default here (we accept more).
 """
 
 from __future__ import annotations
 
 import ast
-import importlib
-import importlib.util
 import inspect
 import json
 from pathlib import Path
@@ -69,8 +66,6 @@ INTERNAL_STEPS: dict[tuple[str, str], str] = {
     "writes the results table in shards (output.ShardedTable)",
 }
 
-OTHER_BRANCH_MODULES = {"Classifier", "MTLClassifier"}
-
 
 def _row_id(row: dict[str, Any]) -> str:
     return f"{row['class']}.{row['method']}({row['keyword']})"
@@ -84,14 +79,6 @@ def _reference_default(text: str) -> Any:
 
 
 def _our_class(name: str) -> type:
-    module_name = mindformer_gf.GENEFORMER_CLASSES[name]
-    if name in OTHER_BRANCH_MODULES:
-        try:
-            found = importlib.util.find_spec(module_name) is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
-            pytest.skip(f"{module_name} does not exist on this branch yet (built on another branch of issue 22)")
     return getattr(mindformer_gf, name)
 
 

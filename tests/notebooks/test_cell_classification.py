@@ -15,10 +15,8 @@ import pytest
 from helpers.tasks import tiny_config, tiny_pretrained_model, tokenized_pbmc
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+from mindformer_gf import Classifier
 from mindformer_gf.safe_pickle import safe_load
-
-# TODO(lead): `from mindformer_gf import Classifier` once the package exports it (api-io owns mindformer_gf/__init__.py)
-from mindformer_gf.tasks.geneformer_classifier import Classifier
 
 # a fine-tuning run and three evaluations on the tiny model
 pytestmark = pytest.mark.slow

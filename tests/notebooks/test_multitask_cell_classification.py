@@ -25,8 +25,7 @@ from helpers.mtl import (
 from helpers.tasks import padded_rows
 from sklearn.metrics import accuracy_score, f1_score
 
-# TODO(lead): `from mindformer_gf import MTLClassifier` once api-io's lazy exports are merged
-from mindformer_gf.tasks.geneformer_mtl import MTLClassifier
+from mindformer_gf import MTLClassifier
 
 
 @pytest.fixture(scope="module")
