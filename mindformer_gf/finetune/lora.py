@@ -286,6 +286,10 @@ def write_peft_adapter(
 
     architecture = model.architecture
     encoder = _encoder(model)
+    adapted = lora_layers(model)
+    in_layers = all(layer_of(name) is not None for name in adapted)
+    # a projection both adapted and saved whole cannot be both in peft: an adapted pooler is not a saved module
+    modules_to_save = [m for m in modules_to_save if in_layers or m != "pooler"]
     tensors = {to_peft_name(k): v for k, v in lora_state_dict(model).items()}
     state = model.state_dict()
     for module in modules_to_save:
@@ -301,7 +305,7 @@ def write_peft_adapter(
         "lora_dropout": float(settings.dropout),
         "target_modules": list(settings.target_modules),
         # the encoder layers only: peft's suffix rule would otherwise also take the pooler's `dense`
-        "layers_to_transform": list(range(encoder.config.num_hidden_layers)),
+        "layers_to_transform": list(range(encoder.config.num_hidden_layers)) if in_layers else None,
         "modules_to_save": list(modules_to_save) or None,
         "bias": "none",
         "fan_in_fan_out": False,

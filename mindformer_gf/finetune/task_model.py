@@ -478,6 +478,12 @@ def load_task_model(directory: str | os.PathLike) -> nn.Cell:
         model = base
     if any(".adapter." in k for k in extras):
         add_adapters(model, int(task["adapter_size"]))
+    if task.get("lora_merged") is False:
+        # adapters kept apart (a converted peft directory): put them back on, unmerged, as peft holds them
+        from mindformer_gf.finetune.lora import apply_peft_adapter, read_peft_adapter
+
+        adapter_dir = Path(directory) / task.get("lora_adapter", LORA_ADAPTER_DIR)
+        apply_peft_adapter(model, read_peft_adapter(adapter_dir, architecture))
     weights = model.state_dict()
     unknown = sorted(set(extras) - set(weights))
     if unknown:
