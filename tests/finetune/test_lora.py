@@ -4,6 +4,8 @@ specification, and the adapters peft loads from what we save (and the other way 
 
 from __future__ import annotations
 
+import json
+
 import mindspore as ms
 import numpy as np
 import pytest
@@ -173,3 +175,33 @@ def test_an_unknown_target_module_is_refused(hf_classifier_dir):
     model = from_pretrained(hf_classifier_dir, "BertForSequenceClassification")
     with pytest.raises(ValueError, match=r"\['qkv'\] name no projection"):
         apply_strategy(model, "lora", lora=LoraSettings(R, ALPHA, 0.1, ("query", "qkv")))
+
+
+def test_multitask_model_with_lora_saves_merged_and_reloads_with_the_same_outputs(
+    hf_classifier_dir, tmp_path, make_batch
+):
+    from mindformer_gf.finetune.task_model import MultitaskModel, load_task_model, save_task_model
+
+    encoder = from_pretrained(hf_classifier_dir, "BertModel")
+    model = MultitaskModel(encoder, [3, 2], "attention", seed=1)
+    apply_strategy(model, "lora", lora=LoraSettings(R, ALPHA, 0.1, TARGETS))
+    assert len(lora_layers(model)) == 12
+    trainable = {name for name, p in model.parameters_and_names() if p.requires_grad}
+    assert all(".lora_" in n or n.startswith(("heads.", "attention_pool.")) for n in trainable)
+    weights = model.state_dict()
+    rng = np.random.default_rng(8)
+    for key in weights:
+        if ".lora_B." in key:
+            weights[key] = rng.normal(0, 0.2, weights[key].shape).astype(np.float32)
+    model.load_weights(weights)
+    model.set_train(False)
+    ids, mask = make_batch([25, 11], SHAPES["small"]["vocab_size"], seed=2)
+    expected = [t.asnumpy() for t in model(Tensor(ids), Tensor(mask))]
+    task = {"kind": "multitask", "strategy": "lora", "task_sizes": [3, 2], "pooling": "attention"}
+    save_task_model(model, tmp_path / "saved", task)
+    saved = json.loads((tmp_path / "saved" / "task.json").read_text())
+    assert saved["lora_merged"] is True and not [k for k in saved["extras"] if ".lora_" in k]
+    reloaded = load_task_model(tmp_path / "saved")
+    assert not lora_layers(reloaded)
+    for got, want in zip(reloaded(Tensor(ids), Tensor(mask)), expected, strict=True):
+        np.testing.assert_allclose(got.asnumpy(), want, rtol=1e-4, atol=2e-5)
