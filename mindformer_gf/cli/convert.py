@@ -79,6 +79,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="the reference's task_label_mappings.pkl for a GeneformerMultiTask SRC (default: the one inside SRC)",
     )
+    reference.add_argument(
+        "--task-columns",
+        default=None,
+        help="comma-separated dataset columns of a GeneformerMultiTask's tasks, in the reference's task_columns order",
+    )
     parser.set_defaults(run=run)
 
 
@@ -97,15 +102,20 @@ def run_reference_model(args: argparse.Namespace, kind: str) -> int:
             "result with --to huggingface afterwards)"
         )
     if kind == PEFT_LORA:
-        if args.label_mappings:
-            raise ValueError(f"--label-mappings is for GeneformerMultiTask checkpoints; {args.src} is a LoRA adapter")
+        if args.label_mappings or args.task_columns:
+            raise ValueError(
+                f"--label-mappings/--task-columns are for GeneformerMultiTask checkpoints; {args.src} is a LoRA adapter"
+            )
         report = convert_lora_adapter(
             args.src, args.dst, base_model=args.base_model, merge=not args.keep_adapters, force=args.force
         )
     else:
         if args.base_model or args.keep_adapters:
             raise ValueError(f"--base-model/--keep-adapters are for LoRA adapters; {args.src} is a GeneformerMultiTask")
-        report = convert_reference_multitask(args.src, args.dst, label_mappings=args.label_mappings, force=args.force)
+        columns = args.task_columns.split(",") if args.task_columns else None
+        report = convert_reference_multitask(
+            args.src, args.dst, label_mappings=args.label_mappings, task_columns=columns, force=args.force
+        )
     print("\n".join(report.lines()))
     return 0
 
@@ -118,10 +128,10 @@ def run(args: argparse.Namespace) -> int:
     kind = detect_source(args.src)
     if kind != HUGGINGFACE:
         return run_reference_model(args, kind)
-    if args.base_model or args.keep_adapters or args.label_mappings:
+    if args.base_model or args.keep_adapters or args.label_mappings or args.task_columns:
         raise ValueError(
             f"{args.src} is neither a peft LoRA directory nor a GeneformerMultiTask checkpoint: --base-model, "
-            "--keep-adapters and --label-mappings do not apply"
+            "--keep-adapters, --label-mappings and --task-columns do not apply"
         )
     if args.verify:
         import mindspore as ms

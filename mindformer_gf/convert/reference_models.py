@@ -111,10 +111,13 @@ def convert_reference_multitask(
     dst: str | os.PathLike,
     *,
     label_mappings: str | os.PathLike | None = None,
+    task_columns: list[str] | None = None,
     force: bool = False,
 ) -> ConversionReport:
     """Convert a reference `GeneformerMultiTask` directory into a multitask task model directory (see the module
-    docstring); `label_mappings` is the reference's task_label_mappings.pkl (default: the one beside the model)."""
+    docstring); `label_mappings` is the reference's task_label_mappings.pkl (default: the one beside the model).
+    `task_columns` (the reference's `task_columns`, in its order) names the tasks by their dataset columns, which
+    `gf classify multitask --evaluate` needs; the reference's mappings call them task1..taskN."""
     from mindformer_gf.finetune.task_model import MultitaskModel, save_task_model
     from mindformer_gf.model import build_model
 
@@ -167,6 +170,10 @@ def convert_reference_multitask(
     if label_mappings is not None and not mappings_path.is_file():
         raise FileNotFoundError(f"label mappings {mappings_path} not found")
     tasks, id2labels = _label_mappings(mappings_path if mappings_path.is_file() else None, sizes, src)
+    if task_columns is not None:
+        if len(task_columns) != len(sizes):
+            raise ValueError(f"{len(task_columns)} task columns given but {src} has {len(sizes)} task heads")
+        tasks = [str(c) for c in task_columns]
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*initialised fresh.*")

@@ -155,7 +155,7 @@ class BertIntermediate(nn.Cell):
         self.act = config.hidden_act
         self.lora_seeded = False
 
-    def construct(self, hidden: Tensor, dropout_seed: Tensor) -> Tensor:
+    def construct(self, hidden: Tensor, dropout_seed: Tensor | None = None) -> Tensor:
         projected = self.dense(hidden, dropout_seed) if self.lora_seeded else self.dense(hidden)
         return _activation(self.act, projected)
 
