@@ -33,21 +33,23 @@ PROJECTIONS = (
 )
 
 
-@pytest.fixture(scope="module")
-def hf_classifier_dir(tmp_path_factory):
-    """A two-layer transformers BertForSequenceClassification (3 labels) with random weights, saved."""
+def save_hf_classifier(directory, architecture: str = "BertForSequenceClassification"):
+    """A two-layer transformers classifier (3 labels) with random weights, saved."""
     torch.manual_seed(5)
     config = transformers.BertConfig(**{**SHAPES["small"], "num_hidden_layers": 2}, num_labels=3)
-    model = transformers.BertForSequenceClassification(config).eval()
-    directory = tmp_path_factory.mktemp("hf") / "classifier"
-    model.save_pretrained(directory)
+    getattr(transformers, architecture)(config).eval().save_pretrained(directory)
     return directory
 
 
-def lora_model(directory, seed: int = 0, dropout: float = 0.1):
+@pytest.fixture(scope="module")
+def hf_classifier_dir(tmp_path_factory):
+    return save_hf_classifier(tmp_path_factory.mktemp("hf") / "classifier")
+
+
+def lora_model(directory, seed: int = 0, dropout: float = 0.1, architecture: str = "BertForSequenceClassification"):
     """Our classifier from `directory` with LoRA (r 4, alpha 8) whose A and B are both random (B starts at zero,
     which would hide a wrong B)."""
-    model = from_pretrained(directory, "BertForSequenceClassification")
+    model = from_pretrained(directory, architecture)
     apply_strategy(model, "lora", lora=LoraSettings(R, ALPHA, dropout, TARGETS), seed=seed)
     rng = np.random.default_rng(seed)
     weights = model.state_dict()
@@ -59,9 +61,9 @@ def lora_model(directory, seed: int = 0, dropout: float = 0.1):
     return model
 
 
-def peft_model(hf_dir, ours, targets=TARGETS, layers=(0, 1)):
+def peft_model(hf_dir, ours, targets=TARGETS, layers=(0, 1), architecture="BertForSequenceClassification"):
     """peft's LoRA on transformers' model of `hf_dir`, with our adapters' values copied in."""
-    base = transformers.BertForSequenceClassification.from_pretrained(hf_dir).eval()
+    base = getattr(transformers, architecture).from_pretrained(hf_dir).eval()
     config = peft.LoraConfig(
         r=R, lora_alpha=ALPHA, lora_dropout=0.1, target_modules=list(targets), layers_to_transform=list(layers)
     )
@@ -110,25 +112,29 @@ def test_merged_weight_is_w_plus_alpha_over_r_b_a(hf_classifier_dir):
             np.testing.assert_array_equal(value, state[key], err_msg=key)
 
 
-def test_unmerged_and_merged_forward_equal_peft(hf_classifier_dir, make_batch):
-    ours = lora_model(hf_classifier_dir, seed=3)
-    theirs = peft_model(hf_classifier_dir, ours)
+@pytest.mark.parametrize("architecture", ["BertForSequenceClassification", "BertForTokenClassification"])
+def test_unmerged_and_merged_forward_equal_peft(tmp_path, make_batch, architecture):
+    hf_dir = save_hf_classifier(tmp_path / "hf", architecture)
+    ours = lora_model(hf_dir, seed=3, architecture=architecture)
+    theirs = peft_model(hf_dir, ours, architecture=architecture)
     ids, mask = make_batch([30, 17, 5], SHAPES["small"]["vocab_size"], seed=1)
     with torch.no_grad():
         expected = theirs(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).logits
     got = ours(Tensor(ids), Tensor(mask))[0].asnumpy()
-    plain = from_pretrained(hf_classifier_dir, "BertForSequenceClassification")(Tensor(ids), Tensor(mask))[0]
+    plain = from_pretrained(hf_dir, architecture)(Tensor(ids), Tensor(mask))[0]
     assert np.abs(expected.numpy() - plain.asnumpy()).max() > 1e-3  # the adapters change the output
-    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=2e-5)
+    valid = mask.astype(bool) if got.ndim == 3 else slice(None)  # per-gene logits: the genes, not the padding
+    np.testing.assert_allclose(got[valid], expected.numpy()[valid], rtol=1e-4, atol=2e-5)
 
-    merged_model = from_pretrained(hf_classifier_dir, "BertForSequenceClassification")
+    merged_model = from_pretrained(hf_dir, architecture)
     merged_model.load_weights(merged_state_dict(ours))
     merged_theirs = theirs.merge_and_unload()
     for name, parameter in merged_theirs.named_parameters():
         np.testing.assert_allclose(
             merged_state_dict(ours)[name], parameter.detach().numpy(), rtol=1e-6, atol=1e-6, err_msg=name
         )
-    np.testing.assert_allclose(merged_model(Tensor(ids), Tensor(mask))[0].asnumpy(), got, rtol=1e-4, atol=2e-5)
+    merged_logits = merged_model(Tensor(ids), Tensor(mask))[0].asnumpy()
+    np.testing.assert_allclose(merged_logits[valid], got[valid], rtol=1e-4, atol=2e-5)
 
 
 def test_lora_dropout_is_on_the_adapter_input_with_the_specified_mask(hf_classifier_dir):
