@@ -94,7 +94,9 @@ PLAIN_ONLY = ("format", "dtype", "architecture", "num_labels", "allow_missing", 
 def run_reference_model(args: argparse.Namespace, kind: str) -> int:
     from mindformer_gf.convert.reference_models import PEFT_LORA, convert_lora_adapter, convert_reference_multitask
 
-    given = [o for o in PLAIN_ONLY if getattr(args, o) not in (None, False)]
+    # a LoRA adapter's task_type may name the wrong head (the reference's cell classifiers say TOKEN_CLS)
+    plain_only = [o for o in PLAIN_ONLY if not (kind == PEFT_LORA and o == "architecture")]
+    given = [o for o in plain_only if getattr(args, o) not in (None, False)]
     if args.to != "mindspore" or given:
         options = ", ".join(f"--{o.replace('_', '-')}" for o in given) or "--to huggingface"
         raise ValueError(
@@ -107,7 +109,12 @@ def run_reference_model(args: argparse.Namespace, kind: str) -> int:
                 f"--label-mappings/--task-columns are for GeneformerMultiTask checkpoints; {args.src} is a LoRA adapter"
             )
         report = convert_lora_adapter(
-            args.src, args.dst, base_model=args.base_model, merge=not args.keep_adapters, force=args.force
+            args.src,
+            args.dst,
+            base_model=args.base_model,
+            merge=not args.keep_adapters,
+            architecture=args.architecture,
+            force=args.force,
         )
     else:
         if args.base_model or args.keep_adapters:

@@ -219,14 +219,16 @@ def convert_reference_multitask(
 
 
 # ---- peft LoRA adapters ------------------------------------------------------------------------------------------
-def load_adapted_model(src: str | os.PathLike, base_model: str | os.PathLike | None = None) -> tuple[Any, Any, Path]:
-    """(our model of the adapter's task type on its base, with the adapters on it, unmerged; the adapter; the base
-    model directory)."""
+def load_adapted_model(
+    src: str | os.PathLike, base_model: str | os.PathLike | None = None, architecture: str | None = None
+) -> tuple[Any, Any, Path]:
+    """(our model of the adapter's task type (or `architecture`) on its base, with the adapters on it, unmerged;
+    the adapter; the base model directory)."""
     from mindformer_gf.finetune.lora import apply_peft_adapter, read_peft_adapter
     from mindformer_gf.pretrained import from_pretrained
 
     src = Path(src)
-    adapter = read_peft_adapter(src)
+    adapter = read_peft_adapter(src, architecture)
     base = base_model if base_model is not None else adapter.config.get("base_model_name_or_path")
     if not base:
         raise CheckpointError(f"{src}/{PEFT_ADAPTER_CONFIG} names no base model; pass --base-model DIR (base_model=)")
@@ -235,7 +237,14 @@ def load_adapted_model(src: str | os.PathLike, base_model: str | os.PathLike | N
         raise CheckpointError(
             f"the adapter's base model {base} is not a model directory here; pass --base-model DIR (base_model=)"
         )
-    architecture = adapter.architecture or "BertModel"
+    if architecture is None and adapter.config.get("task_type") == "TOKEN_CLS":
+        warnings.warn(
+            f"{src}: task_type TOKEN_CLS, converted as a gene classifier (BertForTokenClassification); the reference's "
+            "Classifier writes TOKEN_CLS for cell classifiers too: pass --architecture BertForSequenceClassification "
+            "for one",
+            stacklevel=2,
+        )
+    architecture = architecture or adapter.architecture or "BertModel"
     overrides: dict[str, Any] = {"architectures": [architecture]}
     classifier = adapter.heads.get("classifier.weight")
     if classifier is not None:
@@ -264,11 +273,13 @@ def convert_lora_adapter(
     *,
     base_model: str | os.PathLike | None = None,
     merge: bool = True,
+    architecture: str | None = None,
     force: bool = False,
 ) -> ConversionReport:
     """Convert the peft LoRA directory `src` on its base model into a model directory: merged (the default; a
     plain model of the adapter's task type) or with the adapters kept (`lora_adapter/`, put back on by
-    `load_task_model`)."""
+    `load_task_model`). `architecture` overrides the one the adapter's task_type implies: the reference's
+    Classifier saves cell classifiers (BertForSequenceClassification) with task_type TOKEN_CLS."""
     from mindformer_gf.convert.writer import write_model_directory
     from mindformer_gf.finetune.lora import is_lora_parameter, merged_state_dict
     from mindformer_gf.finetune.task_model import LORA_ADAPTER_DIR, TASK_FILE
@@ -277,7 +288,7 @@ def convert_lora_adapter(
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
     _check_destination(src, dst, force)
-    model, adapter, base = load_adapted_model(src, base_model)
+    model, adapter, base = load_adapted_model(src, base_model, architecture)
     architecture = model.architecture
     settings = adapter.settings()
     if merge:

@@ -221,4 +221,9 @@ def test_adapters_this_package_cannot_reproduce_are_refused(peft_adapter, tmp_pa
     assert "names no base model; pass --base-model DIR" in capsys.readouterr().err
     assert main(["convert", str(root / "adapter"), str(tmp_path / "out"), "--dtype", "float16"]) == 1
     assert "drop --dtype" in capsys.readouterr().err
+    # the reference's cell classifiers carry task_type TOKEN_CLS: --architecture decides; a wrong one shows
+    token = ["convert", str(root / "adapter"), str(tmp_path / "out"), "--architecture", "BertForTokenClassification"]
+    assert main(token) == 1
+    err = capsys.readouterr().err.strip()
+    assert "the adapter adapts ['bert.pooler.dense'], which the BertForTokenClassification" in err and "\n" not in err
     assert not (tmp_path / "out").exists()
