@@ -40,7 +40,7 @@ from mindformer_gf.convert.names import (
     REFERENCE_MULTITASK_HEADS,
     from_reference_multitask_name,
 )
-from mindformer_gf.convert.readers import CONFIG, open_huggingface_weights
+from mindformer_gf.convert.readers import CONFIG, open_huggingface_weights, open_model_weights
 from mindformer_gf.convert.tensors import CheckpointError
 from mindformer_gf.io import read_json
 
@@ -258,6 +258,16 @@ def load_adapted_model(
             raise CheckpointError(
                 f"{src}: a {adapter.config.get('task_type')} adapter that saves no classifier, on a base ({base}) "
                 "without one: the classifier it was trained with is not in either"
+            )
+    if architecture == "BertForSequenceClassification" and not any(".pooler." in k for k in adapter.heads):
+        with open_model_weights(base) as weights:
+            base_has_pooler = any(".pooler." in f".{key}" for key in weights.tensors)
+        if not base_has_pooler:
+            warnings.warn(
+                f"{src}: neither the adapter nor its base {base} holds the pooler the classifier was trained with "
+                "(peft saved only the classifier, and the base is a masked-LM checkpoint): it is initialised fresh, "
+                "so the converted model's outputs are not the trained model's",
+                stacklevel=2,
             )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(initialised fresh|dropped|not used by).*")

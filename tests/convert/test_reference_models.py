@@ -187,6 +187,29 @@ def test_peft_adapter_converts_merged_and_kept(peft_adapter, tmp_path, make_batc
     np.testing.assert_allclose(kept(Tensor(ids), Tensor(mask))[0].asnumpy(), expected, rtol=RTOL, atol=ATOL)
 
 
+def test_reference_style_adapter_with_peft_default_targets(peft_adapter, tmp_path, make_batch):
+    """As the reference's Classifier writes them: LoraConfig without target_modules (peft's BERT default, query
+    and value), task_type TOKEN_CLS on a cell classifier: --architecture BertForSequenceClassification."""
+    peft = pytest.importorskip("peft")
+    _, root = peft_adapter
+    base = transformers.BertForSequenceClassification.from_pretrained(root / "base")
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, task_type="TOKEN_CLS"))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if ".lora_" in name or "modules_to_save" in name:
+                parameter.normal_(0, 0.2)
+    model.save_pretrained(tmp_path / "adapter")
+    with pytest.warns(UserWarning, match="writes TOKEN_CLS for cell classifiers too"):
+        convert_lora_adapter(tmp_path / "adapter", tmp_path / "as-genes")
+    assert from_pretrained(tmp_path / "as-genes").architecture == "BertForTokenClassification"
+    convert_lora_adapter(tmp_path / "adapter", tmp_path / "ours", architecture="BertForSequenceClassification")
+    ids, mask = make_batch([26, 8], SHAPES["small"]["vocab_size"], seed=7)
+    ours = from_pretrained(tmp_path / "ours")
+    assert ours.architecture == "BertForSequenceClassification"
+    expected = peft_logits(model.eval(), ids, mask)
+    np.testing.assert_allclose(ours(Tensor(ids), Tensor(mask))[0].asnumpy(), expected, rtol=RTOL, atol=ATOL)
+
+
 def test_ours_to_peft_and_back(peft_adapter, tmp_path, make_batch):
     """peft's adapter -> ours (kept) -> our peft-layout writer -> peft -> the same outputs."""
     peft = pytest.importorskip("peft")
