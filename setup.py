@@ -84,7 +84,14 @@ setup(
         "statsmodels>=0.14",  # FDR of the perturbation statistics
     ],
     extras_require={
-        "test": ["pytest>=7.4", "pytest-xdist>=3.5", "ruff>=0.5", "torch==2.13.0", "transformers>=4.40"],
+        "test": [
+            "pytest>=7.4",
+            "pytest-xdist>=3.5",
+            "ruff>=0.5",
+            "torch==2.13.0",
+            "transformers>=4.40",
+            "peft>=0.18.1",
+        ],
     },
     entry_points={"console_scripts": ["gf=mindformer_gf.cli:main"]},
 )

@@ -12,7 +12,9 @@
     gf classify gene --evaluate --model out/fold0/model ...    # a fold's model on the labelled genes it never saw
     gf classify multitask --evaluate --model out/model ...     # the model's tasks on every selected cell
     gf classify cell ... --search-trials 20             # Optuna search (the reference's n_hyperopt_trials)
-Strategies (every task): --strategy finetune (with --freeze-layers N), adapters (--adapter-size), extra_layer.
+Strategies (every task): --strategy finetune (with --freeze-layers N), adapters (--adapter-size), extra_layer,
+lora (--lora-r, --lora-alpha, --lora-dropout, --lora-target-modules; the saved model has the adapters merged in,
+and peft's adapter directory beside it in model/lora_adapter/).
 Under msrun (one process per device): training is data parallel; every evaluation pass (validation cells at each
 checkpoint, test cells, --evaluate) is shared among the ranks by genes per cell, and rank 0 writes the files one
 process writes (`predictions_run.json` records the split). --output-dir must be seen by every machine.
@@ -46,9 +48,17 @@ TRAINING_FLAGS = {
     "warmup-ratio": ("warmup_ratio", float, "warmup as a fraction of all steps (overrides --warmup-steps)"),
     "weight-decay": ("weight_decay", float, "AdamW weight decay (not on biases and LayerNorm)"),
     "seed": ("seed", int, "seed of splits, sampling and fresh heads"),
-    "strategy": ("strategy", str, "finetune, adapters or extra_layer"),
+    "strategy": ("strategy", str, "finetune, adapters, extra_layer or lora"),
     "freeze-layers": ("freeze_layers", int, "freeze the first N encoder layers (strategy finetune)"),
     "adapter-size": ("adapter_size", int, "adapter bottleneck width (strategy adapters)"),
+    "lora-r": ("lora_r", int, "LoRA rank (strategy lora; default 64, the reference's)"),
+    "lora-alpha": ("lora_alpha", float, "LoRA alpha: the update is scaled by alpha / r (default 128)"),
+    "lora-dropout": ("lora_dropout", float, "dropout on the LoRA adapters' input (default 0.1)"),
+    "lora-target-modules": (
+        "lora_target_modules",
+        str,
+        "comma-separated projections LoRA adapts, peft's names (default query,key,value,dense)",
+    ),
     "num-buckets": ("num_buckets", int, "padded widths (one graph compilation each)"),
     "forward-batch-size": ("forward_batch_size", int, "cells per inference batch"),
     "evals-per-epoch": ("evals_per_epoch", int, "validation checkpoints per epoch"),
@@ -58,7 +68,7 @@ TRAINING_FLAGS = {
 
 CHOICES = {
     "lr_scheduler_type": SCHEDULES,
-    "strategy": ("finetune", "adapters", "extra_layer"),
+    "strategy": ("finetune", "adapters", "extra_layer", "lora"),
     "device": ("auto", "CPU", "Ascend"),
 }
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mindformer_gf.finetune.lora import DEFAULT_TARGET_MODULES, LoraSettings
 from mindformer_gf.finetune.metrics import selection_score
 from mindformer_gf.finetune.task_model import STRATEGIES
 from mindformer_gf.io import matplotlib_pyplot, save_figure, write_csv
@@ -66,10 +67,17 @@ class FineTuneSettings:
     # seed of the cell selection and splits when it must differ from `seed` (a hyperparameter search varies `seed`
     # per trial but keeps every trial on the same split); None: `seed`
     split_seed: int | None = None
-    # what trains: "finetune" (with freeze_layers), "adapters", "extra_layer" (see mindformer_gf.finetune.task_model)
+    # what trains: "finetune" (with freeze_layers), "adapters", "extra_layer", "lora" (see
+    # mindformer_gf.finetune.task_model)
     strategy: str = "finetune"
     freeze_layers: int = 0
     adapter_size: int = 64
+    # strategy "lora": rank, alpha (the update is scaled by alpha / r), dropout on the adapters' input, and the
+    # projections adapted (peft's suffix names); the reference's values by default
+    lora_r: int = 64
+    lora_alpha: float = 128.0
+    lora_dropout: float = 0.1
+    lora_target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
     # padded widths per run (one graph compilation each) and cells per inference batch
     num_buckets: int = 4
     forward_batch_size: int = 32
@@ -112,6 +120,19 @@ class FineTuneSettings:
             raise ValueError(f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
         if self.freeze_layers < 0 or self.adapter_size < 1 or self.evals_per_epoch < 1:
             raise ValueError("freeze_layers must be >= 0, adapter_size and evals_per_epoch >= 1")
+        self.lora.validate()
+
+    def __post_init__(self) -> None:
+        # a list (JSON, a search space, the CLI) or one name are kept as the tuple the dataclass declares
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = tuple(t for t in self.lora_target_modules.split(",") if t)
+        else:
+            self.lora_target_modules = tuple(self.lora_target_modules)
+
+    @property
+    def lora(self) -> LoraSettings:
+        """The settings of strategy "lora"."""
+        return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, self.lora_target_modules)
 
     @property
     def data_seed(self) -> int:

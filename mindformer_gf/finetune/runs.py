@@ -218,7 +218,9 @@ def build_model_for_task(
     model = load_pretrained(
         model_dir, architecture, seed=settings.seed, extra_layer=settings.strategy == "extra_layer", **overrides
     )
-    apply_strategy(model, settings.strategy, settings.freeze_layers, settings.adapter_size, settings.seed)
+    apply_strategy(
+        model, settings.strategy, settings.freeze_layers, settings.adapter_size, settings.seed, lora=settings.lora
+    )
     counts = parameter_counts(model)
     print(f"{settings.strategy}: {describe_parameter_counts(counts)}")
     return model
@@ -276,5 +278,15 @@ def task_description(kind: str, settings: FineTuneSettings, **fields: Any) -> di
         "strategy": settings.strategy,
         "freeze_layers": settings.freeze_layers,
         "adapter_size": settings.adapter_size,
+        **(
+            {
+                "lora_r": settings.lora_r,
+                "lora_alpha": settings.lora_alpha,
+                "lora_dropout": settings.lora_dropout,
+                "lora_target_modules": list(settings.lora_target_modules),
+            }
+            if settings.strategy == "lora"
+            else {}
+        ),
         **fields,
     }

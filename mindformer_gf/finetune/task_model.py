@@ -7,7 +7,12 @@ Strategies (every task):
   attention-output and the feed-forward-output projections of every layer; the pretrained model is frozen, only
   the adapters and the head train. The up-projection starts at zero, so training starts from the pretrained model;
 - "extra_layer": one fresh transformer layer on top of the pretrained encoder, which is frozen; the new layer and
-  the head train. The result is a plain BERT with one more layer (exportable to Hugging Face).
+  the head train. The result is a plain BERT with one more layer (exportable to Hugging Face);
+- "lora": low-rank adapters (LoRA, as peft builds them; see `mindformer_gf.finetune.lora`) on the query, key,
+  value and dense projections of every layer (`lora_r`, `lora_alpha`, `lora_dropout`, `lora_target_modules`); the
+  pretrained encoder is frozen, the adapters, the pooler and the head train. The saved model has the adapters
+  merged into its weights, W + (alpha / r) B A, so it is a plain model every loader and converter reads; the
+  adapters themselves are saved beside it in peft's layout (`lora_adapter/`), which peft loads.
 A regression head (one output, MSE) replaces the classifier for a numeric target in every task.
 
 Heads beyond Hugging Face's (adapters, multitask heads, attention pooling) are saved beside a standard model
@@ -30,6 +35,14 @@ from mindspore import ops as msops
 
 from mindformer_gf.config import GeneformerConfig
 from mindformer_gf.convert.writer import write_model_directory
+from mindformer_gf.finetune.lora import (
+    LoraSettings,
+    add_lora,
+    is_lora_parameter,
+    lora_layers,
+    merged_state_dict,
+    write_peft_adapter,
+)
 from mindformer_gf.io import read_json, write_json
 from mindformer_gf.model import BertModel, GeneformerPreTrainedModel, build_model
 from mindformer_gf.model.dropout import SeededDropout
@@ -37,10 +50,12 @@ from mindformer_gf.pretrained import from_pretrained
 from mindformer_gf.train.objectives import summed_cross_entropy
 from mindformer_gf.train.step import Objective
 
-STRATEGIES = ("finetune", "adapters", "extra_layer")
+STRATEGIES = ("finetune", "adapters", "extra_layer", "lora")
 POOLINGS = ("cls", "attention")
 TASK_FILE = "task.json"
 EXTRAS_FILE = "task_extras.safetensors"
+# the adapters of a LoRA model, in peft's layout (adapter_config.json + adapter_model.safetensors)
+LORA_ADAPTER_DIR = "lora_adapter"
 LAYER_INDEX = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
 
 
@@ -115,10 +130,15 @@ def layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def is_adapter_parameter(name: str) -> bool:
+    """Whether parameter `name` belongs to an adapter (bottleneck or LoRA) added to the encoder."""
+    return ".adapter." in name or is_lora_parameter(name)
+
+
 def is_pretrained_part(name: str) -> bool:
     """Whether parameter `name` belongs to the pretrained encoder (embeddings, layers) rather than a head."""
     bare = name[len("bert.") :] if name.startswith("bert.") else name
-    return bare.startswith(("embeddings.", "encoder.")) and ".adapter." not in name
+    return bare.startswith(("embeddings.", "encoder.")) and not is_adapter_parameter(name)
 
 
 def freeze_layers(model: nn.Cell, count: int) -> list[str]:
@@ -129,7 +149,7 @@ def freeze_layers(model: nn.Cell, count: int) -> list[str]:
     frozen = []
     for name, param in model.parameters_and_names():
         index = layer_index(name)
-        if index is not None and index < count and ".adapter." not in name:
+        if index is not None and index < count and not is_adapter_parameter(name):
             param.requires_grad = False
             frozen.append(name)
     return frozen
@@ -154,7 +174,7 @@ def parameter_counts(model: nn.Cell) -> dict[str, int]:
         if not param.requires_grad:
             continue
         counts["trainable"] += size
-        if ".adapter." in name:
+        if is_adapter_parameter(name):
             counts["trainable_adapters"] += size
         elif is_pretrained_part(name):
             counts["trainable_encoder"] += size
@@ -198,11 +218,17 @@ def load_pretrained(
 
 
 def apply_strategy(
-    model: nn.Cell, strategy: str, freeze_layer_count: int = 0, adapter_size: int = 64, seed: int = 0
+    model: nn.Cell,
+    strategy: str,
+    freeze_layer_count: int = 0,
+    adapter_size: int = 64,
+    seed: int = 0,
+    lora: LoraSettings | None = None,
 ) -> list[str]:
     """Set what trains, as `strategy` says (see the module docstring); returns the frozen parameter names.
 
-    For "extra_layer" the model must already have the extra layer (`load_pretrained(..., extra_layer=True)`).
+    For "extra_layer" the model must already have the extra layer (`load_pretrained(..., extra_layer=True)`);
+    "lora" uses `lora` (default: the reference's r 64, alpha 128, dropout 0.1 on query, key, value, dense).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r} is not one of {STRATEGIES}")
@@ -213,22 +239,31 @@ def apply_strategy(
     if strategy == "adapters":
         add_adapters(model, adapter_size, seed)
         return freeze_pretrained(model)
+    if strategy == "lora":
+        add_lora(model, lora or LoraSettings(), seed)
+        return freeze_pretrained(model)
     top = encoder_of(model).config.num_hidden_layers - 1
     return freeze_pretrained(model, keep_layers=(top,))
 
 
 # ---- heads and pooling ---------------------------------------------------------------------------------------------
 class AttentionPooling(nn.Cell):
-    """Learned attention pooling: softmax over positions of w . h_i (padding excluded), then sum_i a_i h_i."""
+    """Learned attention pooling: softmax over positions of w . h_i (padding excluded), then sum_i a_i h_i.
 
-    def __init__(self, hidden: int, std: float, rng: np.random.Generator) -> None:
+    `include_padding` pools over padding positions too, as the reference's GeneformerMultiTask does (its
+    AttentionPool sees no mask): models converted from it keep that behaviour, so their outputs stay theirs."""
+
+    def __init__(self, hidden: int, std: float, rng: np.random.Generator, include_padding: bool = False) -> None:
         super().__init__()
         self.score = nn.Dense(hidden, 1)
         self.score.weight.set_data(_normal((1, hidden), std, rng))
         self.score.bias.set_data(Tensor(np.zeros(1, np.float32)))
+        self.include_padding = bool(include_padding)
 
     def construct(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         scores = self.score(hidden)[:, :, 0]
+        if self.include_padding:
+            return (msops.softmax(scores, -1)[:, :, None] * hidden).sum(1)
         valid = attention_mask > 0
         scores = msops.where(valid, scores, msops.full_like(scores, -1e9))
         weights = msops.softmax(scores, -1) * valid.astype(hidden.dtype)
@@ -244,7 +279,14 @@ class MultitaskModel(GeneformerPreTrainedModel):
 
     architecture = "BertModel"
 
-    def __init__(self, encoder: BertModel, task_sizes: Sequence[int], pooling: str = "cls", seed: int = 0) -> None:
+    def __init__(
+        self,
+        encoder: BertModel,
+        task_sizes: Sequence[int],
+        pooling: str = "cls",
+        seed: int = 0,
+        pool_padding: bool = False,
+    ) -> None:
         super().__init__(encoder.config)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
@@ -254,7 +296,7 @@ class MultitaskModel(GeneformerPreTrainedModel):
         self.pooling = pooling
         self.task_sizes = tuple(int(n) for n in task_sizes)
         if pooling == "attention":
-            self.attention_pool = AttentionPooling(hidden, std, rng)
+            self.attention_pool = AttentionPooling(hidden, std, rng, include_padding=pool_padding)
         self.dropout = SeededDropout(encoder.config.classifier_dropout_prob, encoder.impl, 0, "classifier")
         heads = []
         for size in self.task_sizes:
@@ -358,26 +400,58 @@ def save_task_model(model: nn.Cell, directory: str | os.PathLike, task: dict[str
     from safetensors.numpy import save_file
 
     directory = Path(directory)
+    # LoRA adapters are merged into the weights they adapt: the saved model is a plain one
+    has_lora = bool(lora_layers(model))
+    state = merged_state_dict(model) if has_lora else model.state_dict()
     if isinstance(model, MultitaskModel):
-        encoder = model.bert
-        weights, architecture, config = encoder.state_dict(), "BertModel", encoder.config
-        extras = {k: v for k, v in model.state_dict().items() if not k.startswith("bert.")}
+        architecture, config = "BertModel", model.bert.config
+        weights = {k[len("bert.") :]: v for k, v in state.items() if k.startswith("bert.")}
+        extras = {k: v for k, v in state.items() if not k.startswith("bert.")}
         adapter_weights = {k: v for k, v in weights.items() if ".adapter." in k}
         weights = {k: v for k, v in weights.items() if ".adapter." not in k}
         extras.update({f"bert.{k}": v for k, v in adapter_weights.items()})
     else:
         architecture, config = model.architecture, model.config
-        weights, extras = split_extras(model.state_dict(), config, architecture)
+        weights, extras = split_extras(state, config, architecture)
 
     def write_task_files(staging: Path) -> None:
         if extras:
             save_file(extras, str(staging / EXTRAS_FILE))
-        write_json(staging / TASK_FILE, {**task, "architecture": architecture, "extras": sorted(extras)})
+        description = {**task, "architecture": architecture, "extras": sorted(extras)}
+        if has_lora:
+            description["lora_merged"] = True
+            if not isinstance(model, MultitaskModel):
+                write_peft_adapter(
+                    model,
+                    staging / LORA_ADAPTER_DIR,
+                    lora_settings_of(task),
+                    base_model_name_or_path=task.get("source_model"),
+                    modules_to_save=trained_heads(model),
+                )
+                description["lora_adapter"] = LORA_ADAPTER_DIR
+        write_json(staging / TASK_FILE, description)
 
     write_model_directory(
         weights, config, architecture, directory, format="safetensors", force=force, extra_files=write_task_files
     )
     return directory
+
+
+def trained_heads(model: nn.Cell) -> list[str]:
+    """peft's `modules_to_save` for a model whose adapters are saved in peft's layout: its classifier and pooler."""
+    heads = ["classifier"] if hasattr(model, "classifier") else []
+    return heads + (["pooler"] if hasattr(encoder_of(model), "pooler") else [])
+
+
+def lora_settings_of(task: dict[str, Any]) -> LoraSettings:
+    """The LoRA settings a task description records (`task_description` writes them), the defaults otherwise."""
+    defaults = LoraSettings()
+    return LoraSettings(
+        int(task.get("lora_r", defaults.r)),
+        float(task.get("lora_alpha", defaults.alpha)),
+        float(task.get("lora_dropout", defaults.dropout)),
+        tuple(task.get("lora_target_modules", defaults.target_modules)),
+    )
 
 
 def read_task(directory: str | os.PathLike) -> dict[str, Any] | None:
@@ -397,11 +471,19 @@ def load_task_model(directory: str | os.PathLike) -> nn.Cell:
     extras_path = Path(directory) / EXTRAS_FILE
     extras = load_file(str(extras_path)) if extras_path.is_file() else {}
     if task.get("kind") == "multitask":
-        model = MultitaskModel(base, task["task_sizes"], task["pooling"])
+        model = MultitaskModel(
+            base, task["task_sizes"], task["pooling"], pool_padding=bool(task.get("pool_padding", False))
+        )
     else:
         model = base
     if any(".adapter." in k for k in extras):
         add_adapters(model, int(task["adapter_size"]))
+    if task.get("lora_merged") is False:
+        # adapters kept apart (a converted peft directory): put them back on, unmerged, as peft holds them
+        from mindformer_gf.finetune.lora import apply_peft_adapter, read_peft_adapter
+
+        adapter_dir = Path(directory) / task.get("lora_adapter", LORA_ADAPTER_DIR)
+        apply_peft_adapter(model, read_peft_adapter(adapter_dir, architecture))
     weights = model.state_dict()
     unknown = sorted(set(extras) - set(weights))
     if unknown:

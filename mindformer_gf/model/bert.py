@@ -99,15 +99,22 @@ class BertSelfAttention(nn.Cell):
         self.dropout_prob = config.attention_probs_dropout_prob
         self.dropout_salt = site_salt(layer, "attention")
         self.impl = impl
+        # True once LoRA wraps the projections (finetune/lora.py): they then take the step seed for their dropout
+        self.lora_seeded = False
 
     def split_heads(self, x: Tensor) -> Tensor:
         batch, length = x.shape[0], x.shape[1]
         return x.reshape(batch, length, self.num_heads, self.head_dim)
 
     def construct(self, hidden: Tensor, attention_mask: Tensor, dropout_seed: Tensor) -> Tensor:
-        q = self.split_heads(self.query(hidden))
-        k = self.split_heads(self.key(hidden))
-        v = self.split_heads(self.value(hidden))
+        if self.lora_seeded:
+            q = self.split_heads(self.query(hidden, dropout_seed))
+            k = self.split_heads(self.key(hidden, dropout_seed))
+            v = self.split_heads(self.value(hidden, dropout_seed))
+        else:
+            q = self.split_heads(self.query(hidden))
+            k = self.split_heads(self.key(hidden))
+            v = self.split_heads(self.value(hidden))
         # Sequence-major [B, L, H, D]: the fused CPU kernel reads the heads in place, no transposes (a copy each).
         seed = site_seed(dropout_seed, self.dropout_salt) if self.training else None
         context = ops.attention(
@@ -123,9 +130,11 @@ class BertSelfOutput(nn.Cell):
         self.dense = nn.Dense(config.hidden_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps, impl)
         self.dropout = SeededDropout(config.hidden_dropout_prob, impl, layer, "attention_output")
+        self.lora_seeded = False
 
     def construct(self, context: Tensor, residual: Tensor, dropout_seed: Tensor) -> Tensor:
-        return self.LayerNorm.add_and_norm(self.dropout(self.dense(context), dropout_seed), residual)
+        projected = self.dense(context, dropout_seed) if self.lora_seeded else self.dense(context)
+        return self.LayerNorm.add_and_norm(self.dropout(projected, dropout_seed), residual)
 
 
 class BertAttention(nn.Cell):
@@ -144,9 +153,11 @@ class BertIntermediate(nn.Cell):
         super().__init__()
         self.dense = nn.Dense(config.hidden_size, config.intermediate_size)
         self.act = config.hidden_act
+        self.lora_seeded = False
 
-    def construct(self, hidden: Tensor) -> Tensor:
-        return _activation(self.act, self.dense(hidden))
+    def construct(self, hidden: Tensor, dropout_seed: Tensor | None = None) -> Tensor:
+        projected = self.dense(hidden, dropout_seed) if self.lora_seeded else self.dense(hidden)
+        return _activation(self.act, projected)
 
 
 class BertOutput(nn.Cell):
@@ -155,9 +166,11 @@ class BertOutput(nn.Cell):
         self.dense = nn.Dense(config.intermediate_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps, impl)
         self.dropout = SeededDropout(config.hidden_dropout_prob, impl, layer, "ffn_output")
+        self.lora_seeded = False
 
     def construct(self, inner: Tensor, residual: Tensor, dropout_seed: Tensor) -> Tensor:
-        return self.LayerNorm.add_and_norm(self.dropout(self.dense(inner), dropout_seed), residual)
+        projected = self.dense(inner, dropout_seed) if self.lora_seeded else self.dense(inner)
+        return self.LayerNorm.add_and_norm(self.dropout(projected, dropout_seed), residual)
 
 
 class BertLayer(nn.Cell):
@@ -169,7 +182,7 @@ class BertLayer(nn.Cell):
 
     def construct(self, hidden: Tensor, attention_mask: Tensor, dropout_seed: Tensor) -> Tensor:
         attended = self.attention(hidden, attention_mask, dropout_seed)
-        return self.output(self.intermediate(attended), attended, dropout_seed)
+        return self.output(self.intermediate(attended, dropout_seed), attended, dropout_seed)
 
 
 class BertEncoder(nn.Cell):

@@ -26,16 +26,30 @@ import numpy as np
 from mindformer_gf.reference.attention_dropout import LOW32, MIX_MULTIPLIER, keep_scale, mix32
 from mindformer_gf.reference.attention_dropout import keep_mask as attention_keep_mask
 
-SITES = {"embeddings": 0, "attention": 1, "attention_output": 2, "ffn_output": 3, "classifier": 4}
+SITES = {"embeddings": 0, "attention": 1, "attention_output": 2, "ffn_output": 3, "classifier": 4, "lora": 5}
 SITES_PER_LAYER = 8
+# LoRA's dropout (on the input of each adapted projection, as peft places it) draws one independent mask per
+# projection: the "lora" site of the layer, told apart by the projection's index in the high bits of the code
+# (site codes of layers below 2^21 stay below 2^24, so no LoRA code equals another site's).
+LORA_PROJECTIONS = (
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+    "pooler.dense",
+)
 # LOW32, MIX_MULTIPLIER and mix32 are the spec's, re-exported for the graph's twin of site_seed (model/dropout.py).
 __all__ = [
+    "LORA_PROJECTIONS",
     "LOW32",
     "MIX_MULTIPLIER",
     "SITES",
     "SITES_PER_LAYER",
     "dropout",
     "keep_mask",
+    "lora_site_code",
     "mix32",
     "site_code",
     "site_seed",
@@ -53,9 +67,17 @@ def site_code(layer: int, site: str) -> int:
     return int(layer) * SITES_PER_LAYER + SITES[site]
 
 
-def site_seed(seed: int, layer: int, site: str) -> int:
-    """The seed (one int64 in [0, 2^63)) of dropout site `site` of `layer` under step seed `seed`."""
-    low = mix32((int(seed) & LOW32) ^ mix32(site_code(layer, site)))
+def lora_site_code(layer: int, projection: str) -> int:
+    """The site code of LoRA's dropout before `projection` (one of LORA_PROJECTIONS) of `layer` (the pooler: the
+    number of layers)."""
+    return site_code(layer, "lora") + (LORA_PROJECTIONS.index(projection) << 24)
+
+
+def site_seed(seed: int, layer: int, site: str, code: int | None = None) -> int:
+    """The seed (one int64 in [0, 2^63)) of dropout site `site` of `layer` under step seed `seed` (or of the site
+    whose code is `code`, e.g. a `lora_site_code`)."""
+    code = site_code(layer, site) if code is None else code
+    low = mix32((int(seed) & LOW32) ^ mix32(code))
     high = mix32((int(seed) >> 32) ^ low) & 0x7FFFFFFF
     return high << 32 | low
 

@@ -167,7 +167,9 @@ class MultitaskClassifier(SavedModelEvaluation):
         encoder = load_pretrained(model_dir, "BertModel", settings.seed, extra_layer=extra_layer, **overrides)
         sizes = [1 if r else len(m) for r, m in zip(data.regression, data.id2labels, strict=True)]
         model = MultitaskModel(encoder, sizes, self.pooling, settings.seed)
-        apply_strategy(model, settings.strategy, settings.freeze_layers, settings.adapter_size, settings.seed)
+        apply_strategy(
+            model, settings.strategy, settings.freeze_layers, settings.adapter_size, settings.seed, lora=settings.lora
+        )
         counts = describe_parameter_counts(parameter_counts(model))
         print(f"multitask ({self.pooling} pooling, {settings.strategy}): {counts}")
         return model

@@ -27,8 +27,16 @@ def test_classify_arguments_become_fine_tuning_settings():
     assert _gene_defaults(gene) == {"num_train_epochs": 1.0}  # no freeze_layers: adapters freeze the whole encoder
     with pytest.raises(SystemExit):
         build_parser().parse_args(
-            "classify cell --dataset d --model m --output-dir o --label x --strategy lora".split()
+            "classify cell --dataset d --model m --output-dir o --label x --strategy qlora".split()
         )
+    lora = build_parser().parse_args(
+        "classify cell --dataset d --model m --output-dir o --label x --strategy lora --lora-r 8 --lora-alpha 16 "
+        "--lora-dropout 0.05 --lora-target-modules query,value".split()
+    )
+    settings = _settings(lora)
+    assert settings.strategy == "lora"
+    assert (settings.lora_r, settings.lora_alpha, settings.lora_dropout) == (8, 16.0, 0.05)
+    assert settings.lora_target_modules == ("query", "value")
 
 
 def test_gf_embed_writes_rows_in_input_order(tiny_model_dir, pbmc_dataset_dir, pbmc_dataset, tmp_path, capsys):
