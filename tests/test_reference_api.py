@@ -50,22 +50,6 @@ DEFAULT_EXCEPTIONS: dict[tuple[str, str, str], tuple[Any, str]] = {
     ),
 }
 
-# (class, method) -> why the method is not ours: steps inside the reference's pipeline (in-memory lists, torch models
-# on CUDA) that user code does not call; ours does the same work streamed, in other functions. Listed in
-# docs/moving-from-geneformer.md; their rows skip with this reason.
-INTERNAL_STEPS: dict[tuple[str, str], str] = {
-    ("InSilicoPerturber", "isp_perturb_set"): "the reference's loop over a torch model on CUDA; ours is the "
-    "batched engine inside perturb_data",
-    ("InSilicoPerturber", "isp_perturb_set_special"): "the reference's loop over a torch model on CUDA; ours is "
-    "the batched engine inside perturb_data",
-    ("InSilicoPerturber", "isp_perturb_all"): "the reference's loop over a torch model on CUDA; ours is the "
-    "batched engine inside perturb_data",
-    ("InSilicoPerturber", "isp_perturb_all_special"): "the reference's loop over a torch model on CUDA; ours is "
-    "the batched engine inside perturb_data",
-    ("InSilicoPerturber", "update_perturbation_dictionary"): "the reference's in-memory result dictionary; ours "
-    "writes the results table in shards (output.ShardedTable)",
-}
-
 
 def _row_id(row: dict[str, Any]) -> str:
     return f"{row['class']}.{row['method']}({row['keyword']})"
@@ -90,10 +74,6 @@ def test_the_json_covers_the_six_classes() -> None:
 @pytest.mark.parametrize("row", ROWS, ids=_row_id)
 def test_reference_keyword_is_accepted_with_its_default(row: dict[str, Any]) -> None:
     cls = _our_class(row["class"])
-    internal = INTERNAL_STEPS.get((row["class"], row["method"]))
-    if internal is not None:
-        assert not hasattr(cls, row["method"]), f"{_row_id(row)}: ours exists now; drop it from INTERNAL_STEPS"
-        pytest.skip(f"reference-internal step: {internal}")
     method = getattr(cls, row["method"], None)
     assert method is not None, f"{cls.__name__} has no method {row['method']}"
     parameters = inspect.signature(method).parameters
@@ -120,4 +100,3 @@ def test_reference_keyword_is_accepted_with_its_default(row: dict[str, Any]) -> 
 def test_exceptions_name_real_rows() -> None:
     keys = {(row["class"], row["method"], row["keyword"]) for row in ROWS}
     assert set(DEFAULT_EXCEPTIONS) <= keys
-    assert set(INTERNAL_STEPS) <= {(row["class"], row["method"]) for row in ROWS}

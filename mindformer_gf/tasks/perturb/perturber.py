@@ -39,7 +39,7 @@ import numpy as np
 from mindformer_gf.data import corpus_lengths, read_cells
 from mindformer_gf.data.buckets import choose_bucket_widths
 from mindformer_gf.finetune.labels import column_values, filter_rows
-from mindformer_gf.finetune.task_model import load_encoder
+from mindformer_gf.finetune.task_model import encoder_of, load_encoder
 from mindformer_gf.infer.datasets import open_dataset, special_token_ids
 from mindformer_gf.infer.sharded import ShardedInference, cell_costs, input_stamps
 from mindformer_gf.io import ensure_dir, read_json
@@ -176,6 +176,10 @@ class InSilicoPerturber:
     itself is the one recorded with the dataset (or token_dictionary_file).
     clear_mem_ncells: the reference writes its results every clear_mem_ncells / 10 cells; here that is the number of
     cells per written shard of the table (`shard_cells`, which overrides it when given).
+
+    The reference's steps inside perturb_data are public as there: apply_additional_filters (the selection), the
+    four isp_perturb_* paths (one selected dataset, one model, one layer -> the same table as perturb_data's) and
+    update_perturbation_dictionary (its result dictionary, for code that builds one).
     """
 
     def __init__(
@@ -296,6 +300,7 @@ class InSilicoPerturber:
         self.num_buckets = num_buckets
         self.shard_cells = int(shard_cells) if shard_cells is not None else max(1, self.clear_mem_ncells // 10)
         self.progress, self.device = progress, device
+        self.tokens_to_perturb: list[int] | None = None  # the group's token ids, once a run has resolved them
 
     # ---- selection -------------------------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -398,12 +403,32 @@ class InSilicoPerturber:
         return None."""
         prepare_device(self.device)
         encoder = encoder if encoder is not None else load_encoder(model_directory)
-        config = encoder.config
-        dataset = open_dataset(input_data_file, config.vocab_size)
+        dataset, names, group, anchor = self._open_inputs(encoder, input_data_file)
+        selected = self.select_rows(dataset, names, group, anchor)
+        layer_index = encoder.config.num_hidden_layers + self.emb_layer
+        return self._perturb_rows(
+            encoder,
+            model_directory,
+            dataset,
+            selected,
+            names,
+            group,
+            anchor,
+            layer_index,
+            output_directory,
+            output_prefix,
+            resume,
+            parallel,
+            shard_timeout,
+        )
+
+    def _open_inputs(self, encoder: Any, input_data: Any) -> tuple[Any, GeneNames, list[int] | None, int | None]:
+        """(dataset checked against the model, gene names, group token ids or None, anchor token id or None)."""
+        dataset = open_dataset(input_data, encoder.config.vocab_size)
         special = special_token_ids(dataset)
-        cls_id, eos_id = special.get("<cls>"), special.get("<eos>")
+        cls_id = special.get("<cls>")
         if self.emb_mode.startswith("cls"):
-            first = read_cells(dataset, [0])[0]
+            first = read_cells(dataset, [0])[0] if len(dataset) else np.zeros(0, np.int64)
             if cls_id is None or first.size == 0 or first[0] != cls_id:
                 raise PerturbationInputError(
                     f"emb_mode {self.emb_mode!r} (the default, for V2 models) needs cells that start with <cls> (a "
@@ -417,12 +442,37 @@ class InSilicoPerturber:
                 )
         names = GeneNames.load(dataset, self.token_dictionary_file, self.gene_name_id_dictionary_file)
         group, anchor = self.resolve_genes(names, dataset)
-        selected = self.select_rows(dataset, names, group, anchor)
+        self.tokens_to_perturb = group  # the reference's attribute: the group's token ids (None for "all")
+        return dataset, names, group, anchor
 
+    def _perturb_rows(
+        self,
+        encoder: Any,
+        model_directory: str | os.PathLike | None,
+        dataset: Any,
+        selected: np.ndarray,
+        names: GeneNames,
+        group: list[int] | None,
+        anchor: int | None,
+        layer_index: int,
+        output_directory: str | os.PathLike,
+        output_prefix: str,
+        resume: bool,
+        parallel: ParallelContext | None,
+        shard_timeout: float,
+    ) -> Path | None:
+        """Perturb the dataset rows `selected` (in that order) reading hidden state `layer_index`: the run of
+        perturb_data and of the reference's four isp_perturb_* paths."""
+        config = encoder.config
+        special = special_token_ids(dataset)
+        cls_id, eos_id = special.get("<cls>"), special.get("<eos>")
+        settings = self.settings()
+        if layer_index != config.num_hidden_layers + self.emb_layer:
+            settings["layer_to_quant"] = int(layer_index)
         out = ensure_dir(output_directory)
         final_dir = table_dir(out, output_prefix)
         # read only: under msrun every rank skips the same finished cells, and rank 0 alone writes the table
-        done = finished_cells(final_dir, self.settings(), resume)
+        done = finished_cells(final_dir, settings, resume)
         rows = np.asarray([r for r in selected if int(r) not in done], np.int64)
         max_length = config.max_position_embeddings
         # widths from every selected cell, not a rank's share nor what is left: a cell gets the same padding always
@@ -433,7 +483,7 @@ class InSilicoPerturber:
         compare = (not states and self.emb_mode == "cell") or self.emb_mode.endswith("_and_gene")
         engine = PerturbationEngine(
             encoder,
-            config.num_hidden_layers + self.emb_layer,
+            layer_index,
             "cls" if self.emb_mode.startswith("cls") else "mean",
             compare,
             self.forward_batch_size,
@@ -449,7 +499,7 @@ class InSilicoPerturber:
         if rows.size == 0:  # a resumed run that had finished
             if not parallel.is_main:
                 return None
-            table = ShardedTable(final_dir, self.emb_label, self.settings(), True)
+            table = ShardedTable(final_dir, self.emb_label, settings, True)
             return self._write_outputs(table, out, output_prefix)
         # The plan of one process, from every selected cell (finished ones too): windows of consecutive cells whose
         # originals and perturbed copies are batched together. Ranks and resumed runs take whole windows, so every
@@ -463,7 +513,7 @@ class InSilicoPerturber:
             cell_costs(lengths[selected], "genes_squared"),
             out,
             output_prefix,
-            self.settings(),
+            settings,
             inputs=input_stamps(model_directory, dataset),
             cost_model="genes_squared",
             parallel=parallel,
@@ -480,13 +530,13 @@ class InSilicoPerturber:
             """One process writes the table itself; a rank of several writes its own (per-cell resume within the
             share), kept until rank 0 has merged it."""
             if not job.parallel.distributed:
-                written.append(ShardedTable(final_dir, self.emb_label, self.settings(), resume, self.shard_cells))
+                written.append(ShardedTable(final_dir, self.emb_label, settings, resume, self.shard_cells))
                 return written[0]
             own = rank_table_dir(job, job.parallel.rank)
-            settings = {**self.settings(), "fingerprint": job.fingerprint}
-            if own.exists() and (not resume or read_json_or_none(own / RUN_FILE) != jsonable(settings)):
+            own_settings = {**settings, "fingerprint": job.fingerprint}
+            if own.exists() and (not resume or read_json_or_none(own / RUN_FILE) != jsonable(own_settings)):
                 shutil.rmtree(own)  # another launch's cells
-            return ShardedTable(own, self.emb_label, settings, True, shard_cells=self.shard_cells)
+            return ShardedTable(own, self.emb_label, own_settings, True, shard_cells=self.shard_cells)
 
         def compute(positions: np.ndarray, advance: Callable[[int], None]) -> list[np.ndarray]:
             table = rank_table()
@@ -509,7 +559,7 @@ class InSilicoPerturber:
         if job.parallel.distributed:
             import pandas as pd
 
-            table = ShardedTable(final_dir, self.emb_label, self.settings(), resume, shard_cells=self.shard_cells)
+            table = ShardedTable(final_dir, self.emb_label, settings, resume, shard_cells=self.shard_cells)
             cells: list[Any] = []
             for cell_rows in merged_rank_tables(job, rows):
                 cells.append(cell_rows)
@@ -529,6 +579,131 @@ class InSilicoPerturber:
         if job is not None:
             job.finish(files)
         return table.directory
+
+    # ---- the reference's steps inside perturb_data ----------------------------------------------------------------
+    def isp_perturb_set(
+        self, model: Any, filtered_input_data: Any, layer_to_quant: int, output_path_prefix: str | os.PathLike
+    ) -> Path | None:
+        """The reference's group path (genes_to_perturb a list, emb_mode "cell" / "cell_and_gene"): perturb every
+        cell of `filtered_input_data` as it is (no further selection; apply_additional_filters makes perturb_data's
+        selection) with `model` (a model directory, or an encoder already loaded: `load_encoder(dir)` or a task
+        model holding one), reading hidden state `layer_to_quant` (0 = embeddings output, n = last layer; the
+        reference's `num_hidden_layers + emb_layer`). Writes and returns `{output_path_prefix}.parquet/`, the table
+        perturb_data writes (not the reference's pickles), with `cell` = the row of `filtered_input_data`: for
+        `apply_additional_filters(data)` and that layer, perturb_data's table row for row, value for value."""
+        return self._reference_path("isp_perturb_set", model, filtered_input_data, layer_to_quant, output_path_prefix)
+
+    def isp_perturb_set_special(
+        self, model: Any, filtered_input_data: Any, layer_to_quant: int, output_path_prefix: str | os.PathLike
+    ) -> Path | None:
+        """isp_perturb_set for the reference's models with special tokens (emb_mode "cls" / "cls_and_gene": <cls>
+        embeddings, cells framed by <cls> ... <eos>)."""
+        return self._reference_path(
+            "isp_perturb_set_special", model, filtered_input_data, layer_to_quant, output_path_prefix
+        )
+
+    def isp_perturb_all(
+        self, model: Any, filtered_input_data: Any, layer_to_quant: int, output_path_prefix: str | os.PathLike
+    ) -> Path | None:
+        """isp_perturb_set's counterpart for genes_to_perturb="all": each gene of each cell in turn (with
+        anchor_gene under combos=1), emb_mode "cell" / "cell_and_gene"."""
+        return self._reference_path("isp_perturb_all", model, filtered_input_data, layer_to_quant, output_path_prefix)
+
+    def isp_perturb_all_special(
+        self, model: Any, filtered_input_data: Any, layer_to_quant: int, output_path_prefix: str | os.PathLike
+    ) -> Path | None:
+        """isp_perturb_all for models with special tokens (emb_mode "cls" / "cls_and_gene")."""
+        return self._reference_path(
+            "isp_perturb_all_special", model, filtered_input_data, layer_to_quant, output_path_prefix
+        )
+
+    def _reference_path(
+        self, name: str, model: Any, data: Any, layer_to_quant: int, output_path_prefix: str | os.PathLike
+    ) -> Path | None:
+        group_mode, special = name.startswith("isp_perturb_set"), name.endswith("_special")
+        right = reference_path_name(self.genes_to_perturb != "all", self.emb_mode.startswith("cls"))
+        if right != name:
+            raise PerturbationInputError(
+                f"{name} is the reference's path for genes_to_perturb "
+                f"{'a list' if group_mode else repr('all')} with emb_mode "
+                f"{'cls/cls_and_gene' if special else 'cell/cell_and_gene'}; with genes_to_perturb="
+                f"{self.genes_to_perturb!r} and emb_mode={self.emb_mode!r} call {right} (or perturb_data, which "
+                "chooses)"
+            )
+        prepare_device(self.device)
+        directory = model if isinstance(model, (str, os.PathLike)) else None
+        encoder = load_encoder(directory) if directory is not None else _encoder_of(model)
+        layers = int(encoder.config.num_hidden_layers)
+        if isinstance(layer_to_quant, bool) or not isinstance(layer_to_quant, (int, np.integer)):
+            raise PerturbationInputError(f"layer_to_quant must be an int in 0..{layers}, got {layer_to_quant!r}")
+        if not 0 <= int(layer_to_quant) <= layers:
+            raise PerturbationInputError(
+                f"layer_to_quant {layer_to_quant} is not a hidden state of this {layers}-layer model: give 0 "
+                f"(embeddings) .. {layers} (last layer); perturb_data uses {layers} + emb_layer"
+            )
+        dataset, names, group, anchor = self._open_inputs(encoder, data)
+        if len(dataset) == 0:
+            raise PerturbationInputError("filtered_input_data holds no cells: nothing to perturb")
+        prefix = Path(output_path_prefix)
+        return self._perturb_rows(
+            encoder, directory, dataset, np.arange(len(dataset), dtype=np.int64), names, group, anchor,
+            int(layer_to_quant), prefix.parent, prefix.name, False, None, 1800.0,
+        )  # fmt: skip
+
+    def update_perturbation_dictionary(
+        self, cos_sims_dict: dict, cos_sims_data: Any, gene_list: Sequence[Any] | None = None
+    ) -> dict:
+        """The reference's result dictionary step: append cosine similarities (`cos_sims_data`: an array, tensor or
+        list, one value per cell or per perturbed gene) to `cos_sims_dict` under the reference's keys, and return
+        the same (updated) dictionary.
+
+        - genes_to_perturb a list (the reference's perturb_group): every value of `cos_sims_data` (squeezed) goes
+          to `(group, "cell_emb")`, group = the token id of the gene, or the tuple of the token ids of several;
+        - genes_to_perturb "all": value i goes to `(gene_list[i], "cell_emb")`.
+        With `cell_states_to_model` the reference calls it once per state, on that state's dictionary and values.
+        The token ids are those of the last run's dataset, or of token_dictionary_file / the shipped dictionary."""
+        data = np.asarray(cos_sims_data.asnumpy() if hasattr(cos_sims_data, "asnumpy") else cos_sims_data)
+        if gene_list is not None and (data.ndim == 0 or data.shape[0] != len(gene_list)):
+            raise PerturbationInputError(
+                f"cos_sims_data has {data.shape[0] if data.ndim else 'no'} rows but gene_list {len(gene_list)} "
+                "genes: give one gene per row"
+            )
+        if self.genes_to_perturb != "all":
+            tokens = self.tokens_to_perturb
+            if tokens is None:
+                names = GeneNames.load(None, self.token_dictionary_file, self.gene_name_id_dictionary_file)
+                tokens = [names.token_of(g) for g in self.genes_to_perturb]
+            key = tuple(tokens) if len(tokens) > 1 else tokens[0]
+            values = np.squeeze(data).tolist()
+            values = values if isinstance(values, list) else [values]  # one cell: a scalar after squeeze
+            cos_sims_dict.setdefault((key, "cell_emb"), [])
+            cos_sims_dict[(key, "cell_emb")] += values
+            return cos_sims_dict
+        if gene_list is None:
+            raise PerturbationInputError(
+                "genes_to_perturb='all' keys each value by its perturbed gene: give gene_list (one per row)"
+            )
+        for gene, value in zip(gene_list, data.tolist(), strict=True):
+            cos_sims_dict.setdefault((gene, "cell_emb"), []).append(value)
+        return cos_sims_dict
+
+
+def reference_path_name(group: bool, special: bool) -> str:
+    """The reference's isp_perturb_* method perturb_data runs for a group (or "all") and a <cls> mode (or not)."""
+    return f"isp_perturb_{'set' if group else 'all'}{'_special' if special else ''}"
+
+
+def _encoder_of(model: Any) -> Any:
+    """The encoder of a loaded model (an encoder, or a task model holding one), put in eval mode (as the reference
+    loads it): no dropout."""
+    try:
+        encoder = encoder_of(model)
+    except TypeError as error:
+        raise PerturbationInputError(
+            f"model must be a model directory or a loaded model (load_encoder(dir)): {error}"
+        ) from None
+    encoder.set_train(False)
+    return encoder
 
 
 def rank_table_dir(job: ShardedInference, rank: int) -> Path:
