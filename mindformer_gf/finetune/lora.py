@@ -188,8 +188,8 @@ def _wrap(
             code,
         )
         setattr(parent, attribute, wrapped)
-        if hasattr(parent, "lora_seeded"):
-            parent.lora_seeded = True
+        if hasattr(parent, f"{attribute}_lora_seeded"):  # the projection now takes the step seed (model/bert.py)
+            setattr(parent, f"{attribute}_lora_seeded", True)
     # Cells added after construction keep short parameter names (`query.lora_A.weight`), which MindSpore requires
     # to be unique within a network: give them their full path.
     for name, param in model.parameters_and_names():

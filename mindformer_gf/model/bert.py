@@ -99,22 +99,20 @@ class BertSelfAttention(nn.Cell):
         self.dropout_prob = config.attention_probs_dropout_prob
         self.dropout_salt = site_salt(layer, "attention")
         self.impl = impl
-        # True once LoRA wraps the projections (finetune/lora.py): they then take the step seed for their dropout
-        self.lora_seeded = False
+        # True once LoRA wraps that projection (finetune/lora.py): it then takes the step seed for its dropout. One
+        # flag per projection: LoRA may target some of them only (peft's BERT default is query and value).
+        self.query_lora_seeded = False
+        self.key_lora_seeded = False
+        self.value_lora_seeded = False
 
     def split_heads(self, x: Tensor) -> Tensor:
         batch, length = x.shape[0], x.shape[1]
         return x.reshape(batch, length, self.num_heads, self.head_dim)
 
     def construct(self, hidden: Tensor, attention_mask: Tensor, dropout_seed: Tensor) -> Tensor:
-        if self.lora_seeded:
-            q = self.split_heads(self.query(hidden, dropout_seed))
-            k = self.split_heads(self.key(hidden, dropout_seed))
-            v = self.split_heads(self.value(hidden, dropout_seed))
-        else:
-            q = self.split_heads(self.query(hidden))
-            k = self.split_heads(self.key(hidden))
-            v = self.split_heads(self.value(hidden))
+        q = self.split_heads(self.query(hidden, dropout_seed) if self.query_lora_seeded else self.query(hidden))
+        k = self.split_heads(self.key(hidden, dropout_seed) if self.key_lora_seeded else self.key(hidden))
+        v = self.split_heads(self.value(hidden, dropout_seed) if self.value_lora_seeded else self.value(hidden))
         # Sequence-major [B, L, H, D]: the fused CPU kernel reads the heads in place, no transposes (a copy each).
         seed = site_seed(dropout_seed, self.dropout_salt) if self.training else None
         context = ops.attention(
@@ -130,10 +128,10 @@ class BertSelfOutput(nn.Cell):
         self.dense = nn.Dense(config.hidden_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps, impl)
         self.dropout = SeededDropout(config.hidden_dropout_prob, impl, layer, "attention_output")
-        self.lora_seeded = False
+        self.dense_lora_seeded = False  # True once LoRA wraps dense (finetune/lora.py)
 
     def construct(self, context: Tensor, residual: Tensor, dropout_seed: Tensor) -> Tensor:
-        projected = self.dense(context, dropout_seed) if self.lora_seeded else self.dense(context)
+        projected = self.dense(context, dropout_seed) if self.dense_lora_seeded else self.dense(context)
         return self.LayerNorm.add_and_norm(self.dropout(projected, dropout_seed), residual)
 
 
@@ -153,10 +151,10 @@ class BertIntermediate(nn.Cell):
         super().__init__()
         self.dense = nn.Dense(config.hidden_size, config.intermediate_size)
         self.act = config.hidden_act
-        self.lora_seeded = False
+        self.dense_lora_seeded = False  # True once LoRA wraps dense (finetune/lora.py)
 
     def construct(self, hidden: Tensor, dropout_seed: Tensor | None = None) -> Tensor:
-        projected = self.dense(hidden, dropout_seed) if self.lora_seeded else self.dense(hidden)
+        projected = self.dense(hidden, dropout_seed) if self.dense_lora_seeded else self.dense(hidden)
         return _activation(self.act, projected)
 
 
@@ -166,10 +164,10 @@ class BertOutput(nn.Cell):
         self.dense = nn.Dense(config.intermediate_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps, impl)
         self.dropout = SeededDropout(config.hidden_dropout_prob, impl, layer, "ffn_output")
-        self.lora_seeded = False
+        self.dense_lora_seeded = False  # True once LoRA wraps dense (finetune/lora.py)
 
     def construct(self, inner: Tensor, residual: Tensor, dropout_seed: Tensor) -> Tensor:
-        projected = self.dense(inner, dropout_seed) if self.lora_seeded else self.dense(inner)
+        projected = self.dense(inner, dropout_seed) if self.dense_lora_seeded else self.dense(inner)
         return self.LayerNorm.add_and_norm(self.dropout(projected, dropout_seed), residual)
 
 

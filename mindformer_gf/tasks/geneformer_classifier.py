@@ -174,6 +174,10 @@ def settings_from_training_args(training_args: Mapping[str, Any] | None) -> dict
     return changes
 
 
+# peft's target modules for a BERT model when a LoraConfig names none (peft's per-architecture default table)
+PEFT_BERT_DEFAULT_TARGETS = ("query", "value")
+
+
 def lora_settings_from_quantize(quantize: bool | Mapping[str, Any] | None) -> dict[str, Any]:
     """FineTuneSettings changes for the reference's `quantize`: {} for False; {"strategy": "lora", lora_r,
     lora_alpha, lora_dropout, lora_target_modules} for {"peft_config": ...}; a bitsandbytes base is refused."""
@@ -205,6 +209,8 @@ def lora_settings_from_quantize(quantize: bool | Mapping[str, Any] | None) -> di
         value = field_of(theirs)
         if value is not None:
             settings[ours] = tuple(value) if ours == "lora_target_modules" and not isinstance(value, str) else value
+    # a LoraConfig naming no target modules is adapted by peft on its default for BERT, query and value only
+    settings.setdefault("lora_target_modules", PEFT_BERT_DEFAULT_TARGETS)
     return settings
 
 
@@ -682,7 +688,6 @@ class Classifier:
     def fine_tune_settings(self, model_directory: str | os.PathLike, **changes: Any) -> FineTuneSettings:
         """The training settings of a run from `model_directory`: the reference's defaults for this classifier and
         model depth, then `training_args`, freeze_layers, forward_batch_size, the LoRA part of `quantize`."""
-        from mindformer_gf.finetune.task_model import STRATEGIES
         from mindformer_gf.infer.datasets import model_config_of
 
         layers = model_config_of(_resolve_model_directory(model_directory)).num_hidden_layers
@@ -700,8 +705,6 @@ class Classifier:
             "seed": 42,  # transformers' TrainingArguments default
         }
         values |= self._training_changes | self._lora_changes | changes
-        if values.get("strategy") == "lora" and "lora" not in STRATEGIES:
-            raise ValueError("quantize={'peft_config': ...} needs the 'lora' fine-tuning strategy, not in this build")
         settings = FineTuneSettings().replace(**values)
         settings.validate()
         return settings

@@ -30,14 +30,7 @@ from mindformer_gf.tasks.geneformer_classifier import (
 )
 
 CELL_STATES = {"state_key": "cell_type", "states": "all"}
-REFERENCE_NAMES = next(
-    (
-        p
-        for p in (Path(__file__).parents[1] / d / "reference_api_names.json" for d in ("assets", "data"))
-        if p.is_file()
-    ),
-    Path(__file__).parents[1] / "assets" / "reference_api_names.json",
-)
+REFERENCE_NAMES = Path(__file__).parents[1] / "assets" / "reference_api_names.json"
 
 
 def cell_classifier(**options):
@@ -45,7 +38,6 @@ def cell_classifier(**options):
 
 
 # ---- keywords and defaults -------------------------------------------------------------------------------------------
-@pytest.mark.skipif(not REFERENCE_NAMES.is_file(), reason="tests/assets/reference_api_names.json arrives with api-io")
 def test_every_reference_keyword_is_accepted_with_its_default():
     import ast
 
@@ -172,8 +164,9 @@ def test_quantize_maps_its_peft_part_onto_lora_and_refuses_bitsandbytes():
     assert lora_settings_from_quantize({"peft_config": peft}) == expected
     # a peft LoraConfig is read by its attributes
     assert lora_settings_from_quantize({"peft_config": types.SimpleNamespace(**peft)}) == expected
+    # the rest: the lora strategy's defaults, but the targets are peft's for BERT when none are named
     partial = lora_settings_from_quantize({"peft_config": {"r": 4}})
-    assert partial == {"strategy": "lora", "lora_r": 4}  # the rest: the lora strategy's defaults
+    assert partial == {"strategy": "lora", "lora_r": 4, "lora_target_modules": ("query", "value")}
     for refused in (True, {"bnb_config": {"load_in_4bit": True}, "peft_config": peft}):
         with pytest.raises(ValueError) as caught:
             lora_settings_from_quantize(refused)
@@ -525,18 +518,12 @@ def test_gene_balance_drops_genes_of_the_frequent_class_until_occurrences_match(
 
 
 def test_quantize_with_peft_config_selects_the_lora_strategy(tmp_path, tiny_config):
-    from mindformer_gf.finetune.task_model import STRATEGIES
-
     tiny_config.save_pretrained(tmp_path / "model")
-    peft = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["query", "value"]}
+    peft = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["query", "key", "value"]}
     classifier = cell_classifier(quantize={"peft_config": peft})
-    if "lora" not in STRATEGIES:  # the LoRA strategy arrives with its own branch
-        with pytest.raises(ValueError, match="needs the 'lora' fine-tuning strategy"):
-            classifier.fine_tune_settings(tmp_path / "model")
-        return
     settings = classifier.fine_tune_settings(tmp_path / "model")
     assert (settings.strategy, settings.lora_r, settings.lora_alpha, settings.lora_dropout) == ("lora", 8, 16, 0.0)
-    assert tuple(settings.lora_target_modules) == ("query", "value")
+    assert tuple(settings.lora_target_modules) == ("query", "key", "value")
 
 
 @pytest.mark.slow
@@ -622,6 +609,49 @@ def test_train_all_data_trains_on_every_prepared_cell(pbmc_dataset_dir, tiny_mod
     # scored by evaluate_model with the run itself standing for the reference's trainer.model
     scored = classifier.evaluate_model(trained, 2, {0: "CD14+ Monocyte", 1: "CD19+ B"}, tmp_path / "a_labeled.dataset")
     assert scored["conf_mat"].sum() == cells and scored["roc_metrics"]["auc"] >= 0.0
+
+
+@pytest.mark.slow
+def test_quantize_peft_config_trains_lora_adapters_merged_on_export(pbmc_dataset_dir, tiny_model_dir, tmp_path):
+    """The reference's quantize={"peft_config": ...} end to end: LoRA on the full-precision base, the saved weights
+    are W + (alpha / r) B A of the saved peft-layout adapters, and what LoRA does not target stays the base's."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    classifier = Classifier(
+        classifier="cell",
+        cell_state_dict={"state_key": "cell_type", "states": ["CD14+ Monocyte", "CD19+ B"]},
+        quantize={"peft_config": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0}},
+        training_args={"num_train_epochs": 1, "warmup_steps": 0, "learning_rate": 1e-2, "disable_tqdm": True},
+        num_crossval_splits=0,
+        forward_batch_size=64,
+    )
+    classifier.prepare_data(str(pbmc_dataset_dir), str(tmp_path), "q", test_size=0)
+    trained = classifier.train_all_data(
+        str(tiny_model_dir),
+        str(tmp_path / "q_labeled.dataset"),
+        str(tmp_path / "q_id_class_dict.pkl"),
+        str(tmp_path),
+        "q",
+    )
+    adapter_dir = trained.model_directory / "lora_adapter"
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (4, 8)
+    assert sorted(config["target_modules"]) == ["query", "value"]  # peft's BERT default: the config named none
+    adapters = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    tuned = load_file(str(trained.model_directory / "mindspore_model.safetensors"))
+    pretrained = load_file(str(tiny_model_dir / "model.safetensors"))
+    for layer in range(2):
+        for module in ("query", "value"):
+            name = f"bert.encoder.layer.{layer}.attention.self.{module}"
+            a = adapters[f"base_model.model.{name}.lora_A.weight"].astype(np.float64)
+            b = adapters[f"base_model.model.{name}.lora_B.weight"].astype(np.float64)
+            assert np.abs(b).max() > 0  # B starts at zero: it trained
+            merged = pretrained[f"{name}.weight"] + (8 / 4) * (b @ a)
+            np.testing.assert_allclose(tuned[f"{name}.weight"], merged, rtol=0, atol=1e-6)
+        key = f"bert.encoder.layer.{layer}.attention.self.key.weight"
+        np.testing.assert_array_equal(tuned[key], pretrained[key])
 
 
 def test_v2_gene_classes_map_with_the_dictionary_the_dataset_records(pbmc_dataset_dir, tmp_path, gene_prepared):
