@@ -238,7 +238,14 @@ MFGF_AVX2 void softmax_grad(float* dpd, const float* p, const float* factor, flo
     if (factor) dp = _mm256_mul_ps(dp, _mm256_loadu_ps(factor + c));
     _mm256_storeu_ps(dpd + c, _mm256_mul_ps(_mm256_loadu_ps(p + c), _mm256_sub_ps(dp, d_v)));
   }
-  for (; c < n; ++c) dpd[c] = p[c] * ((factor ? dpd[c] * factor[c] : dpd[c]) - d);
+  if (c < n) {
+    // The tail through the same vector arithmetic (masked): a scalar loop may be contracted into FMAs by the
+    // compiler, rounding the last columns differently from the others (and from the 16-lane tables).
+    const __m256i mask = lane_mask(n - c);
+    __m256 dp = _mm256_maskload_ps(dpd + c, mask);
+    if (factor) dp = _mm256_mul_ps(dp, _mm256_maskload_ps(factor + c, mask));
+    _mm256_maskstore_ps(dpd + c, mask, _mm256_mul_ps(_mm256_maskload_ps(p + c, mask), _mm256_sub_ps(dp, d_v)));
+  }
 }
 
 MFGF_AVX2 float dot(const float* a, const float* b, int n) {
