@@ -81,12 +81,18 @@ struct Lane16Kernels {
   // stores are masked when it is partial, so B and C are never touched past their edge.
   template <int Rows, int Panels>
   MFGF_LANE16_TARGET static void micro_tile(const GemmArgs& g, int i0, int j0, int last_cols) {
+    // Every loop over rows and panels is unrolled up front (as in the AVX2 micro-kernel), so the accumulators
+    // become registers; left to the late unroller, GCC keeps them in a stack array and stores all 24 every step.
     F acc[Rows][Panels];
+    #pragma GCC unroll 16
     for (int r = 0; r < Rows; ++r)
+      #pragma GCC unroll 16
       for (int q = 0; q < Panels; ++q) acc[r][q] = L::zero();
     const float* a_rows[Rows];
+    #pragma GCC unroll 16
     for (int r = 0; r < Rows; ++r) a_rows[r] = g.a + (i0 + r) * g.a_row_stride;
     const float* panels[Panels];
+    #pragma GCC unroll 16
     for (int q = 0; q < Panels; ++q) panels[q] = g.b + (j0 / kPanelWidth + q) * g.b_panel_stride;
     const int64_t a_step = g.a_col_stride, b_step = g.b_row_stride;
     const bool full = last_cols == kPanelWidth;
@@ -95,27 +101,35 @@ struct Lane16Kernels {
     if (full) {
       for (int p = 0; p < g.k; ++p) {
         F b[Panels];
+        #pragma GCC unroll 16
         for (int q = 0; q < Panels; ++q) b[q] = L::load(panels[q] + p * b_step);
+        #pragma GCC unroll 16
         for (int r = 0; r < Rows; ++r) {
           const F a = L::set1(a_rows[r][p * a_step]);
+          #pragma GCC unroll 16
           for (int q = 0; q < Panels; ++q) acc[r][q] = L::fmadd(a, b[q], acc[r][q]);
         }
       }
     } else {
       for (int p = 0; p < g.k; ++p) {
         F b[Panels];
+        #pragma GCC unroll 16
         for (int q = 0; q + 1 < Panels; ++q) b[q] = L::load(panels[q] + p * b_step);
         b[Panels - 1] = L::load_masked(panels[Panels - 1] + p * b_step, last_mask);
+        #pragma GCC unroll 16
         for (int r = 0; r < Rows; ++r) {
           const F a = L::set1(a_rows[r][p * a_step]);
+          #pragma GCC unroll 16
           for (int q = 0; q < Panels; ++q) acc[r][q] = L::fmadd(a, b[q], acc[r][q]);
         }
       }
     }
 
     const F alpha = L::set1(g.alpha);
+    #pragma GCC unroll 16
     for (int r = 0; r < Rows; ++r) {
       float* c_row = g.c + (i0 + r) * g.ldc + j0;
+      #pragma GCC unroll 16
       for (int q = 0; q < Panels; ++q) {
         float* c = c_row + q * kPanelWidth;
         const bool masked = !full && q == Panels - 1;
