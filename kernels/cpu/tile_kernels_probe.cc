@@ -2,11 +2,22 @@
 // within the reduction-order bound of tile_kernels_lane16.h) without going through MindSpore or switching the
 // process-wide choice. Every function returns 0, or 1 when the named table is not available on this CPU/build.
 #include <cstdint>
+#include <cstring>
 
 #include "aot_abi.h"
 #include "tile_kernels.h"
 
 extern "C" {
+
+// 1 when this build contains the table `name` (whether or not this CPU can run it): on x86-64 every table is
+// compiled, so a host without AVX-512 can still check that the AVX-512 code is in the library it ships.
+MFGF_EXPORT int MindformerGfTileTableCompiled(const char* name) {
+  if (std::strcmp(name, "portable") == 0) return 1;
+  if (std::strcmp(name, "avx2") == 0) return mfgf::avx2_tile_kernels() != nullptr;
+  if (std::strcmp(name, "avx512") == 0) return mfgf::avx512_tile_kernels() != nullptr;
+  if (std::strcmp(name, "avx512emu") == 0) return mfgf::avx512_emulated_tile_kernels() != nullptr;
+  return 0;
+}
 
 // C (m x n) <- alpha A B in the named table, with GemmArgs' addressing (tile_kernels.h); mode 0 overwrite, 1 add,
 // 2 row-scaled (row_scale has m entries).

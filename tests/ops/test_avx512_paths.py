@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,7 @@ _i, _i64, _f, _u32, _u64, _p = (
 
 def probe() -> ctypes.CDLL:
     library = cpu.native()
+    library.MindformerGfTileTableCompiled.argtypes = [_c]
     library.MindformerGfTileGemm.argtypes = [_c, _i, _i, _i, _f, _p, _i64, _i64, _p, _i64, _i64, _p, _i64, _i, _p]
     library.MindformerGfTileRowKernels.argtypes = [_c, _p, _p, _p, _i, _f, _p]
     library.MindformerGfTileElementwise.argtypes = [_c, _p, _p, _p, _p, _p, _i, _f, _f, _i]
@@ -114,6 +116,22 @@ def test_dispatcher_reports_the_isa_it_chose():
     ]
     assert cpu.available_cpu_isas() == expected_available
     for name in expected_available:
+        cpu.set_cpu_isa(name)
+        assert cpu.cpu_isa() == name
+    cpu.set_cpu_isa("auto")
+
+
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="the SIMD tables are compiled on x86-64 only"
+)
+def test_every_table_is_compiled_into_the_x86_64_library():
+    """The AVX-512 table is in the library even where the CPU cannot run it (its tests then skip), and the table
+    names the library reports are its own."""
+    library = probe()
+    for name in cpu.CPU_ISAS:
+        assert library.MindformerGfTileTableCompiled(name.encode()) == 1, name
+    assert library.MindformerGfTileTableCompiled(b"avx1024") == 0
+    for name in cpu.available_cpu_isas():
         cpu.set_cpu_isa(name)
         assert cpu.cpu_isa() == name
     cpu.set_cpu_isa("auto")
