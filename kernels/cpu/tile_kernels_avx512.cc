@@ -44,6 +44,7 @@ struct Avx512Lanes {
   MFGF_LANE16_TARGET static F min(F a, F b) { return _mm512_min_ps(a, b); }
   MFGF_LANE16_TARGET static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   MFGF_LANE16_TARGET static F fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
+  MFGF_LANE16_TARGET static F fmsub(F a, F b, F c) { return _mm512_fmsub_ps(a, b, c); }
   MFGF_LANE16_TARGET static F round_nearest(F v) {
     return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }

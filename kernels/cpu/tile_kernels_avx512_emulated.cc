@@ -67,6 +67,9 @@ struct YmmPairLanes {
   MFGF_LANE16_TARGET static F fnmadd(F a, F b, F c) {
     return {_mm256_fnmadd_ps(a.lo, b.lo, c.lo), _mm256_fnmadd_ps(a.hi, b.hi, c.hi)};
   }
+  MFGF_LANE16_TARGET static F fmsub(F a, F b, F c) {
+    return {_mm256_fmsub_ps(a.lo, b.lo, c.lo), _mm256_fmsub_ps(a.hi, b.hi, c.hi)};
+  }
   MFGF_LANE16_TARGET static F round_nearest(F v) {
     constexpr int kMode = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     return {_mm256_round_ps(v.lo, kMode), _mm256_round_ps(v.hi, kMode)};

@@ -248,8 +248,10 @@ struct Lane16Kernels {
     }
   }
 
+  // dp z - d as one explicit fused multiply-subtract (as the AVX2 table): left as a multiply and a subtraction, the
+  // compiler contracts them in some loops and not in others, and bodies and tails would round differently.
   MFGF_LANE16_TARGET static inline F softmax_grad_lanes(F dp, F p, const float* factor, M mask, bool full, F d_v) {
-    if (factor) dp = L::mul(dp, full ? L::load(factor) : L::load_masked(factor, mask));
+    if (factor) return L::mul(p, L::fmsub(dp, full ? L::load(factor) : L::load_masked(factor, mask), d_v));
     return L::mul(p, L::sub(dp, d_v));
   }
 

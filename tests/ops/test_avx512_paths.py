@@ -261,7 +261,7 @@ def test_row_kernels_match_avx2_and_float64(lane16_isa, n):
     assert abs(float(out[2]) - exact_exp.sum()) <= sum_order_bound(x_exp) + 8 * UNIT_ROUNDOFF * exact_exp.sum()
 
 
-@pytest.mark.parametrize("n", [1, 5, 16, 23, 48, 128])
+@pytest.mark.parametrize("n", [1, 5, 12, 16, 23, 40, 48, 72, 100, 128])
 def test_elementwise_kernels_are_bit_identical_to_avx2(lane16_isa, n):
     rng = np.random.default_rng(100 + n)
     x, p, dpd = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
