@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 from functools import cache
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import mindspore as ms
 from mindspore import ops
 from mindspore.ops import CustomRegOp, DataType
 
+from mindformer_gf.host import describe_cpu
 from mindformer_gf.ops.dropout_seed import random_seed
 
 _LIBRARY_DIR = Path(__file__).resolve().parent
@@ -67,8 +67,8 @@ def _require_library() -> Path:
     return path
 
 
-# The tile-kernel tables the library can hold (kernels/cpu/README.md, "Instruction sets"): "avx512emu" is the AVX-512
-# algorithm on pairs of AVX2 registers, for testing it on CPUs without AVX-512; "auto" never picks it.
+# The tile-kernel tables the library can hold (kernels/cpu/README.md, "Parallelism and instruction sets"): "avx512emu"
+# is the AVX-512 algorithm on pairs of AVX2 registers, for testing it on CPUs without AVX-512; "auto" never picks it.
 CPU_ISAS = ("avx512", "avx2", "avx512emu", "portable")
 _CPU_ISA_VARIABLE = "MINDFORMER_GF_CPU_ISA"
 
@@ -108,14 +108,8 @@ def native() -> ctypes.CDLL:
 
 
 def host_cpu() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux, else the platform module), for messages and reports."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    """The CPU's model name (`mindformer_gf.host.describe_cpu`), for messages and reports."""
+    return str(describe_cpu()["cpu_model"])
 
 
 def available_cpu_isas() -> list[str]:

@@ -24,7 +24,6 @@ import os
 import platform
 import subprocess
 import sys
-from pathlib import Path
 
 import mindspore as ms
 import numpy as np
@@ -34,6 +33,7 @@ from helpers.fused_ops import TOLERANCE, random_problem, run_forward, run_gradie
 from helpers.oracles import attention_backward, attention_forward, relative_error
 from mindspore import Tensor
 
+from mindformer_gf.host import describe_cpu
 from mindformer_gf.ops import cpu
 from mindformer_gf.reference.attention_dropout import column_code, head_key, keep_mask, keep_scale
 
@@ -90,13 +90,10 @@ def lane16_isa(request, record_property) -> str:
 
 
 def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    pytest.skip("no /proc/cpuinfo: the CPU's flags cannot be read independently of the library")
+    flags = set(describe_cpu()["vector_extensions"])
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags: the CPU's extensions cannot be read independently of the library")
+    return flags
 
 
 def test_dispatcher_reports_the_isa_it_chose():
