@@ -22,6 +22,8 @@ import ctypes
 import math
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 
@@ -132,6 +134,39 @@ def test_every_table_is_compiled_into_the_x86_64_library():
         cpu.set_cpu_isa(name)
         assert cpu.cpu_isa() == name
     cpu.set_cpu_isa("auto")
+
+
+# AVX-512 instructions: any zmm register, opmask register, or the EVEX-only registers 16-31.
+AVX512_OPERAND = re.compile(r"%zmm\d+|%k[0-7]\b|%[xy]mm(1[6-9]|2\d|3[01])\b")
+
+
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64") or shutil.which("objdump") is None,
+    reason="needs an x86-64 library and binutils' objdump",
+)
+def test_avx512_instructions_only_in_the_avx512_table():
+    """The library must load and run on x86-64 CPUs without AVX-512: in its disassembly, every instruction with an
+    AVX-512 operand belongs to a function of the zmm table (`Avx512Lanes`), which only the dispatcher's checked
+    choice calls; and that table does contain them (it is compiled, with 24-accumulator FMAs in the GEMM)."""
+    listing = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", "-C", str(cpu.library_path())],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    function, outside, inside = "", set(), 0
+    for line in listing.splitlines():
+        if line.endswith(">:"):
+            function = line
+        elif AVX512_OPERAND.search(line):
+            if "Avx512Lanes" in function:
+                inside += "vfmadd231ps" in line and "%zmm" in line
+            else:
+                outside.add(function)
+    if not function:
+        pytest.skip("the library has no symbols (stripped): functions cannot be told apart")
+    assert not outside, f"AVX-512 instructions outside the AVX-512 table: {sorted(outside)[:3]}"
+    assert inside >= 24
 
 
 def test_forcing_an_unavailable_isa_is_a_one_line_error():
