@@ -15,8 +15,14 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
+// Overridable only so tests/ops/avx512_model can compile this file, shim included, against a scalar model of the
+// intrinsics on a host without AVX-512 (it defines both without target attributes).
+#ifndef MFGF_LANE16_TARGET
 #define MFGF_LANE16_TARGET __attribute__((target("avx512f,avx2,fma"), always_inline)) inline
+#endif
+#ifndef MFGF_LANE16_FUNCTION
 #define MFGF_LANE16_FUNCTION __attribute__((target("avx512f,avx2,fma")))
+#endif
 
 namespace mfgf {
 namespace {

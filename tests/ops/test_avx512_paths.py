@@ -56,7 +56,11 @@ _i, _i64, _f, _u32, _u64, _p = (
 
 
 def probe() -> ctypes.CDLL:
-    library = cpu.native()
+    return declare_probe_api(cpu.native())
+
+
+def declare_probe_api(library: ctypes.CDLL) -> ctypes.CDLL:
+    """The argument types of tile_kernels_probe.cc's functions, on any library built with it."""
     library.MindformerGfTileTableCompiled.argtypes = [_c]
     library.MindformerGfTileGemm.argtypes = [_c, _i, _i, _i, _f, _p, _i64, _i64, _p, _i64, _i64, _p, _i64, _i, _p]
     library.MindformerGfTileRowKernels.argtypes = [_c, _p, _p, _p, _i, _f, _p]
