@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -64,7 +65,12 @@ FLAGS = [
 ]
 MODEL = "avx512model"  # the modelled zmm table, as the tests name it (the library itself calls it "avx512")
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to build the AVX-512 model library")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to build the AVX-512 model library"),
+    pytest.mark.skipif(
+        platform.machine().lower() not in ("x86_64", "amd64"), reason="the zmm table is compiled on x86-64 only"
+    ),
+]
 
 
 def build_model_library(sources: list[Path] = SOURCES) -> Path:
@@ -84,7 +90,9 @@ def build_model_library(sources: list[Path] = SOURCES) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_path() -> Path:
+def model_path(request) -> Path:
+    # Built with -mfma (see the module's docstring), so it runs where the AVX2+FMA table does.
+    skip_unless_available("avx2", request.node.name)
     return build_model_library()
 
 
