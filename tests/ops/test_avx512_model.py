@@ -21,6 +21,7 @@ zmm state the OS saves, speed). That still needs an AVX-512 host: test_avx512_pa
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import os
 import platform
@@ -79,13 +80,16 @@ def build_model_library(sources: list[Path] = SOURCES) -> Path:
     for path in [*sources, *HEADERS]:
         digest.update(path.read_bytes())
     target = CACHE / f"libtile_avx512_model_{digest.hexdigest()[:16]}.so"
-    if not target.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(f".tmp{os.getpid()}")
-        command = ["g++", *FLAGS, *map(str, sources), "-Wl,-Bsymbolic", "-o", str(partial)]
-        result = subprocess.run(command, capture_output=True, text=True)
-        assert result.returncode == 0, f"the model build failed:\n{result.stderr[-4000:]}"
-        partial.replace(target)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    # One build at a time (pytest-xdist workers wait for the first instead of compiling it again).
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.exists():
+            partial = target.with_suffix(f".tmp{os.getpid()}")
+            command = ["g++", *FLAGS, *map(str, sources), "-Wl,-Bsymbolic", "-o", str(partial)]
+            result = subprocess.run(command, capture_output=True, text=True)
+            assert result.returncode == 0, f"the model build failed:\n{result.stderr[-4000:]}"
+            partial.replace(target)
     return target
 
 
