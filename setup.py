@@ -30,8 +30,11 @@ if CPU_KERNEL_SOURCES:
         Extension(
             "mindformer_gf.ops._cpu_kernels",
             sources=CPU_KERNEL_SOURCES,
+            # Headers too: tile_kernels_lane16.h holds the AVX-512 kernels' code, and a change there must rebuild.
+            depends=sorted(glob("kernels/cpu/*.h")),
             include_dirs=["kernels/cpu"],
-            # No -march: the AVX2 code is chosen at run time (kernels/cpu/README.md), so one build runs on any x86-64.
+            # No -march: the AVX2 and AVX-512 code is chosen at run time (kernels/cpu/README.md), so one build runs on
+            # any x86-64.
             extra_compile_args=["-O3", "-std=c++17", "-fno-math-errno", "-fvisibility=hidden", "-pthread"],
             extra_link_args=["-pthread"],
             language="c++",

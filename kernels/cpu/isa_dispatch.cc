@@ -23,15 +23,26 @@ bool cpu_has_avx2_fma() {
 #endif
 }
 
+// libgcc's and compiler-rt's checks also require the OS to save the zmm and mask registers (XGETBV).
+bool cpu_has_avx512f() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
+
 const TileKernels* best_available() {
-  const TileKernels* avx2 = avx2_tile_kernels();
-  return avx2 && cpu_has_avx2_fma() ? avx2 : &portable_tile_kernels();
+  if (const TileKernels* avx512 = available_tile_kernels("avx512")) return avx512;
+  if (const TileKernels* avx2 = available_tile_kernels("avx2")) return avx2;
+  return &portable_tile_kernels();
 }
 
 const TileKernels* initial_choice() {
   const char* requested = std::getenv("MINDFORMER_GF_CPU_ISA");
-  if (requested && std::strcmp(requested, "portable") == 0) return &portable_tile_kernels();
-  return best_available();
+  const TileKernels* table = requested ? available_tile_kernels(requested) : nullptr;
+  return table ? table : best_available();
 }
 
 std::atomic<const TileKernels*>& chosen() {
@@ -43,26 +54,34 @@ std::atomic<const TileKernels*>& chosen() {
 
 const TileKernels& tile_kernels() { return *chosen().load(std::memory_order_acquire); }
 
+const TileKernels* available_tile_kernels(const char* name) {
+  if (std::strcmp(name, "portable") == 0) return &portable_tile_kernels();
+  if (std::strcmp(name, "avx2") == 0) return cpu_has_avx2_fma() ? avx2_tile_kernels() : nullptr;
+  if (std::strcmp(name, "avx512") == 0) return cpu_has_avx512f() ? avx512_tile_kernels() : nullptr;
+  if (std::strcmp(name, "avx512emu") == 0) return cpu_has_avx2_fma() ? avx512_emulated_tile_kernels() : nullptr;
+  return nullptr;
+}
+
 }  // namespace mfgf
 
 extern "C" {
 
-// Name of the tile kernels in use: "avx2" or "portable".
+// Name of the tile kernels in use: "avx512", "avx2", "avx512emu" or "portable".
 MFGF_EXPORT const char* MindformerGfCpuIsa() { return mfgf::tile_kernels().name; }
 
-// Selects "portable" or "avx2" (or "auto": the best this CPU runs); returns 0, or 1 when unavailable here.
+// Selects a table by name (MindformerGfCpuIsaAvailable's names, or "auto": the best this CPU runs); returns 0, or 1
+// when it is unknown or unavailable here (the choice is then unchanged).
 MFGF_EXPORT int MindformerGfSetCpuIsa(const char* name) {
-  const mfgf::TileKernels* table = nullptr;
-  if (std::strcmp(name, "portable") == 0) {
-    table = &mfgf::portable_tile_kernels();
-  } else if (std::strcmp(name, "auto") == 0) {
-    table = mfgf::best_available();
-  } else if (std::strcmp(name, "avx2") == 0 && mfgf::best_available() != &mfgf::portable_tile_kernels()) {
-    table = mfgf::best_available();
-  }
+  const mfgf::TileKernels* table =
+      std::strcmp(name, "auto") == 0 ? mfgf::best_available() : mfgf::available_tile_kernels(name);
   if (!table) return 1;
   mfgf::chosen().store(table, std::memory_order_release);
   return 0;
+}
+
+// 1 when the table `name` ("portable", "avx2", "avx512", "avx512emu") is compiled in and this CPU runs it.
+MFGF_EXPORT int MindformerGfCpuIsaAvailable(const char* name) {
+  return mfgf::available_tile_kernels(name) != nullptr ? 1 : 0;
 }
 
 MFGF_EXPORT int MindformerGfNumThreads() { return mfgf::num_threads(); }

@@ -10,7 +10,7 @@
 
 namespace mfgf {
 
-// Width of one column panel of B in `gemm`: two 8-float AVX registers.
+// Width of one column panel of B in `gemm`: two 8-float AVX registers, or one 16-float AVX-512 register.
 constexpr int kPanelWidth = 16;
 
 enum class Accumulate {
@@ -82,8 +82,17 @@ struct TileKernels {
 const TileKernels& portable_tile_kernels();
 // Null when this build has no AVX2 code (non-x86 compilers).
 const TileKernels* avx2_tile_kernels();
+// The 16-lane algorithm (tile_kernels_lane16.h) on zmm registers, and the same algorithm on pairs of ymm registers
+// (for testing it on CPUs without AVX-512); null on non-x86 compilers.
+const TileKernels* avx512_tile_kernels();
+const TileKernels* avx512_emulated_tile_kernels();
+// The table called `name` ("portable", "avx2", "avx512", "avx512emu") when this build has it and this CPU runs it,
+// else null.
+const TileKernels* available_tile_kernels(const char* name);
 
-// The table every kernel uses: chosen on first use from the CPU and MINDFORMER_GF_CPU_ISA ("avx2" | "portable");
+// The table every kernel uses: chosen on first use from the CPU (AVX-512F, else AVX2+FMA, else portable) and
+// MINDFORMER_GF_CPU_ISA ("auto" | "avx512" | "avx2" | "avx512emu" | "portable"; an unavailable one means "auto" here,
+// and mindformer_gf.ops.cpu turns it into an error before any kernel runs);
 // MindformerGfSetCpuIsa (isa_dispatch.cc) switches it later, for tests that cover both paths in one process.
 const TileKernels& tile_kernels();
 

@@ -233,12 +233,21 @@ MFGF_AVX2 void multiply(float* x, const float* factor, int n) {
 MFGF_AVX2 void softmax_grad(float* dpd, const float* p, const float* factor, float d, int n) {
   const __m256 d_v = _mm256_set1_ps(d);
   int c = 0;
+  // dp z - d is one explicit fused multiply-subtract, and the tail goes through the same vector arithmetic (masked):
+  // a multiply and a subtraction are contracted by the compiler in some loops and not others, so the last columns
+  // would round differently from the rest (and from the 16-lane tables, whose tails start elsewhere).
   for (; c + 8 <= n; c += 8) {
-    __m256 dp = _mm256_loadu_ps(dpd + c);
-    if (factor) dp = _mm256_mul_ps(dp, _mm256_loadu_ps(factor + c));
-    _mm256_storeu_ps(dpd + c, _mm256_mul_ps(_mm256_loadu_ps(p + c), _mm256_sub_ps(dp, d_v)));
+    const __m256 dp = _mm256_loadu_ps(dpd + c);
+    const __m256 centred = factor ? _mm256_fmsub_ps(dp, _mm256_loadu_ps(factor + c), d_v) : _mm256_sub_ps(dp, d_v);
+    _mm256_storeu_ps(dpd + c, _mm256_mul_ps(_mm256_loadu_ps(p + c), centred));
   }
-  for (; c < n; ++c) dpd[c] = p[c] * ((factor ? dpd[c] * factor[c] : dpd[c]) - d);
+  if (c < n) {
+    const __m256i mask = lane_mask(n - c);
+    const __m256 dp = _mm256_maskload_ps(dpd + c, mask);
+    const __m256 centred =
+        factor ? _mm256_fmsub_ps(dp, _mm256_maskload_ps(factor + c, mask), d_v) : _mm256_sub_ps(dp, d_v);
+    _mm256_maskstore_ps(dpd + c, mask, _mm256_mul_ps(_mm256_maskload_ps(p + c, mask), centred));
+  }
 }
 
 MFGF_AVX2 float dot(const float* a, const float* b, int n) {

@@ -23,6 +23,7 @@ the step seed it is fed (`mindformer_gf.model.dropout`).
 from __future__ import annotations
 
 import ctypes
+import os
 from functools import cache
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import mindspore as ms
 from mindspore import ops
 from mindspore.ops import CustomRegOp, DataType
 
+from mindformer_gf.host import describe_cpu
 from mindformer_gf.ops.dropout_seed import random_seed
 
 _LIBRARY_DIR = Path(__file__).resolve().parent
@@ -65,12 +67,22 @@ def _require_library() -> Path:
     return path
 
 
+# The tile-kernel tables the library can hold (kernels/cpu/README.md, "Parallelism and instruction sets"): "avx512emu"
+# is the AVX-512 algorithm on pairs of AVX2 registers, for testing it on CPUs without AVX-512; "auto" never picks it.
+CPU_ISAS = ("avx512", "avx2", "avx512emu", "portable")
+_CPU_ISA_VARIABLE = "MINDFORMER_GF_CPU_ISA"
+
+
 @cache
 def native() -> ctypes.CDLL:
-    """The library opened with ctypes (the same loaded copy MindSpore uses): ISA and thread controls for tests."""
+    """The library opened with ctypes (the same loaded copy MindSpore uses): ISA and thread controls for tests.
+
+    Raises ValueError (one line) when MINDFORMER_GF_CPU_ISA names an instruction set this CPU or build lacks: the
+    library would otherwise quietly run the best available one instead."""
     library = ctypes.CDLL(str(_require_library()))
     library.MindformerGfCpuIsa.restype = ctypes.c_char_p
     library.MindformerGfSetCpuIsa.argtypes = [ctypes.c_char_p]
+    library.MindformerGfCpuIsaAvailable.argtypes = [ctypes.c_char_p]
     library.MindformerGfDropoutWords.argtypes = [
         ctypes.c_void_p,
         ctypes.c_int,
@@ -89,18 +101,40 @@ def native() -> ctypes.CDLL:
         ctypes.c_uint32,
         ctypes.c_uint32,
     ]
+    requested = os.environ.get(_CPU_ISA_VARIABLE)
+    if requested and requested != "auto" and not library.MindformerGfCpuIsaAvailable(requested.encode()):
+        raise ValueError(f"{_CPU_ISA_VARIABLE}={requested}: {_unavailable_reason(requested, library)}")
     return library
 
 
+def host_cpu() -> str:
+    """The CPU's model name (`mindformer_gf.host.describe_cpu`), for messages and reports."""
+    return str(describe_cpu()["cpu_model"])
+
+
+def available_cpu_isas() -> list[str]:
+    """The instruction sets (of CPU_ISAS) this build has and this CPU runs, best first."""
+    return [name for name in CPU_ISAS if native().MindformerGfCpuIsaAvailable(name.encode())]
+
+
+def _unavailable_reason(name: str, library: ctypes.CDLL) -> str:
+    available = [isa for isa in CPU_ISAS if library.MindformerGfCpuIsaAvailable(isa.encode())]
+    problem = "unknown instruction set" if name not in CPU_ISAS else f"not available on this host ({host_cpu()})"
+    return f"{problem}; use 'auto' or one of {', '.join(repr(isa) for isa in available)}"
+
+
 def cpu_isa() -> str:
-    """The instruction set the kernels use now: "avx2" or "portable"."""
+    """The instruction set the kernels use now: "avx512", "avx2", "avx512emu" or "portable"."""
     return native().MindformerGfCpuIsa().decode()
 
 
 def set_cpu_isa(name: str) -> None:
-    """Switch the kernels to "avx2", "portable" or "auto" (the best this CPU runs), for the whole process."""
+    """Switch the kernels to one of CPU_ISAS or "auto" (the best this CPU runs), for the whole process.
+
+    Raises ValueError (one line, naming the host's CPU and the instruction sets it does run) when `name` is unknown
+    or unavailable here; the choice is then unchanged."""
     if native().MindformerGfSetCpuIsa(name.encode()) != 0:
-        raise ValueError(f"instruction set {name!r} is not available on this CPU/build; use 'portable' or 'auto'")
+        raise ValueError(f"instruction set {name!r}: {_unavailable_reason(name, native())}")
 
 
 def _float_formats(count: int) -> tuple:
@@ -194,6 +228,7 @@ class _Kernels:
     """The custom operators, created once per process (MindSpore registers each by name)."""
 
     def __init__(self) -> None:
+        native()  # checks MINDFORMER_GF_CPU_ISA before any kernel can run on another instruction set than requested
         self.attention_forward = _custom(
             "FlashAttentionForward", 2, _attention_forward_info("FlashAttentionForward"), _attention_bprop
         )
