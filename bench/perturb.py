@@ -111,7 +111,8 @@ def side_ours(args) -> dict:
     engine = PerturbationEngine(encoder, layers, "mean", True, args.batch, buckets, 0, [0, 1])
 
     # where the time goes: the graph calls, their inputs' preparation (the rest of `_forward`), the rest of the run
-    clock = {"graph": 0.0, "forward": 0.0, "flops": 0.0, "rows": 0, "rows_run": 0, "tokens": 0, "tokens_run": 0}
+    clock = {"graph": 0.0, "forward": 0.0, "flops": 0.0, "batches": 0, "rows": 0, "rows_run": 0}
+    clock.update({"tokens": 0, "tokens_run": 0})
     graph, prepare = engine.forward, engine._forward
 
     def timed_graph(*inputs):
@@ -126,11 +127,13 @@ def side_ours(args) -> dict:
         start = time.perf_counter()
         arrays = prepare(width, cells_in_batch, *more, **keywords)
         clock["forward"] += time.perf_counter() - start
-        clock["flops"] += perturbation_flops(config, args.batch, width, layers)
+        rows = keywords.get("rows") or args.batch  # the originals' batches have fewer rows
+        clock["flops"] += perturbation_flops(config, rows, width, layers)
+        clock["batches"] += 1
         clock["rows"] += len(cells_in_batch)
-        clock["rows_run"] += args.batch
+        clock["rows_run"] += rows
         clock["tokens"] += sum(len(c) for c in cells_in_batch)
-        clock["tokens_run"] += args.batch * width
+        clock["tokens_run"] += rows * width
         return arrays
 
     engine.forward, engine._forward = timed_graph, timed_forward
@@ -156,7 +159,7 @@ def side_ours(args) -> dict:
         "graph_seconds": clock["graph"],
         "input_seconds": clock["forward"] - clock["graph"],
         "other_seconds": seconds - clock["forward"],
-        "batches": clock["rows_run"] // args.batch,
+        "batches": clock["batches"],
         "bucket_widths": list(buckets.widths),
         "row_fill": clock["rows"] / clock["rows_run"],
         "token_fill": clock["tokens"] / clock["tokens_run"],
