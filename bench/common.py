@@ -4,11 +4,15 @@ Importing this module sizes the thread pools as the `gf` commands do (every core
 GF_THREADS), before the script runs anything; every record says how many threads it ran with, and on which CPU:
 its model name and the vector extensions it offers (AVX2, AVX-512, AMX, ...), so that figures from different hosts
 are never compared by accident (torch uses AVX-512 and AMX where they exist; our CPU kernels use AVX2 at most).
+
+`gemm_rate()` measures the machine's fp32 GEMM rate in the benchmark's own run; with the FLOP counts of
+bench/flops.py each benchmark reports the fraction of that rate it reaches (`fraction_of_gemm`).
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Callable
 
@@ -34,3 +38,57 @@ def best_seconds(fn: Callable[[], object], repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+GEMM_SIZE = 2048  # square fp32 GEMM: large enough for the BLAS to reach its rate on a few cores
+
+
+def gemm_rate(size: int = GEMM_SIZE, repeats: int = 7) -> dict:
+    """This machine's fp32 GEMM rate now: numpy's `a @ b` (its BLAS sgemm, with the threads set above) on
+    [size, size] matrices, GFLOP/s as the median of `repeats` timed calls after one warm-up, with the range.
+
+    The benchmarks divide their FLOP rate (bench/flops.py) by the median: the fraction of the machine's GEMM rate
+    they reach, measured in the same run so that the load on a shared machine weighs on both alike."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.random((size, size), dtype=np.float32)
+    b = rng.random((size, size), dtype=np.float32)
+    a @ b
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        rates.append(2.0 * size**3 / (time.perf_counter() - start) / 1e9)
+    return {"gemm_size": size, "gemm_gflops": float(np.median(rates)), "gemm_gflops_range": [min(rates), max(rates)]}
+
+
+def merge_gemm_rates(*measurements: dict) -> dict:
+    """One figure from GEMM rates measured at several points of a run (before and after each side): the median of
+    their medians, the range over all."""
+    import numpy as np
+
+    return {
+        "gemm_size": measurements[0]["gemm_size"],
+        "gemm_gflops": float(np.median([m["gemm_gflops"] for m in measurements])),
+        "gemm_gflops_range": [
+            min(m["gemm_gflops_range"][0] for m in measurements),
+            max(m["gemm_gflops_range"][1] for m in measurements),
+        ],
+    }
+
+
+def fraction_of_gemm(flops: float, seconds: float, gemm: dict) -> float:
+    """FLOPs / seconds as a fraction of the measured GEMM rate."""
+    return flops / seconds / 1e9 / gemm["gemm_gflops"]
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
+    """Median wall time of `repeats` calls after one warm-up call, and every time."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times

@@ -2,7 +2,8 @@
 specification, and the attention forward with and without its in-kernel dropout.
 
 Prints JSON lines; the last is the summary {"fused_ms", "mindspore_ms", "numpy_ms", "fused_vs_mindspore",
-"attention_dropout_ms", "attention_no_dropout_ms", "attention_dropout_overhead", "load_average"}: medians over
+"attention_dropout_ms", "attention_no_dropout_ms", "attention_dropout_overhead", the attention cases' fractions of
+the machine's fp32 GEMM rate (bench/common.py, bench/flops.py), "load_average"}: medians over
 --repeats calls (ranges in the per-case lines). Run it with PYTHONPATH pointing at another checkout to compare
 generators (the script only uses APIs both have).
 """
@@ -16,7 +17,8 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from common import emit
+from common import emit, gemm_rate
+from flops import attention_forward_flops
 
 
 def timings_ms(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -89,6 +91,13 @@ def main() -> None:
             f"attention forward B={batch} H={heads} L={length} D={head_dim} p={float(drop.asnumpy()[0])}",
             timings_ms(lambda drop=drop: forward(q, k, v, mask, seed, drop).asnumpy(), args.repeats),
         )
+    # the attention cases as a fraction of the machine's fp32 GEMM rate (the dropout ones are memory-bound: no FLOPs)
+    gemm = gemm_rate()
+    flops = attention_forward_flops(batch, heads, length, head_dim)
+    fractions = {
+        key.replace("_ms", "_fraction_of_gemm"): round(flops / (value / 1e3) / 1e9 / gemm["gemm_gflops"], 3)
+        for key, value in attention.items()
+    }
     emit(
         {
             "shape": args.shape,
@@ -101,6 +110,8 @@ def main() -> None:
             "attention_dropout_overhead": round(
                 attention["attention_dropout_ms"] / attention["attention_no_dropout_ms"], 3
             ),
+            **fractions,
+            **gemm,
             "load_average": [load_before, os.getloadavg()],
         }
     )

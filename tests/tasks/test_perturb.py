@@ -162,11 +162,53 @@ def test_batch_size_and_buckets_do_not_change_results(tiny_model_dir, pbmc_datas
     one, many = one.sort_values(key).reset_index(drop=True), many.sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(one[key], many[key])
     np.testing.assert_allclose(one.value, many.value, rtol=1e-5, atol=1e-6)
-    # originals and perturbed copies share one graph per (batch size, padded width): two here, one width
+    # one graph per (rows, padded width), one width here: the copies' batches of 3 and 8 rows; the originals of
+    # cells 0-2 (a window of 25 copies >= 8 batches of 3) in 3 rows, of cells 3-4 in 2 rows (the power of two that
+    # holds them), of all five (one window at batch 8) in 8
     from mindformer_gf.tasks.perturb.engine import perturbed_forward
 
     forward = perturbed_forward(_ENCODERS[str(tiny_model_dir)], 1, "mean", True)
-    assert len(forward.compile_cache) == 2
+    assert len(forward.compile_cache) == 3
+
+
+def test_original_rows_by_hand():
+    from mindformer_gf.tasks.perturb.engine import original_rows
+
+    assert [original_rows(n, 100) for n in (1, 2, 3, 4, 5, 64, 65, 100)] == [1, 2, 4, 4, 8, 64, 100, 100]
+    assert [original_rows(n, 6) for n in (1, 3, 4, 5, 6)] == [1, 4, 4, 6, 6]
+    for bad in (0, 7):
+        with pytest.raises(ValueError, match="does not fit 6 rows"):
+            original_rows(bad, 6)
+
+
+def test_originals_in_fewer_rows_match_a_full_batch(tiny_model_dir, tiny_config, tiny_weights, cells, monkeypatch):
+    """The originals' states from a batch of as many rows as they need equal a full batch's within float32 rounding
+    and the numpy reference's within 1e-5; the batches have the rows `original_rows` says."""
+    from mindformer_gf.data.buckets import choose_bucket_widths
+    from mindformer_gf.finetune.task_model import load_encoder
+    from mindformer_gf.tasks.perturb import engine as engine_module
+
+    if str(tiny_model_dir) not in _ENCODERS:
+        _ENCODERS[str(tiny_model_dir)] = load_encoder(tiny_model_dir)
+    tokens = [np.asarray(c, np.int64) for c in cells["input_ids"]][:3]
+    buckets = choose_bucket_widths(np.asarray([len(t) for t in tokens]), 1, tiny_config.max_position_embeddings)
+    batch = 8
+    engine = engine_module.PerturbationEngine(_ENCODERS[str(tiny_model_dir)], 1, "mean", True, batch, buckets, 0, [])
+    rows_run = []
+    pad_cells = engine_module.pad_cells
+
+    def recording(batch_cells, width, pad_token_id=0, rows=None):
+        rows_run.append(rows)
+        return pad_cells(batch_cells, width, pad_token_id, rows=rows)
+
+    monkeypatch.setattr(engine_module, "pad_cells", recording)
+    states = engine.original_states(tokens)
+    assert rows_run == [4]  # three cells: 4 rows, not 8
+    full = engine._forward(buckets.widths[0], tokens, keep_hidden=True)[-1]
+    assert rows_run[-1] == batch
+    for i, t in enumerate(tokens):
+        np.testing.assert_allclose(states[i], full[i, : t.size], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(states[i], hidden(tiny_weights, tiny_config, t, 1), rtol=1e-5, atol=1e-5)
 
 
 def test_bad_input_each_has_its_own_message(tiny_model_dir, cells, tmp_path):

@@ -1,6 +1,7 @@
 """The forward passes of a perturbation run: the encoder stopped at the layer that is used (no MLM head, no later
-layer), each original cell once, the perturbed copies in full batches across cells, padded to a few fixed widths
-(one graph compilation per width), and the per-gene comparison done inside the graph.
+layer), each original cell once (in a batch of as many rows as the power of two that holds them), the perturbed
+copies in full batches across cells, padded to a few fixed widths (one graph compilation per width and row count),
+and the per-gene comparison done inside the graph.
 
     engine = PerturbationEngine(encoder, layer_index, pooling="mean", batch_size=32, buckets=buckets, ...)
     hidden = engine.original_states(cells)                       # [n_i, hidden] per cell, once
@@ -95,6 +96,14 @@ def perturbed_forward(encoder: nn.Cell, layer_index: int, pooling: str, compare:
     return cache[key]
 
 
+def original_rows(cells: int, batch_size: int) -> int:
+    """Rows of a batch of `cells` original cells: the next power of two (at most `batch_size`), so that a run
+    compiles at most log2(batch_size) more graphs per width and runs no more than twice the rows it needs."""
+    if not 0 < cells <= batch_size:
+        raise ValueError(f"a batch of {cells} originals does not fit {batch_size} rows")
+    return min(batch_size, 1 << (cells - 1).bit_length())
+
+
 @dataclass
 class PerturbationResult:
     """What one perturbed copy yields: its cell embedding, the mean per-gene cosine to the original (None when not
@@ -135,24 +144,37 @@ class PerturbationEngine:
         self.hidden_size = int(encoder.config.hidden_size)
 
     def original_states(self, cells: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Hidden states [n_i, hidden] of each cell, in input order."""
+        """Hidden states [n_i, hidden] of each cell, in input order.
+
+        A batch of originals has `original_rows(n)` rows for its n cells, not `batch_size`: a window of long cells
+        holds few cells (one 1,000-gene cell makes 999 copies), and padding its one original to a full batch cost a
+        tenth of the copies' forward time at batch 100. A cell's states then differ from a full batch's in the last
+        bits (within float32 rounding, as across batch sizes); the rows depend only on the plan, so every rank and
+        every resumed run computes the same bits."""
         states: list[np.ndarray] = [np.empty(0)] * len(cells)
         lengths = np.asarray([len(c) for c in cells])
         for width, positions in length_sorted_batches(lengths, self.buckets, self.batch_size):
-            hidden = self._forward(width, [cells[i] for i in positions], keep_hidden=True)[-1]
+            rows = original_rows(positions.size, self.batch_size)
+            hidden = self._forward(width, [cells[i] for i in positions], keep_hidden=True, rows=rows)[-1]
             for row, i in enumerate(positions):
                 states[i] = hidden[row, : lengths[i]]
         return states
 
     def _forward(
-        self, width: int, cells: Sequence[np.ndarray], compare_with: Sequence[Job] = (), keep_hidden: bool = False
+        self,
+        width: int,
+        cells: Sequence[np.ndarray],
+        compare_with: Sequence[Job] = (),
+        keep_hidden: bool = False,
+        rows: int | None = None,
     ) -> list:
-        """The graph's outputs on one padded batch (the hidden states only with `keep_hidden`); `compare_with` (the
-        jobs of `cells`) fills the comparison inputs."""
-        ids, mask = pad_cells(cells, width, self.pad_token_id, rows=self.batch_size)
+        """The graph's outputs on one padded batch of `rows` rows (default `batch_size`; the hidden states only with
+        `keep_hidden`); `compare_with` (the jobs of `cells`) fills the comparison inputs."""
+        rows = self.batch_size if rows is None else rows
+        ids, mask = pad_cells(cells, width, self.pad_token_id, rows=rows)
         pool = pool_weights(ids, mask, self.special_ids)
-        originals = np.zeros((self.batch_size, width, self.hidden_size) if self.compare else (1, 1, 1), np.float32)
-        compared = np.zeros((self.batch_size, width) if self.compare else (1, 1), np.float32)
+        originals = np.zeros((rows, width, self.hidden_size) if self.compare else (1, 1, 1), np.float32)
+        compared = np.zeros((rows, width) if self.compare else (1, 1), np.float32)
         for row, job in enumerate(compare_with):
             p = job.perturbation
             n = p.tokens.size
