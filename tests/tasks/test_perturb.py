@@ -333,3 +333,18 @@ def test_a_cell_classifier_directory_perturbs_like_its_encoder(tiny_model_dir, c
     )
     table = read_table(table.perturb_data(classifier_dir, one_cell, tmp_path / "b", "run"))
     np.testing.assert_allclose(table.value, mlm.value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("quantized", ["Pretrained-Quantized", "MTLCellClassifier-Quantized"])
+def test_quantized_model_types_run_full_precision_with_a_one_line_warning(tiny_model_dir, cells, tmp_path, quantized):
+    """The reference's 8-bit bitsandbytes inference is CUDA-only: the full-precision model gives the table, warned."""
+    gene = ensembl_names()[int(cells[0]["input_ids"][2])]
+    with pytest.warns(UserWarning) as caught:
+        table = run(tiny_model_dir, cells, tmp_path / "q", model_type=quantized, genes_to_perturb=[gene])
+    (warning,) = [w for w in caught if "CUDA-only" in str(w.message)]
+    assert "\n" not in str(warning.message) and "full precision" in str(warning.message)
+    # the unquantized type, perturbing the same gene: the same rows, bit for bit
+    plain_type = quantized.removesuffix("-Quantized")
+    plain = run(tiny_model_dir, cells, tmp_path / "p", model_type=plain_type, genes_to_perturb=[gene])
+    assert len(table) > 0
+    pd.testing.assert_frame_equal(table, plain)
