@@ -348,3 +348,27 @@ def test_quantized_model_types_run_full_precision_with_a_one_line_warning(tiny_m
     plain = run(tiny_model_dir, cells, tmp_path / "p", model_type=plain_type, genes_to_perturb=[gene])
     assert len(table) > 0
     pd.testing.assert_frame_equal(table, plain)
+
+
+def test_mtl_model_type_reads_the_encoder_of_a_saved_multitask_model(tiny_model_dir, cells, tmp_path):
+    """model_type "MTLCellClassifier" on MTLClassifier's saved model directory (GeneformerMultiTask/: encoder,
+    attention pooling, heads): the encoder's table, the same as that encoder's own model directory gives."""
+    from mindformer_gf.finetune.task_model import MultitaskModel, load_encoder, save_task_model
+
+    multitask = MultitaskModel(load_encoder(tiny_model_dir), [3, 2], "attention", seed=5)
+    mtl_dir = save_task_model(
+        multitask, tmp_path / "GeneformerMultiTask", {"kind": "multitask", "task_sizes": [3, 2], "pooling": "attention"}
+    )
+    gene = ensembl_names()[int(cells[1]["input_ids"][4])]
+    isp = InSilicoPerturber(
+        model_type="MTLCellClassifier",
+        emb_mode="cell",
+        genes_to_perturb=[gene],
+        forward_batch_size=8,
+        num_buckets=1,
+        progress=False,
+    )
+    table = read_table(isp.perturb_data(mtl_dir, cells, tmp_path / "mtl", "run"))  # loads the directory itself
+    expected = run(tiny_model_dir, cells, tmp_path / "pretrained", genes_to_perturb=[gene])
+    assert len(table) > 0
+    pd.testing.assert_frame_equal(table, expected, check_exact=False, rtol=1e-6)
