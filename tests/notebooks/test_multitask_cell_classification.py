@@ -206,7 +206,9 @@ def test_multitask_cell_classification_notebook(notebook_paths):
     from mindformer_gf.tasks.perturb import PerturbationInputError, read_table
     from mindformer_gf.tokenizer import load_gene_dictionaries
 
-    model_directory = model_dir  # the model the manual run saved (the notebook's "/path/to/model/save/path")
+    # the model the manual run saved: model_save_path/GeneformerMultiTask, where the reference's loader finds
+    # config.json too (the notebook's placeholder "/path/to/model/save/path")
+    model_directory = model_dir
     input_data_file = notebook_paths["v2_test_path"]
     output_directory = notebook_paths["output_directory"]
     output_prefix = "mtl_quantized_perturbation"
