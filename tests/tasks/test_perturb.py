@@ -375,3 +375,42 @@ def test_a_cell_classifier_directory_perturbs_like_its_encoder(tiny_model_dir, c
     )
     table = read_table(table.perturb_data(classifier_dir, one_cell, tmp_path / "b", "run"))
     np.testing.assert_allclose(table.value, mlm.value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("quantized", ["Pretrained-Quantized", "MTLCellClassifier-Quantized"])
+def test_quantized_model_types_run_full_precision_with_a_one_line_warning(tiny_model_dir, cells, tmp_path, quantized):
+    """The reference's 8-bit bitsandbytes inference is CUDA-only: the full-precision model gives the table, warned."""
+    gene = ensembl_names()[int(cells[0]["input_ids"][2])]
+    with pytest.warns(UserWarning) as caught:
+        table = run(tiny_model_dir, cells, tmp_path / "q", model_type=quantized, genes_to_perturb=[gene])
+    (warning,) = [w for w in caught if "CUDA-only" in str(w.message)]
+    assert "\n" not in str(warning.message) and "full precision" in str(warning.message)
+    # the unquantized type, perturbing the same gene: the same rows, bit for bit
+    plain_type = quantized.removesuffix("-Quantized")
+    plain = run(tiny_model_dir, cells, tmp_path / "p", model_type=plain_type, genes_to_perturb=[gene])
+    assert len(table) > 0
+    pd.testing.assert_frame_equal(table, plain)
+
+
+def test_mtl_model_type_reads_the_encoder_of_a_saved_multitask_model(tiny_model_dir, cells, tmp_path):
+    """model_type "MTLCellClassifier" on MTLClassifier's saved model directory (GeneformerMultiTask/: encoder,
+    attention pooling, heads): the encoder's table, the same as that encoder's own model directory gives."""
+    from mindformer_gf.finetune.task_model import MultitaskModel, load_encoder, save_task_model
+
+    multitask = MultitaskModel(load_encoder(tiny_model_dir), [3, 2], "attention", seed=5)
+    mtl_dir = save_task_model(
+        multitask, tmp_path / "GeneformerMultiTask", {"kind": "multitask", "task_sizes": [3, 2], "pooling": "attention"}
+    )
+    gene = ensembl_names()[int(cells[1]["input_ids"][4])]
+    isp = InSilicoPerturber(
+        model_type="MTLCellClassifier",
+        emb_mode="cell",
+        genes_to_perturb=[gene],
+        forward_batch_size=8,
+        num_buckets=1,
+        progress=False,
+    )
+    table = read_table(isp.perturb_data(mtl_dir, cells, tmp_path / "mtl", "run"))  # loads the directory itself
+    expected = run(tiny_model_dir, cells, tmp_path / "pretrained", genes_to_perturb=[gene])
+    assert len(table) > 0
+    pd.testing.assert_frame_equal(table, expected, check_exact=False, rtol=1e-6)

@@ -59,7 +59,16 @@ from mindformer_gf.train.device import prepare_device
 from mindformer_gf.train.distributed import ParallelContext, launched_context
 
 EMB_MODES = ("cell", "cls", "cell_and_gene", "cls_and_gene")
-MODEL_TYPES = ("Pretrained", "GeneClassifier", "CellClassifier", "MTLCellClassifier", "MTLCellClassifier-Quantized")
+MODEL_TYPES = (
+    "Pretrained",
+    "GeneClassifier",
+    "CellClassifier",
+    "MTLCellClassifier",
+    "Pretrained-Quantized",
+    "MTLCellClassifier-Quantized",
+)
+# the reference loads these with bitsandbytes 8-bit weights for inference (CUDA-only); here: full precision, warned
+QUANTIZED_MODEL_TYPES = ("Pretrained-Quantized", "MTLCellClassifier-Quantized")
 SHUFFLE_SEED = 42  # the reference shuffles with seed 42 before taking max_ncells
 
 
@@ -171,6 +180,10 @@ class InSilicoPerturber:
     emb_label (columns carried into the table), gene_name_id_dictionary_file, output_format ("parquet" or "csv": the
     CSV in addition), num_buckets, shard_cells, progress, device.
 
+    model_type: the encoder of the model directory is used whatever the type (pretrained, classifier, or this
+    package's multitask model: MTLClassifier's saved `GeneformerMultiTask/`); the "-Quantized" types, 8-bit
+    bitsandbytes inference in the reference (CUDA-only), run the full-precision model with a one-line warning.
+
     model_version: "V2" (the reference's default) or "V1"; as in the reference, "V1" turns emb_mode "cls" into
     "cell" and "cls_and_gene" into "cell_and_gene" (V1 models have no <cls>), with a warning. The token dictionary
     itself is the one recorded with the dataset (or token_dictionary_file).
@@ -238,6 +251,14 @@ class InSilicoPerturber:
             raise bad(f"cell_emb_style {cell_emb_style!r}: only 'mean_pool' exists (as in the reference)")
         if model_type not in MODEL_TYPES:
             raise bad(f"model_type {model_type!r} is not one of {MODEL_TYPES}")
+        if model_type in QUANTIZED_MODEL_TYPES:
+            warnings.warn(
+                f"model_type {model_type!r}: bitsandbytes 8-bit quantization is CUDA-only, so the model runs in full "
+                f"precision here (the values 8-bit inference approximates); same as model_type "
+                f"{model_type.removesuffix('-Quantized')!r}",
+                UserWarning,
+                stacklevel=2,
+            )
         if emb_layer not in (-1, 0):
             raise bad(f"emb_layer must be -1 (second-to-last layer) or 0 (last layer), got {emb_layer}")
         if combos not in (0, 1):
