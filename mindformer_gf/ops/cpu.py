@@ -367,9 +367,9 @@ def fused_adamw(
     grad: ms.Tensor, exp_avg: ms.Tensor, exp_avg_sq: ms.Tensor, hyper: ms.Tensor, decays: ms.Tensor, *params
 ) -> ms.Tensor:
     """AdamW in place over flat float32 buffers and `params` (see kernels/cpu/adamw.cc for `hyper`'s layout): writes
-    the parameters and moments where they are, zeroes `grad`, returns [apply flag]. The arguments must be the
-    Parameters themselves (MindSpore hands the kernel their storage), and nothing later in the graph may read them
-    expecting the old values."""
+    the parameters and moments where they are, zeroes `grad`, returns [apply flag]. The moments and parameters must
+    be the Parameters themselves (MindSpore hands the kernel their storage); nothing later in the graph may read any
+    argument expecting its old value."""
     return _fused_adamw(len(params))(grad, exp_avg, exp_avg_sq, hyper, decays, *params)
 
 

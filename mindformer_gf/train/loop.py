@@ -165,8 +165,7 @@ class Trainer:
             stats_buffer,
             settings.max_grad_norm,
             self.parallel.distributed,
-            # one device only: under data parallelism the tested path is the graph update after the AllReduce
-            fused_update=self.device == "CPU" and cpu_kernels.is_available() and not self.parallel.distributed,
+            fused_update=self.device == "CPU" and cpu_kernels.is_available(),
         )
         self.loss_scale = DynamicLossScale(
             settings.loss_scale_init, settings.loss_scale_window, enabled=self.precision == "fp16"

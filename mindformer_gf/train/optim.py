@@ -98,8 +98,9 @@ class AdamW(nn.Cell):
         self, grad_buffer: Parameter, grad_scale: Tensor, clip_scale: Tensor, lr: Tensor, apply: Tensor
     ) -> Tensor:
         """`construct((grad_buffer * grad_scale) * clip_scale, lr, apply)` in one CPU kernel that writes parameters
-        and moments in place and zeroes `grad_buffer` (whether or not it applies). `grad_buffer` must be the
-        Parameter itself; grad_scale is float32 [1], clip_scale and lr float32 scalars, apply a bool scalar.
+        and moments in place and zeroes `grad_buffer` (whether or not it applies): the buffer Parameter itself, or
+        a temporary (the AllReduce's copy) nothing reads afterwards. grad_scale is float32 [1], clip_scale and lr
+        float32 scalars, apply a bool scalar.
         Returns the kernel's [apply] output: order later reads of the buffers after it."""
         step = self.step_count + 1.0
         bias1 = 1.0 - ops.pow(self.beta1, step)

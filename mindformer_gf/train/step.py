@@ -15,7 +15,8 @@ the mean loss over the whole global batch, however its items are spread over ran
 On CPU with the native kernels built (`fused_update`), the apply step does the same in two kernels over the flat
 buffers in place (kernels/cpu/adamw.cc): the gradient norm (accumulated in float64), then AdamW with the
 normalisation and clipping factors applied on the fly, clearing the gradient buffer as it goes. No full-size
-temporary is left in the compiled graph; the update is bit for bit the graph's for the same clipping factor.
+temporary is left in the compiled graph (with data parallelism, the AllReduce's copy of the buffer); the update is
+bit for bit the graph's for the same clipping factor.
 
 Loss scaling: the micro-step multiplies the loss by `scale` (fp16: the dynamic loss scale, times a fixed factor
 that keeps the sums of gradients in range); the apply step divides by it before anything else.
@@ -120,11 +121,13 @@ class ApplyStep(nn.Cell):
 
     def _fused(self, lr: Tensor, inverse_scale: Tensor) -> tuple:
         stats = self.stats_buffer * 1.0
+        grad = self.grad_buffer
         if self.distributed:
             stats = self.all_reduce(stats)
-            ops.assign(self.grad_buffer, self.all_reduce(self.grad_buffer))
+            # the kernels work on (and clear) the reduced copy; the buffer is cleared below
+            grad = self.all_reduce(self.grad_buffer)
         grad_scale = (inverse_scale / ops.maximum(stats[1], 1.0)).reshape((1,))
-        norm_finite = flat_grad_norm(self.grad_buffer, grad_scale)
+        norm_finite = flat_grad_norm(grad, grad_scale)
         norm = norm_finite[0]
         finite = norm_finite[1] > 0.5
         if self.max_grad_norm > 0:
@@ -132,7 +135,9 @@ class ApplyStep(nn.Cell):
         else:
             clip_scale = ops.ones((), ms.float32)
         # the kernel reads the buffer after the norm kernel did: clip_scale depends on the norm
-        done = self.optimizer.update_in_place(self.grad_buffer, grad_scale, clip_scale, lr, finite)
+        done = self.optimizer.update_in_place(grad, grad_scale, clip_scale, lr, finite)
+        if self.distributed:
+            ops.assign(self.grad_buffer, ops.depend(ops.zeros_like(self.grad_buffer), done))
         ops.assign(self.stats_buffer, ops.depend(ops.zeros_like(self.stats_buffer), done))
         return stats, ops.depend(norm, done), ops.depend(finite, done)
 
