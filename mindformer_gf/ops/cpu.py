@@ -229,6 +229,8 @@ class _Kernels:
 
     def __init__(self) -> None:
         native()  # checks MINDFORMER_GF_CPU_ISA before any kernel can run on another instruction set than requested
+        # the optimiser step's gradient norm (kernels/cpu/adamw.cc); FusedAdamW is built per parameter count below
+        self.flat_grad_norm = _custom("FlatGradNorm", 1, _layer_norm_info("FlatGradNorm", ("grad", "scale"), ("out",)))
         self.attention_forward = _custom(
             "FlashAttentionForward", 2, _attention_forward_info("FlashAttentionForward"), _attention_bprop
         )
@@ -281,6 +283,14 @@ class _Kernels:
 @cache
 def _kernels() -> _Kernels:
     return _Kernels()
+
+
+@cache
+def _fused_adamw(count: int) -> ops.Custom:
+    """FusedAdamW over `count` parameters: its registration lists every input, so there is one per count (MindSpore
+    keys registrations by the registered name)."""
+    inputs = ("grad", "exp_avg", "exp_avg_sq", "hyper", "decays", *(f"param{i}" for i in range(count)))
+    return _custom("FusedAdamW", 1, _layer_norm_info(f"FusedAdamW{count}", inputs, ("applied",)))
 
 
 # Graph mode compiles the functions below into the caller's graph; there a call to the cached factory is resolved
@@ -380,6 +390,22 @@ def dropout(x: ms.Tensor, drop_probability: float, seed: ms.Tensor) -> ms.Tensor
         _float32(x), ops.reshape(ops.cast(seed, ms.int64), (1,)), ms.Tensor([drop_probability], ms.float32)
     )
     return _like(y, dtype)
+
+
+def flat_grad_norm(grad: ms.Tensor, scale: ms.Tensor) -> ms.Tensor:
+    """[norm of grad * scale, 1.0 if every element and the norm are finite else 0.0] for a flat float32 `grad`
+    and a float32 [1] `scale`; the sum of squares accumulates in float64. Reads only."""
+    return _kernels().flat_grad_norm(grad, scale)
+
+
+def fused_adamw(
+    grad: ms.Tensor, exp_avg: ms.Tensor, exp_avg_sq: ms.Tensor, hyper: ms.Tensor, decays: ms.Tensor, *params
+) -> ms.Tensor:
+    """AdamW in place over flat float32 buffers and `params` (see kernels/cpu/adamw.cc for `hyper`'s layout): writes
+    the parameters and moments where they are, zeroes `grad`, returns [apply flag]. The moments and parameters must
+    be the Parameters themselves (MindSpore hands the kernel their storage); nothing later in the graph may read any
+    argument expecting its old value."""
+    return _fused_adamw(len(params))(grad, exp_avg, exp_avg_sq, hyper, decays, *params)
 
 
 def add_layer_norm(x: ms.Tensor, residual: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> ms.Tensor:

@@ -37,6 +37,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from mindformer_gf.ops import cpu as cpu_kernels
 from mindformer_gf.reference.dropout import step_seed
 from mindformer_gf.train.checkpoint import (
     capture_rng_state,
@@ -159,7 +160,12 @@ class Trainer:
         grad_buffer, stats_buffer = make_buffers(params, num_stats)
         self.micro_step = MicroStep(objective, params, grad_buffer, stats_buffer)
         self.apply_step = ApplyStep(
-            self.optimizer, grad_buffer, stats_buffer, settings.max_grad_norm, self.parallel.distributed
+            self.optimizer,
+            grad_buffer,
+            stats_buffer,
+            settings.max_grad_norm,
+            self.parallel.distributed,
+            fused_update=self.device == "CPU" and cpu_kernels.is_available(),
         )
         self.loss_scale = DynamicLossScale(
             settings.loss_scale_init, settings.loss_scale_window, enabled=self.precision == "fp16"

@@ -12,6 +12,12 @@ are accumulated over micro-batches and ranks and divided once by the total item 
 the mean loss over the whole global batch, however its items are spread over ranks and accumulation steps: a
 1-device run with N accumulation steps equals N devices with 1 (up to float summation order).
 
+On CPU with the native kernels built (`fused_update`), the apply step does the same in two kernels over the flat
+buffers in place (kernels/cpu/adamw.cc): the gradient norm (accumulated in float64), then AdamW with the
+normalisation and clipping factors applied on the fly, clearing the gradient buffer as it goes. No full-size
+temporary is left in the compiled graph (with data parallelism, the AllReduce's copy of the buffer); the update is
+bit for bit the graph's for the same clipping factor.
+
 Loss scaling: the micro-step multiplies the loss by `scale` (fp16: the dynamic loss scale, times a fixed factor
 that keeps the sums of gradients in range); the apply step divides by it before anything else.
 """
@@ -22,6 +28,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
+from mindformer_gf.ops.cpu import flat_grad_norm
 from mindformer_gf.train.optim import AdamW, flatten_gradients
 
 
@@ -82,8 +89,10 @@ class ApplyStep(nn.Cell):
         stats_buffer: Parameter,
         max_grad_norm: float,
         distributed: bool,
+        fused_update: bool = False,
     ) -> None:
         super().__init__(auto_prefix=False)
+        self.fused_update = fused_update
         self.optimizer = optimizer
         self.grad_buffer = grad_buffer
         self.stats_buffer = stats_buffer
@@ -93,6 +102,8 @@ class ApplyStep(nn.Cell):
             self.all_reduce = ops.AllReduce()
 
     def construct(self, lr: Tensor, inverse_scale: Tensor) -> tuple:
+        if self.fused_update:
+            return self._fused(lr, inverse_scale)
         stats = self.stats_buffer * 1.0
         grad = self.grad_buffer * 1.0
         if self.distributed:
@@ -107,6 +118,28 @@ class ApplyStep(nn.Cell):
         ops.assign(self.grad_buffer, ops.zeros_like(self.grad_buffer))
         ops.assign(self.stats_buffer, ops.zeros_like(self.stats_buffer))
         return stats, norm, applied
+
+    def _fused(self, lr: Tensor, inverse_scale: Tensor) -> tuple:
+        stats = self.stats_buffer * 1.0
+        grad = self.grad_buffer
+        if self.distributed:
+            stats = self.all_reduce(stats)
+            # the kernels work on (and clear) the reduced copy; the buffer is cleared below
+            grad = self.all_reduce(self.grad_buffer)
+        grad_scale = (inverse_scale / ops.maximum(stats[1], 1.0)).reshape((1,))
+        norm_finite = flat_grad_norm(grad, grad_scale)
+        norm = norm_finite[0]
+        finite = norm_finite[1] > 0.5
+        if self.max_grad_norm > 0:
+            clip_scale = ops.minimum(1.0, self.max_grad_norm / (norm + 1e-6))
+        else:
+            clip_scale = ops.ones((), ms.float32)
+        # the kernel reads the buffer after the norm kernel did: clip_scale depends on the norm
+        done = self.optimizer.update_in_place(grad, grad_scale, clip_scale, lr, finite)
+        if self.distributed:
+            ops.assign(self.grad_buffer, ops.depend(ops.zeros_like(self.grad_buffer), done))
+        ops.assign(self.stats_buffer, ops.depend(ops.zeros_like(self.stats_buffer), done))
+        return stats, ops.depend(norm, done), ops.depend(finite, done)
 
 
 def make_buffers(params: list[Parameter], num_stats: int) -> tuple[Parameter, Parameter]:
