@@ -351,7 +351,7 @@ MFGF_AVX2 void layer_norm_row_backward(const float* dy, const float* x, const fl
   }
 }
 
-// ---- Exact GELU: y = x Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2 ----
+// ---- Exact GELU: y = x Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2 (tile_kernels.h) ----
 //
 // Phi is computed without ever forming 1 + erf (which cancels for x << 0): with a = |x|,
 //   a < 0.75:  Phi(x) = 1/2 + x P(x^2),  P of degree 5 (relative fit error 3.1e-9), the last step one FMA;
@@ -359,12 +359,13 @@ MFGF_AVX2 void layer_norm_row_backward(const float* dy, const float* x, const fl
 //              Phi(x) = Q for x < 0 and 1 - Q (Q <= 0.23, so no cancellation) for x > 0.
 // exp(-a^2/2) is taken of the rounded s = a*a with the rounding error e = fma(a, a, -s) put back as
 // exp(-s/2) (1 - e/2): without it the error of s (up to 2^-24 * 87) would reach 5e-6 relative near the underflow.
-// Its exp is exp_ps with one more Taylor term (r^7 / 7!, leaving 1.5e-9), not the attention's exp.
-// Coefficients: least-squares fits in float64 on Chebyshev nodes (/tmp-free: the fit is reproduced by the numbers in
-// tests/ops/test_gelu.py's docstring); measured error of the whole float32 evaluation against float64: see
-// kernels/cpu/README.md (Exact GELU). a is clamped to 14, where exp(-a^2/2) underflows to exactly 0, so +-inf and
-// NaN go through finite arithmetic; Phi is then exact 0 or 1 and y = x Phi gives +inf, NaN, and -0 for -inf
-// (x clamped to -FLT_MAX first). Where GELU(x) is subnormal (x < -13.2) the result is -0 (absolute error < 1.2e-38).
+// Its exp is exp_ps with one more Taylor term (r^7 / 7!; the first omitted one, r^8 / 8!, is below 5.2e-9), not the attention's exp.
+// Coefficients: least-squares fits of the relative error in float64 on Chebyshev nodes, rounded to float32
+// (tools/gelu_coefficients.py reproduces them); the whole float32 evaluation is measured against float64 erfc in
+// tests/ops/test_gelu.py (kernels/cpu/README.md, "Exact GELU", gives the figures).
+// a is clamped to 14, where exp(-a^2/2) underflows to exactly 0, so +-inf and NaN go through finite arithmetic; Phi
+// is then exactly 0 or 1 and y = x Phi gives +inf, NaN, and -0 for -inf (x clamped to -FLT_MAX first). Where GELU(x)
+// is subnormal (x < -13.2) the result is -0 (absolute error < 2^-126; MindSpore's runtime flushes subnormals anyway).
 MFGF_AVX2 inline __m256 exp_accurate_ps(__m256 x) {
   const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33f), _CMP_LT_OQ);
   x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.33f));
