@@ -359,7 +359,8 @@ MFGF_AVX2 void layer_norm_row_backward(const float* dy, const float* x, const fl
 //              Phi(x) = Q for x < 0 and 1 - Q (Q <= 0.23, so no cancellation) for x > 0.
 // exp(-a^2/2) is taken of the rounded s = a*a with the rounding error e = fma(a, a, -s) put back as
 // exp(-s/2) (1 - e/2): without it the error of s (up to 2^-24 * 87) would reach 5e-6 relative near the underflow.
-// Its exp is exp_ps with one more Taylor term (r^7 / 7!; the first omitted one, r^8 / 8!, is below 5.2e-9), not the attention's exp.
+// Its exp is exp_ps with one more Taylor term (r^7 / 7!; the first omitted one, r^8 / 8!, is below 5.2e-9), not
+// the attention's exp.
 // Coefficients: least-squares fits of the relative error in float64 on Chebyshev nodes, rounded to float32
 // (tools/gelu_coefficients.py reproduces them); the whole float32 evaluation is measured against float64 erfc in
 // tests/ops/test_gelu.py (kernels/cpu/README.md, "Exact GELU", gives the figures).
@@ -469,8 +470,8 @@ MFGF_AVX2 void gelu_backward(const float* dy, const float* x, float* dx, int n) 
   }
   if (c < n) {
     const __m256i mask = lane_mask(n - c);
-    _mm256_maskstore_ps(dx + c, mask,
-                        _mm256_mul_ps(_mm256_maskload_ps(dy + c, mask), gelu_slope_ps(_mm256_maskload_ps(x + c, mask))));
+    const __m256 slope = gelu_slope_ps(_mm256_maskload_ps(x + c, mask));
+    _mm256_maskstore_ps(dx + c, mask, _mm256_mul_ps(_mm256_maskload_ps(dy + c, mask), slope));
   }
 }
 

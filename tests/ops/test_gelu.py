@@ -3,7 +3,10 @@
 Oracle: Phi(x) = erfc(-x / sqrt 2) / 2 in float64 (math.erfc: no cancellation in either tail, unlike 1 + erf), so
 GELU(x) = x Phi(x) and its derivative Phi(x) + x phi(x) are known to ~1e-16 relative, far below a float32 ulp.
 Errors are counted in float32 ulps of the exact value (np.spacing); where the exact GELU is subnormal (x < -13.2)
-the kernels may flush to 0, allowed as an absolute error below the smallest normal float (2^-126)."""
+the kernels may flush to 0, allowed as an absolute error below the smallest normal float (2^-126).
+
+The avx512 and avx512emu tables hold the AVX2 GELU functions (kernels/cpu/README.md, "Exact GELU"), so their cases
+run the AVX2 code: the shared skip message of an "avx512" case, about the 16-lane emulation, does not apply here."""
 
 from __future__ import annotations
 
