@@ -1,7 +1,7 @@
 """Exact GELU on the CPU: this project's kernel (kernels/cpu/gelu.cc) vs MindSpore's ops.gelu(approximate="none"),
 and an elementwise add of the same shape as the memory-bound yardstick; forward, and the gradient graph of
-sum(gelu(x) w) with respect to x ("forward_backward": MindSpore's GeLUGrad takes the forward's output, so its graph
-runs both; ours needs only x and dy, and its time shows the forward is then not run).
+sum(gelu(x) w) with respect to x ("forward_backward": whatever each backend's gradient graph runs; ours needs only x
+and dy in its backward, so MindSpore may drop its forward there).
 
 Prints JSON lines; the last is the summary {"shape", "<case>_ms" medians, "forward_speedup",
 "forward_backward_speedup", "load_average"} (ranges in the per-case lines). Each graph returns a [.., .., 1] slice
