@@ -77,6 +77,12 @@ struct TileKernels {
   void (*layer_norm_row_backward)(const float* dy, const float* x, const float* residual, const float* gamma,
                                   float mean, float rstd, float dmean, float drstd, int width, float* dx,
                                   float* dgamma, float* dbeta);
+
+  // Exact (erf) GELU over n elements: y = x Phi(x), Phi the standard normal CDF (gelu_kernels.h for the method and
+  // its error); GELU(-inf) = -0, GELU(+inf) = +inf, NaN stays NaN.
+  void (*gelu)(const float* x, float* y, int n);
+  // Its backward: dx = dy (Phi(x) + x phi(x)), phi the standard normal density (0 at -inf, 1 at +inf).
+  void (*gelu_backward)(const float* dy, const float* x, float* dx, int n);
 };
 
 const TileKernels& portable_tile_kernels();

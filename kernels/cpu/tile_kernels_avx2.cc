@@ -351,12 +351,136 @@ MFGF_AVX2 void layer_norm_row_backward(const float* dy, const float* x, const fl
   }
 }
 
+// ---- Exact GELU: y = x Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2 (tile_kernels.h) ----
+//
+// Phi is computed without ever forming 1 + erf (which cancels for x << 0): with a = |x|,
+//   a < 0.75:  Phi(x) = 1/2 + x P(x^2),  P of degree 5 (relative fit error 3.1e-9), the last step one FMA;
+//   a >= 0.75: Q(a) = Phi(-a) = exp(-a^2/2) w S(w),  w = 1/(1 + a/2),  S of degree 8 (fit error 2.3e-8),
+//              Phi(x) = Q for x < 0 and 1 - Q (Q <= 0.23, so no cancellation) for x > 0.
+// exp(-a^2/2) is taken of the rounded s = a*a with the rounding error e = fma(a, a, -s) put back as
+// exp(-s/2) (1 - e/2): without it the error of s (up to 2^-24 * 87) would reach 5e-6 relative near the underflow.
+// Its exp is exp_ps with one more Taylor term (r^7 / 7!; the first omitted one, r^8 / 8!, is below 5.2e-9), not
+// the attention's exp.
+// Coefficients: least-squares fits of the relative error in float64 on Chebyshev nodes, rounded to float32
+// (tools/gelu_coefficients.py reproduces them); the whole float32 evaluation is measured against float64 erfc in
+// tests/ops/test_gelu.py (kernels/cpu/README.md, "Exact GELU", gives the figures).
+// a is clamped to 14, where exp(-a^2/2) underflows to exactly 0, so +-inf and NaN go through finite arithmetic; Phi
+// is then exactly 0 or 1 and y = x Phi gives +inf, NaN, and -0 for -inf (x clamped to -FLT_MAX first). Where GELU(x)
+// is subnormal (x < -13.2) the result is -0 (absolute error < 2^-126; MindSpore's runtime flushes subnormals anyway).
+MFGF_AVX2 inline __m256 exp_accurate_ps(__m256 x) {
+  const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33f), _CMP_LT_OQ);
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.33f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 poly = _mm256_set1_ps(1.0f / 5040.0f);
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 720.0f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 120.0f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 24.0f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 6.0f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(0.5f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
+  const __m256i two_to_n =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(underflow, _mm256_mul_ps(poly, _mm256_castsi256_ps(two_to_n)));
+}
+
+// Phi(x) of 8 lanes, with the parts the callers reuse: gauss = exp(-x^2 / 2), and for the lanes with x <= -0.75
+// (lower_tail) Q = gauss * mills, mills = w S(w).
+struct NormalCdf {
+  __m256 cdf, gauss, mills, lower_tail;
+};
+
+MFGF_AVX2 inline NormalCdf normal_cdf_ps(__m256 x) {
+  NormalCdf out;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  // min returns its second operand when the first is NaN: NaN becomes 14 here (x itself stays NaN).
+  const __m256 a = _mm256_min_ps(_mm256_andnot_ps(sign, x), _mm256_set1_ps(14.0f));
+  const __m256 s = _mm256_mul_ps(a, a);
+  const __m256 s_error = _mm256_fmsub_ps(a, a, s);
+  const __m256 e = exp_accurate_ps(_mm256_mul_ps(s, _mm256_set1_ps(-0.5f)));
+  out.gauss = _mm256_fnmadd_ps(_mm256_mul_ps(e, _mm256_set1_ps(0.5f)), s_error, e);
+
+  __m256 p = _mm256_set1_ps(-8.402553248743061e-06f);
+  p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(0.00011479936802061275f));
+  p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(-0.001187149086035788f));
+  p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(0.009973534382879734f));
+  p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(-0.06649038195610046f));
+  p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(0.3989422917366028f));
+  const __m256 central = _mm256_fmadd_ps(x, p, _mm256_set1_ps(0.5f));
+
+  const __m256 w = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(a, _mm256_set1_ps(0.5f), _mm256_set1_ps(1.0f)));
+  __m256 t = _mm256_set1_ps(0.07605742663145065f);
+  t = _mm256_fmadd_ps(t, w, _mm256_set1_ps(-0.36740413308143616f));
+  t = _mm256_fmadd_ps(t, w, _mm256_set1_ps(0.6935059428215027f));
+  t = _mm256_fmadd_ps(t, w, _mm256_set1_ps(-0.5755046606063843f));
+  t = _mm256_fmadd_ps(t, w, _mm256_set1_ps(0.10892865061759949f));
+  t = _mm256_fmadd_ps(t, w, _mm256_set1_ps(0.010838420130312443f));
+  t = _mm256_fmadd_ps(t, w, _mm256_set1_ps(0.15499773621559143f));
+  t = _mm256_fmadd_ps(t, w, _mm256_set1_ps(0.19905780255794525f));
+  t = _mm256_fmadd_ps(t, w, _mm256_set1_ps(0.19948455691337585f));
+  out.mills = _mm256_mul_ps(w, t);
+  const __m256 q = _mm256_mul_ps(out.gauss, out.mills);
+  const __m256 negative = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+  const __m256 tail = _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), q), q, negative);
+  const __m256 is_central = _mm256_cmp_ps(a, _mm256_set1_ps(0.75f), _CMP_LT_OQ);
+  out.cdf = _mm256_blendv_ps(tail, central, is_central);
+  out.lower_tail = _mm256_andnot_ps(is_central, negative);
+  return out;
+}
+
+MFGF_AVX2 inline __m256 gelu_ps(__m256 x) {
+  const NormalCdf phi = normal_cdf_ps(x);
+  // max returns its second operand when one is NaN, so NaN passes; -inf becomes -FLT_MAX and -FLT_MAX * 0 = -0.
+  const __m256 finite_x = _mm256_max_ps(_mm256_set1_ps(-3.402823466e38f), x);
+  // In the lower tail (x gauss) mills rather than x Q: Q is subnormal below x = -13.04 while GELU stays normal to
+  // -13.2, and a subnormal Q would lose the bits.
+  return _mm256_blendv_ps(_mm256_mul_ps(finite_x, phi.cdf),
+                          _mm256_mul_ps(_mm256_mul_ps(finite_x, phi.gauss), phi.mills), phi.lower_tail);
+}
+
+MFGF_AVX2 inline __m256 gelu_slope_ps(__m256 x) {
+  const NormalCdf phi = normal_cdf_ps(x);
+  // x clamped to +-FLT_MAX (NaN passes): x phi(x) = 0 at +-inf instead of inf * 0.
+  const __m256 finite_x =
+      _mm256_min_ps(_mm256_set1_ps(3.402823466e38f), _mm256_max_ps(_mm256_set1_ps(-3.402823466e38f), x));
+  const __m256 inv_sqrt_2pi = _mm256_set1_ps(0.39894228040143267794f);
+  // Lower tail: gauss (mills + x / sqrt(2 pi)), never forming Q, which is subnormal (flushed to 0 by MindSpore's
+  // runtime) below x = -13.04 while the slope is still normal.
+  return _mm256_blendv_ps(_mm256_fmadd_ps(finite_x, _mm256_mul_ps(phi.gauss, inv_sqrt_2pi), phi.cdf),
+                          _mm256_mul_ps(phi.gauss, _mm256_fmadd_ps(finite_x, inv_sqrt_2pi, phi.mills)),
+                          phi.lower_tail);
+}
+
+MFGF_AVX2 void gelu(const float* x, float* y, int n) {
+  int c = 0;
+  for (; c + 8 <= n; c += 8) _mm256_storeu_ps(y + c, gelu_ps(_mm256_loadu_ps(x + c)));
+  if (c < n) {
+    const __m256i mask = lane_mask(n - c);
+    _mm256_maskstore_ps(y + c, mask, gelu_ps(_mm256_maskload_ps(x + c, mask)));
+  }
+}
+
+MFGF_AVX2 void gelu_backward(const float* dy, const float* x, float* dx, int n) {
+  int c = 0;
+  for (; c + 8 <= n; c += 8) {
+    _mm256_storeu_ps(dx + c, _mm256_mul_ps(_mm256_loadu_ps(dy + c), gelu_slope_ps(_mm256_loadu_ps(x + c))));
+  }
+  if (c < n) {
+    const __m256i mask = lane_mask(n - c);
+    const __m256 slope = gelu_slope_ps(_mm256_maskload_ps(x + c, mask));
+    _mm256_maskstore_ps(dx + c, mask, _mm256_mul_ps(_mm256_maskload_ps(dy + c, mask), slope));
+  }
+}
+
 }  // namespace
 
 const TileKernels* avx2_tile_kernels() {
   static const TileKernels table = {
       "avx2", gemm, row_max, exp_shift_sum, dropout_column_codes, dropout_factors, multiply, softmax_grad,
-      dot,    scale, layer_norm_row, layer_norm_row_backward,
+      dot,    scale, layer_norm_row, layer_norm_row_backward, gelu, gelu_backward,
   };
   return &table;
 }

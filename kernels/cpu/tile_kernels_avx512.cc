@@ -109,7 +109,7 @@ struct Avx512Lanes {
 namespace mfgf {
 
 const TileKernels* avx512_tile_kernels() {
-  static const TileKernels table = Lane16Kernels<Avx512Lanes>::table("avx512");
+  static const TileKernels table = with_avx2_gelu(Lane16Kernels<Avx512Lanes>::table("avx512"));
   return &table;
 }
 

@@ -152,7 +152,7 @@ struct YmmPairLanes {
 namespace mfgf {
 
 const TileKernels* avx512_emulated_tile_kernels() {
-  static const TileKernels table = Lane16Kernels<YmmPairLanes>::table("avx512emu");
+  static const TileKernels table = with_avx2_gelu(Lane16Kernels<YmmPairLanes>::table("avx512emu"));
   return &table;
 }
 

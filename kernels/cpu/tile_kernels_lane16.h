@@ -386,12 +386,23 @@ struct Lane16Kernels {
     }
   }
 
+  // GELU has no 16-lane version yet: the table's gelu entries are filled by with_avx2_gelu.
   static TileKernels table(const char* name) {
     return {name,         gemm,     row_max,      exp_shift_sum, dropout_column_codes,
             dropout_factors, multiply, softmax_grad, dot,          scale,
-            layer_norm_row, layer_norm_row_backward};
+            layer_norm_row, layer_norm_row_backward, nullptr, nullptr};
   }
 };
+
+// The AVX2 table's GELU in a 16-lane table (every CPU that runs AVX-512F or the emulation runs AVX2 + FMA). Left
+// null in a build without the AVX2 table (the intrinsics-model build of the tests): gelu.cc then runs the portable one.
+inline TileKernels with_avx2_gelu(TileKernels table) {
+  const TileKernels* avx2 = avx2_tile_kernels();
+  if (!avx2) return table;
+  table.gelu = avx2->gelu;
+  table.gelu_backward = avx2->gelu_backward;
+  return table;
+}
 
 }  // namespace
 }  // namespace mfgf

@@ -29,11 +29,12 @@ from mindformer_gf.ops.dropout_seed import random_seed
 from mindformer_gf.reference import init_weights
 
 
-def _activation(name: str, x: Tensor) -> Tensor:
+def _activation(name: str, x: Tensor, impl: str) -> Tensor:
     if name == "relu":
         return msops.relu(x)
     if name == "gelu":
-        return msops.gelu(x, approximate="none")
+        # the exact (erf) GELU; on CPU the fused backend's kernel (MindSpore's costs ~20x an add of the same shape)
+        return ops.gelu(x, impl)
     if name in ("gelu_new", "gelu_pytorch_tanh"):
         return msops.gelu(x, approximate="tanh")
     return msops.silu(x)
@@ -147,15 +148,16 @@ class BertAttention(nn.Cell):
 
 
 class BertIntermediate(nn.Cell):
-    def __init__(self, config: GeneformerConfig) -> None:
+    def __init__(self, config: GeneformerConfig, impl: str = "composed") -> None:
         super().__init__()
         self.dense = nn.Dense(config.hidden_size, config.intermediate_size)
         self.act = config.hidden_act
+        self.impl = impl
         self.dense_lora_seeded = False  # True once LoRA wraps dense (finetune/lora.py)
 
     def construct(self, hidden: Tensor, dropout_seed: Tensor | None = None) -> Tensor:
         projected = self.dense(hidden, dropout_seed) if self.dense_lora_seeded else self.dense(hidden)
-        return _activation(self.act, projected)
+        return _activation(self.act, projected, self.impl)
 
 
 class BertOutput(nn.Cell):
@@ -175,7 +177,7 @@ class BertLayer(nn.Cell):
     def __init__(self, config: GeneformerConfig, impl: str, layer: int) -> None:
         super().__init__()
         self.attention = BertAttention(config, impl, layer)
-        self.intermediate = BertIntermediate(config)
+        self.intermediate = BertIntermediate(config, impl)
         self.output = BertOutput(config, impl, layer)
 
     def construct(self, hidden: Tensor, attention_mask: Tensor, dropout_seed: Tensor) -> Tensor:
@@ -297,9 +299,10 @@ class BertPredictionHeadTransform(nn.Cell):
         self.dense = nn.Dense(config.hidden_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps, impl)
         self.act = config.hidden_act
+        self.impl = impl
 
     def construct(self, hidden: Tensor) -> Tensor:
-        return self.LayerNorm(_activation(self.act, self.dense(hidden)))
+        return self.LayerNorm(_activation(self.act, self.dense(hidden), self.impl))
 
 
 class BertLMPredictionHead(nn.Cell):

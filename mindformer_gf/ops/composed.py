@@ -38,3 +38,8 @@ def layer_norm(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> 
 
 def add_layer_norm(x: ms.Tensor, residual: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> ms.Tensor:
     return layer_norm(x + residual, weight, bias, eps)
+
+
+def gelu(x: ms.Tensor) -> ms.Tensor:
+    """Exact (erf) GELU: MindSpore's own operator."""
+    return ops.gelu(x, approximate="none")

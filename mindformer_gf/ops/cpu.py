@@ -219,6 +219,10 @@ def _dropout_bprop(x, seed, drop_probability, out, dout):
     return _kernels().dropout(dout, seed, drop_probability), ops.zeros_like(seed), ops.zeros_like(drop_probability)
 
 
+def _gelu_bprop(x, out, dout):
+    return (_kernels().gelu_backward(dout, x),)
+
+
 def _layer_norm_bprop(x, weight, bias, eps, out, dout):
     dx, d_weight, d_bias = _kernels().layer_norm_backward(dout[0], x, weight, out[1], out[2], dout[1], dout[2])
     return dx, d_weight, d_bias, ops.zeros_like(eps)
@@ -248,6 +252,8 @@ class _Kernels:
             "FlashAttentionBackwardBLHD", 3, _attention_backward_info("FlashAttentionBackwardBLHD")
         )
         self.dropout = _custom("HashDropout", 1, _dropout_info("HashDropout"), _dropout_bprop)
+        self.gelu_forward = _custom("GeluForward", 1, _layer_norm_info("GeluForward", ("x",), ("y",)), _gelu_bprop)
+        self.gelu_backward = _custom("GeluBackward", 1, _layer_norm_info("GeluBackward", ("dy", "x"), ("dx",)))
         self.add_layer_norm_forward = _custom(
             "AddLayerNormForward",
             3,
@@ -424,3 +430,10 @@ def layer_norm(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, eps: float) -> 
     dtype = x.dtype
     y, _, _ = _kernels().layer_norm_forward(_float32(x), _float32(weight), _float32(bias), ms.Tensor([eps], ms.float32))
     return _like(y, dtype)
+
+
+def gelu(x: ms.Tensor) -> ms.Tensor:
+    """Exact GELU x Phi(x) (Phi the standard normal CDF, through erf, not the tanh approximation), computed in
+    float32 (other dtypes are cast in and out); its gradient is the GeluBackward kernel."""
+    dtype = x.dtype
+    return _like(_kernels().gelu_forward(_float32(x)), dtype)

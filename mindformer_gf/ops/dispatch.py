@@ -1,4 +1,4 @@
-"""Backend choice for `attention` and `add_layer_norm`: one signature, one semantics, several implementations."""
+"""Backend choice for `attention`, `add_layer_norm` and `gelu`: one signature, one semantics, several backends."""
 
 from __future__ import annotations
 
@@ -144,6 +144,16 @@ def add_layer_norm(
     if impl == "builtin":
         return ascend.add_layer_norm_ascend_builtin(x, residual, weight, bias, eps)
     return composed.add_layer_norm(x, residual, weight, bias, eps)
+
+
+def gelu(x: ms.Tensor, impl: str = "composed") -> ms.Tensor:
+    """Exact GELU x Phi(x) = x (1 + erf(x / sqrt 2)) / 2 (mindformer_gf.reference's "gelu"), elementwise.
+
+    fused on CPU: this project's kernel (kernels/cpu/gelu.cc, forward and backward); everywhere else (Ascend
+    included, whose own operator is already fused): MindSpore's ops.gelu(approximate="none")."""
+    if impl == "fused" and not ascend.graph_on_ascend():
+        return cpu.gelu(x)
+    return composed.gelu(x)
 
 
 def dropout(

@@ -16,24 +16,25 @@ transformers = pytest.importorskip("transformers")
 from transformers.activations import ACT2FN  # noqa: E402
 
 
-def model_activation(name: str, x: np.ndarray) -> np.ndarray:
+def model_activation(name: str, x: np.ndarray, impl: str) -> np.ndarray:
     """The activation as the model's feed-forward cell applies it (dense layer set to the identity, graph mode)."""
     from mindformer_gf.model.bert import BertIntermediate
 
     width = 8
     config = GeneformerConfig(hidden_size=width, intermediate_size=width, num_attention_heads=1, hidden_act=name)
-    cell = BertIntermediate(config)
+    cell = BertIntermediate(config, impl)
     cell.dense.weight.set_data(Tensor(np.eye(width, dtype=np.float32)))
     cell.dense.bias.set_data(Tensor(np.zeros(width, np.float32)))
     return cell(Tensor(x.astype(np.float32).reshape(-1, width))).asnumpy().reshape(x.shape)
 
 
+@pytest.mark.parametrize("impl", ["composed", "fused"])  # fused: the CPU GELU kernel for "gelu"
 @pytest.mark.parametrize("name", ["gelu_new", "silu", "gelu", "relu"])
-def test_activations_equal_transformers_act2fn(name):
+def test_activations_equal_transformers_act2fn(name, impl):
     x = np.concatenate([np.linspace(-8, 8, 4000), np.random.default_rng(0).normal(0, 3, 1000)])
     theirs = ACT2FN[name](torch.from_numpy(x)).numpy()  # float64 in torch
     np.testing.assert_allclose(reference_activation(name, x), theirs, rtol=1e-12, atol=1e-15)
-    ours = model_activation(name, x)
+    ours = model_activation(name, x, impl)
     # float32 against float64: a few ulps. gelu (erf) and gelu_new (tanh) differ by up to 5e-4 near |x| = 2,
     # and silu and gelu by far more, so a swapped activation fails this.
     np.testing.assert_allclose(ours, theirs, rtol=2e-6, atol=2e-6)
