@@ -1,7 +1,7 @@
 """Which CPU a process runs on: its model name and the vector extensions it offers (AVX2, AVX-512, AMX, ...).
 
-Benchmarks record it beside their figures (torch uses AVX-512 and AMX where they exist, our CPU kernels AVX2 at
-most, so ratios move with the host), and the last bits of float32 results may differ between hosts.
+Benchmarks record it beside their figures (torch uses AVX-512 and AMX where they exist, our CPU kernels AVX-512F or
+AVX2, never AMX, so ratios move with the host), and the last bits of float32 results may differ between hosts.
 """
 
 from __future__ import annotations
