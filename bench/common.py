@@ -26,7 +26,14 @@ HOST = describe_cpu()
 
 def emit(record: dict) -> None:
     """One JSON line with the thread count and the CPU added; the last line a script prints is its summary."""
-    print(json.dumps({**record, "threads": THREADS, **HOST}), flush=True)
+    print(json.dumps({**record, "threads": THREADS, **HOST}, default=_plain), flush=True)
+
+
+def _plain(value: object) -> object:
+    """numpy scalars (a comparison's numpy.bool_, a median's float64) as the Python values JSON knows."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def best_seconds(fn: Callable[[], object], repeats: int) -> float:

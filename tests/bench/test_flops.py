@@ -73,3 +73,17 @@ def test_gemm_rate_measures() -> None:
     rate = gemm_rate(size=64, repeats=3)
     low, high = rate["gemm_gflops_range"]
     assert rate["gemm_size"] == 64 and 0 < low <= rate["gemm_gflops"] <= high
+
+
+def test_emit_writes_numpy_scalars_as_json_values(capsys):
+    """A summary's goals compare numpy medians (numpy.bool_): the line must still be JSON (bench/pretrain.py crashed
+    at its summary before)."""
+    import json
+
+    import common  # noqa: E402
+    import numpy as np
+
+    common.emit({"goal": np.median([1.0, 4.0]) >= 2.0, "median": np.float64(2.5), "count": np.int64(3)})
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (line["goal"], line["median"], line["count"]) == (True, 2.5, 3)
+    assert type(line["goal"]) is bool
