@@ -99,3 +99,21 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), times
+
+
+def timings_ms(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Wall times in ms of `repeats` calls after one untimed call."""
+    fn()  # warm-up (compiles the graph)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def summary(name: str, times: list[float]) -> float:
+    """Emit one case's median and range of `timings_ms` and return the median."""
+    median = statistics.median(times)
+    emit({"case": name, "median_ms": round(median, 2), "min_ms": round(min(times), 2), "max_ms": round(max(times), 2)})
+    return median

@@ -12,29 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
-from common import emit, gemm_rate
+from common import emit, gemm_rate, summary, timings_ms
 from flops import attention_forward_flops
-
-
-def timings_ms(fn: Callable[[], object], repeats: int) -> list[float]:
-    fn()  # warm-up (compiles the graph)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
-
-
-def summary(name: str, times: list[float]) -> float:
-    median = statistics.median(times)
-    emit({"case": name, "median_ms": round(median, 2), "min_ms": round(min(times), 2), "max_ms": round(max(times), 2)})
-    return median
 
 
 def main() -> None:
