@@ -42,7 +42,9 @@ MFGF_AVX2 inline float horizontal_max(__m256 v) {
 // omitted term, r^7 / 7!, is at most 1.2e-7 relative, about two float ulps, far inside the kernels' 1e-5 tolerance;
 // the r^7 term cost ~3% of the attention forward). Inputs below -87.33 (where exp leaves the normal
 // range) give exactly 0, which is how masked scores (-inf) become zero probabilities.
-MFGF_AVX2 inline __m256 exp_ps(__m256 x) {
+// kWithSeventhTerm adds r^7 / 7! (the GELU's exp, below); the attention's exp stops at r^6.
+template <bool kWithSeventhTerm>
+MFGF_AVX2 inline __m256 exp_taylor_ps(__m256 x) {
   const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33f), _CMP_LT_OQ);
   x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.33f));
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
@@ -50,7 +52,8 @@ MFGF_AVX2 inline __m256 exp_ps(__m256 x) {
   // ln 2 split in a part exact in float (n * ln2_hi has no rounding error for |n| < 2^9) and the remainder.
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
   r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 poly = _mm256_set1_ps(1.0f / 720.0f);
+  __m256 poly = kWithSeventhTerm ? _mm256_fmadd_ps(_mm256_set1_ps(1.0f / 5040.0f), r, _mm256_set1_ps(1.0f / 720.0f))
+                                 : _mm256_set1_ps(1.0f / 720.0f);
   poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 120.0f));
   poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 24.0f));
   poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 6.0f));
@@ -61,6 +64,8 @@ MFGF_AVX2 inline __m256 exp_ps(__m256 x) {
       _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_andnot_ps(underflow, _mm256_mul_ps(poly, _mm256_castsi256_ps(two_to_n)));
 }
+
+MFGF_AVX2 inline __m256 exp_ps(__m256 x) { return exp_taylor_ps<false>(x); }
 
 // C[rows x 16 at (i0, j0)] from one column panel of B. `cols` < 16 only in the last panel: loads and stores are
 // masked there, so B and C are never touched past their edge.
@@ -367,25 +372,7 @@ MFGF_AVX2 void layer_norm_row_backward(const float* dy, const float* x, const fl
 // a is clamped to 14, where exp(-a^2/2) underflows to exactly 0, so +-inf and NaN go through finite arithmetic; Phi
 // is then exactly 0 or 1 and y = x Phi gives +inf, NaN, and -0 for -inf (x clamped to -FLT_MAX first). Where GELU(x)
 // is subnormal (x < -13.2) the result is -0 (absolute error < 2^-126; MindSpore's runtime flushes subnormals anyway).
-MFGF_AVX2 inline __m256 exp_accurate_ps(__m256 x) {
-  const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33f), _CMP_LT_OQ);
-  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.33f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 poly = _mm256_set1_ps(1.0f / 5040.0f);
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 720.0f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 120.0f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 24.0f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 6.0f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(0.5f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
-  const __m256i two_to_n =
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(underflow, _mm256_mul_ps(poly, _mm256_castsi256_ps(two_to_n)));
-}
+MFGF_AVX2 inline __m256 exp_accurate_ps(__m256 x) { return exp_taylor_ps<true>(x); }
 
 // Phi(x) of 8 lanes, with the parts the callers reuse: gauss = exp(-x^2 / 2), and for the lanes with x <= -0.75
 // (lower_tail) Q = gauss * mills, mills = w S(w).
