@@ -51,6 +51,18 @@ class Embedding(nn.Cell):
         return msops.gather(self.weight, ids, 0)
 
 
+class Linear(nn.Dense):
+    """nn.Dense (its parameters, names and initialisation) computed by the chosen backend: on CPU the fused one's
+    GEMM kernel (kernels/cpu/dense.cc)."""
+
+    def __init__(self, in_features: int, out_features: int, impl: str) -> None:
+        super().__init__(in_features, out_features)
+        self.impl = impl
+
+    def construct(self, x: Tensor) -> Tensor:
+        return ops.dense(x, self.weight, self.bias, self.impl)
+
+
 class LayerNorm(nn.Cell):
     """LayerNorm with `weight`/`bias` names and the config's epsilon (BERT: 1e-12; MindSpore's default is 1e-7)."""
 
@@ -94,9 +106,9 @@ class BertSelfAttention(nn.Cell):
         hidden = config.hidden_size
         self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
-        self.query = nn.Dense(hidden, hidden)
-        self.key = nn.Dense(hidden, hidden)
-        self.value = nn.Dense(hidden, hidden)
+        self.query = Linear(hidden, hidden, impl)
+        self.key = Linear(hidden, hidden, impl)
+        self.value = Linear(hidden, hidden, impl)
         self.dropout_prob = config.attention_probs_dropout_prob
         self.dropout_salt = site_salt(layer, "attention")
         self.impl = impl
@@ -126,7 +138,7 @@ class BertSelfAttention(nn.Cell):
 class BertSelfOutput(nn.Cell):
     def __init__(self, config: GeneformerConfig, impl: str, layer: int) -> None:
         super().__init__()
-        self.dense = nn.Dense(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size, impl)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps, impl)
         self.dropout = SeededDropout(config.hidden_dropout_prob, impl, layer, "attention_output")
         self.dense_lora_seeded = False  # True once LoRA wraps dense (finetune/lora.py)
@@ -150,7 +162,7 @@ class BertAttention(nn.Cell):
 class BertIntermediate(nn.Cell):
     def __init__(self, config: GeneformerConfig, impl: str = "composed") -> None:
         super().__init__()
-        self.dense = nn.Dense(config.hidden_size, config.intermediate_size)
+        self.dense = Linear(config.hidden_size, config.intermediate_size, impl)
         self.act = config.hidden_act
         self.impl = impl
         self.dense_lora_seeded = False  # True once LoRA wraps dense (finetune/lora.py)
@@ -163,7 +175,7 @@ class BertIntermediate(nn.Cell):
 class BertOutput(nn.Cell):
     def __init__(self, config: GeneformerConfig, impl: str, layer: int) -> None:
         super().__init__()
-        self.dense = nn.Dense(config.intermediate_size, config.hidden_size)
+        self.dense = Linear(config.intermediate_size, config.hidden_size, impl)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps, impl)
         self.dropout = SeededDropout(config.hidden_dropout_prob, impl, layer, "ffn_output")
         self.dense_lora_seeded = False  # True once LoRA wraps dense (finetune/lora.py)
@@ -296,7 +308,7 @@ class BertModel(GeneformerPreTrainedModel):
 class BertPredictionHeadTransform(nn.Cell):
     def __init__(self, config: GeneformerConfig, impl: str) -> None:
         super().__init__()
-        self.dense = nn.Dense(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size, impl)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps, impl)
         self.act = config.hidden_act
         self.impl = impl
@@ -312,9 +324,10 @@ class BertLMPredictionHead(nn.Cell):
         super().__init__()
         self.transform = BertPredictionHeadTransform(config, impl)
         self.bias = Parameter(Tensor(np.zeros(config.vocab_size, np.float32)))
+        self.impl = impl
 
     def construct(self, hidden: Tensor, word_embeddings: Tensor) -> Tensor:
-        return msops.matmul(self.transform(hidden), word_embeddings.T) + self.bias
+        return ops.dense(self.transform(hidden), word_embeddings, self.bias, self.impl)
 
 
 class BertOnlyMLMHead(nn.Cell):

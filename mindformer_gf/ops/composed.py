@@ -43,3 +43,10 @@ def add_layer_norm(x: ms.Tensor, residual: ms.Tensor, weight: ms.Tensor, bias: m
 def gelu(x: ms.Tensor) -> ms.Tensor:
     """Exact (erf) GELU: MindSpore's own operator."""
     return ops.gelu(x, approximate="none")
+
+
+def dense(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
+    """x weight^T + bias as nn.Dense computes it: MatMul(transpose_b) over the rows, then BiasAdd."""
+    rows = ops.reshape(x, (-1, x.shape[-1]))
+    y = ops.bias_add(ops.matmul(rows, weight.T), bias)
+    return ops.reshape(y, x.shape[:-1] + (weight.shape[0],))

@@ -223,6 +223,10 @@ def _gelu_bprop(x, out, dout):
     return (_kernels().gelu_backward(dout, x),)
 
 
+def _dense_bprop(x, weight, bias, out, dout):
+    return _kernels().dense_backward(dout, x, weight)
+
+
 def _layer_norm_bprop(x, weight, bias, eps, out, dout):
     dx, d_weight, d_bias = _kernels().layer_norm_backward(dout[0], x, weight, out[1], out[2], dout[1], dout[2])
     return dx, d_weight, d_bias, ops.zeros_like(eps)
@@ -252,6 +256,14 @@ class _Kernels:
             "FlashAttentionBackwardBLHD", 3, _attention_backward_info("FlashAttentionBackwardBLHD")
         )
         self.dropout = _custom("HashDropout", 1, _dropout_info("HashDropout"), _dropout_bprop)
+        self.dense_forward = _custom(
+            "DenseForward", 1, _layer_norm_info("DenseForward", ("x", "weight", "bias"), ("y",)), _dense_bprop
+        )
+        self.dense_backward = _custom(
+            "DenseBackward",
+            3,
+            _layer_norm_info("DenseBackward", ("dy", "x", "weight"), ("dx", "d_weight", "d_bias")),
+        )
         self.gelu_forward = _custom("GeluForward", 1, _layer_norm_info("GeluForward", ("x",), ("y",)), _gelu_bprop)
         self.gelu_backward = _custom("GeluBackward", 1, _layer_norm_info("GeluBackward", ("dy", "x"), ("dx",)))
         self.add_layer_norm_forward = _custom(
@@ -437,3 +449,10 @@ def gelu(x: ms.Tensor) -> ms.Tensor:
     float32 (other dtypes are cast in and out); its gradient is the GeluBackward kernel."""
     dtype = x.dtype
     return _like(_kernels().gelu_forward(_float32(x)), dtype)
+
+
+def dense(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
+    """x weight^T + bias over x [..., K], weight [N, K], bias [N], in float32 on the tile kernels' GEMM
+    (kernels/cpu/dense.cc, forward and backward); other dtypes are cast in and out."""
+    dtype = x.dtype
+    return _like(_kernels().dense_forward(_float32(x), _float32(weight), _float32(bias)), dtype)

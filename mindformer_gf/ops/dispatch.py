@@ -146,6 +146,16 @@ def add_layer_norm(
     return composed.add_layer_norm(x, residual, weight, bias, eps)
 
 
+def dense(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, impl: str = "composed") -> ms.Tensor:
+    """A linear layer, x weight^T + bias over x [..., K], weight [N, K], bias [N] (nn.Dense's layout).
+
+    fused on CPU: the tile kernels' GEMM (kernels/cpu/dense.cc, forward and backward); everywhere else MindSpore's
+    MatMul + BiasAdd, as nn.Dense runs it."""
+    if impl == "fused" and not ascend.graph_on_ascend():
+        return cpu.dense(x, weight, bias)
+    return composed.dense(x, weight, bias)
+
+
 def gelu(x: ms.Tensor, impl: str = "composed") -> ms.Tensor:
     """Exact GELU x Phi(x) = x (1 + erf(x / sqrt 2)) / 2 (mindformer_gf.reference's "gelu"), elementwise.
 
