@@ -10,6 +10,15 @@ backends; only this package knows which one runs:
 resolved at compile time.
 """
 
-from mindformer_gf.ops.dispatch import add_layer_norm, attention, dense, dropout, gelu, layer_norm, resolve_impl
+from mindformer_gf.ops.dispatch import (
+    add_layer_norm,
+    attention,
+    dense,
+    dropout,
+    gelu,
+    layer_norm,
+    log_sum_exp,
+    resolve_impl,
+)
 
-__all__ = ["attention", "add_layer_norm", "dense", "dropout", "gelu", "layer_norm", "resolve_impl"]
+__all__ = ["attention", "add_layer_norm", "dense", "dropout", "gelu", "layer_norm", "log_sum_exp", "resolve_impl"]

@@ -50,3 +50,7 @@ def dense(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
     rows = ops.reshape(x, (-1, x.shape[-1]))
     y = ops.bias_add(ops.matmul(rows, weight.T), bias)
     return ops.reshape(y, x.shape[:-1] + (weight.shape[0],))
+
+
+def log_sum_exp(x: ms.Tensor) -> ms.Tensor:
+    return ops.logsumexp(x, -1)

@@ -227,6 +227,10 @@ def _dense_bprop(x, weight, bias, out, dout):
     return _kernels().dense_backward(dout, x, weight)
 
 
+def _log_sum_exp_bprop(x, out, dout):
+    return (_kernels().log_sum_exp_backward(dout, x, out),)
+
+
 def _layer_norm_bprop(x, weight, bias, eps, out, dout):
     dx, d_weight, d_bias = _kernels().layer_norm_backward(dout[0], x, weight, out[1], out[2], dout[1], dout[2])
     return dx, d_weight, d_bias, ops.zeros_like(eps)
@@ -263,6 +267,12 @@ class _Kernels:
             "DenseBackward",
             3,
             _layer_norm_info("DenseBackward", ("dy", "x", "weight"), ("dx", "d_weight", "d_bias")),
+        )
+        self.log_sum_exp_forward = _custom(
+            "LogSumExpForward", 1, _layer_norm_info("LogSumExpForward", ("x",), ("lse",)), _log_sum_exp_bprop
+        )
+        self.log_sum_exp_backward = _custom(
+            "LogSumExpBackward", 1, _layer_norm_info("LogSumExpBackward", ("d_lse", "x", "lse"), ("dx",))
         )
         self.gelu_forward = _custom("GeluForward", 1, _layer_norm_info("GeluForward", ("x",), ("y",)), _gelu_bprop)
         self.gelu_backward = _custom("GeluBackward", 1, _layer_norm_info("GeluBackward", ("dy", "x"), ("dx",)))
@@ -456,3 +466,10 @@ def dense(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
     (kernels/cpu/dense.cc, forward and backward); other dtypes are cast in and out."""
     dtype = x.dtype
     return _like(_kernels().dense_forward(_float32(x), _float32(weight), _float32(bias)), dtype)
+
+
+def log_sum_exp(x: ms.Tensor) -> ms.Tensor:
+    """log sum exp over the last axis of x [..., C] -> [...], computed in float32 (other dtypes are cast in and
+    out); its gradient is the softmax times the incoming gradient (kernels/cpu/log_sum_exp.cc)."""
+    dtype = x.dtype
+    return _like(_kernels().log_sum_exp_forward(_float32(x)), dtype)

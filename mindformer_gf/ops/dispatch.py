@@ -156,6 +156,15 @@ def dense(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, impl: str = "compose
     return composed.dense(x, weight, bias)
 
 
+def log_sum_exp(x: ms.Tensor, impl: str = "composed") -> ms.Tensor:
+    """log sum_c exp(x[..., c]) over the last axis, shifted by the row maximum (finite for any finite row): the
+    cross-entropy's normaliser. fused on CPU: this project's kernel (kernels/cpu/log_sum_exp.cc, one pass each way
+    over the logits); everywhere else MindSpore's ops.logsumexp."""
+    if impl == "fused" and not ascend.graph_on_ascend():
+        return cpu.log_sum_exp(x)
+    return composed.log_sum_exp(x)
+
+
 def gelu(x: ms.Tensor, impl: str = "composed") -> ms.Tensor:
     """Exact GELU x Phi(x) = x (1 + erf(x / sqrt 2)) / 2 (mindformer_gf.reference's "gelu"), elementwise.
 

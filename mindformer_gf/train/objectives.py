@@ -5,27 +5,29 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import Tensor, ops
 
+from mindformer_gf import ops as gf_ops
 from mindformer_gf.train.step import Objective
 
 IGNORE_INDEX = -100
 
 
-def summed_cross_entropy(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def summed_cross_entropy(logits: Tensor, labels: Tensor, impl: str = "composed") -> tuple[Tensor, Tensor, Tensor]:
     """(sum of cross-entropy, number of labelled items, number predicted right) over labels != -100.
 
-    Log-softmax runs in fp32 whatever the logits' precision (mixed-precision training keeps softmax statistics in
-    fp32).
+    The cross-entropy is log sum exp(logits) - logits[label] (= -log_softmax(logits)[label]), in fp32 whatever the
+    logits' precision (mixed-precision training keeps softmax statistics in fp32); `impl` picks the log-sum-exp's
+    backend (`mindformer_gf.ops.log_sum_exp`; the model's own `impl`).
     """
     flat_logits = logits.reshape(-1, logits.shape[-1]).astype(ms.float32)
     flat_labels = labels.reshape(-1).astype(ms.int32)
     keep = flat_labels != IGNORE_INDEX
     weight = keep.astype(ms.float32)
     safe_labels = ops.where(keep, flat_labels, ops.zeros_like(flat_labels))
-    log_probs = ops.log_softmax(flat_logits, -1)
-    picked = ops.gather_elements(log_probs, 1, safe_labels[:, None])[:, 0]
+    label_logits = ops.gather_elements(flat_logits, 1, safe_labels[:, None])[:, 0]
+    losses = gf_ops.log_sum_exp(flat_logits, impl) - label_logits
     predicted = ops.argmax(flat_logits, -1).astype(ms.int32)
     correct = ((predicted == safe_labels).astype(ms.float32) * weight).sum()
-    return -(picked * weight).sum(), weight.sum(), correct
+    return (losses * weight).sum(), weight.sum(), correct
 
 
 class MaskedLMObjective(Objective):
@@ -37,12 +39,13 @@ class MaskedLMObjective(Objective):
     def __init__(self, model) -> None:
         super().__init__(auto_prefix=False)
         self.model = model
+        self.impl = getattr(model, "impl", "composed")  # the model's kernel backend, for the loss's log-sum-exp
 
     def construct(
         self, dropout_seed: Tensor, input_ids: Tensor, attention_mask: Tensor, masked_positions: Tensor, labels: Tensor
     ) -> tuple:
         logits = self.model(input_ids, attention_mask, False, masked_positions, dropout_seed)[0]
-        return summed_cross_entropy(logits, labels)
+        return summed_cross_entropy(logits, labels, self.impl)
 
 
 class ClassificationObjective(Objective):
@@ -54,7 +57,8 @@ class ClassificationObjective(Objective):
     def __init__(self, model) -> None:
         super().__init__(auto_prefix=False)
         self.model = model
+        self.impl = getattr(model, "impl", "composed")  # the model's kernel backend, for the loss's log-sum-exp
 
     def construct(self, dropout_seed: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple:
         logits = self.model(input_ids, attention_mask, False, dropout_seed)[0]
-        return summed_cross_entropy(logits, labels)
+        return summed_cross_entropy(logits, labels, self.impl)
