@@ -62,6 +62,16 @@ struct AotArgs {
   }
 };
 
+// 0 when every tensor of the call is float32, else the failure naming the first other dtype.
+inline int check_all_float32(const char* kernel, const AotArgs& args) {
+  for (int index = 0; index < args.count; ++index) {
+    if (!args.has_dtype(index, "float32")) {
+      return fail(kernel, std::string("every tensor must be float32; cast before calling, got ") + args.dtypes[index]);
+    }
+  }
+  return 0;
+}
+
 inline std::string shape_string(const Shape& shape) {
   std::string text = "[";
   for (size_t axis = 0; axis < shape.size(); ++axis) {

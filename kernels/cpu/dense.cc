@@ -27,15 +27,6 @@ constexpr int kRowsPerTask = 48;
 // The reduction is cut into blocks of this depth so B's panels fit in L1 whatever K is.
 constexpr int kDepthBlock = 256;
 
-int check_float32(const char* kernel, const AotArgs& args) {
-  for (int index = 0; index < args.count; ++index) {
-    if (!args.has_dtype(index, "float32")) {
-      return fail(kernel, std::string("every tensor must be float32; cast before calling, got ") + args.dtypes[index]);
-    }
-  }
-  return 0;
-}
-
 // x [..., K] and W [N, K]: rows M of x, or a message naming the mismatch.
 int check_shapes(const char* kernel, const Shape& x, const Shape& w, int64_t* rows) {
   if (x.empty() || w.size() != 2 || x.back() != w[1]) {
@@ -95,7 +86,7 @@ int DenseForward(int nparam, void** params, int* ndims, int64_t** shapes, const 
   constexpr const char* kName = "DenseForward";
   if (nparam != 4) return mfgf::fail(kName, "expected 3 inputs and 1 output, got " + std::to_string(nparam));
   const AotArgs args{nparam, params, ndims, shapes, dtypes};
-  if (int status = mfgf::check_float32(kName, args)) return status;
+  if (int status = mfgf::check_all_float32(kName, args)) return status;
   int64_t rows = 0;
   if (int status = mfgf::check_shapes(kName, args.shape(0), args.shape(1), &rows)) return status;
   const int m = static_cast<int>(rows), n = static_cast<int>(args.dim(1, 0)), k = static_cast<int>(args.dim(1, 1));
@@ -136,7 +127,7 @@ int DenseBackward(int nparam, void** params, int* ndims, int64_t** shapes, const
   constexpr const char* kName = "DenseBackward";
   if (nparam != 6) return mfgf::fail(kName, "expected 3 inputs and 3 outputs, got " + std::to_string(nparam));
   const AotArgs args{nparam, params, ndims, shapes, dtypes};
-  if (int status = mfgf::check_float32(kName, args)) return status;
+  if (int status = mfgf::check_all_float32(kName, args)) return status;
   int64_t rows = 0;
   if (int status = mfgf::check_shapes(kName, args.shape(1), args.shape(2), &rows)) return status;
   const int m = static_cast<int>(rows), n = static_cast<int>(args.dim(2, 0)), k = static_cast<int>(args.dim(2, 1));

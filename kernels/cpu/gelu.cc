@@ -21,15 +21,6 @@ const TileKernels& gelu_kernels() {
   return chosen.gelu ? chosen : portable_tile_kernels();
 }
 
-int check_float32(const char* kernel, const AotArgs& args) {
-  for (int index = 0; index < args.count; ++index) {
-    if (!args.has_dtype(index, "float32")) {
-      return fail(kernel, std::string("every tensor must be float32; cast before calling, got ") + args.dtypes[index]);
-    }
-  }
-  return 0;
-}
-
 }  // namespace
 }  // namespace mfgf
 
@@ -43,7 +34,7 @@ int GeluForward(int nparam, void** params, int* ndims, int64_t** shapes, const c
   constexpr const char* kName = "GeluForward";
   if (nparam != 2) return mfgf::fail(kName, "expected 1 input and 1 output, got " + std::to_string(nparam));
   const AotArgs args{nparam, params, ndims, shapes, dtypes};
-  if (int status = mfgf::check_float32(kName, args)) return status;
+  if (int status = mfgf::check_all_float32(kName, args)) return status;
   const int64_t elements = args.elements(0);
   const float* x = args.ptr<const float>(0);
   float* y = args.ptr<float>(1);
@@ -68,7 +59,7 @@ int GeluBackward(int nparam, void** params, int* ndims, int64_t** shapes, const 
   constexpr const char* kName = "GeluBackward";
   if (nparam != 3) return mfgf::fail(kName, "expected 2 inputs and 1 output, got " + std::to_string(nparam));
   const AotArgs args{nparam, params, ndims, shapes, dtypes};
-  if (int status = mfgf::check_float32(kName, args)) return status;
+  if (int status = mfgf::check_all_float32(kName, args)) return status;
   if (args.shape(0) != args.shape(1)) {
     return mfgf::fail(kName, "dy and x must have the same shape, got " + mfgf::shape_string(args.shape(0)) + " and " +
                                  mfgf::shape_string(args.shape(1)));

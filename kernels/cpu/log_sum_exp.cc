@@ -28,15 +28,6 @@ int check_rows(const char* kernel, const AotArgs& args, int x_index, int64_t* ro
   return 0;
 }
 
-int check_float32(const char* kernel, const AotArgs& args) {
-  for (int index = 0; index < args.count; ++index) {
-    if (!args.has_dtype(index, "float32")) {
-      return fail(kernel, std::string("every tensor must be float32; cast before calling, got ") + args.dtypes[index]);
-    }
-  }
-  return 0;
-}
-
 }  // namespace
 }  // namespace mfgf
 
@@ -50,7 +41,7 @@ int LogSumExpForward(int nparam, void** params, int* ndims, int64_t** shapes, co
   constexpr const char* kName = "LogSumExpForward";
   if (nparam != 2) return mfgf::fail(kName, "expected 1 input and 1 output, got " + std::to_string(nparam));
   const AotArgs args{nparam, params, ndims, shapes, dtypes};
-  if (int status = mfgf::check_float32(kName, args)) return status;
+  if (int status = mfgf::check_all_float32(kName, args)) return status;
   int64_t rows = 0, columns = 0;
   if (int status = mfgf::check_rows(kName, args, 0, &rows, &columns)) return status;
   const float* x = args.ptr<const float>(0);
@@ -93,7 +84,7 @@ int LogSumExpBackward(int nparam, void** params, int* ndims, int64_t** shapes, c
   constexpr const char* kName = "LogSumExpBackward";
   if (nparam != 4) return mfgf::fail(kName, "expected 3 inputs and 1 output, got " + std::to_string(nparam));
   const AotArgs args{nparam, params, ndims, shapes, dtypes};
-  if (int status = mfgf::check_float32(kName, args)) return status;
+  if (int status = mfgf::check_all_float32(kName, args)) return status;
   int64_t rows = 0, columns = 0;
   if (int status = mfgf::check_rows(kName, args, 1, &rows, &columns)) return status;
   if (args.elements(0) != rows || args.elements(2) != rows) {
