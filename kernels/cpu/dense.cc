@@ -7,8 +7,8 @@
 // that rate; this file feeds it the three products of a linear layer, blocked for the caches, on the thread pool:
 //   forward   Y  = X W^T + b     A = X rows,          B = W^T packed in column panels, Y prefilled with b
 //   backward  dX = dY W          A = dY rows,         B = W packed in column panels
-//             dW = dY^T X        A = dY^T (strided),  B = X rows as they are; reduction over all rows of X
-//             db = column sums of dY, accumulated in double.
+//             dW = dY^T X        per 256-row block: A = dY's columns copied in 48-wide strips, B = X in panels
+//             db = column sums of dY, accumulated in double while dY is copied.
 #include <algorithm>
 #include <climits>
 #include <string>
