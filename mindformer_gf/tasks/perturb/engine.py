@@ -43,16 +43,23 @@ class StoppedEncoder(nn.Cell):
         return hidden
 
 
+def last_axis_sum(x: Tensor) -> Tensor:
+    """x.sum(-1) as a product with a column of ones: MindSpore's CPU ReduceSum took ~19 ms on a [16, 1,024, 256]
+    batch (4% of a perturbation forward for the four reductions below); its MatMul streams the same data in ~2."""
+    ones = msops.ones((x.shape[-1], 1), x.dtype)
+    return msops.matmul(x.reshape(-1, x.shape[-1]), ones).reshape(x.shape[:-1])
+
+
 def masked_mean(hidden: Tensor, weights: Tensor) -> Tensor:
-    """sum_j w_j h_j / max(sum_j w_j, 1) over positions."""
-    w = weights[:, :, None]
-    return (hidden * w).sum(1) / msops.maximum(w.sum(1), 1.0)
+    """sum_j w_j h_j / max(sum_j w_j, 1) over positions (the weighted sum as a product [B, 1, L] x [B, L, H])."""
+    total = msops.bmm(weights[:, None, :].astype(hidden.dtype), hidden)[:, 0]
+    return total / msops.maximum(weights.sum(1), 1.0)[:, None]
 
 
 def cosine(a: Tensor, b: Tensor) -> Tensor:
     """Cosine similarity over the last axis (denominator clamped at 1e-8, as torch's CosineSimilarity)."""
-    dot = (a * b).sum(-1)
-    norms = msops.sqrt((a * a).sum(-1)) * msops.sqrt((b * b).sum(-1))
+    dot = last_axis_sum(a * b)
+    norms = msops.sqrt(last_axis_sum(a * a)) * msops.sqrt(last_axis_sum(b * b))
     return dot / msops.maximum(norms, 1e-8)
 
 
