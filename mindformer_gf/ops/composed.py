@@ -45,10 +45,14 @@ def gelu(x: ms.Tensor) -> ms.Tensor:
     return ops.gelu(x, approximate="none")
 
 
+# nn.Dense's own primitive: the weight is read transposed in place (weight.T would be a transpose op in the graph)
+_MATMUL_TRANSPOSED_WEIGHT = ops.MatMul(transpose_b=True)
+
+
 def dense(x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
     """x weight^T + bias as nn.Dense computes it: MatMul(transpose_b) over the rows, then BiasAdd."""
     rows = ops.reshape(x, (-1, x.shape[-1]))
-    y = ops.bias_add(ops.matmul(rows, weight.T), bias)
+    y = ops.bias_add(_MATMUL_TRANSPOSED_WEIGHT(rows, weight), bias)
     return ops.reshape(y, x.shape[:-1] + (weight.shape[0],))
 
 
