@@ -21,6 +21,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn
 from mindspore import ops as msops
+from mindspore.ops import functional as F
 
 from mindformer_gf import ops
 from mindformer_gf.config import GeneformerConfig
@@ -262,6 +263,11 @@ class GeneformerPreTrainedModel(nn.Cell):
             param.set_data(Tensor(value.astype(np.float32, copy=False)))
 
     def check_length(self, input_ids: Tensor) -> None:
+        # Only a length known when the graph compiles is checked here: with dynamic shapes this check would be a
+        # runtime branch (PyExecute), which sends every later custom operator to MindSpore's runtime compiler, and it
+        # cannot handle them ("The prim is not a PrimitivePy"). Training plans never exceed the model's length.
+        if F.is_sequence_value_unknown(input_ids.shape):
+            return
         if input_ids.shape[1] > self.max_positions:
             raise ValueError(
                 f"cells of {input_ids.shape[1]} tokens exceed max_position_embeddings={self.max_positions}; "
