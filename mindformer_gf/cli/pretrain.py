@@ -32,7 +32,15 @@ FLAGS = {
     "precision": (str, "auto (fp32 on CPU, bf16 on Ascend), fp32, bf16 or fp16 (dynamic loss scaling)"),
     "device": (str, "auto, CPU or Ascend"),
     "attention_impl": (str, "auto, fused, builtin or composed"),
-    "num_buckets": (int, "padded length buckets = graph compilations (default 8)"),
+    "dynamic_shapes": (
+        str,
+        "auto (default: on the CPU one graph, each batch padded to its longest cell; on Ascend one graph per length "
+        "bucket), true or false",
+    ),
+    "num_buckets": (
+        int,
+        "length buckets: cells of a batch come from one bucket (default 8); static shapes pad to them",
+    ),
     "save_every": (int, "checkpoint every this many steps"),
     "save_total_limit": (int, "checkpoints kept"),
     "log_every": (int, "metrics row every this many steps"),

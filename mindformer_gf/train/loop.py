@@ -51,7 +51,7 @@ from mindformer_gf.train.optim import build_adamw
 from mindformer_gf.train.precision import DynamicLossScale, apply_precision, resolve_precision
 from mindformer_gf.train.run_log import MetricsLog, plot_loss_curve
 from mindformer_gf.train.schedule import learning_rate
-from mindformer_gf.train.settings import TrainSettings, save_settings
+from mindformer_gf.train.settings import TrainSettings, resolve_dynamic_shapes, save_settings
 from mindformer_gf.train.step import ApplyStep, MicroStep, Objective, make_buffers
 
 logger = logging.getLogger("mindformer_gf.train")
@@ -136,6 +136,7 @@ class Trainer:
         self.checkpoints_dir = self.output_dir / "checkpoints"
         self.device = ms.get_context("device_target")
         self.precision = resolve_precision(settings.precision, self.device)
+        self.dynamic_shapes = resolve_dynamic_shapes(settings.dynamic_shapes, self.device)
         per_step = settings.gradient_accumulation_steps * self.parallel.world_size
         group_size = getattr(getattr(source, "plan", None), "group_size", per_step)
         if group_size != per_step:
@@ -245,7 +246,7 @@ class Trainer:
         scale_tensor = Tensor(scale, ms.float32)
         graphs_before = len(self.micro_step.compile_cache) + len(self.apply_step.compile_cache)
         for micro, batch in enumerate(batches):
-            if self.settings.dynamic_shapes and not self._dynamic_declared:
+            if self.dynamic_shapes and not self._dynamic_declared:
                 leading = (Tensor(shape=[], dtype=ms.float32), Tensor(shape=[1], dtype=ms.int64))
                 self._declare_dynamic_inputs(self.micro_step, batch, leading)
                 self._dynamic_declared = True
@@ -391,7 +392,7 @@ class Trainer:
     def evaluate(self, source) -> dict[str, float]:
         """Loss and accuracy of the objective over one pass of `source` (every micro-batch of every step of its
         first epoch), in inference mode (no dropout); every rank evaluates all of it."""
-        declare = self._eval_step is None and self.settings.dynamic_shapes
+        declare = self._eval_step is None and self.dynamic_shapes
         if self._eval_step is None:
             self._eval_step = EvalStep(self.objective)
         self.model.set_train(False)

@@ -7,11 +7,13 @@ continue) -> checkpoints, metrics, loss curve and a final model directory (`<out
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import mindspore as ms
 import numpy as np
 
 from mindformer_gf.config import PRESET_ALIASES, PRESETS, GeneformerConfig
@@ -35,7 +37,7 @@ from mindformer_gf.train.device import prepare_device
 from mindformer_gf.train.distributed import init_distributed
 from mindformer_gf.train.loop import Trainer, TrainResult
 from mindformer_gf.train.objectives import MaskedLMObjective
-from mindformer_gf.train.settings import PretrainSettings
+from mindformer_gf.train.settings import PretrainSettings, resolve_dynamic_shapes
 
 logger = logging.getLogger("mindformer_gf.train")
 
@@ -106,7 +108,8 @@ def build_pretraining_data(settings: PretrainSettings, model_config, group_size:
         all_lengths, settings.num_buckets, model_config.max_position_embeddings, settings.bucket_granularity
     )
     # a batch padded to its longest cell is a new shape: only a dynamic-shape graph takes it without compiling again
-    longest = settings.dynamic_shapes and not settings.pad_to_bucket_width
+    target = ms.get_context("device_target")
+    longest = resolve_dynamic_shapes(settings.dynamic_shapes, target) and not settings.pad_to_bucket_width
     source = masked_lm_source(
         dataset,
         spec,
@@ -136,7 +139,9 @@ def build_pretraining_data(settings: PretrainSettings, model_config, group_size:
 def pretrain(settings: PretrainSettings, resume: str | bool | None = None) -> TrainResult:
     """Run (or resume) masked-gene-modelling pretraining as `settings` say; returns the run's summary."""
     settings.validate()
-    prepare_device(settings.device)
+    target = prepare_device(settings.device)
+    # the saved train_config.json says which shapes ran, not "auto"
+    settings = dataclasses.replace(settings, dynamic_shapes=resolve_dynamic_shapes(settings.dynamic_shapes, target))
     parallel = init_distributed()
     model = build_pretraining_model(settings)
     group_size = settings.gradient_accumulation_steps * parallel.world_size

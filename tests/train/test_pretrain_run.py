@@ -1,5 +1,6 @@
-"""`gf pretrain` end to end on a tiny model: config file + overrides, bounded graph compilations over cells of many
-lengths, metrics CSV and loss curve, checkpoints kept last K, the final model loadable by from_pretrained."""
+"""`gf pretrain` end to end on a tiny model: config file + overrides, one graph compilation (dynamic shapes, the CPU
+default) over cells of many lengths with every batch padded to its longest cell, metrics CSV and loss curve,
+checkpoints kept last K, the final model loadable by from_pretrained."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from mindformer_gf.train.checkpoint import list_checkpoints, load_checkpoint
 from mindformer_gf.train.pretraining import build_pretraining_data, build_pretraining_model
 
 
-def test_gf_pretrain_compiles_once_per_bucket_and_writes_outputs(tiny_settings, tmp_path, monkeypatch):
+def test_gf_pretrain_compiles_once_and_writes_outputs(tiny_settings, tmp_path, monkeypatch):
     settings = tiny_settings(max_steps=12, save_every=3, keep_last=2)
     config_file = tmp_path / "pretrain.json"
     config_file.write_text(json.dumps({k: v for k, v in vars(settings).items() if k != "max_steps"}))
@@ -39,12 +40,14 @@ def test_gf_pretrain_compiles_once_per_bucket_and_writes_outputs(tiny_settings, 
     model = build_pretraining_model(settings)
     data = build_pretraining_data(settings, model.config, group_size=1)
     plan = data.source.plan
-    widths_used = {plan.step(s)[0].width for s in range(12)}
-    lengths_used = {int(n) for s in range(12) for m in plan.step(s) for n in plan.lengths[m.cell_indices]}
-    assert len(lengths_used) > 20  # many cell lengths...
-    assert seen["result"].batch_shapes == len(widths_used) <= 3  # ...but one batch shape per bucket
-    assert seen["micro_cache"] == len(widths_used) and seen["apply_cache"] == 1
-    assert seen["result"].compiled_graphs == len(widths_used) + 1
+    micro = [plan.step(s)[0] for s in range(12)]
+    # on the CPU the default ("auto") is one dynamic-shape graph, each batch padded to its own longest cell
+    assert [m.width for m in micro] == [int(plan.lengths[m.cell_indices].max()) for m in micro]
+    widths_used = {m.width for m in micro}
+    assert len(widths_used) > 3  # more batch shapes than the 3 buckets...
+    assert seen["result"].batch_shapes == len(widths_used)
+    assert seen["micro_cache"] == 1 and seen["apply_cache"] == 1  # ...and one graph for all of them
+    assert seen["result"].compiled_graphs == 2
 
     run = tmp_path / "run"
     with open(run / "metrics.csv") as handle:
@@ -60,7 +63,8 @@ def test_gf_pretrain_compiles_once_per_bucket_and_writes_outputs(tiny_settings, 
     # save_every=3, keep_last=2: of steps 3, 6, 9, 12 the last two remain, each with the run's settings
     checkpoints = list_checkpoints(run / "checkpoints")
     assert [p.name for p in checkpoints] == ["step-00000009", "step-00000012"]
-    assert json.loads((checkpoints[-1] / "train_config.json").read_text())["learning_rate"] == 2e-3
+    saved = json.loads((checkpoints[-1] / "train_config.json").read_text())
+    assert saved["learning_rate"] == 2e-3 and saved["dynamic_shapes"] is True  # what ran, not "auto"
     weights, optimizer_state, state = load_checkpoint(checkpoints[-1])
     assert state["step"] == 12 and state["skipped_steps"] == 0
     assert optimizer_state["step"][0] == 12

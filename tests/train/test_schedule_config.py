@@ -83,3 +83,18 @@ def test_settings_errors(tmp_path):
         load_settings(PretrainSettings, None, {})
     with pytest.raises(ValueError, match="key=value"):
         parse_overrides(["learning_rate"])
+    with pytest.raises(ValueError, match="dynamic_shapes must be true, false or auto, got 'sometimes'"):
+        load_settings(PretrainSettings, None, {"dataset": "x", "dynamic_shapes": "sometimes"})
+
+
+def test_dynamic_shapes_setting_auto_true_false():
+    from mindformer_gf.train.settings import TrainSettings, resolve_dynamic_shapes
+
+    # pretraining's default is "auto"; the generic loop's (fine-tuning's) stays static
+    assert PretrainSettings(dataset="x").dynamic_shapes == "auto" and TrainSettings().dynamic_shapes is False
+    for written, value in (("auto", "auto"), ("true", True), ("false", False)):
+        assert (
+            load_settings(PretrainSettings, None, {"dataset": "x", "dynamic_shapes": written}).dynamic_shapes == value
+        )
+    assert [resolve_dynamic_shapes("auto", target) for target in ("CPU", "Ascend")] == [True, False]
+    assert [resolve_dynamic_shapes(value, "Ascend") for value in (True, False)] == [True, False]
