@@ -82,6 +82,8 @@ def test_pretrain_missing_dataset(tmp_path, capsys):
 def test_pretrain_bad_value(tmp_path, capsys):
     argv = ["pretrain", "--dataset", "d", "--set", "batch_size=many"]
     expect_one_line(argv, capsys, "gf pretrain: error: setting batch_size must be of type int, got 'many'")
+    argv = ["pretrain", "--dataset", "d", "--dynamic-shapes", "maybe"]
+    expect_one_line(argv, capsys, "gf pretrain: error: dynamic_shapes must be true, false or auto, got 'maybe'")
 
 
 def test_classify_cell_missing_label_column(small_dataset, model_dir, tmp_path, capsys):
