@@ -1,7 +1,8 @@
 """The two compiled graphs of a training step: accumulate one micro-batch, then apply the update.
 
 `MicroStep(objective, ...)(scale, dropout_seed, *batch)` runs forward and backward of one micro-batch and adds its
-gradients and statistics into buffers. It is compiled once per batch shape (one per length bucket).
+gradients and statistics into buffers. It is compiled once per batch shape (one per length bucket), or once in all
+with dynamic shapes (pretraining's default on the CPU).
 
 `ApplyStep(...)(lr)` is compiled once: it sums buffers over data-parallel ranks (AllReduce), normalises by the
 global item count, checks that every gradient is finite, clips the global norm, runs AdamW (or skips it entirely
