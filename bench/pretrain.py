@@ -238,10 +238,14 @@ def megabatch_order(lengths: np.ndarray, batch_size: int, seed: int) -> list[np.
     return batches
 
 
+def padded_tokens(lengths: np.ndarray, batches: list[np.ndarray]) -> int:
+    """Tokens fed when every batch is padded to its longest cell."""
+    return sum(int(lengths[b].max()) * b.size for b in batches)
+
+
 def megabatch_padding_waste(lengths: np.ndarray, batch_size: int, seed: int) -> float:
     """Padded tokens / tokens fed over one epoch of the reference's grouping, every batch padded to its longest."""
-    batches = megabatch_order(lengths, batch_size, seed)
-    return 1.0 - lengths.sum() / sum(int(lengths[b].max()) * b.size for b in batches)
+    return 1.0 - lengths.sum() / padded_tokens(lengths, megabatch_order(lengths, batch_size, seed))
 
 
 def reference_mask(ids, attention_mask, vocab_size: int, generator):
@@ -298,7 +302,7 @@ def run_reference(config, cells, lengths, batch_size: int, seed: int, repeats: i
 
     epochs = [megabatch_order(lengths, batch_size, seed + r) for r in range(repeats)]
     step(epochs[0][-1])  # warm-up (allocator, thread pools), not timed
-    padded = sum(int(lengths[b].max()) * b.size for batches in epochs for b in batches)
+    padded = sum(padded_tokens(lengths, batches) for batches in epochs)
     # full logits: the head at every position of the padded batch
     flops = sum(training_step_flops(config, b.size, int(lengths[b].max()), int(lengths[b].max())) for b in epochs[0])
     passes = []
