@@ -51,14 +51,10 @@ struct Avx512Lanes {
   MFGF_LANE16_TARGET static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   MFGF_LANE16_TARGET static F fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
   MFGF_LANE16_TARGET static F fmsub(F a, F b, F c) { return _mm512_fmsub_ps(a, b, c); }
-  MFGF_LANE16_TARGET static F round_nearest(F v) {
-    return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // The float 2^(low 9 bits of t's pattern - 127): t's bit pattern shifted into the exponent field.
+  MFGF_LANE16_TARGET static F exponent_from_low_bits(F t) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(t), 23));
   }
-  MFGF_LANE16_TARGET static I to_int_nearest(F v) { return _mm512_cvtps_epi32(v); }
-  MFGF_LANE16_TARGET static F exponent_to_float(I n) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23));
-  }
-  MFGF_LANE16_TARGET static M lt(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
   MFGF_LANE16_TARGET static F zero_where(M m, F v) { return _mm512_maskz_mov_ps(static_cast<M>(~m), v); }
   MFGF_LANE16_TARGET static F keep_where(M m, F v) { return _mm512_maskz_mov_ps(m, v); }
 

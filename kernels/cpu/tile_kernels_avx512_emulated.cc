@@ -70,19 +70,9 @@ struct YmmPairLanes {
   MFGF_LANE16_TARGET static F fmsub(F a, F b, F c) {
     return {_mm256_fmsub_ps(a.lo, b.lo, c.lo), _mm256_fmsub_ps(a.hi, b.hi, c.hi)};
   }
-  MFGF_LANE16_TARGET static F round_nearest(F v) {
-    constexpr int kMode = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-    return {_mm256_round_ps(v.lo, kMode), _mm256_round_ps(v.hi, kMode)};
-  }
-  MFGF_LANE16_TARGET static I to_int_nearest(F v) { return {_mm256_cvtps_epi32(v.lo), _mm256_cvtps_epi32(v.hi)}; }
-  MFGF_LANE16_TARGET static F exponent_to_float(I n) {
-    const __m256i bias = _mm256_set1_epi32(127);
-    return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n.lo, bias), 23)),
-            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n.hi, bias), 23))};
-  }
-  MFGF_LANE16_TARGET static M lt(F a, F b) {
-    return {_mm256_castps_si256(_mm256_cmp_ps(a.lo, b.lo, _CMP_LT_OQ)),
-            _mm256_castps_si256(_mm256_cmp_ps(a.hi, b.hi, _CMP_LT_OQ))};
+  MFGF_LANE16_TARGET static F exponent_from_low_bits(F t) {
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t.lo), 23)),
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t.hi), 23))};
   }
   MFGF_LANE16_TARGET static F zero_where(M m, F v) {
     return {_mm256_andnot_ps(_mm256_castsi256_ps(m.lo), v.lo), _mm256_andnot_ps(_mm256_castsi256_ps(m.hi), v.hi)};

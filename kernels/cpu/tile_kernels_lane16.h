@@ -52,11 +52,13 @@ struct Lane16Kernels {
   static constexpr int kMicroRows = 12;
   static constexpr int kMicroPanels = 2;
 
-  // exp as in tile_kernels_avx2.cc's exp_ps, operation for operation (the same constants, rounding and order).
+  // exp as in tile_kernels_avx2.cc's exp_ps (the softmax's), operation for operation (the same constants, rounding
+  // and order): x clamped at -88, n by the magic-number rounding, 2^n from the low bits of t.
   MFGF_LANE16_TARGET static inline F exp(F x) {
-    const M underflow = L::lt(x, L::set1(-87.33f));
-    x = L::max(L::min(x, L::set1(88.0f)), L::set1(-87.33f));
-    const F n = L::round_nearest(L::mul(x, L::set1(1.44269504088896341f)));
+    x = L::max(x, L::set1(-88.0f));
+    const F magic = L::set1(12583039.0f);  // 1.5 * 2^23 + 127
+    const F t = L::fmadd(x, L::set1(1.44269504088896341f), magic);
+    const F n = L::sub(t, magic);
     F r = L::fnmadd(n, L::set1(0.693359375f), x);
     r = L::fnmadd(n, L::set1(-2.12194440e-4f), r);
     F poly = L::set1(1.0f / 720.0f);
@@ -66,7 +68,7 @@ struct Lane16Kernels {
     poly = L::fmadd(poly, r, L::set1(0.5f));
     poly = L::fmadd(poly, r, L::set1(1.0f));
     poly = L::fmadd(poly, r, L::set1(1.0f));
-    return L::zero_where(underflow, L::mul(poly, L::exponent_to_float(L::to_int_nearest(n))));
+    return L::mul(poly, L::exponent_from_low_bits(t));
   }
 
   // mix32 (tile_kernels.h) on 16 lanes.

@@ -228,8 +228,8 @@ def assert_same_bits(actual, expected, what: str) -> None:
 def test_modelled_zmm_table_is_bit_identical_to_its_emulation(routed):
     """Every kernel, sums included (one algorithm, one reduction tree): the zmm shim on the model and the ymm-pair shim
     on AVX2 must give the same bits. Inputs include the edges the shim's intrinsics decide: -inf and NaN-free masked
-    scores (row max over a -inf-filled tail), exp below and exactly at its cutoff, at exact halves of ln 2
-    (round-to-nearest-even in roundscale and cvtps), signed zeros, and every tail length 1..16 past 0, 1 and 2 full
+    scores (row max over a -inf-filled tail), exp below, at and just above its cutoff, at exact halves of ln 2
+    (round-to-nearest-even of the magic-number rounding), signed zeros, and every tail length 1..16 past 0, 1 and 2 full
     vectors."""
     rng = np.random.default_rng(2026)
     for m, n, k in paths.GEMM_SHAPES:
@@ -250,7 +250,8 @@ def test_modelled_zmm_table_is_bit_identical_to_its_emulation(routed):
         x = np.where(rng.random(n) < 0.2, halves, x).astype(np.float32)
         x[rng.random(n) < 0.1] = -100.0
         x[rng.random(n) < 0.1] = -0.0
-        x[0] = np.float32(-87.33)  # exactly exp's cutoff at shift 0: kept, as x < cutoff is false (lt's predicate)
+        x[0] = np.float32(-88.0)  # exp's clamp at shift 0: the exponent field is 0, the result exactly 0
+        x[n - 1] = np.float32(-87.68)  # at shift 0 just above the cutoff: 2^-126 times the polynomial
         x[n // 2] = 3.0
         y = rng.standard_normal(n).astype(np.float32)
         finite = np.where(np.isfinite(x), x, np.float32(-1.5)).astype(np.float32)

@@ -29,49 +29,6 @@
 
 #define MFGF_AVX512_MODEL 1
 
-// Rounding-control immediates (Intrinsics Guide, _mm512_roundscale_ps; SDM ROUNDPS imm8[1:0] and imm8[2], imm8[3]).
-#define _MM_FROUND_TO_NEAREST_INT 0x00
-#define _MM_FROUND_TO_NEG_INF 0x01
-#define _MM_FROUND_TO_POS_INF 0x02
-#define _MM_FROUND_TO_ZERO 0x03
-#define _MM_FROUND_CUR_DIRECTION 0x04
-#define _MM_FROUND_NO_EXC 0x08
-
-// Comparison predicates (SDM CMPPS, table "Comparison Predicate for VCMPPD and VCMPPS Instructions"): imm8[3:0]
-// selects the relation, imm8[4] only whether QNaN operands signal, which does not change the result.
-#define _CMP_EQ_OQ 0x00
-#define _CMP_LT_OS 0x01
-#define _CMP_LE_OS 0x02
-#define _CMP_UNORD_Q 0x03
-#define _CMP_NEQ_UQ 0x04
-#define _CMP_NLT_US 0x05
-#define _CMP_NLE_US 0x06
-#define _CMP_ORD_Q 0x07
-#define _CMP_EQ_UQ 0x08
-#define _CMP_NGE_US 0x09
-#define _CMP_NGT_US 0x0A
-#define _CMP_FALSE_OQ 0x0B
-#define _CMP_NEQ_OQ 0x0C
-#define _CMP_GE_OS 0x0D
-#define _CMP_GT_OS 0x0E
-#define _CMP_TRUE_UQ 0x0F
-#define _CMP_EQ_OS 0x10
-#define _CMP_LT_OQ 0x11
-#define _CMP_LE_OQ 0x12
-#define _CMP_UNORD_S 0x13
-#define _CMP_NEQ_US 0x14
-#define _CMP_NLT_UQ 0x15
-#define _CMP_NLE_UQ 0x16
-#define _CMP_ORD_S 0x17
-#define _CMP_EQ_US 0x18
-#define _CMP_NGE_UQ 0x19
-#define _CMP_NGT_UQ 0x1A
-#define _CMP_FALSE_OS 0x1B
-#define _CMP_NEQ_OS 0x1C
-#define _CMP_GE_OQ 0x1D
-#define _CMP_GT_OQ 0x1E
-#define _CMP_TRUE_US 0x1F
-
 // Vector types: plain arrays of lanes (bit casts between them copy the bytes, as a register reinterpretation does).
 struct __m512 {
   float f[16];
@@ -114,29 +71,6 @@ inline To bit_cast(const From& from) {
 // so SRC2 when either is NaN and when both are zeros of either sign.
 inline float max_op(float a, float b) { return a > b ? a : b; }
 inline float min_op(float a, float b) { return a < b ? a : b; }
-
-// SDM CMPPS, predicate table: the 16 relations of imm8[3:0] (ordered ones false on NaN, unordered ones true).
-inline bool compare(float a, float b, int predicate) {
-  const bool unordered = std::isnan(a) || std::isnan(b);
-  switch (predicate & 0x0F) {
-    case 0x0: return !unordered && a == b;   // EQ, ordered
-    case 0x1: return !unordered && a < b;    // LT, ordered
-    case 0x2: return !unordered && a <= b;   // LE, ordered
-    case 0x3: return unordered;              // UNORD
-    case 0x4: return unordered || a != b;    // NEQ, unordered
-    case 0x5: return unordered || !(a < b);  // NLT
-    case 0x6: return unordered || !(a <= b); // NLE
-    case 0x7: return !unordered;             // ORD
-    case 0x8: return unordered || a == b;    // EQ, unordered
-    case 0x9: return unordered || !(a >= b); // NGE
-    case 0xA: return unordered || !(a > b);  // NGT
-    case 0xB: return false;                  // FALSE
-    case 0xC: return !unordered && a != b;   // NEQ, ordered
-    case 0xD: return !unordered && a >= b;   // GE, ordered
-    case 0xE: return !unordered && a > b;    // GT, ordered
-    default: return true;                    // TRUE
-  }
-}
 
 }  // namespace mfgf_avx512_model
 
@@ -304,54 +238,6 @@ inline __m512 _mm512_fmsub_ps(__m512 a, __m512 b, __m512 c) {
   return r;
 }
 
-// _mm512_roundscale_ps(a, imm8): SDM VRNDSCALEPS: ROUND(x) = 2^-M * Round_to_INT(x * 2^M, round_ctrl), M = imm8[7:4];
-// imm8[2] = 1: the rounding mode is MXCSR.RC (default nearest-even, std::nearbyint), else imm8[1:0]: 0 nearest-even,
-// 1 down, 2 up, 3 toward zero; imm8[3] only suppresses the precision exception. x * 2^M "as if the exponent range is
-// unlimited": done in double, exact for float x and M <= 15. The sign of a zero result is kept; NaN stays NaN.
-inline __m512 _mm512_roundscale_ps(__m512 a, int imm8) {
-  const int m = (imm8 >> 4) & 0xF;
-  const double scale = std::ldexp(1.0, m);
-  __m512 r;
-  for (int i = 0; i < 16; ++i) {
-    const double x = static_cast<double>(a.f[i]) * scale;
-    double rounded;
-    if (imm8 & 0x4) {
-      rounded = std::nearbyint(x);
-    } else {
-      switch (imm8 & 0x3) {
-        case 0: rounded = std::nearbyint(x); break;  // the model assumes the default (nearest-even) environment
-        case 1: rounded = std::floor(x); break;
-        case 2: rounded = std::ceil(x); break;
-        default: rounded = std::trunc(x); break;
-      }
-    }
-    r.f[i] = mfgf_avx512_model::settle(static_cast<float>(rounded / scale));
-  }
-  return r;
-}
-
-// _mm512_cvtps_epi32(a): "Convert packed single-precision (32-bit) floating-point elements in a to packed 32-bit
-// integers" in the current rounding mode (MXCSR.RC, nearest-even by default; SDM VCVTPS2DQ); NaN and results
-// outside int32 give the "integer indefinite" 0x80000000.
-inline __m512i _mm512_cvtps_epi32(__m512 a) {
-  __m512i r;
-  for (int i = 0; i < 16; ++i) {
-    const double rounded = std::nearbyint(static_cast<double>(a.f[i]));
-    const bool fits = rounded >= -2147483648.0 && rounded < 2147483648.0;  // false for NaN
-    r.u[i] = fits ? static_cast<uint32_t>(static_cast<int32_t>(rounded)) : 0x80000000u;
-  }
-  return r;
-}
-
-// _mm512_cmp_ps_mask(a, b, imm8): "Compare packed single-precision (32-bit) floating-point elements in a and b based
-// on the comparison operand specified by imm8, and store the results in mask vector k": bit i = a[i] OP b[i]
-// (SDM VCMPPS with a mask destination; predicate table in `compare`).
-inline __mmask16 _mm512_cmp_ps_mask(__m512 a, __m512 b, int imm8) {
-  unsigned k = 0;
-  for (int i = 0; i < 16; ++i) k |= static_cast<unsigned>(mfgf_avx512_model::compare(a.f[i], b.f[i], imm8)) << i;
-  return static_cast<__mmask16>(k);
-}
-
 // --------------------------------------------------------------------------------------- AVX-512F: integers
 
 // _mm512_add_epi32: "Add packed 32-bit integers in a and b": modulo 2^32 (SDM VPADDD).
@@ -400,9 +286,11 @@ inline __mmask16 _mm512_cmpgt_epi32_mask(__m512i a, __m512i b) {
 
 // ----------------------------------------------------------------------------------- AVX-512F: casts, extracts
 
-// _mm512_castsi512_ps / _mm512_castps_pd: "Cast vector of type __m512i to type __m512 (__m512 to __m512d). This
-// intrinsic is only used for compilation and does not generate any instructions": the same 512 bits.
+// _mm512_castsi512_ps / _mm512_castps_si512 / _mm512_castps_pd: "Cast vector of type __m512i to type __m512 (__m512
+// to __m512i, __m512d). This intrinsic is only used for compilation and does not generate any instructions": the
+// same 512 bits.
 inline __m512 _mm512_castsi512_ps(__m512i a) { return mfgf_avx512_model::bit_cast<__m512>(a); }
+inline __m512i _mm512_castps_si512(__m512 a) { return mfgf_avx512_model::bit_cast<__m512i>(a); }
 inline __m512d _mm512_castps_pd(__m512 a) { return mfgf_avx512_model::bit_cast<__m512d>(a); }
 
 // _mm512_castps512_ps256: "Cast vector of type __m512 to type __m256" : the lower 256 bits, elements 0..7.
