@@ -7,9 +7,9 @@ genes. Genes are random V1 token ids (speed does not depend on which genes).
 
 - ours: Geneformer-V1-10M in MindSpore graph mode, `attention_impl="auto"` (the fused CPU kernels when built),
   `gf pretrain`'s default plan on the CPU: length buckets chosen from the distribution (8), cells sorted by length
-  within their bucket, every batch padded to its own longest cell, one dynamic-shape graph (`--static-shapes`: every
-  batch padded to its bucket's width, one graph per width); compilation in untimed warm-up steps; logits only at the
-  masked positions, AdamW with clipping: `mindformer_gf.train.Trainer`.
+  within windows of 50 steps of their bucket, every batch padded to its own longest cell, one dynamic-shape graph
+  (`--static-shapes`: every batch padded to its bucket's width, one graph per width); compilation in untimed warm-up
+  steps; logits only at the masked positions, AdamW with clipping: `mindformer_gf.train.Trainer`.
 - reference: `transformers.BertForMaskedLM` (torch, sdpa attention) with the reference's length-grouped sampling
   (shuffled megabatches of 50 batches, each sorted by length, every batch padded to its longest cell), 15% masking
   80/10/10, logits at every position, torch AdamW (weight decay 0.001 except biases/LayerNorm), clipping at 1.0.

@@ -13,10 +13,11 @@ of step s is `step(s)`, whatever happened before: resuming needs nothing but the
 with group_size accumulation steps sees the very micro-batches that group_size devices see.
 
 `pad_to_longest=True` (for a model compiled with dynamic shapes, where a new width costs no compilation): each bucket's
-cells are ordered by length before they are cut into groups (equal lengths stay in shuffled order, so which cells
-share a batch still changes every epoch), and every micro-batch is padded to its own longest cell, as the reference's
-length-grouped sampler pads its batches. Sorting within the whole bucket instead of within the reference's
-megabatches of 50 batches puts cells of nearer lengths together, so the padding is lower than the reference's.
+shuffled cells are cut into windows of `SORT_WINDOW_STEPS` steps, each window is ordered by length before it is cut
+into groups, and every micro-batch is padded to its own longest cell: the reference's length-grouped sampler (shuffled
+megabatches of 50 batches, each sorted by length), with the megabatches drawn within one bucket. Their lengths span
+one bucket instead of the whole corpus, so the padding is lower than the reference's; and as in the reference, which
+cells share a batch changes every epoch (sorting a whole bucket would fix it when lengths are distinct).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from functools import lru_cache
 import numpy as np
 
 from mindformer_gf.data.buckets import LengthBuckets
+
+# With pad_to_longest, cells are sorted by length within windows of this many steps of one bucket's shuffled cells:
+# the reference's megabatch (transformers' LengthGroupedSampler, megabatch_mult = 50).
+SORT_WINDOW_STEPS = 50
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ class LengthGroupedPlan:
 
     def fingerprint(self) -> dict:
         """What must not change for a resumed run to continue the same plan."""
-        return {
+        fingerprint = {
             "num_cells": int(self.lengths.size),
             "length_sum": int(self.lengths.sum()),
             "bucket_widths": list(self.buckets.widths),
@@ -79,6 +84,10 @@ class LengthGroupedPlan:
             "shuffle": self.shuffle,
             "pad_to_longest": self.pad_to_longest,
         }
+        if self.pad_to_longest:
+            # runs saved before the windows (whole buckets sorted) planned other batches: they must not resume here
+            fingerprint["sort_window_steps"] = SORT_WINDOW_STEPS
+        return fingerprint
 
     def _epoch_groups(self, epoch: int) -> list[tuple[int, np.ndarray]]:
         """[(bucket, cell indices of one step)] for `epoch`, in training order."""
@@ -91,8 +100,7 @@ class LengthGroupedPlan:
         for bucket in range(n_buckets):
             cells = np.concatenate([carried, order[self.bucket_of_cell[order] == bucket]])
             if self.pad_to_longest:
-                # the cells carried up from the narrower bucket are shorter than this bucket's: the order stays sorted
-                cells = cells[np.argsort(self.lengths[cells], kind="stable")]
+                cells = self._sorted_within_windows(cells, SORT_WINDOW_STEPS * per_step)
             full = (cells.size // per_step) * per_step
             groups += [(bucket, cells[i : i + per_step]) for i in range(0, full, per_step)]
             carried = cells[full:]
@@ -101,6 +109,11 @@ class LengthGroupedPlan:
         if self.shuffle:
             groups = [groups[i] for i in rng.permutation(len(groups))]
         return groups
+
+    def _sorted_within_windows(self, cells: np.ndarray, window: int) -> np.ndarray:
+        """`cells` with each run of `window` consecutive cells ordered by length (equal lengths keep their order)."""
+        chunks = [cells[i : i + window] for i in range(0, cells.size, window)]
+        return np.concatenate([chunk[np.argsort(self.lengths[chunk], kind="stable")] for chunk in chunks] or [cells])
 
     def step(self, step: int) -> list[MicroBatch]:
         """The `group_size` micro-batches of optimisation step `step` (0-based, counting across epochs)."""
