@@ -1,12 +1,13 @@
 """The fused CPU attention kernel alone: forward and backward GFLOP/s against this machine's GEMM peak.
 
 Runs the MindSpore custom operators in graph mode on random [batch, heads, length, head_dim] inputs (the backward
-kernel called directly on the forward's outputs), and numpy's 2048^3 float32 GEMM in the same process for the rate
-(bench/common.py: before and after the kernels, median of repeats). FLOPs (bench/flops.py): 4 L n d per (cell, head)
-forward with n the valid keys (Q K^T and P V over the keys that count), 2.5 times that backward (dV, dP, dQ, dK and
-the recomputed S). Each kernel's time is the median of `--repeats` calls. Prints JSON lines; the last one is the
-summary {"fwd_gflops", "bwd_gflops", "gemm_gflops", "fwd_fraction_of_gemm", "bwd_fraction_of_gemm", "goals", ...}
-(goal: forward >= 0.8 of the GEMM rate). Other work on the machine lowers every figure: run it on an idle machine.
+kernel called directly on the forward's outputs), and numpy's 2048^3 float32 GEMM in the same process for the rate:
+`--repeats` interleaved rounds of forward, backward, GEMM (bench/common.py `interleaved_rounds`), each fraction of
+the GEMM rate taken within its round, the median over rounds reported with the range. FLOPs (bench/flops.py): 4 L n
+d per (cell, head) forward with n the valid keys (Q K^T and P V over the keys that count), 2.5 times that backward
+(dV, dP, dQ, dK and the recomputed S). Prints JSON lines; the last one is the summary {"fwd_gflops", "bwd_gflops",
+"gemm_gflops", "fwd_fraction_of_gemm", "bwd_fraction_of_gemm", "goals", ...} (goal: forward >= 0.8 of the GEMM
+rate). Other work on the machine lowers every figure: run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import os
 
 import numpy as np
-from common import emit, gemm_rate, median_seconds, merge_gemm_rates
+from common import emit, fraction_per_round, interleaved_rounds, paired
 from flops import attention_backward_flops, attention_forward_flops
 
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dropout", type=float, default=0.0, help="attention dropout probability (training mode)")
     # "auto" or one of mindformer_gf.ops.cpu.CPU_ISAS (not imported here: it loads MindSpore)
     parser.add_argument("--isa", choices=("auto", "avx512", "avx2", "avx512emu", "portable"), default="auto")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds (median and range)")
     parser.add_argument("--gemm-size", type=int, default=2048)
     args = parser.parse_args(argv)
 
@@ -70,31 +71,31 @@ def main(argv: list[str] | None = None) -> dict:
     config = {"batch": batch, "heads": heads, "length": length, "head_dim": head_dim, "valid": valid}
     config.update({"dropout": args.dropout, "isa": cpu.cpu_isa(), "threads": cpu.native().MindformerGfNumThreads()})
 
-    gemm_before = gemm_rate(args.gemm_size, args.repeats)
-    emit({"phase": "gemm_before", **gemm_before})
-    fwd_seconds, times = median_seconds(lambda: forward(q, k, v, mask, seed, drop)[0].asnumpy(), args.repeats)
-    fwd_range = [fwd_flops / max(times) / 1e9, fwd_flops / min(times) / 1e9]
-    emit({"phase": "forward", "seconds": fwd_seconds, "gflops": fwd_flops / fwd_seconds / 1e9, **config})
-    bwd_seconds, times = median_seconds(
-        lambda: backward(q, k, v, mask, seed, drop, out, lse, d_out, d_lse)[0].asnumpy(), args.repeats
-    )
-    bwd_range = [bwd_flops / max(times) / 1e9, bwd_flops / min(times) / 1e9]
-    emit({"phase": "backward", "seconds": bwd_seconds, "gflops": bwd_flops / bwd_seconds / 1e9, **config})
-    gemm_after = gemm_rate(args.gemm_size, args.repeats)
-    emit({"phase": "gemm_after", **gemm_after})
-    gemm = merge_gemm_rates(gemm_before, gemm_after)
-    rate = gemm["gemm_gflops"]
+    calls = {
+        "forward": lambda: forward(q, k, v, mask, seed, drop)[0].asnumpy(),
+        "backward": lambda: backward(q, k, v, mask, seed, drop, out, lse, d_out, d_lse)[0].asnumpy(),
+    }
+    seconds, gemm_gflops = interleaved_rounds(calls, args.repeats, args.gemm_size)
+    fwd_gflops, fwd_range = paired([fwd_flops / t / 1e9 for t in seconds["forward"]])
+    bwd_gflops, bwd_range = paired([bwd_flops / t / 1e9 for t in seconds["backward"]])
+    fwd_fraction, fwd_fraction_range = paired(fraction_per_round(fwd_flops, seconds["forward"], gemm_gflops))
+    bwd_fraction, bwd_fraction_range = paired(fraction_per_round(bwd_flops, seconds["backward"], gemm_gflops))
+    rate, rate_range = paired(gemm_gflops)
 
-    fwd_fraction = fwd_flops / fwd_seconds / 1e9 / rate
+    def rounded(values: list[float], digits: int) -> list[float]:
+        return [round(x, digits) for x in values]
+
     summary = {
-        "fwd_gflops": round(fwd_flops / fwd_seconds / 1e9, 2),
-        "fwd_gflops_range": [round(x, 2) for x in fwd_range],
-        "bwd_gflops": round(bwd_flops / bwd_seconds / 1e9, 2),
-        "bwd_gflops_range": [round(x, 2) for x in bwd_range],
+        "fwd_gflops": round(fwd_gflops, 2),
+        "fwd_gflops_range": rounded(fwd_range, 2),
+        "bwd_gflops": round(bwd_gflops, 2),
+        "bwd_gflops_range": rounded(bwd_range, 2),
         "gemm_gflops": round(rate, 2),
-        "gemm_gflops_range": [round(x, 2) for x in gemm["gemm_gflops_range"]],
+        "gemm_gflops_range": rounded(rate_range, 2),
         "fwd_fraction_of_gemm": round(fwd_fraction, 3),
-        "bwd_fraction_of_gemm": round(bwd_flops / bwd_seconds / 1e9 / rate, 3),
+        "fwd_fraction_of_gemm_range": rounded(fwd_fraction_range, 3),
+        "bwd_fraction_of_gemm": round(bwd_fraction, 3),
+        "bwd_fraction_of_gemm_range": rounded(bwd_fraction_range, 3),
         "goals": {"fwd_fraction_of_gemm >= 0.8": fwd_fraction >= 0.8},
         "load_average": os.getloadavg(),
         **config,

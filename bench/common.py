@@ -7,6 +7,10 @@ are never compared by accident (torch uses AVX-512 and AMX where they exist; our
 
 `gemm_rate()` measures the machine's fp32 GEMM rate in the benchmark's own run; with the FLOP counts of
 bench/flops.py each benchmark reports the fraction of that rate it reaches (`fraction_of_gemm`).
+
+`interleaved_rounds()` times several sides and the GEMM in rounds, one call of each back to back per round: a ratio
+or a fraction taken within a round compares figures measured seconds apart, so it is far steadier than one taken
+between medians measured minutes apart on a shared machine whose speed drifts (`paired()` gives its median and range).
 """
 
 from __future__ import annotations
@@ -70,6 +74,44 @@ def gemm_rate(size: int = GEMM_SIZE, repeats: int = 7) -> dict:
     return {"gemm_size": size, "gemm_gflops": float(np.median(rates)), "gemm_gflops_range": [min(rates), max(rates)]}
 
 
+def interleaved_rounds(
+    calls: dict[str, Callable[[], object]], repeats: int, gemm_size: int = GEMM_SIZE
+) -> tuple[dict[str, list[float]], list[float]]:
+    """({name: wall seconds per round}, GEMM GFLOP/s per round): each of `repeats` rounds calls every side once, in
+    order, then times one numpy fp32 [gemm_size]^2 GEMM; one untimed warm-up round first (it compiles the graphs)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.random((gemm_size, gemm_size), dtype=np.float32)
+    b = rng.random((gemm_size, gemm_size), dtype=np.float32)
+    sides = {**calls, "gemm": lambda: a @ b}
+    for call in sides.values():
+        call()
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, call in sides.items():
+            start = time.perf_counter()
+            call()
+            seconds[name].append(time.perf_counter() - start)
+    gemm_gflops = [2.0 * gemm_size**3 / t / 1e9 for t in seconds.pop("gemm")]
+    return seconds, gemm_gflops
+
+
+def paired(values: list[float]) -> tuple[float, list[float]]:
+    """Median and [min, max] of per-round figures (a ratio or fraction computed within each round)."""
+    return float(statistics.median(values)), [float(min(values)), float(max(values))]
+
+
+def speedup_per_round(ours_seconds: list[float], their_seconds: list[float]) -> list[float]:
+    """Their time / ours, round by round: how many times faster we were in each round."""
+    return [theirs / ours for ours, theirs in zip(ours_seconds, their_seconds, strict=True)]
+
+
+def fraction_per_round(flops: float, seconds: list[float], gemm_gflops: list[float]) -> list[float]:
+    """FLOPs / seconds as a fraction of the GEMM rate of the same round."""
+    return [flops / t / 1e9 / rate for t, rate in zip(seconds, gemm_gflops, strict=True)]
+
+
 def merge_gemm_rates(*measurements: dict) -> dict:
     """One figure from GEMM rates measured at several points of a run (before and after each side): the median of
     their medians, the range over all."""
@@ -88,17 +130,6 @@ def merge_gemm_rates(*measurements: dict) -> dict:
 def fraction_of_gemm(flops: float, seconds: float, gemm: dict) -> float:
     """FLOPs / seconds as a fraction of the measured GEMM rate."""
     return flops / seconds / 1e9 / gemm["gemm_gflops"]
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
-    """Median wall time of `repeats` calls after one warm-up call, and every time."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
 
 
 def timings_ms(fn: Callable[[], object], repeats: int) -> list[float]:

@@ -1,24 +1,29 @@
 """Encoder inference throughput: this package's MindSpore model vs transformers.BertModel (torch, sdpa).
 
-Same weights, same cells (B x L, no padding), V1-10M configuration by default. Each side's figure is the median of
-`--repeats` timed calls (the range beside it). Prints JSON lines; the last one is the summary {"ours_cells_per_s",
-"composed_cells_per_s", "hf_cells_per_s", "ratio", "ours_fraction_of_gemm", "hf_fraction_of_gemm", "gemm_gflops",
-"goals"} with ratio = ours / HF, where "ours" is the backend `attention_impl="auto"` picks on this machine, and the
-fractions of the machine's fp32 GEMM rate (measured before and after, in this run) from the encoder's FLOPs
-(bench/flops.py). Goals: ratio >= 1.2 and ours >= 0.7 of the GEMM rate.
+Same weights, same cells (B x L, no padding), V1-10M configuration by default. The sides are timed in `--repeats`
+interleaved rounds (bench/common.py `interleaved_rounds`): each round calls our fused model, our composed model and
+transformers once, back to back, then one numpy fp32 GEMM. Ratios and fractions of the GEMM rate are taken within
+each round (a shared machine's speed drifts between minutes, much less between seconds) and reported as the median
+over rounds with their range. Prints JSON lines; the last one is the summary {"ours_cells_per_s",
+"composed_cells_per_s", "hf_cells_per_s", "ratio", "ratio_range", "ours_fraction_of_gemm", "hf_fraction_of_gemm",
+"gemm_gflops", "goals"} with ratio = ours / HF, where "ours" is the backend `attention_impl="auto"` picks on this
+machine, and the fractions of the GEMM rate from the encoder's FLOPs (bench/flops.py). Goals: ratio >= 1.2 and ours
+>= 0.7 of the GEMM rate.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 
 import numpy as np
-from common import emit, fraction_of_gemm, gemm_rate, median_seconds, merge_gemm_rates
+from common import emit, fraction_per_round, interleaved_rounds, paired, speedup_per_round
 from flops import encoder_forward_flops
 
 
-def bench_mindspore(config, weights: dict, ids: np.ndarray, impl: str, repeats: int) -> tuple:
+def mindspore_encoder(config, weights: dict, ids: np.ndarray, impl: str) -> Callable[[], np.ndarray]:
+    """Our encoder in graph mode with `impl` attention: a call returns the last hidden state."""
     import mindspore as ms
 
     from mindformer_gf.model import BertModel
@@ -29,11 +34,11 @@ def bench_mindspore(config, weights: dict, ids: np.ndarray, impl: str, repeats: 
     model.load_weights(weights)
     model.set_train(False)
     input_ids, mask = ms.Tensor(ids), ms.Tensor(np.ones_like(ids))
-    seconds = median_seconds(lambda: model(input_ids, mask)[0].asnumpy(), repeats)
-    return seconds, model(input_ids, mask)[0].asnumpy()
+    return lambda: model(input_ids, mask)[0].asnumpy()
 
 
-def bench_transformers(config, weights: dict, ids: np.ndarray, repeats: int) -> tuple:
+def transformers_encoder(config, weights: dict, ids: np.ndarray) -> Callable[[], np.ndarray]:
+    """transformers.BertModel (sdpa attention) with the same weights: a call returns the last hidden state."""
     import torch
     import transformers
 
@@ -46,13 +51,11 @@ def bench_transformers(config, weights: dict, ids: np.ndarray, repeats: int) -> 
     input_ids = torch.from_numpy(ids).long()
     mask = torch.ones_like(input_ids)
 
-    def run():
+    def run() -> np.ndarray:
         with torch.inference_mode():
-            model(input_ids=input_ids, attention_mask=mask).last_hidden_state.numpy()
+            return model(input_ids=input_ids, attention_mask=mask).last_hidden_state.numpy()
 
-    seconds = median_seconds(run, repeats)
-    with torch.inference_mode():
-        return seconds, model(input_ids=input_ids, attention_mask=mask).last_hidden_state.numpy()
+    return run
 
 
 def main() -> None:
@@ -64,7 +67,7 @@ def main() -> None:
     parser.add_argument("--preset", default="Geneformer-V1-10M")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--length", type=int, default=2048)
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per side (median and range)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median and range)")
     args = parser.parse_args()
 
     config = GeneformerConfig.from_preset(args.preset)
@@ -73,60 +76,52 @@ def main() -> None:
     ids = np.random.default_rng(0).integers(2, config.vocab_size, size=(args.batch, args.length)).astype(np.int32)
     setting = {"preset": args.preset, "batch": args.batch, "length": args.length}
     flops = encoder_forward_flops(config, args.batch, args.length)
-    gemm_before = gemm_rate()
-    emit({"phase": "gemm_before", **gemm_before})
 
-    def rates(timing: tuple[float, list[float]]) -> dict:
-        median, times = timing
-        return {
-            "seconds": median,
-            "cells_per_s": args.batch / median,
-            "cells_per_s_range": [args.batch / max(times), args.batch / min(times)],
-            "gflops_per_s": flops / median / 1e9,
-        }
-
-    cells_per_s, outputs, measured = {}, {}, {}
+    calls = {}
     for impl in ("fused", "composed"):
         try:
             resolve_impl(impl)
         except NotImplementedError as err:
             emit({"backend": f"mindformer_gf/{impl}", "skipped": str(err)})
             continue
-        timing, outputs[impl] = bench_mindspore(config, weights, ids, impl, args.repeats)
-        measured[impl] = rates(timing)
-        cells_per_s[impl] = measured[impl]["cells_per_s"]
-        emit({"backend": f"mindformer_gf/{impl}", **setting, **measured[impl]})
-    timing, hf_output = bench_transformers(config, weights, ids, args.repeats)
-    measured["hf"] = rates(timing)
-    hf = measured["hf"]["cells_per_s"]
-    emit({"backend": "transformers/sdpa", **setting, **measured["hf"]})
-    gemm_after = gemm_rate()
-    emit({"phase": "gemm_after", **gemm_after})
-    gemm = merge_gemm_rates(gemm_before, gemm_after)
+        calls[impl] = mindspore_encoder(config, weights, ids, impl)
+    calls["hf"] = transformers_encoder(config, weights, ids)
     # The speeds only compare if the outputs agree: same weights, same cells.
-    for impl, output in outputs.items():
-        difference = float(np.abs(output - hf_output).max() / np.abs(hf_output).max())
+    hf_output = calls["hf"]()
+    for impl in calls.keys() - {"hf"}:
+        difference = float(np.abs(calls[impl]() - hf_output).max() / np.abs(hf_output).max())
         emit({"backend": f"mindformer_gf/{impl}", "max_relative_difference_vs_hf": difference})
         if difference > 1e-3:
             raise SystemExit(f"{impl} output differs from transformers by {difference:.2e}: not benchmarking a bug")
+
+    seconds, gemm_gflops = interleaved_rounds(calls, args.repeats)
+    names = {"fused": "mindformer_gf/fused", "composed": "mindformer_gf/composed", "hf": "transformers/sdpa"}
+    cells_per_s = {}
+    for side, times in seconds.items():
+        cells_per_s[side] = paired([args.batch / t for t in times])
+        emit({"backend": names[side], **setting, "cells_per_s": cells_per_s[side][0], "range": cells_per_s[side][1]})
     auto = resolve_impl("auto")
-    ours = cells_per_s[auto]
-    ours_fraction = fraction_of_gemm(flops, measured[auto]["seconds"], gemm)
+    ratio, ratio_range = paired(speedup_per_round(seconds[auto], seconds["hf"]))
+    fraction = {side: paired(fraction_per_round(flops, times, gemm_gflops)) for side, times in seconds.items()}
+    gemm, gemm_range = paired(gemm_gflops)
     emit(
         {
-            "ours_cells_per_s": ours,
-            "ours_cells_per_s_range": measured[auto]["cells_per_s_range"],
+            "ours_cells_per_s": cells_per_s[auto][0],
+            "ours_cells_per_s_range": cells_per_s[auto][1],
             "ours_impl": auto,
-            "composed_cells_per_s": cells_per_s["composed"],
-            "hf_cells_per_s": hf,
-            "hf_cells_per_s_range": measured["hf"]["cells_per_s_range"],
-            "ratio": ours / hf,
+            "composed_cells_per_s": cells_per_s["composed"][0] if "composed" in cells_per_s else None,
+            "hf_cells_per_s": cells_per_s["hf"][0],
+            "hf_cells_per_s_range": cells_per_s["hf"][1],
+            "ratio": ratio,
+            "ratio_range": ratio_range,
             "gflops_per_cell": flops / args.batch / 1e9,
-            "ours_gflops_per_s": measured[auto]["gflops_per_s"],
-            "ours_fraction_of_gemm": ours_fraction,
-            "hf_fraction_of_gemm": fraction_of_gemm(flops, measured["hf"]["seconds"], gemm),
-            **gemm,
-            "goals": {"ratio >= 1.2": ours / hf >= 1.2, "ours_fraction_of_gemm >= 0.7": ours_fraction >= 0.7},
+            "ours_fraction_of_gemm": fraction[auto][0],
+            "ours_fraction_of_gemm_range": fraction[auto][1],
+            "hf_fraction_of_gemm": fraction["hf"][0],
+            "hf_fraction_of_gemm_range": fraction["hf"][1],
+            "gemm_gflops": gemm,
+            "gemm_gflops_range": gemm_range,
+            "goals": {"ratio >= 1.2": ratio >= 1.2, "ours_fraction_of_gemm >= 0.7": fraction[auto][0] >= 0.7},
             "load_average": os.getloadavg(),
         }
     )

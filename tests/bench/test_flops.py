@@ -75,6 +75,30 @@ def test_gemm_rate_measures() -> None:
     assert rate["gemm_size"] == 64 and 0 < low <= rate["gemm_gflops"] <= high
 
 
+def test_interleaved_rounds_call_each_side_once_per_round_in_order() -> None:
+    from common import interleaved_rounds
+
+    log = []
+    seconds, gemm = interleaved_rounds({"ours": lambda: log.append("ours"), "hf": lambda: log.append("hf")}, 3, 32)
+    # one untimed warm-up round, then 3 rounds, each side then the GEMM (not logged)
+    assert log == ["ours", "hf"] * 4
+    assert set(seconds) == {"ours", "hf"} and all(len(times) == 3 for times in seconds.values())
+    assert len(gemm) == 3 and all(rate > 0 for rate in gemm)
+
+
+def test_per_round_speedups_and_fractions_by_hand() -> None:
+    from common import fraction_per_round, paired, speedup_per_round
+
+    # round 1: we took 1 s, they 3 s; round 2: 2 s against 4 s; round 3: 1 s against 1.5 s
+    speedups = speedup_per_round([1.0, 2.0, 1.0], [3.0, 4.0, 1.5])
+    assert speedups == [3.0, 2.0, 1.5]
+    assert paired(speedups) == (2.0, [1.5, 3.0])
+    # 100 GFLOP in 1 s against 200 GFLOP/s, in 2 s against 100 GFLOP/s
+    assert fraction_per_round(100e9, [1.0, 2.0], [200.0, 100.0]) == pytest.approx([0.5, 0.5])
+    with pytest.raises(ValueError):
+        speedup_per_round([1.0], [1.0, 2.0])
+
+
 def test_emit_writes_numpy_scalars_as_json_values(capsys):
     """A summary's goals compare numpy medians (numpy.bool_): the line must still be JSON (bench/pretrain.py crashed
     at its summary before)."""
