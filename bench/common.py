@@ -74,6 +74,9 @@ def gemm_rate(size: int = GEMM_SIZE, repeats: int = 7) -> dict:
     return {"gemm_size": size, "gemm_gflops": float(np.median(rates)), "gemm_gflops_range": [min(rates), max(rates)]}
 
 
+SETTLE_SECONDS = 0.5  # pause before each timed call of `interleaved_rounds`
+
+
 def interleaved_rounds(
     calls: dict[str, Callable[[], object]], repeats: int, gemm_size: int = GEMM_SIZE
 ) -> tuple[dict[str, list[float]], list[float]]:
@@ -90,6 +93,9 @@ def interleaved_rounds(
     seconds: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(repeats):
         for name, call in sides.items():
+            # the previous side's thread pool (OpenBLAS, torch's OpenMP, MindSpore's) spins for a while after its
+            # call and would take cores from this one: let it go to sleep first
+            time.sleep(SETTLE_SECONDS)
             start = time.perf_counter()
             call()
             seconds[name].append(time.perf_counter() - start)
