@@ -75,9 +75,11 @@ def test_gemm_rate_measures() -> None:
     assert rate["gemm_size"] == 64 and 0 < low <= rate["gemm_gflops"] <= high
 
 
-def test_interleaved_rounds_call_each_side_once_per_round_in_order() -> None:
-    from common import interleaved_rounds
+def test_interleaved_rounds_call_each_side_once_per_round_in_order(monkeypatch) -> None:
+    import common
 
+    monkeypatch.setattr(common, "SETTLE_SECONDS", 0.0)
+    interleaved_rounds = common.interleaved_rounds
     log = []
     seconds, gemm = interleaved_rounds({"ours": lambda: log.append("ours"), "hf": lambda: log.append("hf")}, 3, 32)
     # one untimed warm-up round, then 3 rounds, each side then the GEMM (not logged)
