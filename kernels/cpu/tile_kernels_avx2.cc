@@ -41,6 +41,23 @@ MFGF_AVX2 inline float horizontal_max(__m256 v) {
 // Both exps below are exp(x) = 2^n exp(r) with n = round(x / ln 2), |r| <= ln(2) / 2, and exp(r) by its Taylor
 // series; ln 2 is split in a part exact in float (n * ln2_hi has no rounding error for |n| < 2^9) and the remainder.
 
+// r = x - n ln 2, with ln 2 in its two parts.
+MFGF_AVX2 inline __m256 reduced_argument(__m256 x, __m256 n) {
+  const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  return _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+}
+
+// exp(r) by Horner's rule, given `poly` = the series' terms from r^6 / 6! on divided by r^6 (1/720 alone, or
+// 1/720 + r / 5040): the steps from the r^5 coefficient down, which both exps share.
+MFGF_AVX2 inline __m256 taylor_exp(__m256 poly, __m256 r) {
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 120.0f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 24.0f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 6.0f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(0.5f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
+  return _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
+}
+
 // The softmax's exp (attention, log-sum-exp), for x <= 88 (the callers pass scores minus their running maximum, so
 // x <= 0 in use). Taylor to r^6: the first omitted term, r^7 / 7!, is at most 1.2e-7 relative, about two float ulps,
 // far inside the kernels' 1e-5 tolerance (the r^7 term cost ~3% of the attention forward). n comes from the
@@ -54,15 +71,7 @@ MFGF_AVX2 inline __m256 exp_ps(__m256 x) {
   const __m256 magic = _mm256_set1_ps(12583039.0f);  // 1.5 * 2^23 + 127
   const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic);
   const __m256 n = _mm256_sub_ps(t, magic);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 poly = _mm256_set1_ps(1.0f / 720.0f);
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 120.0f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 24.0f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 6.0f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(0.5f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
+  const __m256 poly = taylor_exp(_mm256_set1_ps(1.0f / 720.0f), reduced_argument(x, n));
   return _mm256_mul_ps(poly, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
 }
 
@@ -73,15 +82,9 @@ MFGF_AVX2 inline __m256 exp_accurate_ps(__m256 x) {
   x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.33f));
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 poly = _mm256_fmadd_ps(_mm256_set1_ps(1.0f / 5040.0f), r, _mm256_set1_ps(1.0f / 720.0f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 120.0f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 24.0f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 6.0f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(0.5f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
+  const __m256 r = reduced_argument(x, n);
+  const __m256 from_sixth = _mm256_fmadd_ps(_mm256_set1_ps(1.0f / 5040.0f), r, _mm256_set1_ps(1.0f / 720.0f));
+  const __m256 poly = taylor_exp(from_sixth, r);
   const __m256i two_to_n =
       _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_andnot_ps(underflow, _mm256_mul_ps(poly, _mm256_castsi256_ps(two_to_n)));
