@@ -8,8 +8,6 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # No thread pinning: every run uses the cores its process may run on (GF_THREADS or `--threads N` to change it).
 # The suite runs in one pytest worker per core (at most 4: each worker holds its own MindSpore, ~1 GB); most tests
 # compile graphs on one thread, so 2 workers on 2 cores halve the wall time. TEST_WORKERS=0 runs in one process.
-# Work stealing: a worker that runs out takes half of the other's queue, so the slow training tests (30-60 s each)
-# do not leave one core idle at the end.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: setup demo test test-fast lint bench clean ascend-check ascend-model
@@ -31,11 +29,11 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 # everyday subset: no training runs of the task tests, no demo, no msrun or real-data pretraining
 test-fast: lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow" --ignore=tests/train/test_distributed.py --ignore=tests/train/test_real_data.py tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" --ignore=tests/train/test_distributed.py --ignore=tests/train/test_real_data.py tests
 
 # Type-check the Ascend C operators against the public Ascend C headers (see kernels/ascend/README.md, "Type-check").
 ascend-check: setup
